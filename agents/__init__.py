@@ -1,0 +1,1 @@
+"""Learners, supervised and RL, one readable file each."""

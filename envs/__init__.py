@@ -1,0 +1,11 @@
+"""Task distributions: Gymnasium task environments and few-shot supervised task sources.
+
+Importing this package registers every environment under ``metarl/<Name>-v0`` (see :mod:`.registration`).
+"""
+
+from .base import SPLITS, TaskError, TaskEnvMixin, checkerboard_uniform, is_task_env
+from .registration import ENVIRONMENTS, register_all
+
+register_all()
+
+__all__ = ["SPLITS", "TaskError", "TaskEnvMixin", "checkerboard_uniform", "is_task_env", "ENVIRONMENTS"]

@@ -1,0 +1,1 @@
+"""Few-shot supervised task sources: ``sample(n, *, split, seed) -> EpisodeBatch``."""
