@@ -75,6 +75,8 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         low, high = model.actuator_ctrlrange.copy().astype(np.float32).T
         self.action_space = spaces.Box(low=low, high=high, dtype=np.float32)
         self._ctrl_low, self._ctrl_high = low.astype(np.float64), high.astype(np.float64)
+        # a step that advanced time by less than this was cut short by MuJoCo's own reset (see step)
+        self._min_time_advance = (self.frame_skip - 0.5) * float(model.opt.timestep)
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
@@ -127,11 +129,14 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
     def step(self, action):
         action = check_finite_action(action)
         x_before = self._position_for_reward()
+        time_before = self.data.time
         np.clip(action, self._ctrl_low, self._ctrl_high, out=action)
         self.data.ctrl[:] = action
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         obs = self._get_obs()
-        if not np.isfinite(obs).all():
+        # MuJoCo itself resets mjData (time back to 0) when qpos/qvel/qacc blow up, so a blow-up usually shows
+        # as time going backwards rather than as NaN; both end the episode
+        if self.data.time < time_before + self._min_time_advance or not np.isfinite(obs).all():
             return self._unstable_step()
         terms, terminated, info = self._reward_terms(action, x_before)
         reward = 0.0
