@@ -1,1 +1,28 @@
-"""Few-shot supervised task sources: ``sample(n, *, split, seed) -> EpisodeBatch``."""
+"""Few-shot supervised task sources: ``sample(n, *, split, seed, shots=None) -> EpisodeBatch``.
+
+``make_source("sinusoid", ...)`` or ``make_source("omniglot", root=..., ways=..., shots=...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .sinusoid import Sinusoid
+
+SOURCES = ("sinusoid", "omniglot")
+
+
+def make_source(name: str, **options: Any) -> Any:
+    """Build a task source by name; unknown names and bad options give a one-line ``ValueError``."""
+    if name == "sinusoid":
+        allowed = {"shots", "query_shots"}
+        return Sinusoid(**{k: v for k, v in options.items() if k in allowed and v is not None})
+    if name == "omniglot":
+        from .omniglot import OmniglotFewShot
+
+        allowed = {"root", "ways", "shots", "query_shots", "seed"}
+        return OmniglotFewShot(**{k: v for k, v in options.items() if k in allowed and v is not None})
+    raise ValueError(f"unknown task source {name!r}; choose one of: {', '.join(SOURCES)}")
+
+
+__all__ = ["Sinusoid", "SOURCES", "make_source"]

@@ -1,0 +1,68 @@
+"""A black-box few-shot learner: a sequence model reads the labelled support set and then labels the queries.
+
+In the family of Santoro et al. 2016 (memory-augmented networks), Mishra et al. 2018 (SNAIL) and Garnelo et al.
+2018 (neural processes): no gradient steps at adaptation, the whole "learning" is a forward pass.
+
+Spec: each support example becomes a token ``W_x e(x) + W_y y`` (``e`` the input encoder — identity-MLP for
+vectors, Conv-4 for images; ``y`` one-hot for classification, the value for regression); each query becomes
+``W_x e(x) + u`` with a learned "label unknown" vector ``u``. A Transformer encoder runs over support and query
+tokens with an attention mask that lets support tokens see the support set only and each query see the support set
+and itself (queries never see each other, so predictions do not depend on what else is queried). No positional
+encoding: the learner is invariant to the order of the support set. A linear read-out at each query token gives
+the prediction. Trained by the query loss, like every learner here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarl.core.learner import FewShotLearner
+
+from .protonet import embed_tasks
+
+
+class BlackBoxLearner(FewShotLearner):
+    """Transformer over (x, y) support tokens and (x, ?) query tokens."""
+
+    name = "blackbox"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feature_dim: int,
+        kind: str,
+        output_dim: int,
+        d_model: int = 128,
+        layers: int = 3,
+        heads: int = 4,
+    ) -> None:
+        super().__init__(kind)
+        self.encoder = encoder
+        self.output_dim = output_dim
+        self.x_projection = nn.Linear(feature_dim, d_model)
+        self.y_projection = nn.Linear(output_dim, d_model)
+        self.unknown_label = nn.Parameter(torch.zeros(d_model))
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.readout = nn.Linear(d_model, output_dim)
+
+    def _labels(self, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "classification":
+            if int(y.max()) >= self.output_dim:
+                raise ValueError(f"this learner was built for {self.output_dim} ways, got label {int(y.max())}")
+            return F.one_hot(y, self.output_dim).float()
+        return y
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:
+        return self.x_projection(embed_tasks(self.encoder, support_x)) + self.y_projection(self._labels(support_y))
+
+    def predict(self, state: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        queries = self.x_projection(embed_tasks(self.encoder, query_x)) + self.unknown_label
+        n_support, n_query = state.shape[1], queries.shape[1]
+        total = n_support + n_query
+        index = torch.arange(total, device=state.device)
+        blocked = (index.unsqueeze(0) >= n_support) & (index.unsqueeze(0) != index.unsqueeze(1))  # True = masked
+        hidden = self.transformer(torch.cat([state, queries], dim=1), mask=blocked)
+        return self.readout(hidden[:, n_support:])

@@ -1,0 +1,95 @@
+"""The few-shot learner contract that every supervised learner implements and the meta-test protocol drives.
+
+``adapt(support_x, support_y, steps=None) -> state`` and ``predict(state, query_x) -> outputs`` work on a whole
+meta-batch at once: tensors are ``[tasks, examples, ...]``. ``state`` is whatever the learner adapts (fast weights
+for MAML, class prototypes for Prototypical Networks, a support-set summary for the black-box learner).
+``outer_step(batch, optimizer)`` is one meta-training update (the outer loop); the default minimises
+``meta_loss`` (the query loss after adaptation) by backpropagation; Reptile overrides it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batch import EpisodeBatch
+
+TASK_KINDS = ("regression", "classification")
+
+
+def task_losses(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-task mean loss ``[tasks]``: MSE for regression, cross-entropy for classification."""
+    if kind == "regression":
+        return ((outputs - targets) ** 2).flatten(1).mean(dim=1)
+    return F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape).mean(1)
+
+
+def single_task_loss(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss of one task (no task dimension), for inner loops written per task."""
+    if kind == "regression":
+        return ((outputs - targets) ** 2).mean()
+    return F.cross_entropy(outputs, targets)
+
+
+def task_scores(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-task score ``[tasks]``: MSE for regression (lower is better), accuracy for classification."""
+    if kind == "regression":
+        return ((outputs - targets) ** 2).flatten(1).mean(dim=1)
+    return (outputs.argmax(dim=-1) == targets).float().mean(dim=1)
+
+
+class FewShotLearner(nn.Module):
+    """Base class of the supervised learners in :mod:`metarl.agents`."""
+
+    #: registry name, e.g. ``"maml"``
+    name: str = "learner"
+    #: whether ``steps`` (gradient steps at adaptation) means anything for this learner
+    uses_gradient_steps: bool = False
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in TASK_KINDS:
+            raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")
+        self.kind = kind
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *, steps: int | None = None) -> Any:
+        raise NotImplementedError
+
+    def predict(self, state: Any, query_x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean query loss over the tasks after adaptation, and metrics for the log."""
+        state = self.adapt(batch.support_x, batch.support_y)
+        outputs = self.predict(state, batch.query_x)
+        losses = task_losses(outputs, batch.query_y, self.kind)
+        loss = losses.mean()
+        metrics = {"loss": float(loss.detach())}
+        if self.kind == "classification":
+            metrics["accuracy"] = float(task_scores(outputs.detach(), batch.query_y, self.kind).mean())
+        return loss, metrics
+
+    def configure_optimizer(self, outer_lr: float) -> torch.optim.Optimizer:
+        """The outer-loop optimiser (Adam, as in the papers of every learner here, unless overridden)."""
+        return torch.optim.Adam(self.parameters(), lr=outer_lr)
+
+    def outer_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One meta-training update; returns metrics. Rejects (skips) an update whose loss is not finite."""
+        optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.meta_loss(batch)
+        if not torch.isfinite(loss):
+            metrics["skipped_nonfinite"] = 1.0
+            return metrics
+        loss.backward()
+        optimizer.step()
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, batch: EpisodeBatch, *, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Per-task query score before (where meaningful) and after adaptation; gradients only inside ``adapt``."""
+        state = self.adapt(batch.support_x, batch.support_y, steps=steps)
+        outputs = self.predict(state, batch.query_x)
+        return {"score": task_scores(outputs, batch.query_y, self.kind)}

@@ -1,0 +1,158 @@
+"""The one meta-test protocol: adapt on held-out tasks, score against the amount of adaptation, with 95% CIs.
+
+Few-shot supervised (:func:`evaluate_fewshot`): for every number of shots K and every number of inner gradient
+steps S in the grid, sample held-out tasks (``split="test"`` by default) with a seed derived from the evaluation
+seed (the same tasks for every learner given the same seed), ``adapt`` on the K-shot support set with S steps,
+score the query set (MSE for regression, accuracy for classification) and report the mean over tasks with a 95%
+confidence interval (Student t over tasks). Learners without gradient steps are scored once per K (S = 0).
+
+The original Omniglot one-shot task (:func:`evaluate_one_shot_runs`): 20-way 1-shot runs, error rate over all
+queries with a 95% CI (Wilson interval over queries).
+
+Results go to JSON (``save_json``) and a PNG (``plot_adaptation``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.core.batch import EpisodeBatch
+from metarl.core.learner import FewShotLearner
+from metarl.core.seeding import derive_seed
+from metarl.runs import atomic_write_bytes, atomic_write_json
+
+
+def mean_confidence_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """Mean and half-width of the Student-t confidence interval over independent samples."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    n = arr.size
+    if n == 0:
+        raise ValueError("no values to summarise")
+    mean = float(arr.mean())
+    if n == 1:
+        return {"mean": mean, "ci95": float("nan"), "n": 1, "std": 0.0}
+    std = float(arr.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+    return {"mean": mean, "ci95": half, "n": int(n), "std": std}
+
+
+def wilson_interval(errors: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (error rate over ``total`` trials)."""
+    if total == 0:
+        return (float("nan"), float("nan"))
+    p = errors / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _sample(source: Any, n: int, split: str, seed: int, shots: int) -> EpisodeBatch:
+    return source.sample(n, split=split, seed=seed, shots=shots)
+
+
+def evaluate_fewshot(
+    learner: FewShotLearner,
+    source: Any,
+    *,
+    shots: Sequence[int],
+    steps: Sequence[int] = (0, 1, 10),
+    num_tasks: int = 100,
+    split: str = "test",
+    seed: int = 12345,
+    chunk: int = 25,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Score ``learner`` on ``num_tasks`` held-out tasks for each shots × steps; returns a JSON-ready dict."""
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    step_grid = sorted(set(int(s) for s in steps)) if learner.uses_gradient_steps else [0]
+    metric = "mse" if learner.kind == "regression" else "accuracy"
+    was_training = learner.training
+    learner.eval()
+    rows = []
+    try:
+        for k in shots:
+            batch = _sample(source, num_tasks, split, derive_seed(seed, "eval", split, int(k)), int(k)).to(device)
+            for s in step_grid:
+                scores = []
+                for start in range(0, num_tasks, chunk):
+                    part = batch.task(slice(start, start + chunk))
+                    with torch.no_grad():
+                        scores.append(learner.evaluate(part, steps=s)["score"].cpu())
+                summary = mean_confidence_interval(torch.cat(scores).numpy())
+                rows.append({"shots": int(k), "steps": int(s), metric: summary["mean"], "ci95": summary["ci95"],
+                             "std": summary["std"], "tasks": summary["n"]})
+    finally:
+        learner.train(was_training)
+    return {"protocol": "fewshot", "learner": learner.name, "metric": metric, "split": split, "seed": seed,
+            "num_tasks": num_tasks, "results": rows}
+
+
+def evaluate_one_shot_runs(learner: FewShotLearner, batch: EpisodeBatch, *, steps: int | None = None,
+                           device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Error rate of ``learner`` on the original one-shot runs (all runs stacked as one ``EpisodeBatch``)."""
+    was_training = learner.training
+    learner.eval()
+    try:
+        with torch.no_grad():
+            batch = batch.to(device)
+            state = learner.adapt(batch.support_x, batch.support_y, steps=steps)
+            predictions = learner.predict(state, batch.query_x).argmax(dim=-1).cpu()
+    finally:
+        learner.train(was_training)
+    wrong = (predictions != batch.query_y.cpu())
+    errors, total = int(wrong.sum()), int(wrong.numel())
+    low, high = wilson_interval(errors, total)
+    per_run = wrong.float().mean(dim=1).tolist()
+    return {"protocol": "omniglot-one-shot-runs", "learner": learner.name, "runs": batch.num_tasks,
+            "queries": total, "errors": errors, "error_rate": errors / total, "ci95_low": low, "ci95_high": high,
+            "per_run_error_rate": per_run, "steps": steps}
+
+
+def save_json(path: Path, result: dict[str, Any]) -> Path:
+    atomic_write_json(Path(path), result)
+    return Path(path)
+
+
+def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
+    """PNG of score against adaptation steps, one line per shots (few-shot) — error bars are the 95% CIs."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = result["metric"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for k in sorted({r["shots"] for r in result["results"]}):
+        rows = sorted((r for r in result["results"] if r["shots"] == k), key=lambda r: r["steps"])
+        xs = [r["steps"] for r in rows]
+        ys = [r[metric] for r in rows]
+        errs = [0.0 if math.isnan(r["ci95"]) else r["ci95"] for r in rows]
+        if len(xs) == 1:
+            ax.errorbar([k], ys, yerr=errs, fmt="o", capsize=3, label=f"{k} shots")
+        else:
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{k} shots")
+    single = all(len({r["steps"] for r in result["results"] if r["shots"] == k}) == 1
+                 for k in {r["shots"] for r in result["results"]})
+    ax.set_xlabel("shots" if single else "adaptation gradient steps")
+    ax.set_ylabel(f"held-out {metric} ({result['split']} split, 95% CI)")
+    ax.set_title(title or f"{result['learner']}: {result['num_tasks']} held-out tasks")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
