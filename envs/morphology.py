@@ -10,10 +10,13 @@ the cheetah's head and the Ant's four rigid hip struts keep their shape). Its *n
 closest to the limb's joint, its *far* end the other one.
 
 * length scale ``l``: the near end stays where it is and the far end moves to ``near + l * (far - near)``, so the
-  capsule's half-length becomes ``l`` times the default; every child body (the next limb, with its joint) is
-  translated by the same vector as the far end, so the child joint keeps exactly the default offset from the
-  parent capsule's end and the limbs stay connected;
+  capsule's half-length becomes ``l`` times the default; every child body (the next limb, with its joint) moves
+  with the far end;
 * thickness scale ``t``: the capsule radius becomes ``t`` times the default;
+* connection: in Gymnasium's models each child joint lies inside the rounded end of its parent capsule, a little
+  off the axis end (up to 0.63 radii, the cheetah's back knee). The child joint keeps that offset from the far end
+  measured in parent radii (``child = far + t * default_offset``), so at every scale it stays inside the parent
+  capsule and the limbs stay connected; the default task keeps Gymnasium's positions exactly;
 * the robot's root body is raised or lowered so that its lowest point at the initial pose has the same height
   as in the default robot (long legs do not start inside the floor, short legs do not start by falling).
 
@@ -77,7 +80,7 @@ class _Limb:
     default_fromto: np.ndarray
     far_is_to: bool  # for fromto capsules: whether the far end is the "to" point
     axis: np.ndarray  # far - near in the default model
-    children: list[tuple[Any, np.ndarray]]  # (mujoco.MjsBody, default pos)
+    children: list[tuple[Any, np.ndarray, np.ndarray]]  # (mujoco.MjsBody, default pos, default pos - far)
 
 
 def _check_range(name: str, value: Sequence[float]) -> tuple[float, float]:
@@ -170,7 +173,10 @@ class _MorphologyEnv(MujocoTaskEnv):
                 bool(np.linalg.norm(fromto[3:] - far) <= np.linalg.norm(fromto[:3] - far)) if uses_fromto else True
             )
             limb_body = geom.parent
-            children = [(child, np.array(child.pos, dtype=np.float64)) for child in limb_body.bodies]
+            children = []
+            for child in limb_body.bodies:
+                child_pos = np.array(child.pos, dtype=np.float64)
+                children.append((child, child_pos, child_pos - far))
             self._limbs.append(
                 _Limb(
                     name=limb_name,
@@ -222,8 +228,8 @@ class _MorphologyEnv(MujocoTaskEnv):
                 size[1] *= length
                 limb.geom.pos = limb.default_pos + 0.5 * shift
             limb.geom.size = size
-            for child, default_pos in limb.children:
-                child.pos = default_pos + shift
+            for child, default_pos, offset in limb.children:
+                child.pos = default_pos + shift + (thickness - 1.0) * offset
         self._root.pos = self._root_default_pos
         model = self._spec.compile()
         lift = self._default_lowest_point - self._lowest_point(model)
