@@ -89,10 +89,11 @@ class _ContextEnvMixin(AttributeTaskMixin):
         return action
 
     def _check_box_action(self, action: Any) -> np.ndarray:
+        """The action as a 1-element array, in the caller's dtype (so float32 actions give Gymnasium's numbers)."""
         arr = check_finite_action(action)
         if arr.size != 1:
             raise ValueError(f"action must hold exactly one number, got shape {arr.shape}")
-        return arr.reshape(1)
+        return np.asarray(action).reshape(1)
 
     def _state_finite(self) -> bool:
         return self.state is not None and bool(np.isfinite(self.state).all())
@@ -222,12 +223,13 @@ class PendulumContextEnv(_ContextEnvMixin, PendulumEnv, EzPickle):
         if not self._state_finite():
             return self._unstable_step()
         u = self._check_box_action(action)
-        theta, theta_dot = (float(v) for v in self.state)
-        torque = min(max(float(u[0]), -self.max_torque), self.max_torque)
+        theta, theta_dot = self.state
+        torque = np.clip(u, -self.max_torque, self.max_torque)[0]
+        # the same expressions (and dtypes) as Gymnasium's cost, so the sum equals its reward exactly
         terms = {
-            "angle": -float(angle_normalize(theta)) ** 2,
-            "velocity": -0.1 * theta_dot**2,
-            "control": -0.001 * torque**2,
+            "angle": -float(angle_normalize(theta) ** 2),
+            "velocity": -float(0.1 * theta_dot**2),
+            "control": -float(0.001 * (torque**2)),
         }
         obs, _, _, _, _ = super().step(u)
         return self._finish_step(obs, terms, False)
