@@ -23,12 +23,13 @@ closest to the limb's joint, its *far* end the other one.
 Joint ranges, damping, stiffness, armature and actuator gears are those of the default robot.
 
 Mass (``preserve_mass``). By default (``preserve_mass=False``) mass follows geometry: every geom keeps the
-default robot's density, so a limb twice as long weighs twice as much and the total mass changes with the
-morphology. This is what a physical robot built of one material would do, and it keeps each limb's mass tied to
-its own size (no coupling between limbs). With ``preserve_mass=True`` all densities are rescaled by one common
-factor so that the total mass equals the default robot's (MuJoCo's ``compiler/settotalmass``); the distribution
-of mass over the limbs still follows geometry. The default task (all scales 1) reproduces Gymnasium's model in
-both modes (HalfCheetah: 14 kg, as its asset's ``settotalmass`` says).
+default robot's density, so a limb's mass follows its capsule's volume (about 1.5 times the mass for 1.5 times the
+length, 2.25 times for 1.5 times the thickness) and the total mass changes with the morphology. This is what a
+physical robot built of one material would do, and it keeps each limb's mass tied to its own size (no coupling
+between limbs). With ``preserve_mass=True`` all densities are rescaled by one common factor so that the total mass
+equals the default robot's (MuJoCo's ``compiler/settotalmass``); the distribution of mass over the limbs still
+follows geometry. The default task (all scales 1) reproduces Gymnasium's model in both modes (HalfCheetah: 14 kg,
+as its asset's ``settotalmass`` says).
 
 Compiled models are cached per task (``model_cache_size``), so revisiting a task costs no rebuild. A cached model
 is shared between visits: treat ``env.unwrapped.model`` as read-only, or pass ``model_cache_size=0``.
@@ -84,10 +85,10 @@ class _Limb:
 
 
 def _check_range(name: str, value: Sequence[float]) -> tuple[float, float]:
-    low, high = (float(v) for v in value)
-    if not (math.isfinite(low) and math.isfinite(high) and 0.0 < low < high):
+    values = tuple(float(v) for v in value)
+    if len(values) != 2 or not (math.isfinite(values[0]) and math.isfinite(values[1]) and 0.0 < values[0] < values[1]):
         raise ValueError(f"{name} must be (low, high) with 0 < low < high, got {tuple(value)}")
-    return low, high
+    return values[0], values[1]
 
 
 class _MorphologyEnv(MujocoTaskEnv):

@@ -202,7 +202,8 @@ def test_nan_action_raises(env_cls):
 
 @pytest.mark.api
 @env_classes
-def test_physics_blow_up_truncates_without_poisoning(env_cls):
+def test_physics_blow_up_truncates_without_poisoning(env_cls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo appends its warning to ./MUJOCO_LOG.TXT
     env = env_cls()
     env.reset(seed=0, options={"task": uniform_task(env, 1.3, 0.7)})
     last_obs = env.step(np.zeros(env.action_space.shape))[0]
