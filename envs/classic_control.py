@@ -67,6 +67,7 @@ class _ContextEnvMixin(AttributeTaskMixin):
         self.nominal_constants = nominal
         self._init_context(self, AttributeContext(ranges, log_uniform=True, ood_factor=ood_factor), type(self)._derive)
         self._last_obs: np.ndarray | None = None
+        self._n_actions = int(getattr(self.action_space, "n", 0))
 
     @staticmethod
     def _derive(env: Any, values: dict[str, float]) -> None:
@@ -84,12 +85,17 @@ class _ContextEnvMixin(AttributeTaskMixin):
         return obs, info
 
     def _check_discrete_action(self, action: Any) -> Any:
-        if not self.action_space.contains(action):
-            raise ValueError(f"action must be an integer in [0, {self.action_space.n - 1}], got {action!r}")
+        fast = isinstance(action, (int, np.integer)) and not isinstance(action, bool) and 0 <= action < self._n_actions
+        if not (fast or self.action_space.contains(action)):
+            raise ValueError(f"action must be an integer in [0, {self._n_actions - 1}], got {action!r}")
         return action
 
     def _check_box_action(self, action: Any) -> np.ndarray:
         """The action as a 1-element array, in the caller's dtype (so float32 actions give Gymnasium's numbers)."""
+        if isinstance(action, np.ndarray) and action.shape == (1,) and action.dtype.kind == "f":
+            if not math.isfinite(action[0]):
+                raise ValueError(f"action contains NaN or infinite values: {action}")
+            return action
         arr = check_finite_action(action)
         if arr.size != 1:
             raise ValueError(f"action must hold exactly one number, got shape {arr.shape}")
@@ -99,7 +105,8 @@ class _ContextEnvMixin(AttributeTaskMixin):
         return self.state is not None and bool(np.isfinite(self.state).all())
 
     def _finish_step(self, obs: np.ndarray, terms: dict[str, float], terminated: bool):
-        if not (self._state_finite() and np.isfinite(obs).all()):
+        # every observation here is a function of the whole state, so a non-finite state shows in it
+        if not np.isfinite(obs).all():
             return self._unstable_step()
         info: dict[str, Any] = {"reward_" + name: value for name, value in terms.items()}
         info["task"] = self._task
@@ -166,8 +173,6 @@ class CartPoleContextEnv(_ContextEnvMixin, CartPoleEnv, EzPickle):
         env.polemass_length = env.masspole * env.length
 
     def step(self, action):
-        if not self._state_finite():
-            return self._unstable_step()
         obs, reward, terminated, _, _ = super().step(self._check_discrete_action(action))
         return self._finish_step(obs, {"alive": float(reward)}, terminated)
 
@@ -220,11 +225,11 @@ class PendulumContextEnv(_ContextEnvMixin, PendulumEnv, EzPickle):
         self._setup_context(varied_constants, scale_range, ood_factor)
 
     def step(self, action):
-        if not self._state_finite():
-            return self._unstable_step()
         u = self._check_box_action(action)
         theta, theta_dot = self.state
-        torque = np.clip(u, -self.max_torque, self.max_torque)[0]
+        torque = u[0]
+        if not -self.max_torque <= torque <= self.max_torque:
+            torque = np.clip(u, -self.max_torque, self.max_torque)[0]
         # the same expressions (and dtypes) as Gymnasium's cost, so the sum equals its reward exactly
         terms = {
             "angle": -float(angle_normalize(theta) ** 2),
@@ -291,11 +296,11 @@ class MountainCarContinuousContextEnv(_ContextEnvMixin, Continuous_MountainCarEn
         self._setup_context(varied_constants, scale_range, ood_factor)
 
     def step(self, action):
-        if not self._state_finite():
-            return self._unstable_step()
         raw = float(self._check_box_action(action)[0])
         force = min(max(raw, self.min_action), self.max_action)
         position, velocity = float(self.state[0]), float(self.state[1])
+        if not math.isfinite(position + velocity):  # math.cos would raise on an infinite position
+            return self._unstable_step()
         velocity += force * self.power - self.gravity * math.cos(3 * position)
         velocity = min(max(velocity, -self.max_speed), self.max_speed)
         position = min(max(position + velocity, self.min_position), self.max_position)
