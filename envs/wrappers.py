@@ -396,7 +396,8 @@ class AttributeTaskWrapper(AttributeTaskMixin, gym.Wrapper, gym.utils.RecordCons
             check_finite_action(action)
         obs, reward, terminated, truncated, info = self.env.step(action)
         if not _finite(obs):
-            return self._last_obs, 0.0, False, True, {"physics_unstable": True, "task": self._task}
+            last = self._last_obs.copy() if isinstance(self._last_obs, np.ndarray) else self._last_obs
+            return last, 0.0, False, True, {"physics_unstable": True, "task": self._task}
         info = dict(info)
         if not any(key.startswith("reward_") for key in info):
             info["reward_env"] = reward
