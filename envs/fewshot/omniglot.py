@@ -34,7 +34,7 @@ Preprocessing (the usual one for few-shot Omniglot)
     then *inverted*, so that strokes are bright: stored as ``uint8`` with ink 255 and background 0, and handed
     out as ``float32`` in ``[0, 1]`` (ink 1.0, background 0.0). All images live in one ``uint8`` tensor
     ``[classes, 20, image_size, image_size]`` in memory (the two small zips: 242 × 20 × 28 × 28 = 3.8 MB).
-    Decoding takes seconds (both small zips: about 2 s); ``cache=True`` stores the decoded tensor
+    Decoding takes seconds (both small zips, 4,840 images: about 1 s); ``cache=True`` stores the decoded tensor
     under ``~/.cache/metarl`` (written atomically, keyed by the zips' sizes and modification times and the
     preprocessing settings) for larger sets.
 
@@ -49,7 +49,8 @@ Few-shot task law (:class:`OmniglotFewShot`)
       at two rotations, which are then two different labels.
     * Splits ``train``/``val``/``test`` are disjoint by construction, by character (``split_by="character"``,
       default) or by alphabet (``split_by="alphabet"``): a unit's split is fixed by a seeded hash of its name,
-      ``u = sha256(f"{split_seed}/{alphabet}/{character}")`` read as a number in ``[0, 1)``, ``train`` if
+      ``u = sha256(f"{split_seed}/{alphabet}/{character}")`` (``f"{split_seed}/{alphabet}"`` by alphabet), its
+      first 8 bytes read big-endian as a number in ``[0, 1)``, ``train`` if
       ``u < f_train``, ``val`` if ``u < f_train + f_val``, else ``test`` (``split_fractions`` default
       ``(0.7, 0.1, 0.2)``). Because a character's split depends on its own name only, adding zips never moves a
       character from one split to another, so a model trained on one set of zips is never tested on its own
@@ -61,7 +62,8 @@ Few-shot task law (:class:`OmniglotFewShot`)
     Output (:class:`metarl.core.batch.EpisodeBatch`): ``support_x`` ``[n, ways*shots, 1, S, S]`` float32,
     ``support_y`` ``[n, ways*shots]`` int64 labels ``0..ways-1`` in class-major order
     (``[0]*shots + [1]*shots + ...``); ``query_x``/``query_y`` likewise with ``query_shots`` per class;
-    ``ways`` and ``shots`` set. Indexing is vectorised (no per-image Python loop).
+    ``ways`` and ``shots`` set. Indexing is vectorised (no per-image Python loop): 32 tasks of 5-way 1-shot with 5
+    queries take about 4 ms, of 20-way 1-shot with 15 queries about 20 ms.
 
 One-shot runs (:class:`OneShotRuns`)
     The original within-alphabet 20-way 1-shot task of Lake et al. (2015): each run has 20 training images (one per
@@ -72,7 +74,11 @@ One-shot runs (:class:`OneShotRuns`)
 
 Baselines (:func:`pixel_nearest_neighbour_error`, :func:`modified_hausdorff_error`)
     Both classify every test item as the training image of least cost and return the error rate over all runs
-    (a fraction). Measured on the five runs of ``one_shot_runs_01-05.zip``: pixel nearest neighbour 0.75 (75 of 100
+    (a fraction). Pixel nearest neighbour: squared Euclidean distance between the 105×105 stroke masks. Modified
+    Hausdorff distance, as in the repository's demo: the ink pixels of each 105×105 image as ``(row, col)`` points,
+    centred on their mean, cost ``max(mean_a min_b |a - b|, mean_b min_a |a - b|)`` (symmetric), exact nearest
+    neighbours by SciPy's k-d tree when SciPy is installed, else by brute force in torch (about 2 s for five runs
+    with SciPy). Measured on the five runs of ``one_shot_runs_01-05.zip``: pixel nearest neighbour 0.75 (75 of 100
     items wrong; per run 0.65, 0.95, 0.80, 0.65, 0.70), modified Hausdorff distance 0.35 (per run 0.45, 0.35, 0.40,
     0.25, 0.30), matching an independent re-run of the repository's demo procedure on the same files. The demo's
     published 38.8% is the mean over all 20 runs (``all_runs.zip``), which five runs need not reproduce.
@@ -443,6 +449,13 @@ class OmniglotFewShot:
     """
 
     splits: tuple[str, ...] = FEWSHOT_SPLITS
+    #: what learners need to know to build a model (see metarl.agents.make_learner)
+    kind = "classification"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        size = int(self.characters.images.shape[-1])
+        return (1, size, size)
 
     def __init__(
         self,
