@@ -29,7 +29,6 @@ class MLP(nn.Sequential):
             layers += [nn.Linear(a, b), activation()]
         layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
-        self.activation = activation()
         self.linear_names = [str(i) for i, m in enumerate(self) if isinstance(m, nn.Linear)]
 
     def batched(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +41,7 @@ class MLP(nn.Sequential):
             else:
                 h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             if i < len(self.linear_names) - 1:
-                h = self.activation(h)
+                h = self[int(name) + 1](h)  # the activation module that follows this linear layer
         return h
 
 

@@ -1,0 +1,219 @@
+"""The ``metarl`` command: a thin layer over the Python API.
+
+    metarl train LEARNER [--source sinusoid|omniglot] [options]     meta-train, then evaluate on held-out tasks
+    metarl evaluate RUN_DIR [--tasks N] [--one-shot-runs PATH]      evaluate a run again (or on the one-shot runs)
+    metarl resume RUN_DIR                                           continue a killed run from its last checkpoint
+    metarl list                                                     learners, task sources and environments
+
+Options of ``train`` are the fields of the config dataclass, documented by their docstrings (``--help``).
+Bad input prints one line ``metarl: error: ...`` and exits with status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"metarl: error: {message} (see `{self.prog} --help`)\n")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal right after each field)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant):
+                docs[node.target.id] = str(following.value.value)
+    return docs
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(scalar type, is_tuple) of a field annotation such as ``int | None`` or ``tuple[int, ...]``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is tuple:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per field of ``cls``, typed, with its default and docstring as help."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        scalar, is_tuple = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        if scalar is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif is_tuple:
+            parser.add_argument(flag, dest=f.name, type=scalar, nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=scalar, default=None, help=help_text)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if getattr(args, f.name, None) is not None}
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    values.update(fixed)
+    return cls(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from metarl.agents import LEARNERS
+    from metarl.training import FewShotConfig
+
+    parser = _Parser(prog="metarl", description="Meta-learning for PyTorch: train, evaluate and resume runs.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="meta-train a learner, then evaluate it on held-out tasks",
+                                description="Meta-train LEARNER on a task source and evaluate it on held-out tasks.")
+    train.add_argument("learner", help=f"one of: {', '.join(LEARNERS)}")
+    add_dataclass_arguments(train, FewShotConfig, skip=("learner",))
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run on held-out tasks",
+                                   description="Evaluate RUN_DIR's last checkpoint on held-out tasks.")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--tasks", type=int, default=None, help="held-out tasks per cell (default: the run's)")
+    evaluate.add_argument("--one-shot-runs", type=Path, default=None,
+                          help="a zip or folder of Omniglot one-shot runs (runNN/...): report the error rate on them")
+
+    resume = commands.add_parser("resume", help="continue a run from its last checkpoint",
+                                 description="Continue RUN_DIR from its last checkpoint (same result as no kill).")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    commands.add_parser("list", help="list learners, task sources and environments")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from metarl.training import FewShotConfig, train_fewshot
+
+    config = config_from_args(FewShotConfig, args, learner=args.learner)
+    run_dir = train_fewshot(config)
+    _print_result(run_dir)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from metarl.runs import RunError
+    from metarl.training import evaluate_run
+
+    if args.tasks is not None and args.tasks < 1:
+        raise ValueError(f"--tasks must be >= 1, got {args.tasks}")
+    if args.one_shot_runs is not None:
+        return _evaluate_one_shot(args.run_dir, args.one_shot_runs)
+    if not (Path(args.run_dir) / "config.json").is_file():
+        raise RunError(f"{args.run_dir} is not a metarl run directory (no config.json)")
+    evaluate_run(args.run_dir, eval_tasks=args.tasks)
+    _print_result(args.run_dir)
+    return 0
+
+
+def _evaluate_one_shot(run_dir: Path, runs_path: Path) -> int:
+    from metarl.envs.fewshot.omniglot import OneShotRuns
+    from metarl.evaluation import evaluate_one_shot_runs, save_json
+    from metarl.runs import RunError, load_checkpoint
+    from metarl.training import build, load_config
+
+    config = load_config(run_dir)
+    if config.source != "omniglot":
+        raise RunError(f"{run_dir} was trained on {config.source}, not omniglot")
+    runs = OneShotRuns(runs_path)
+    _, learner = build(dataclasses.replace(config, ways=20) if config.learner in ("protonet", "matching")
+                       else config)
+    state = load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
+    try:
+        learner.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise RunError(f"checkpoint does not match the config: {str(err).splitlines()[0][:200]}") from None
+    if getattr(learner, "output_dim", 20) != 20 and learner.kind == "classification" and config.ways != 20:
+        raise RunError(f"{config.learner} was trained {config.ways}-way; the one-shot runs are 20-way")
+    result = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=max(config.eval_steps) or None)
+    path = save_json(Path(run_dir) / "one_shot_runs.json", result)
+    print(f"{config.learner}: {result['errors']}/{result['queries']} wrong = {100 * result['error_rate']:.1f}% error "
+          f"(95% CI {100 * result['ci95_low']:.1f}-{100 * result['ci95_high']:.1f}%) on {result['runs']} runs -> {path}")
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from metarl.runs import RunError
+    from metarl.training import load_config, train_fewshot
+
+    if not (Path(args.run_dir) / "checkpoints" / "last.pt").is_file():
+        raise RunError(f"{args.run_dir} has no checkpoint to resume from (checkpoints/last.pt)")
+    config = load_config(args.run_dir)
+    if args.no_progress:
+        config.progress = False
+    train_fewshot(config, resume_dir=Path(args.run_dir))
+    _print_result(args.run_dir)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from metarl.agents import LEARNERS
+    from metarl.envs import ENVIRONMENTS
+    from metarl.envs.fewshot import SOURCES
+
+    print("learners:     " + ", ".join(LEARNERS))
+    print("task sources: " + ", ".join(SOURCES))
+    print("environments: " + ", ".join(env_id for env_id, *_ in ENVIRONMENTS))
+    return 0
+
+
+def _print_result(run_dir: Path) -> None:
+    result = json.loads((Path(run_dir) / "evaluation.json").read_text())
+    metric = result["metric"]
+    print(f"held-out {metric} ({result['split']} split, {result['num_tasks']} tasks, mean ± 95% CI):")
+    for row in result["results"]:
+        print(f"  shots={row['shots']:>3} steps={row['steps']:>3}  {metric}={row[metric]:.4f} ± {row['ci95']:.4f}")
+    print(f"run directory: {run_dir}  (evaluation.json, adaptation.png, metrics.csv, tb/, checkpoints/)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume, "list": _cmd_list}
+    from metarl.runs import RunError
+
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("metarl: interrupted (a run with a checkpoint continues with `metarl resume RUN_DIR`)", file=sys.stderr)
+        return 130
+    except (ValueError, RunError, FileNotFoundError, OSError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"metarl: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

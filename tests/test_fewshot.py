@@ -1,0 +1,226 @@
+"""Few-shot learners end to end: smoke, determinism, resume, bad input through the CLI, learning with margins."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl.agents import LEARNERS, make_learner
+from metarl.cli import main as cli_main
+from metarl.envs.fewshot import Sinusoid, make_source
+from metarl.evaluation import evaluate_fewshot, mean_confidence_interval
+from metarl.runs import CHECKPOINT_FORMAT, RunError, load_checkpoint
+from metarl.training import FewShotConfig, train_fewshot
+
+REGRESSION_LEARNERS = [name for name in LEARNERS if name not in ("protonet", "matching")]
+
+
+def _quick(tmp_path: Path, **overrides) -> FewShotConfig:
+    options = dict(iterations=6, meta_batch_size=4, eval_tasks=8, eval_steps=(0, 1), log_every=2,
+                   checkpoint_every=3, progress=False, run_dir=str(tmp_path / "run"))
+    options.update(overrides)
+    return FewShotConfig(**options)
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("learner", REGRESSION_LEARNERS)
+def test_every_learner_trains_and_evaluates_on_sinusoid(tmp_path, learner):
+    run_dir = train_fewshot(_quick(tmp_path, learner=learner))
+    for name in ("config.json", "metrics.csv", "evaluation.json", "adaptation.png", "checkpoints/last.pt"):
+        assert (run_dir / name).is_file(), name
+    result = json.loads((run_dir / "evaluation.json").read_text())
+    assert result["metric"] == "mse" and result["results"]
+    assert any(p.name.startswith("events") for p in (run_dir / "tb").iterdir())
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("learner", ["maml", "anil", "protonet", "matching", "blackbox"])
+def test_classification_learners_run_on_omniglot(tmp_path, omniglot_dir, learner):
+    config = _quick(tmp_path, learner=learner, source="omniglot", data_root=str(omniglot_dir), ways=3, shots=1,
+                    query_shots=2, iterations=2, meta_batch_size=2, eval_tasks=4)
+    result = json.loads((train_fewshot(config) / "evaluation.json").read_text())
+    assert result["metric"] == "accuracy"
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in result["results"])
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # wall-clock columns differ between runs by nature
+        row.pop("time")
+        row.pop("charts/iterations_per_s")
+    return rows
+
+
+@pytest.mark.determinism
+def test_same_seed_same_run_and_different_seed_differs(tmp_path):
+    a = train_fewshot(_quick(tmp_path / "a", seed=3))
+    b = train_fewshot(_quick(tmp_path / "b", seed=3))
+    c = train_fewshot(_quick(tmp_path / "c", seed=4))
+    assert _rows(a) == _rows(b)
+    assert _rows(a) != _rows(c)
+    ea, eb = (json.loads((d / "evaluation.json").read_text())["results"] for d in (a, b))
+    assert ea == eb
+
+
+@pytest.mark.determinism
+@pytest.mark.parametrize("learner", ["maml", "reptile"])
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, learner):
+    full = train_fewshot(_quick(tmp_path / "full", learner=learner, iterations=8, checkpoint_every=3))
+    # a run killed after its iteration-6 checkpoint (the 7th outer step raises)
+    config = _quick(tmp_path / "killed", learner=learner, iterations=8, checkpoint_every=3)
+    from metarl.core.learner import FewShotLearner
+
+    original = FewShotLearner.outer_step if learner == "maml" else type(make_learner(learner, Sinusoid())).outer_step
+    calls = {"n": 0}
+
+    def dying_outer_step(self, batch, optimizer):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return original(self, batch, optimizer)
+
+    owner = FewShotLearner if learner == "maml" else type(make_learner(learner, Sinusoid()))
+    monkeypatch.setattr(owner, "outer_step", dying_outer_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_fewshot(config)
+    killed_dir = Path(config.run_dir)
+    assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["iteration"] == 6
+    monkeypatch.setattr(owner, "outer_step", original)
+    assert cli_main(["resume", str(killed_dir), "--no-progress"]) == 0
+    final_a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    final_b = load_checkpoint(killed_dir / "checkpoints" / "last.pt")["model"]
+    for key in final_a:
+        assert torch.equal(final_a[key], final_b[key]), key
+    assert _rows(full) == _rows(killed_dir)
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metarl.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.api
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "nosuchlearner"], "unknown learner"),
+        (["train", "maml", "--source", "nosuchsource"], "unknown task source"),
+        (["train", "maml", "--shots", "0"], "shots must be >= 1"),
+        (["train", "maml", "--outer-lr", "-1"], "outer_lr must be"),
+        (["train", "maml", "--iterations", "abc"], "invalid int value"),
+        (["train", "protonet"], "needs a classification task source"),
+        (["train", "protonet", "--source", "omniglot", "--data-root", "/nonexistent"], "expected"),
+        (["train", "maml", "--device", "tpu"], "device must be"),
+        (["evaluate", "/nonexistent/run"], "not a metarl run directory"),
+        (["resume", "/nonexistent/run"], "no checkpoint"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit_and_no_run_dir(tmp_path, args, message):
+    result = _cli([*args, "--run-dir", str(tmp_path / "run")] if args[0] == "train" else args, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.api
+def test_impossible_episode_shapes_on_omniglot(tmp_path, omniglot_dir):
+    for args, message in [(["--ways", "5000"], "exceeds"), (["--shots", "19", "--query-shots", "5"], "20")]:
+        result = _cli(["train", "protonet", "--source", "omniglot", "--data-root", str(omniglot_dir), *args,
+                       "--run-dir", str(tmp_path / "run")], tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.api
+def test_corrupt_missing_and_foreign_checkpoints_are_refused(tmp_path):
+    run_dir = train_fewshot(_quick(tmp_path))
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(checkpoint)
+    assert state["format"] == CHECKPOINT_FORMAT
+    checkpoint.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(RunError, match="cannot read checkpoint"):
+        load_checkpoint(checkpoint)
+    result = _cli(["resume", str(run_dir)], tmp_path)
+    assert result.returncode == 2 and "cannot read checkpoint" in result.stderr
+    torch.save({"weights": torch.zeros(2)}, checkpoint)  # a foreign torch file
+    result = _cli(["evaluate", str(run_dir)], tmp_path)
+    assert result.returncode == 2 and "not a metarl checkpoint" in result.stderr
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": CHECKPOINT_FORMAT, "x": Evil()}, checkpoint)  # arbitrary code: weights_only refuses
+    with pytest.raises(RunError, match="cannot read checkpoint"):
+        load_checkpoint(checkpoint)
+    (run_dir / "config.json").write_text('{"learner": "maml", "shots": -3}')
+    result = _cli(["evaluate", str(run_dir)], tmp_path)
+    assert result.returncode == 2 and "invalid" in result.stderr
+
+
+@pytest.mark.api
+def test_run_directory_is_not_overwritten(tmp_path):
+    train_fewshot(_quick(tmp_path))
+    result = _cli(["train", "maml", "--run-dir", str(tmp_path / "run")], tmp_path)
+    assert result.returncode == 2 and "already exists" in result.stderr
+
+
+@pytest.mark.math
+def test_confidence_interval_matches_the_t_formula():
+    summary = mean_confidence_interval([1.0, 2.0, 3.0, 4.0])
+    assert summary["mean"] == pytest.approx(2.5)
+    assert summary["ci95"] == pytest.approx(3.182446 * 1.2909944 / 2, rel=1e-5)
+
+
+@pytest.mark.learning
+def test_maml_on_sinusoid_adapts_well_below_the_unadapted_error(tmp_path):
+    """After 1,500 meta-iterations, one step on 10 shots must cut held-out MSE to below 40% of the unadapted MSE."""
+    config = FewShotConfig(learner="maml", iterations=1500, progress=False, run_dir=str(tmp_path / "maml"),
+                           eval_steps=(0, 1, 10), eval_tasks=200, threads=1)
+    result = json.loads((train_fewshot(config) / "evaluation.json").read_text())
+    mse = {row["steps"]: row["mse"] for row in result["results"]}
+    assert mse[1] < 0.4 * mse[0], mse
+    assert mse[10] < mse[1], mse
+    assert mse[1] < 1.0, mse
+
+
+@pytest.mark.learning
+def test_prototypical_networks_on_held_out_omniglot_classes_far_above_chance(omniglot_dir):
+    source = make_source("omniglot", root=str(omniglot_dir), ways=5, shots=1, query_shots=5)
+    learner = make_learner("protonet", source, seed=0)
+    optimizer = learner.configure_optimizer(1e-3)
+    learner.train()
+    for iteration in range(150):
+        batch = source.sample(4, split="train", seed=iteration, ways=20, shots=1, query_shots=5)
+        learner.outer_step(batch, optimizer)
+    result = evaluate_fewshot(learner, source, shots=[1], num_tasks=200, split="test", seed=7)
+    accuracy = result["results"][0]["accuracy"]
+    assert accuracy > 0.80, f"5-way 1-shot held-out accuracy {accuracy:.3f} (chance 0.20)"
+
+
+@pytest.mark.api
+def test_a_plain_non_editable_install_imports_both_namespaces(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--target", str(target), str(repo)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    # -S: no site module, so the editable install's .pth finder is not loaded; dependencies come from site-packages
+    import sysconfig
+
+    probe = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import metarl.envs, metarl.agents, metarl.envs.fewshot;"
+             "assert metarl.envs.__file__.startswith(sys.argv[1]), metarl.envs.__file__;"
+             "import importlib.util as u; assert u.find_spec('envs') is None and u.find_spec('agents') is None;"
+             "print('ok')")
+    result = subprocess.run([sys.executable, "-S", "-c", probe, str(target), sysconfig.get_paths()["purelib"]],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
