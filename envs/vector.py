@@ -47,6 +47,7 @@ Bad input
 from __future__ import annotations
 
 import copy as _copy
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,7 +81,9 @@ def batch_infos(infos: Sequence[dict[str, Any] | None], num_envs: int) -> dict[s
     ``infos[i]`` is sub-env ``i``'s info (``None`` or ``{}`` when it has none). Each key maps to an array over the
     sub-envs (dtype of the first value: Python/NumPy scalars and arrays are batched, anything else goes in an
     object array, nested dicts recursively) plus a boolean mask ``"_" + key`` saying which sub-envs gave it;
-    ``"final_obs"`` is always an object array.
+    ``"final_obs"`` is always an object array. One difference: where some sub-envs give a dict and others not
+    (``info["task"]`` is a dict at reset and a task object at step in the suite's envs, so an autoreset step mixes
+    them), the values go in an object array as they are; Gymnasium's merge fails or scrambles them there.
     """
     first_info = infos[0] if infos else None
     if first_info and len(infos) == num_envs and all(
@@ -109,8 +112,9 @@ def batch_infos(infos: Sequence[dict[str, Any] | None], num_envs: int) -> dict[s
 
 def _batch_values(key: str, values: list[Any], present: list[int], num_envs: int) -> Any:
     first = values[0]
-    if key != "final_obs":
-        if isinstance(first, dict):
+    dicts = sum(isinstance(value, dict) for value in values)
+    if key != "final_obs" and dicts in (0, len(values)):
+        if dicts:
             nested: list[dict[str, Any] | None] = [None] * num_envs
             for i, value in zip(present, values):
                 nested[i] = value
@@ -251,7 +255,7 @@ class TaskVectorEnv(VectorEnv):
         if self.physics_threads > 1:
             self._pool = ThreadPoolExecutor(self.physics_threads - 1, thread_name_prefix="metarl-physics")
             self._rollouts = [mujoco.rollout.Rollout(nthread=0) for _ in range(self.physics_threads)]
-        self._jobs: list[dict[str, Any] | None] = [None] * self.num_envs
+        self._jobs: list[tuple | None] = [None] * self.num_envs
         self._bound_models: list[Any] = [None] * self.num_envs
         nu = self.single_action_space.shape[0] if self._box_act and self.single_action_space.shape else 0
         self._ctrl_low = np.zeros((self.num_envs, nu))
@@ -432,12 +436,16 @@ class TaskVectorEnv(VectorEnv):
 
     # --- the fast MuJoCo path ----------------------------------------------------------------------------
     _TUNE_SAMPLES = 16
-    """Auto mode: physics calls timed per path in each tuning round."""
+    """Auto mode: steps timed per physics path in each tuning round."""
     _TUNE_EVERY = 2000
-    """Auto mode: physics calls between tuning rounds (machine load changes)."""
+    """Auto mode: steps between tuning rounds (the machine's load changes)."""
 
     def _step_fast(self, indices: list[int], actions: np.ndarray, infos: list[dict[str, Any] | None]) -> None:
-        """``MujocoTaskEnv.step`` for several sub-envs, their physics batched (see the module docstring)."""
+        """``MujocoTaskEnv.step`` for the sub-envs in ``indices``, split over ``physics_threads`` threads.
+
+        Each thread runs its share of sub-envs one after the other; their physics goes through ``mujoco.rollout``,
+        which releases the GIL, so one thread's physics overlaps the other threads' Python.
+        """
         envs = self.envs
         for i in indices:
             if envs[i].model is not self._bound_models[i]:
@@ -450,19 +458,63 @@ class TaskVectorEnv(VectorEnv):
         else:
             controls = actions[indices].astype(np.float64)
             np.clip(controls, self._ctrl_low[indices], self._ctrl_high[indices], out=controls)
-        positions = []
-        for row, i in enumerate(indices):
-            env = envs[i]
-            positions.append(env._position_for_reward())
-            env.data.ctrl[:] = controls[row]
-        self._physics(indices)
-        env_obs, rewards = self._env_obs, self._rewards
+
+        use_threads, tuning = self._use_threads and len(indices) > 1, False
+        if self.physics_mode == "auto" and self._pool is not None and len(indices) > 1:
+            phase = self._physics_calls % self._TUNE_EVERY
+            self._physics_calls += 1
+            tuning = phase < 2 * self._TUNE_SAMPLES
+            if tuning:
+                use_threads = bool(phase % 2)
+        start = perf_counter() if tuning else 0.0
+        if use_threads:
+            cuts = np.linspace(0, len(indices), self.physics_threads + 1).round().astype(int).tolist()
+            futures = [
+                self._pool.submit(
+                    self._step_chunk, indices[cuts[k] : cuts[k + 1]], controls[cuts[k] : cuts[k + 1]], infos, k
+                )
+                for k in range(1, self.physics_threads)
+            ]
+            self._step_chunk(indices[: cuts[1]], controls[: cuts[1]], infos, 0)
+            for future in futures:
+                future.result()
+        else:
+            self._step_chunk(indices, controls, infos, None)
+        if tuning:
+            self._timings[use_threads].append(perf_counter() - start)
+            if phase == 2 * self._TUNE_SAMPLES - 1:
+                loop, threads = (float(np.median(self._timings[k])) for k in (False, True))
+                self._use_threads = threads < loop
+                self._timings = {False: [], True: []}
+
+    def _step_chunk(
+        self, indices: list[int], controls: np.ndarray, infos: list[dict[str, Any] | None], thread: int | None
+    ) -> None:
+        """Step some fast-path sub-envs; ``thread`` picks the rollout object (``None``: plain ``mj_step``).
+
+        Mirrors ``MujocoTaskEnv.step`` line for line around the ``mj_step`` call (the equality tests guard it):
+        clipped float64 controls into ``data.ctrl``, ``x_before``, the physics, then the blow-up checks (time
+        rewound by MuJoCo's own reset, or a non-finite observation) and the reward terms of the clipped action.
+        """
+        envs, env_obs, rewards = self.envs, self._env_obs, self._rewards
         terminations, truncations = self._terminations, self._truncations
+        rollout = None if thread is None else self._rollouts[thread]
         for row, i in enumerate(indices):
             env = envs[i]
+            ctrl = env._ctrl
+            ctrl[:] = controls[row]
+            x_before = env._position_for_reward()
+            data = env.data
+            time_before = data.time
+            if rollout is None:
+                mujoco.mj_step(env.model, data, nstep=env.frame_skip)
+            else:
+                self._rollout_step(i, env, rollout)
             obs = env._get_obs()
-            if np.isfinite(obs).all():
-                terms, terminated, info = env._reward_terms(controls[row], positions[row])
+            if data.time < time_before + env._min_time_advance or not obs.dot(obs) < math.inf:
+                obs, reward, terminated, truncated, info = env._unstable_step()
+            else:
+                terms, terminated, info = env._reward_terms(ctrl, x_before)
                 reward = 0.0
                 for name, value in terms.items():
                     info["reward_" + name] = value
@@ -470,75 +522,55 @@ class TaskVectorEnv(VectorEnv):
                 info["task"] = env._task
                 env._last_obs = obs
                 truncated = False
-            else:
-                obs, reward, terminated, truncated, info = env._unstable_step()
             env_obs[i] = obs
             rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
             infos[i] = info
 
-    def _physics(self, indices: list[int]) -> None:
-        """``mj_step(model, data, nstep=frame_skip)`` for each sub-env in ``indices``, possibly on threads."""
-        use_threads = self._use_threads and len(indices) > 1
-        tuning = False
-        if self.physics_mode == "auto" and self._pool is not None and len(indices) > 1:
-            phase = self._physics_calls % self._TUNE_EVERY
-            tuning = phase < 2 * self._TUNE_SAMPLES
-            if tuning:
-                use_threads = bool(phase % 2)
-            self._physics_calls += 1
-        start = perf_counter() if tuning else 0.0
-        if use_threads:
-            self._physics_threaded(indices)
-        else:
-            envs = self.envs
-            for i in indices:
-                env = envs[i]
-                mujoco.mj_step(env.model, env.data, nstep=env.frame_skip)
-        if tuning:
-            self._timings[use_threads].append((perf_counter() - start) / len(indices))
-            if phase == 2 * self._TUNE_SAMPLES - 1:
-                loop, threads = (float(np.median(self._timings[k])) for k in (False, True))
-                self._use_threads = threads < loop
-                self._timings = {False: [], True: []}
+    def _rollout_step(self, i: int, env: MujocoTaskEnv, rollout: mujoco.rollout.Rollout) -> None:
+        """``mj_step(model, data, nstep=frame_skip)`` through ``mujoco.rollout`` (GIL released), bit for bit.
 
-    def _physics_threaded(self, indices: list[int]) -> None:
-        jobs = [self._prepare_rollout(i) for i in indices]
-        bounds = np.linspace(0, len(jobs), self.physics_threads + 1).round().astype(int).tolist()
-        chunks = [jobs[bounds[k] : bounds[k + 1]] for k in range(self.physics_threads)]
-        futures = [self._pool.submit(_run_rollouts, self._rollouts[k], chunks[k]) for k in range(1, len(chunks))]
-        _run_rollouts(self._rollouts[0], chunks[0])
-        for future in futures:
-            future.result()
-        for job in jobs:
-            _finish_rollout(job)
-
-    def _prepare_rollout(self, i: int) -> dict[str, Any]:
-        """Pack sub-env ``i``'s full physics state, warm start and user inputs for ``mujoco.rollout``."""
-        env = self.envs[i]
+        The rollout starts from the env's own full physics state, warm-start accelerations and user inputs
+        (``ctrl``, applied forces, mocap, equality switches) and runs on the env's own ``MjData``, so it leaves
+        exactly what ``mj_step`` would. ``mujoco.rollout`` clears MuJoCo's warning counters and stops early at a
+        warning, where ``mj_step`` carries on (after MuJoCo's automatic reset): the counters are put back, and a
+        step that warned is undone and redone with ``mj_step``.
+        """
         model, data = env.model, env.data
         job = self._jobs[i]
-        if job is None or job["model"] is not model or job["data"] is not data or job["nstep"] != env.frame_skip:
+        if job is None or job[0] is not model or job[1] is not data or job[2] != env.frame_skip:
             nstate = mujoco.mj_stateSize(model, _FULL_PHYSICS)
             ninput = mujoco.mj_stateSize(model, _USER_INPUTS)
-            job = {
-                "model": model,
-                "models": [model],
-                "data": data,
-                "datas": [data],
-                "nstep": env.frame_skip,
-                "state": np.zeros((1, nstate)),
-                "warmstart": np.zeros((1, model.nv)),
-                "inputs": np.zeros((1, env.frame_skip, ninput)),
-                "warnings": np.zeros_like(data.warning.number),
-            }
+            job = (
+                model,
+                data,
+                env.frame_skip,
+                [model],
+                [data],
+                np.zeros((1, nstate)),
+                np.zeros((1, model.nv)),
+                np.zeros((1, env.frame_skip, ninput)),
+                np.zeros_like(data.warning.number),
+            )
             self._jobs[i] = job
-        mujoco.mj_getState(model, data, job["state"][0], _FULL_PHYSICS)
-        job["warmstart"][0] = data.qacc_warmstart
-        inputs = job["inputs"][0]
-        mujoco.mj_getState(model, data, inputs[0], _USER_INPUTS)
-        inputs[1:] = inputs[0]
-        job["warnings"][:] = data.warning.number
-        return job
+        _, _, nstep, models, datas, state, warmstart, inputs, warnings = job
+        mujoco.mj_getState(model, data, state[0], _FULL_PHYSICS)
+        warmstart[0] = data.qacc_warmstart
+        mujoco.mj_getState(model, data, inputs[0, 0], _USER_INPUTS)
+        inputs[0, 1:] = inputs[0, 0]
+        counts = data.warning.number
+        warnings[:] = counts
+        rollout.rollout(
+            models, datas, state, inputs, control_spec=_USER_INPUTS, skip_checks=True, nstep=nstep,
+            initial_warmstart=warmstart,
+        )
+        if counts.any():
+            mujoco.mj_setState(model, data, state[0], _FULL_PHYSICS)
+            mujoco.mj_setState(model, data, inputs[0, 0], _USER_INPUTS)
+            data.qacc_warmstart[:] = warmstart[0]
+            counts[:] = warnings
+            mujoco.mj_step(model, data, nstep=nstep)
+        else:
+            counts[:] = warnings
 
     # --- helpers -----------------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -578,34 +610,3 @@ class TaskVectorEnv(VectorEnv):
     def __repr__(self) -> str:
         name = self.spec.id if self.spec is not None else type(self.envs[0]).__name__
         return f"TaskVectorEnv({name}, num_envs={self.num_envs})"
-
-
-def _run_rollouts(rollout: mujoco.rollout.Rollout, jobs: list[dict[str, Any]]) -> None:
-    """Advance each job's MjData by its frame_skip steps in place (mujoco.rollout releases the GIL)."""
-    for job in jobs:
-        rollout.rollout(
-            job["models"],
-            job["datas"],
-            job["state"],
-            job["inputs"],
-            control_spec=_USER_INPUTS,
-            skip_checks=True,
-            nstep=job["nstep"],
-            initial_warmstart=job["warmstart"],
-        )
-
-
-def _finish_rollout(job: dict[str, Any]) -> None:
-    """Restore the warning counters ``mujoco.rollout`` cleared; redo the step with ``mj_step`` if MuJoCo warned."""
-    model, data = job["model"], job["data"]
-    counts = data.warning.number
-    if counts.any():
-        # An instability warning: mujoco.rollout stops stepping where mj_step carries on (after MuJoCo's automatic
-        # reset), so undo this step and redo it exactly as the env itself would.
-        mujoco.mj_setState(model, data, job["state"][0], _FULL_PHYSICS)
-        mujoco.mj_setState(model, data, job["inputs"][0, 0], _USER_INPUTS)
-        data.qacc_warmstart[:] = job["warmstart"][0]
-        counts[:] = job["warnings"]
-        mujoco.mj_step(model, data, nstep=job["nstep"])
-    else:
-        counts[:] = job["warnings"]

@@ -1,0 +1,461 @@
+"""TaskVectorEnv (metarl.envs.vector): same results as stepping the envs one by one, tasks, autoreset, bad input.
+
+The reference steps the same environments (each in a ``TimeLimit``) one by one through their own ``step``, with
+Gymnasium's autoreset rules written out (:class:`OneByOne`), or is Gymnasium's ``SyncVectorEnv`` where every
+sub-env's episodes end together. Equal outputs (observations, rewards, terminations, truncations and every info
+entry, bit for bit) mean the fast paths change nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import itertools
+
+import gymnasium as gym
+import metarl.envs  # noqa: F401  (registers the ids)
+import mujoco
+import numpy as np
+import pytest
+from gymnasium.utils import EzPickle
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.wrappers import TimeLimit
+from metarl.envs.base import TaskError, check_task_fields, checkerboard_uniform
+from metarl.envs.mujoco_base import MujocoTaskEnv, gymnasium_asset
+from metarl.envs.registration import ENVIRONMENTS
+from metarl.envs.vector import TaskVectorEnv, batch_infos
+
+
+# --- a small MuJoCo task env of our own, so these tests do not hinge on the suite's envs --------------------------
+@dataclasses.dataclass(frozen=True)
+class SpeedTask:
+    speed: float
+
+
+class CheetahSpeedEnv(MujocoTaskEnv):
+    """HalfCheetah asked to run at ``speed``; terminates once simulated time reaches ``terminate_at`` (if given)."""
+
+    task_type = SpeedTask
+
+    def __init__(self, terminate_at: float | None = None) -> None:
+        super().__init__(mujoco.MjModel.from_xml_path(gymnasium_asset("half_cheetah.xml")), frame_skip=5)
+        self.terminate_at = terminate_at
+        self._init_task(SpeedTask(1.0))
+        EzPickle.__init__(self, terminate_at)
+
+    def _sample_task_list(self, n, split, rng):
+        return [SpeedTask(float(v)) for v in checkerboard_uniform(rng, [0.0], [3.0], n, split)[:, 0]]
+
+    def _validate_task(self, task):
+        return check_task_fields(task, SpeedTask, {"speed": (0.0, 3.0)})
+
+    def _get_obs(self):
+        return np.concatenate([self.data.qpos[1:], self.data.qvel])
+
+    def _reward_terms(self, action, x_before):
+        velocity = (self.data.qpos[0] - x_before[0]) / self.dt
+        terms = {"speed": -abs(velocity - self._task.speed), "ctrl": -0.1 * float(action.dot(action))}
+        terminated = self.terminate_at is not None and self.data.time >= self.terminate_at - 1e-9
+        return terms, bool(terminated), {"x_velocity": velocity}
+
+
+TERMINATE_AT = [0.6, None, 1.3, None]  # sub-env k: episodes end by termination (12 / 26 steps) or the time limit
+TIME_LIMIT = 17
+
+
+def cheetah_factories(n: int) -> list:
+    """n factories; the k-th builds CheetahSpeedEnv(terminate_at=TERMINATE_AT[k % 4]) under a TimeLimit."""
+    return [lambda k=k: TimeLimit(CheetahSpeedEnv(TERMINATE_AT[k % 4]), TIME_LIMIT) for k in range(n)]
+
+
+def cycling_factory(n: int):
+    """One factory that builds the same sequence of envs as ``cheetah_factories`` on successive calls."""
+    counter = itertools.count()
+    factories = cheetah_factories(n)
+    return lambda: factories[next(counter) % n]()
+
+
+class OneByOne:
+    """The reference: envs stepped one by one, each through its own ``step``, autoreset as Gymnasium defines it."""
+
+    def __init__(self, factories, autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP) -> None:
+        self.envs = [factory() for factory in factories]
+        self.mode = autoreset_mode
+        self.done = [False] * len(self.envs)
+
+    def reset(self, seed: int) -> tuple[list, list]:
+        self.done = [False] * len(self.envs)
+        out = [env.reset(seed=seed + i) for i, env in enumerate(self.envs)]
+        return [o for o, _ in out], [info for _, info in out]
+
+    def step(self, actions) -> list[tuple]:
+        results = []
+        for i, env in enumerate(self.envs):
+            if self.mode == AutoresetMode.NEXT_STEP and self.done[i]:
+                obs, info = env.reset()
+                reward, terminated, truncated = 0.0, False, False
+            else:
+                obs, reward, terminated, truncated, info = env.step(actions[i])
+                if self.mode == AutoresetMode.SAME_STEP and (terminated or truncated):
+                    final = {"final_obs": obs, "final_info": info}
+                    obs, info = env.reset()
+                    info = {**final, **info}
+            self.done[i] = terminated or truncated
+            results.append((obs, reward, terminated, truncated, info))
+        return results
+
+    def set_tasks(self, tasks) -> None:
+        for env, task in zip(self.envs, tasks):
+            env.unwrapped.set_task(task)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def unbatch(infos: dict, i: int) -> dict:
+    """Sub-env ``i``'s info dict out of Gymnasium's batched format."""
+    out = {}
+    for key, value in infos.items():
+        if key.startswith("_") or not infos["_" + key][i]:
+            continue
+        out[key] = unbatch(value, i) if isinstance(value, dict) else value[i]
+    return out
+
+
+def assert_info_equal(got: dict, expected: dict, where: str) -> None:
+    assert set(got) == set(expected), f"{where}: keys differ: {set(got) ^ set(expected)}"
+    for key, value in expected.items():
+        if isinstance(value, dict) and isinstance(got[key], dict):
+            assert_info_equal(got[key], value, f"{where}[{key!r}]")
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{where}[{key!r}]")
+        else:
+            assert got[key] == value, f"{where}[{key!r}]: {got[key]!r} != {value!r}"
+
+
+def assert_infos_equal(a: dict, b: dict, where: str = "infos") -> None:
+    assert set(a) == set(b), f"{where}: keys differ: {set(a) ^ set(b)}"
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, dict):
+            assert_infos_equal(x, y, f"{where}[{key!r}]")
+            continue
+        assert isinstance(y, np.ndarray) and x.dtype == y.dtype and x.shape == y.shape, f"{where}[{key!r}]: {x} {y}"
+        if x.dtype == object:
+            for u, v in zip(x, y):
+                assert (np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v), f"{where}[{key!r}]"
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=f"{where}[{key!r}]")
+
+
+def assert_same_step(a: tuple, b: tuple, where: str) -> None:
+    """Two vector-env step results are identical, infos in Gymnasium's batched format included."""
+    for name, x, y in zip(("obs", "rewards", "terminations", "truncations"), a[:4], b[:4]):
+        np.testing.assert_array_equal(x, y, err_msg=f"{where}: {name}")
+        assert x.dtype == y.dtype, f"{where}: {name} dtype"
+    assert_infos_equal(a[4], b[4], f"{where}: infos")
+
+
+def run_side_by_side(fast: TaskVectorEnv, reference: OneByOne, steps: int, seed: int, new_tasks_at: int) -> int:
+    """Step both with the same seeded float32 actions (20% beyond the bounds); return the number of episode ends."""
+    tasks = fast.single_task_env.sample_tasks(fast.num_envs, split="train", seed=seed)
+    fast.set_tasks(tasks)
+    reference.set_tasks(tasks)
+    obs, infos = fast.reset(seed=seed)
+    ref_obs, ref_infos = reference.reset(seed=seed)
+    for i in range(fast.num_envs):
+        np.testing.assert_array_equal(obs[i], ref_obs[i])
+        assert_info_equal(unbatch(infos, i), ref_infos[i], f"reset, sub-env {i}")
+    rng = np.random.default_rng(seed)
+    low, high = fast.single_action_space.low, fast.single_action_space.high
+    ends = 0
+    for t in range(steps):
+        if t == new_tasks_at:
+            tasks = fast.single_task_env.sample_tasks(fast.num_envs, split="test", seed=seed + 1)
+            fast.set_tasks(tasks)
+            reference.set_tasks(tasks)
+        actions = rng.uniform(1.2 * low, 1.2 * high, size=(fast.num_envs, *low.shape)).astype(np.float32)
+        obs, rewards, terminations, truncations, infos = fast.step(actions.copy())
+        for i, (ref_obs, reward, terminated, truncated, info) in enumerate(reference.step(actions.copy())):
+            where = f"step {t}, sub-env {i}"
+            np.testing.assert_array_equal(obs[i], ref_obs, err_msg=where)
+            assert (rewards[i], terminations[i], truncations[i]) == (reward, terminated, truncated), where
+            assert_info_equal(unbatch(infos, i), info, where)
+        assert obs.dtype == fast.single_observation_space.dtype and rewards.dtype == np.float64
+        ends += int(np.sum(terminations | truncations))
+    return ends
+
+
+# --- equality with stepping the envs one by one --------------------------------------------------------------
+@pytest.mark.math
+@pytest.mark.parametrize("autoreset_mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+@pytest.mark.parametrize("physics_threads", [1, 2, None], ids=["loop", "threads", "auto"])
+def test_matches_stepping_the_envs_one_by_one(autoreset_mode, physics_threads) -> None:
+    fast = TaskVectorEnv(cycling_factory(4), 4, physics_threads=physics_threads, autoreset_mode=autoreset_mode)
+    reference = OneByOne(cheetah_factories(4), autoreset_mode)
+    assert fast.max_episode_steps == TIME_LIMIT and fast._fast.all()
+    ends = run_side_by_side(fast, reference, steps=150, seed=3, new_tasks_at=70)
+    assert ends >= 20, "the run must cross many terminations, truncations and autoresets"
+    fast.close()
+    reference.close()
+
+
+def _mujoco_ids() -> list[str]:
+    ids = []
+    for env_id, entry_point, _, _ in ENVIRONMENTS:
+        module, name = entry_point.split(":")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if issubclass(cls, MujocoTaskEnv):
+            ids.append(env_id)
+    return ids
+
+
+@pytest.mark.math
+@pytest.mark.parametrize("env_id", _mujoco_ids())
+def test_registered_mujoco_envs_match_stepping_one_by_one(env_id: str) -> None:
+    """Every MuJoCo env of the suite goes through the fast path and gives the same results as its own step."""
+    fast = TaskVectorEnv(env_id, 2, physics_threads=2, max_episode_steps=12)
+    reference = OneByOne([lambda: TimeLimit(gym.make(env_id).unwrapped, 12)] * 2)
+    assert fast._fast.all(), f"{env_id} should take the fast MuJoCo path"
+    run_side_by_side(fast, reference, steps=30, seed=0, new_tasks_at=15)
+    fast.close()
+    reference.close()
+
+
+@pytest.mark.math
+@pytest.mark.parametrize("env_id", ["metarl/Navigation2D-v0", "metarl/BernoulliBandit-v0"])
+def test_other_envs_match_stepping_one_by_one(env_id: str) -> None:
+    """Envs off the MuJoCo path (Box and Discrete actions) are stepped through their own step, time limit here."""
+    fast = TaskVectorEnv(env_id, 3)
+    reference = SyncVectorEnv([lambda: gym.make(env_id)] * 3)
+    assert not fast._fast.any()
+    tasks = fast.single_task_env.sample_tasks(3, seed=1)
+    fast.set_tasks(tasks)
+    for env, task in zip(reference.envs, tasks):
+        env.unwrapped.set_task(task)
+    (obs, infos), (ref_obs, ref_infos) = fast.reset(seed=5), reference.reset(seed=5)
+    np.testing.assert_array_equal(obs, ref_obs)
+    assert_infos_equal(infos, ref_infos, "reset infos")
+    rng = np.random.default_rng(0)
+    for t in range(120):
+        if isinstance(fast.single_action_space, gym.spaces.Discrete):
+            actions = rng.integers(0, fast.single_action_space.n, size=3)
+        else:
+            actions = rng.uniform(-0.2, 0.2, size=(3, 2)).astype(np.float32)
+        assert_same_step(fast.step(actions), reference.step(actions), f"step {t}")
+    fast.close()
+    reference.close()
+
+
+@pytest.mark.math
+def test_batch_infos_matches_gymnasium_merge() -> None:
+    """The batched info merge gives what VectorEnv._add_info builds env by env, missing keys and nesting included."""
+    infos = [
+        {"a": 1.5, "b": np.arange(3.0), "c": "x", "d": {"e": True}, "final_obs": np.ones(2)},
+        None,
+        {"a": 2.0, "c": ("tuple",), "f": np.int32(7)},
+        {"d": {"e": False, "g": 3}, "b": np.ones(3)},
+    ]
+    reference = SyncVectorEnv([lambda: gym.make("metarl/Navigation2D-v0")] * 4)
+    expected: dict = {}
+    for i, info in enumerate(infos):
+        expected = reference._add_info(expected, info or {}, i)
+    assert_infos_equal(batch_infos(infos, 4), expected)
+    same_keys = [{"r": float(i), "t": SpeedTask(float(i))} for i in range(4)]
+    expected = {}
+    for i, info in enumerate(same_keys):
+        expected = reference._add_info(expected, info, i)
+    assert_infos_equal(batch_infos(same_keys, 4), expected)
+    reference.close()
+
+
+# --- tasks ---------------------------------------------------------------------------------------------------
+@pytest.mark.api
+def test_set_tasks_takes_effect_at_reset_and_each_sub_env_runs_its_own() -> None:
+    envs = TaskVectorEnv(CheetahSpeedEnv, 3, max_episode_steps=50)
+    old = [SpeedTask(0.5)] * 3
+    envs.set_tasks(old)
+    envs.reset(seed=0)
+    new = [SpeedTask(0.0), SpeedTask(1.5), SpeedTask(3.0)]
+    envs.set_tasks(new)
+    assert envs.get_tasks() == new
+    infos = envs.step(np.zeros((3, 6), dtype=np.float32))[4]
+    assert list(infos["task"]) == old, "tasks must not change before the reset"
+    obs, infos = envs.reset(seed=[7, 7, 7])
+    assert [SpeedTask(**t) for t in _rows(infos["task"])] == new
+    np.testing.assert_array_equal(obs[0], obs[1])  # same seed: same start; only the tasks differ
+    _, rewards, _, _, infos = envs.step(np.zeros((3, 6), dtype=np.float32))
+    assert list(infos["task"]) == new
+    np.testing.assert_array_equal(infos["x_velocity"], infos["x_velocity"][0])  # same physics...
+    assert len(set(rewards.tolist())) == 3  # ...but each sub-env is scored against its own task
+    np.testing.assert_allclose(infos["reward_speed"], -np.abs(infos["x_velocity"] - [0.0, 1.5, 3.0]))
+    np.testing.assert_array_equal(envs.task_descriptors(), [[0.0], [1.5], [3.0]])
+    envs.close()
+
+
+def _rows(nested: dict) -> list[dict]:
+    keys = [k for k in nested if not k.startswith("_")]
+    return [{k: nested[k][i].item() for k in keys} for i in range(len(nested[keys[0]]))]
+
+
+@pytest.mark.api
+def test_reset_options_tasks_and_reset_mask() -> None:
+    envs = TaskVectorEnv(CheetahSpeedEnv, 2, max_episode_steps=50)
+    obs, _ = envs.reset(seed=0, options={"tasks": [SpeedTask(1.0), SpeedTask(2.0)]})
+    assert envs.get_tasks() == [SpeedTask(1.0), SpeedTask(2.0)]
+    moved, *_ = envs.step(np.ones((2, 6), dtype=np.float32))
+    again, infos = envs.reset(seed=[0, None], options={"reset_mask": np.array([True, False])})
+    np.testing.assert_array_equal(again[0], obs[0])  # sub-env 0 back at its seeded start
+    np.testing.assert_array_equal(again[1], moved[1])  # sub-env 1 untouched
+    np.testing.assert_array_equal(infos["_task"], [True, False])
+    envs.close()
+
+
+# --- autoreset -----------------------------------------------------------------------------------------------
+@pytest.mark.api
+def test_next_step_autoreset() -> None:
+    envs = TaskVectorEnv(CheetahSpeedEnv, 2, max_episode_steps=5)
+    envs.reset(seed=0)
+    actions = np.full((2, 6), 0.5, dtype=np.float32)
+    for _ in range(4):
+        assert not envs.step(actions)[3].any()
+    obs, _, terminated, truncated, _ = envs.step(actions)
+    assert truncated.all() and not terminated.any()
+    obs_after, rewards, terminated, truncated, infos = envs.step(actions)  # the reset step: action ignored
+    assert not (terminated.any() or truncated.any()) and np.all(rewards == 0.0)
+    assert infos["_task"].all() and "reward_speed" not in infos
+    assert np.all(np.abs(obs_after[:, :8]) <= 0.1 + 1e-12), "a fresh start (qpos noise 0.1 around the initial pose)"
+    for _ in range(4):
+        assert not envs.step(actions)[3].any()
+    assert envs.step(actions)[3].all(), "the time limit restarts after an autoreset"
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    envs.close()
+
+
+@pytest.mark.api
+def test_same_step_and_disabled_autoreset() -> None:
+    envs = TaskVectorEnv(CheetahSpeedEnv, 2, max_episode_steps=3, autoreset_mode="SameStep")
+    envs.reset(seed=0)
+    actions = np.zeros((2, 6), dtype=np.float32)
+    envs.step(actions)
+    envs.step(actions)
+    obs, rewards, terminated, truncated, infos = envs.step(actions)
+    assert truncated.all() and infos["_final_obs"].all()
+    assert not np.array_equal(infos["final_obs"][0], obs[0]), "obs is the next episode's first observation"
+    assert infos["final_info"]["_reward_speed"].all()
+    assert not envs.step(actions)[3].any()
+    envs.close()
+
+    envs = TaskVectorEnv(CheetahSpeedEnv, 2, max_episode_steps=2, autoreset_mode=AutoresetMode.DISABLED)
+    envs.reset(seed=0)
+    envs.step(actions)
+    assert envs.step(actions)[3].all()
+    with pytest.raises(RuntimeError, match="reset them"):
+        envs.step(actions)
+    envs.reset(options={"reset_mask": np.array([True, True])})
+    assert not envs.step(actions)[3].any()
+    envs.close()
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+@pytest.mark.api
+def test_bad_input_raises_before_touching_any_sub_env() -> None:
+    envs = TaskVectorEnv(CheetahSpeedEnv, 3, max_episode_steps=50)
+    twin = TaskVectorEnv(CheetahSpeedEnv, 3, max_episode_steps=50)
+    envs.reset(seed=1)
+    twin.reset(seed=1)
+    with pytest.raises(ValueError, match="expected 3 tasks"):
+        envs.set_tasks([SpeedTask(1.0)] * 2)
+    with pytest.raises(ValueError, match="sequence"):
+        envs.set_tasks(SpeedTask(1.0))
+    with pytest.raises(TaskError, match="task 2: .*outside"):
+        envs.set_tasks([SpeedTask(2.0), SpeedTask(2.5), SpeedTask(9.0)])
+    assert envs.get_tasks() == [SpeedTask(1.0)] * 3, "a rejected task list leaves every task as it was"
+    with pytest.raises(ValueError, match=r"shape \(3, 6\)"):
+        envs.step(np.zeros((2, 6), dtype=np.float32))
+    bad = np.zeros((3, 6), dtype=np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"sub-envs \[1\].*NaN or infinite"):
+        envs.step(bad)
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        envs.step(bad)
+    actions = np.full((3, 6), 0.3, dtype=np.float32)
+    assert_same_step(envs.step(actions), twin.step(actions), "after the rejected calls")
+    with pytest.raises(ValueError, match="expected 3 seeds"):
+        envs.reset(seed=[1, 2])
+    with pytest.raises(ValueError, match="reset_mask"):
+        envs.reset(options={"reset_mask": np.array([1, 0, 1])})
+    for kwargs, match in [
+        ({"num_envs": 0}, "num_envs"),
+        ({"num_envs": 2, "autoreset_mode": "Sometimes"}, "autoreset_mode"),
+        ({"num_envs": 2, "physics_threads": 0}, "physics_threads"),
+        ({"num_envs": 2, "max_episode_steps": -1}, "max_episode_steps"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TaskVectorEnv(CheetahSpeedEnv, **kwargs)
+    with pytest.raises(ValueError, match="env_kwargs"):
+        TaskVectorEnv(CheetahSpeedEnv, 2, env_kwargs={"x": 1})
+    with pytest.raises(RuntimeError, match="reset"):
+        TaskVectorEnv(CheetahSpeedEnv, 2).step(np.zeros((2, 6)))
+    envs.close()
+    twin.close()
+
+
+@pytest.mark.api
+@pytest.mark.parametrize("physics_threads", [1, 2], ids=["loop", "threads"])
+def test_physics_blow_up_stays_in_its_sub_env(physics_threads) -> None:
+    """Sub-env 1 blows up (NaN velocities): it alone is truncated and flagged, exactly as its own step would."""
+    fast = TaskVectorEnv(cycling_factory(4), 4, physics_threads=physics_threads)
+    reference = OneByOne(cheetah_factories(4))
+    fast.reset(seed=0)
+    reference.reset(seed=0)
+    actions = np.full((4, 6), 0.2, dtype=np.float32)
+
+    def compare(where: str) -> tuple:
+        out = fast.step(actions)
+        for i, (obs, reward, terminated, truncated, info) in enumerate(reference.step(actions)):
+            np.testing.assert_array_equal(out[0][i], obs, err_msg=where)
+            assert (out[1][i], out[2][i], out[3][i]) == (reward, terminated, truncated), where
+            assert_info_equal(unbatch(out[4], i), info, f"{where}, sub-env {i}")
+        return out
+
+    compare("before")
+    fast.envs[1].data.qvel[:] = np.nan
+    reference.envs[1].unwrapped.data.qvel[:] = np.nan
+    _, rewards, terminated, truncated, infos = compare("blow-up step")
+    for env, ref in zip(fast.envs, reference.envs):  # the simulator state too, not only what the step returned
+        ref_data = ref.unwrapped.data
+        assert env.data.time == ref_data.time
+        for field in ("qpos", "qvel", "qacc_warmstart", "ctrl"):
+            np.testing.assert_array_equal(getattr(env.data, field), getattr(ref_data, field), err_msg=field)
+        np.testing.assert_array_equal(env.data.warning.number, ref_data.warning.number)
+    np.testing.assert_array_equal(infos["_physics_unstable"], [False, True, False, False])
+    assert truncated[1] and rewards[1] == 0.0 and not truncated[[0, 2, 3]].any()
+    for t in range(3):  # the flagged sub-env autoresets; the others carry on
+        compare(f"after {t}")
+    fast.close()
+    reference.close()
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+@pytest.mark.api
+def test_vector_env_helpers() -> None:
+    envs = TaskVectorEnv("metarl/Navigation2D-v0", 3, copy=False)
+    assert envs.num_envs == 3
+    assert envs.single_observation_space == gym.make("metarl/Navigation2D-v0").observation_space
+    assert envs.observation_space.shape == (3, 2) and envs.action_space.shape == (3, 2)
+    assert envs.max_episode_steps == 100
+    assert envs.get_attr("max_action") == (envs.envs[0].max_action,) * 3
+    tasks = envs.call("sample_tasks", 1, split="test", seed=4)
+    assert len(tasks) == 3 and tasks[0] == tasks[2]
+    envs.set_attr("max_action", [0.1, 0.1, 0.1])
+    obs, _ = envs.reset(seed=0)
+    assert obs is envs.step(np.zeros((3, 2), dtype=np.float32))[0], "copy=False hands out the internal buffer"
+    assert "TaskVectorEnv(metarl/Navigation2D-v0, num_envs=3)" == repr(envs)
+    envs.close()
+    assert envs.closed
