@@ -96,5 +96,24 @@ def make_learner(
     return learner
 
 
+# Meta-RL agents (imported lazily: each pulls in its own dependencies). Constructor: Agent(env_id, config).
+RL_AGENTS: dict[str, tuple[str, str, str]] = {
+    # name: (module, agent class, config class)
+    "maml-trpo": ("metarl.agents.maml_trpo", "MAMLTRPO", "MAMLTRPOConfig"),
+    "rl2": ("metarl.agents.rl2", "RL2", "RL2Config"),
+}
+
+
+def rl_agent_classes(name: str) -> tuple[type, type]:
+    """``(agent class, config class)`` of a meta-RL agent by name; unknown names give a one-line ValueError."""
+    import importlib
+
+    if name not in RL_AGENTS:
+        raise ValueError(f"unknown agent {name!r}; choose one of: {', '.join([*RL_AGENTS, *LEARNERS])}")
+    module, agent, config = RL_AGENTS[name]
+    loaded = importlib.import_module(module)
+    return getattr(loaded, agent), getattr(loaded, config)
+
+
 __all__ = ["LEARNERS", "make_learner", "MAML", "MAMLConfig", "MetaSGD", "ANIL", "Reptile", "ReptileConfig",
            "PrototypicalNetwork", "MatchingNetwork", "BlackBoxLearner"]

@@ -189,8 +189,7 @@ def test_maml_on_sinusoid_adapts_well_below_the_unadapted_error(tmp_path):
     result = json.loads((train_fewshot(config) / "evaluation.json").read_text())
     mse = {row["steps"]: row["mse"] for row in result["results"]}
     assert mse[1] < 0.4 * mse[0], mse
-    assert mse[10] < mse[1], mse
-    assert mse[1] < 1.0, mse
+    assert mse[10] < 0.25 * mse[0], mse
 
 
 @pytest.mark.learning
@@ -199,8 +198,8 @@ def test_prototypical_networks_on_held_out_omniglot_classes_far_above_chance(omn
     learner = make_learner("protonet", source, seed=0)
     optimizer = learner.configure_optimizer(1e-3)
     learner.train()
-    for iteration in range(150):
-        batch = source.sample(4, split="train", seed=iteration, ways=20, shots=1, query_shots=5)
+    for iteration in range(60):
+        batch = source.sample(2, split="train", seed=iteration, ways=20, shots=1, query_shots=5)
         learner.outer_step(batch, optimizer)
     result = evaluate_fewshot(learner, source, shots=[1], num_tasks=200, split="test", seed=7)
     accuracy = result["results"][0]["accuracy"]

@@ -1,0 +1,46 @@
+"""The meta-RL agent contract: what the run loop (metarl.training_rl) and the meta-test protocol
+(metarl.evaluation.evaluate_meta_rl) need from every agent (MAML-TRPO, RL², PEARL, baselines).
+
+An agent owns its networks, optimisers and a task-aware vector env (``metarl.envs.vector.TaskVectorEnv``) built from
+a Gymnasium id. It is constructed from a config dataclass and an env id, seeded explicitly.
+
+Meta-training is a sequence of ``train_iteration(iteration)`` calls, each one whole meta-iteration (sample tasks of
+the ``train`` split, collect, adapt, update) that returns namespaced metrics (``charts/...``, ``losses/...``) and
+``env_steps`` (environment steps it used). Everything random in iteration ``i`` must derive from
+``derive_seed(config.seed, ..., i)`` or from RNG state saved in ``state_dict()``, so that a run resumed from a
+checkpoint reproduces an uninterrupted one on CPU.
+
+Meta-test (one protocol for every agent, garage's ``adapt_policy`` idea): ``meta_test(tasks, num_episodes, seed)``
+returns the undiscounted return of each adaptation episode for each task, shape ``[tasks, num_episodes]``:
+episode 0 is collected before any adaptation (exploration with the meta-learned initialisation / prior / fresh
+hidden state), and episode k > 0 after adapting on episodes 0..k-1 (gradient step(s) for MAML-TRPO, the hidden
+state carried for RL², the posterior for PEARL). ``pre-adaptation`` is column 0, ``post-adaptation`` the last.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class MetaRLAgent(Protocol):
+    name: str
+    config: Any
+
+    def train_iteration(self, iteration: int) -> dict[str, float]:
+        """One meta-iteration; returns metrics including ``env_steps`` (steps used by this iteration)."""
+        ...
+
+    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
+        """Returns ``[len(tasks), num_episodes]`` undiscounted returns per adaptation episode."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: networks, optimisers, RNG state, counters (weights_only-safe)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
