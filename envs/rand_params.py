@@ -185,10 +185,11 @@ _ARGUMENT_ROWS = """
 
 _TASK_LAW = """
     ## Task law
-    Task: :class:`RandParamsTask`, the exponents ``u`` of every varied element (``body_mass`` {mass} per body,
-    ``body_inertia`` {inertia}, ``geom_friction`` {friction}, ``dof_damping`` {damping}; {total} in all by
-    default); the descriptor is their concatenation in that order (fixed length, ``task_descriptor_dim``).
-    The varied model values are ``default * 1.5 ** u`` (``1.3 ** u`` for damping), written at ``reset``.
+    Task: :class:`RandParamsTask`, the exponents ``u`` of every varied element (``body_mass``: {mass}, one per body;
+    ``body_inertia``: {inertia}, 3 per body; ``geom_friction``: {friction}, 3 per geom; ``dof_damping``: {damping},
+    one per dof; {total} in all by default); the descriptor is their concatenation in that order (fixed length,
+    ``task_descriptor_dim``). The varied model values are ``default * 1.5 ** u`` (``1.3 ** u`` for damping),
+    written at ``reset``.
 
     * ``train`` / ``test``: the box ``[-3, 3]^d`` cut into 8 cells per exponent; a task's split is the parity
       of the sum of its cell indices (even: ``train``, odd: ``test``), each split uniform over its cells.
@@ -223,7 +224,7 @@ class HalfCheetahRandParamsEnv(RandParamsEnv):
     Never terminates; truncated after 200 steps by the registration's ``TimeLimit`` (``dt = 0.05`` s). A non-finite
     state ends the episode early with ``truncated=True`` and ``info["physics_unstable"] = True``.
 """
-        + _TASK_LAW.format(mass=7, inertia="3 x 7", friction="3 x 9 geoms", damping="9 dofs", total=64)
+        + _TASK_LAW.format(mass=7, inertia=21, friction=27, damping=9, total=64)
         + """
     ## Arguments
     | argument | default | meaning |
@@ -392,7 +393,7 @@ class HopperRandParamsEnv(_PlanarWalkerRandParamsEnv):
             healthy="``z = qpos[1]`` in ``healthy_z_range``, the pitch ``qpos[2]`` in ``healthy_angle_range`` "
             "and every entry of ``qpos[2:]`` and ``qvel`` in ``healthy_state_range`` (all open intervals)",
         )
-        + _TASK_LAW.format(mass=4, inertia="3 x 4", friction="3 x 5 geoms", damping="6 dofs", total=37)
+        + _TASK_LAW.format(mass=4, inertia=12, friction=15, damping=6, total=37)
         + """
     ## Arguments
     | argument | default | meaning |
@@ -466,7 +467,7 @@ class Walker2dRandParamsEnv(_PlanarWalkerRandParamsEnv):
             healthy="``z = qpos[1]`` in ``healthy_z_range`` and the pitch ``qpos[2]`` in ``healthy_angle_range`` "
             "(open intervals)",
         )
-        + _TASK_LAW.format(mass=7, inertia="3 x 7", friction="3 x 8 geoms", damping="9 dofs", total=61)
+        + _TASK_LAW.format(mass=7, inertia=21, friction=24, damping=9, total=61)
         + """
     ## Arguments
     | argument | default | meaning |
