@@ -190,10 +190,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_result(run_dir: Path) -> None:
+    one_shot_path = Path(run_dir) / "one_shot_runs.json"
+    if one_shot_path.exists():
+        r = json.loads(one_shot_path.read_text())
+        print(f"Omniglot one-shot runs: {r['errors']}/{r['queries']} wrong = {100 * r['error_rate']:.1f}% error "
+              f"(95% CI {100 * r['ci95_low']:.1f}-{100 * r['ci95_high']:.1f}%) on {r['runs']} runs")
+    if not (Path(run_dir) / "evaluation.json").exists():
+        print(f"run directory: {run_dir}")
+        return
     result = json.loads((Path(run_dir) / "evaluation.json").read_text())
     metric = result["metric"]
     print(f"held-out {metric} ({result['split']} split, {result['num_tasks']} tasks, mean ± 95% CI):")
     for row in result["results"]:
+        if row[metric] is None:
+            print(f"  shots={row['shots']:>3} steps={row['steps']:>3}  diverged on {row['diverged_tasks']} tasks")
+            continue
         print(f"  shots={row['shots']:>3} steps={row['steps']:>3}  {metric}={row[metric]:.4f} ± {row['ci95']:.4f}")
     print(f"run directory: {run_dir}  (evaluation.json, adaptation.png, metrics.csv, tb/, checkpoints/)")
 

@@ -88,9 +88,15 @@ def evaluate_fewshot(
                     part = batch.task(slice(start, start + chunk))
                     with torch.no_grad():
                         scores.append(learner.evaluate(part, steps=s)["score"].cpu())
-                summary = mean_confidence_interval(torch.cat(scores).numpy())
+                values = torch.cat(scores).double().numpy()
+                diverged = int((~np.isfinite(values)).sum())
+                if diverged:  # e.g. learned step sizes applied for more steps than trained: report, never average
+                    rows.append({"shots": int(k), "steps": int(s), metric: None, "ci95": None, "std": None,
+                                 "tasks": int(values.size), "diverged_tasks": diverged})
+                    continue
+                summary = mean_confidence_interval(values)
                 rows.append({"shots": int(k), "steps": int(s), metric: summary["mean"], "ci95": summary["ci95"],
-                             "std": summary["std"], "tasks": summary["n"]})
+                             "std": summary["std"], "tasks": summary["n"], "diverged_tasks": 0})
     finally:
         learner.train(was_training)
     return {"protocol": "fewshot", "learner": learner.name, "metric": metric, "split": split, "seed": seed,
@@ -135,10 +141,11 @@ def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None
     metric = result["metric"]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for k in sorted({r["shots"] for r in result["results"]}):
-        rows = sorted((r for r in result["results"] if r["shots"] == k), key=lambda r: r["steps"])
+        rows = sorted((r for r in result["results"] if r["shots"] == k and r[metric] is not None),
+                      key=lambda r: r["steps"])
         xs = [r["steps"] for r in rows]
         ys = [r[metric] for r in rows]
-        errs = [0.0 if math.isnan(r["ci95"]) else r["ci95"] for r in rows]
+        errs = [0.0 if r["ci95"] is None or math.isnan(r["ci95"]) else r["ci95"] for r in rows]
         if len(xs) == 1:
             ax.errorbar([k], ys, yerr=errs, fmt="o", capsize=3, label=f"{k} shots")
         else:

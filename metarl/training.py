@@ -12,9 +12,10 @@ with the saved model and optimiser state this reproduces the uninterrupted run b
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,12 @@ class FewShotConfig:
     """where to write the run (default: runs/<learner>-<source>-<time>)"""
     progress: bool = True
     """show a progress bar"""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """reserved for presets"""
+    augment: bool = False
+    """omniglot: random affine distortion of every training image (evaluation images are never distorted)"""
+    split_fractions: tuple[float, ...] = (0.7, 0.1, 0.2)
+    """omniglot: train/val/test shares of the characters (1 0 0: train on all, evaluate on the one-shot runs)"""
+    one_shot_runs: str | None = None
+    """omniglot: a zip or folder of the original one-shot runs to evaluate on after training"""
 
     def __post_init__(self) -> None:
         from metarl.agents import LEARNERS
@@ -102,10 +107,14 @@ class FewShotConfig:
             raise ValueError(f"unknown learner {self.learner!r}; choose one of: {', '.join(LEARNERS)}")
         if self.source not in SOURCES:
             raise ValueError(f"unknown task source {self.source!r}; choose one of: {', '.join(SOURCES)}")
-        for name in ("ways", "shots", "query_shots", "meta_batch_size", "eval_tasks", "checkpoint_every",
-                     "log_every"):
+        for name in ("ways", "shots", "query_shots", "meta_batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_tasks < 0 or (self.eval_tasks == 0 and not self.one_shot_runs):
+            raise ValueError(f"eval_tasks must be >= 1 (0 only with one_shot_runs), got {self.eval_tasks}")
+        if self.source != "omniglot" and (self.augment or self.one_shot_runs):
+            raise ValueError("augment and one_shot_runs apply to the omniglot source only")
+        self.split_fractions = tuple(float(f) for f in self.split_fractions)
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         for name in ("train_ways", "train_shots", "inner_steps"):
@@ -142,8 +151,11 @@ def build(config: FewShotConfig):
     from metarl.agents import make_learner
     from metarl.envs.fewshot import make_source
 
+    options: dict[str, Any] = {}
+    if config.source == "omniglot":
+        options = {"augment": config.augment, "split_fractions": config.split_fractions}
     source = make_source(config.source, root=config.data_root, ways=config.ways, shots=config.shots,
-                         query_shots=config.query_shots)
+                         query_shots=config.query_shots, **options)
     learner = make_learner(config.learner, source, ways=config.ways, seed=config.seed, inner_lr=config.inner_lr,
                            inner_steps=config.inner_steps, first_order=config.first_order,
                            meta_step_size=config.meta_step_size)
@@ -244,12 +256,27 @@ def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotCon
         except RuntimeError as err:
             raise RunError(f"checkpoint does not match the config: {str(err).splitlines()[0][:200]}") from None
     device = next(learner.parameters()).device
-    result = evaluate_fewshot(learner, source, shots=config.eval_shots, steps=config.eval_steps,
-                              num_tasks=eval_tasks or config.eval_tasks, split=config.eval_split,
-                              seed=config.eval_seed, device=device)
-    result["config"] = dataclasses.asdict(config)
-    save_json(run_dir / "evaluation.json", result)
-    plot_adaptation(result, run_dir / "adaptation.png", title=f"{config.learner} on {config.source}")
+    if getattr(source, "augment", False):  # held-out images are never distorted
+        source = copy.copy(source)
+        source.augment = False
+    result: dict[str, Any] = {}
+    if eval_tasks or config.eval_tasks:
+        result = evaluate_fewshot(learner, source, shots=config.eval_shots, steps=config.eval_steps,
+                                  num_tasks=eval_tasks or config.eval_tasks, split=config.eval_split,
+                                  seed=config.eval_seed, device=device)
+        result["config"] = dataclasses.asdict(config)
+        save_json(run_dir / "evaluation.json", result)
+        plot_adaptation(result, run_dir / "adaptation.png", title=f"{config.learner} on {config.source}")
+    if config.one_shot_runs:
+        from metarl.envs.fewshot.omniglot import OneShotRuns
+        from metarl.evaluation import evaluate_one_shot_runs
+
+        runs = OneShotRuns(config.one_shot_runs)
+        steps = max(config.eval_steps) if learner.uses_gradient_steps else None
+        one_shot = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=steps, device=device)
+        one_shot["config"] = dataclasses.asdict(config)
+        save_json(run_dir / "one_shot_runs.json", one_shot)
+        result["one_shot_runs"] = one_shot
     return result
 
 
@@ -260,7 +287,7 @@ def load_config(run_dir: Path) -> FewShotConfig:
     unknown = set(raw) - names
     if unknown:
         raise RunError(f"{run_dir}/config.json has unknown fields {sorted(unknown)}")
-    for key in ("eval_shots", "eval_steps"):
+    for key in ("eval_shots", "eval_steps", "split_fractions"):
         if key in raw:
             raw[key] = tuple(raw[key])
     try:

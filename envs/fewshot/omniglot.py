@@ -431,6 +431,42 @@ def _unit_fraction(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0**64
 
 
+#: ranges of the random affine augmentation (see :func:`random_affine`)
+AUGMENT_RANGES = {"rotation_degrees": 10.0, "scale": (0.85, 1.15), "shear_degrees": 10.0, "translate": 0.08}
+
+
+def random_affine(
+    images: torch.Tensor,
+    rng: np.random.Generator,
+    rotation_degrees: float = 10.0,
+    scale: tuple[float, float] = (0.85, 1.15),
+    shear_degrees: float = 10.0,
+    translate: float = 0.08,
+) -> torch.Tensor:
+    """A random affine distortion of each image ``[n, 1, S, S]`` (ink 1, background 0), drawn from ``rng``.
+
+    Rotation U(±``rotation_degrees``), isotropic scale U(``scale``), shear U(±``shear_degrees``) and translation
+    U(±``translate``) of the image width, per image, applied with bilinear ``grid_sample`` (zeros outside):
+    the variation of handwriting the Omniglot literature augments with (e.g. Koch et al. 2015 used affine
+    distortions for one-shot Omniglot). It makes a new drawing of the same character, never a new class.
+    """
+    n = images.shape[0]
+    angle = np.deg2rad(rng.uniform(-rotation_degrees, rotation_degrees, n))
+    shear = np.deg2rad(rng.uniform(-shear_degrees, shear_degrees, n))
+    zoom = rng.uniform(scale[0], scale[1], n)
+    shift = rng.uniform(-2 * translate, 2 * translate, (n, 2))  # grid coordinates span [-1, 1]
+    cos, sin, tan = np.cos(angle), np.sin(angle), np.tan(shear)
+    theta = np.zeros((n, 2, 3))
+    # inverse map (output -> input coordinates): rotation @ shear / zoom
+    theta[:, 0, 0] = cos / zoom
+    theta[:, 0, 1] = (cos * tan - sin) / zoom
+    theta[:, 1, 0] = sin / zoom
+    theta[:, 1, 1] = (sin * tan + cos) / zoom
+    theta[:, :, 2] = shift
+    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta).float(), list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 class OmniglotFewShot:
     """N-way K-shot classification tasks on Omniglot characters (the task law is in the module docstring).
 
@@ -446,6 +482,8 @@ class OmniglotFewShot:
         split_fractions: shares of ``train``/``val``/``test`` (non-negative, summing to 1; default 0.7/0.1/0.2).
         split_seed: seed of the hash that assigns units to splits (default 0; changing it changes the splits).
         seed: seed of the source's own generator, used when ``sample`` gets no seed.
+        augment: distort every sampled image with :func:`random_affine` (training; evaluation tasks should be
+            sampled from a source without it).
     """
 
     splits: tuple[str, ...] = FEWSHOT_SPLITS
@@ -470,8 +508,11 @@ class OmniglotFewShot:
         split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
         split_seed: int = 0,
         seed: int | None = None,
+        augment: bool = False,
     ) -> None:
         self.ways, self.shots, self.query_shots = self._check_shape(ways, shots, query_shots)
+        self.augment = bool(augment)
+        self.augment_ranges = dict(AUGMENT_RANGES)
         if split_by not in ("character", "alphabet"):
             raise ValueError(f"split_by must be 'character' or 'alphabet', got {split_by!r}")
         fractions = np.asarray(split_fractions, dtype=np.float64)
@@ -565,6 +606,8 @@ class OmniglotFewShot:
                 if bool(mask.any()):
                     images[mask] = torch.rot90(images[mask], k, dims=(-2, -1))
         x = images.to(torch.float32).div_(255.0).unsqueeze(3)  # [n, ways, per_class, 1, S, S]
+        if self.augment:
+            x = random_affine(x.reshape(-1, 1, *x.shape[-2:]), rng, **self.augment_ranges).reshape(x.shape)
         size = x.shape[-2:]
         labels = torch.arange(ways, dtype=torch.int64)
         return EpisodeBatch(
