@@ -19,15 +19,20 @@ faster than ``AsyncVectorEnv`` on HalfCheetah. This class is faster still:
   have been taken, whatever ``terminated`` says). Any other wrapper is kept and stepped as it is.
 * **Preallocated batch buffers** and a batched merge of the per-env ``info`` dicts (same result as Gymnasium's
   ``VectorEnv._add_info``, far fewer NumPy calls).
-* **Parallel physics for MuJoCo task envs.** Sub-envs that are :class:`~metarl.envs.mujoco_base.MujocoTaskEnv`
-  subclasses (and keep its ``step``) are stepped in three phases: each env's own pre-step Python (clip the action,
-  write ``ctrl``), then the physics of all of them on ``physics_threads`` threads, then each env's own
-  ``_get_obs``/``_reward_terms``. The physics goes through ``mujoco.rollout`` (which releases the GIL, unlike
-  ``mujoco.mj_step``), one call per sub-env on that sub-env's own ``MjData`` with its full physics state, warm-start
-  accelerations and user inputs passed in, so the sub-env ends in exactly the state ``mj_step(model, data,
-  nstep=frame_skip)`` would have left: trajectories are bit-identical to stepping the envs one by one (tested). If
-  MuJoCo raises an instability warning during a rollout, that sub-env's step is undone and redone with ``mj_step``,
-  so blow-ups behave exactly as in the env itself (``info["physics_unstable"]``, truncation).
+* **A lean step for MuJoCo task envs.** Sub-envs that are :class:`~metarl.envs.mujoco_base.MujocoTaskEnv`
+  subclasses (and keep its ``step``) are stepped without the per-env action checks (done once for the batch: one
+  clip of all actions, one NaN test), running the env's own ``_position_for_reward``, ``_get_obs`` and
+  ``_reward_terms`` around the physics, line for line as ``MujocoTaskEnv.step`` does.
+* **Physics on several threads**, when that is faster. ``mujoco.mj_step`` holds the GIL; ``mujoco.rollout``
+  releases it. So on the threaded path every sub-env's physics is one ``mujoco.rollout`` call on that sub-env's own
+  ``MjData``, given its full physics state, warm-start accelerations and user inputs: it leaves exactly the state
+  ``mj_step(model, data, nstep=frame_skip)`` would, and trajectories are bit-identical to stepping the envs one by
+  one (tested). Worker threads run the physics of their share of sub-envs while the calling thread does all the
+  Python (which the GIL serialises anyway) and the physics of its own share, sized step by step so both finish
+  together. If MuJoCo warns during a rollout (a blow-up), that sub-env's step is undone and redone with
+  ``mj_step``, so blow-ups behave exactly as in the env itself (``info["physics_unstable"]``, truncation).
+  By default (``physics_threads=None``) the vector env times both paths for a few steps every 2000 steps and uses
+  the faster: on a busy 2-core machine threads lose (the second core is taken), on an idle one they win.
 
 Autoreset mode
     ``NEXT_STEP`` by default (Gymnasium's default, as in ``SyncVectorEnv``): when a sub-env's episode ends, the
@@ -161,8 +166,9 @@ class TaskVectorEnv(VectorEnv):
         env_kwargs: keyword arguments for ``gymnasium.make`` (ids only).
         max_episode_steps: episode length applied here; default: the ``TimeLimit`` the env comes with, if any.
         autoreset_mode: ``"NextStep"`` (default), ``"SameStep"`` or ``"Disabled"`` (a :class:`AutoresetMode`).
-        physics_threads: threads for the MuJoCo physics of fast-path sub-envs; default: the CPUs this process may
-            use (at most ``num_envs``). ``1`` steps them with ``mj_step`` in the calling thread.
+        physics_threads: threads for the MuJoCo physics of fast-path sub-envs. ``None`` (default): as many as the
+            CPUs this process may use (at most ``num_envs``), used only while timing shows they are faster than
+            plain ``mj_step`` calls in the calling thread. ``1``: always ``mj_step``; ``k > 1``: always threads.
         copy: return a copy of the observation batch (default, as ``SyncVectorEnv``); ``False`` returns the
             internal buffer, overwritten by the next call.
     """
@@ -256,6 +262,7 @@ class TaskVectorEnv(VectorEnv):
             self._pool = ThreadPoolExecutor(self.physics_threads - 1, thread_name_prefix="metarl-physics")
             self._rollouts = [mujoco.rollout.Rollout(nthread=0) for _ in range(self.physics_threads)]
         self._jobs: list[tuple | None] = [None] * self.num_envs
+        self._main_share = n_fast // max(1, self.physics_threads)
         self._bound_models: list[Any] = [None] * self.num_envs
         nu = self.single_action_space.shape[0] if self._box_act and self.single_action_space.shape else 0
         self._ctrl_low = np.zeros((self.num_envs, nu))
@@ -441,11 +448,7 @@ class TaskVectorEnv(VectorEnv):
     """Auto mode: steps between tuning rounds (the machine's load changes)."""
 
     def _step_fast(self, indices: list[int], actions: np.ndarray, infos: list[dict[str, Any] | None]) -> None:
-        """``MujocoTaskEnv.step`` for the sub-envs in ``indices``, split over ``physics_threads`` threads.
-
-        Each thread runs its share of sub-envs one after the other; their physics goes through ``mujoco.rollout``,
-        which releases the GIL, so one thread's physics overlaps the other threads' Python.
-        """
+        """``MujocoTaskEnv.step`` for the sub-envs in ``indices`` (see the module docstring for the two paths)."""
         envs = self.envs
         for i in indices:
             if envs[i].model is not self._bound_models[i]:
@@ -468,18 +471,13 @@ class TaskVectorEnv(VectorEnv):
                 use_threads = bool(phase % 2)
         start = perf_counter() if tuning else 0.0
         if use_threads:
-            cuts = np.linspace(0, len(indices), self.physics_threads + 1).round().astype(int).tolist()
-            futures = [
-                self._pool.submit(
-                    self._step_chunk, indices[cuts[k] : cuts[k + 1]], controls[cuts[k] : cuts[k + 1]], infos, k
-                )
-                for k in range(1, self.physics_threads)
-            ]
-            self._step_chunk(indices[: cuts[1]], controls[: cuts[1]], infos, 0)
-            for future in futures:
-                future.result()
+            self._step_threaded(indices, controls, infos)
         else:
-            self._step_chunk(indices, controls, infos, None)
+            for row, i in enumerate(indices):
+                env = envs[i]
+                x_before, time_before = self._pre(env, controls[row])
+                mujoco.mj_step(env.model, env.data, nstep=env.frame_skip)
+                self._post(i, env, x_before, time_before, infos)
         if tuning:
             self._timings[use_threads].append(perf_counter() - start)
             if phase == 2 * self._TUNE_SAMPLES - 1:
@@ -487,53 +485,69 @@ class TaskVectorEnv(VectorEnv):
                 self._use_threads = threads < loop
                 self._timings = {False: [], True: []}
 
-    def _step_chunk(
-        self, indices: list[int], controls: np.ndarray, infos: list[dict[str, Any] | None], thread: int | None
-    ) -> None:
-        """Step some fast-path sub-envs; ``thread`` picks the rollout object (``None``: plain ``mj_step``).
+    def _pre(self, env: MujocoTaskEnv, control: np.ndarray) -> tuple[Any, float]:
+        """``MujocoTaskEnv.step`` before ``mj_step``: the clipped control into ``data.ctrl``, ``x_before``, time."""
+        env._ctrl[:] = control
+        return env._position_for_reward(), env.data.time
 
-        Mirrors ``MujocoTaskEnv.step`` line for line around the ``mj_step`` call (the equality tests guard it):
-        clipped float64 controls into ``data.ctrl``, ``x_before``, the physics, then the blow-up checks (time
-        rewound by MuJoCo's own reset, or a non-finite observation) and the reward terms of the clipped action.
+    def _post(self, i: int, env: MujocoTaskEnv, x_before: Any, time_before: float, infos: list) -> None:
+        """``MujocoTaskEnv.step`` after ``mj_step``, line for line (the equality tests guard it)."""
+        obs = env._get_obs()
+        if env.data.time < time_before + env._min_time_advance or not obs.dot(obs) < math.inf:
+            obs, reward, terminated, truncated, info = env._unstable_step()
+        else:
+            terms, terminated, info = env._reward_terms(env._ctrl, x_before)
+            reward = 0.0
+            for name, value in terms.items():
+                info["reward_" + name] = value
+                reward += value
+            info["task"] = env._task
+            env._last_obs = obs
+            truncated = False
+        self._env_obs[i] = obs
+        self._rewards[i], self._terminations[i], self._truncations[i] = reward, terminated, truncated
+        infos[i] = info
+
+    def _step_threaded(self, indices: list[int], controls: np.ndarray, infos: list) -> None:
+        """The calling thread does every sub-env's Python; the physics runs on all threads, GIL released.
+
+        The worker threads get their sub-envs first (prepared, then handed over), so their physics overlaps the
+        calling thread's own share: preparing, physics and post-step Python. The calling thread's share adapts
+        step by step so that it and the workers finish together.
         """
-        envs, env_obs, rewards = self.envs, self._env_obs, self._rewards
-        terminations, truncations = self._terminations, self._truncations
-        rollout = None if thread is None else self._rollouts[thread]
-        for row, i in enumerate(indices):
-            env = envs[i]
-            ctrl = env._ctrl
-            ctrl[:] = controls[row]
-            x_before = env._position_for_reward()
-            data = env.data
-            time_before = data.time
-            if rollout is None:
-                mujoco.mj_step(env.model, data, nstep=env.frame_skip)
-            else:
-                self._rollout_step(i, env, rollout)
-            obs = env._get_obs()
-            if data.time < time_before + env._min_time_advance or not obs.dot(obs) < math.inf:
-                obs, reward, terminated, truncated, info = env._unstable_step()
-            else:
-                terms, terminated, info = env._reward_terms(ctrl, x_before)
-                reward = 0.0
-                for name, value in terms.items():
-                    info["reward_" + name] = value
-                    reward += value
-                info["task"] = env._task
-                env._last_obs = obs
-                truncated = False
-            env_obs[i] = obs
-            rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
-            infos[i] = info
+        envs, n, workers = self.envs, len(indices), self.physics_threads - 1
+        main = min(max(1, self._main_share), n - 1)
+        cuts = np.linspace(main, n, workers + 1).round().astype(int).tolist()
+        befores: list[tuple[Any, float]] = [None] * n  # type: ignore[list-item]
+        jobs: list[tuple] = [None] * n  # type: ignore[list-item]
+        futures = []
+        for w in range(workers):
+            for row in range(cuts[w], cuts[w + 1]):
+                i = indices[row]
+                befores[row] = self._pre(envs[i], controls[row])
+                jobs[row] = self._prepare(i, envs[i])
+            futures.append(self._pool.submit(_run_jobs, self._rollouts[w + 1], jobs[cuts[w] : cuts[w + 1]]))
+        for row in range(main):
+            i = indices[row]
+            befores[row] = self._pre(envs[i], controls[row])
+            jobs[row] = self._prepare(i, envs[i])
+        _run_jobs(self._rollouts[0], jobs[:main])
+        for row in range(main):
+            _finish(jobs[row])
+            self._post(indices[row], envs[indices[row]], *befores[row], infos)
+        waiting = perf_counter()
+        workers_done = max(future.result() for future in futures)
+        # balance: if the workers were done before we needed them, take fewer envs here next time, else more
+        self._main_share = main - 1 if workers_done < waiting else main + 1
+        for row in range(main, n):
+            _finish(jobs[row])
+            self._post(indices[row], envs[indices[row]], *befores[row], infos)
 
-    def _rollout_step(self, i: int, env: MujocoTaskEnv, rollout: mujoco.rollout.Rollout) -> None:
-        """``mj_step(model, data, nstep=frame_skip)`` through ``mujoco.rollout`` (GIL released), bit for bit.
+    def _prepare(self, i: int, env: MujocoTaskEnv) -> tuple:
+        """Pack sub-env ``i``'s full physics state, warm start and user inputs for ``mujoco.rollout``.
 
-        The rollout starts from the env's own full physics state, warm-start accelerations and user inputs
-        (``ctrl``, applied forces, mocap, equality switches) and runs on the env's own ``MjData``, so it leaves
-        exactly what ``mj_step`` would. ``mujoco.rollout`` clears MuJoCo's warning counters and stops early at a
-        warning, where ``mj_step`` carries on (after MuJoCo's automatic reset): the counters are put back, and a
-        step that warned is undone and redone with ``mj_step``.
+        The rollout then runs on the env's own ``MjData`` from exactly that state, so it leaves exactly what
+        ``mj_step(model, data, nstep=frame_skip)`` would (see :func:`_finish` for MuJoCo's warnings).
         """
         model, data = env.model, env.data
         job = self._jobs[i]
@@ -549,28 +563,17 @@ class TaskVectorEnv(VectorEnv):
                 np.zeros((1, nstate)),
                 np.zeros((1, model.nv)),
                 np.zeros((1, env.frame_skip, ninput)),
+                data.warning.number,  # a view into data: MuJoCo's warning counters
                 np.zeros_like(data.warning.number),
             )
             self._jobs[i] = job
-        _, _, nstep, models, datas, state, warmstart, inputs, warnings = job
+        _, _, _, _, _, state, warmstart, inputs, counts, saved = job
         mujoco.mj_getState(model, data, state[0], _FULL_PHYSICS)
         warmstart[0] = data.qacc_warmstart
         mujoco.mj_getState(model, data, inputs[0, 0], _USER_INPUTS)
         inputs[0, 1:] = inputs[0, 0]
-        counts = data.warning.number
-        warnings[:] = counts
-        rollout.rollout(
-            models, datas, state, inputs, control_spec=_USER_INPUTS, skip_checks=True, nstep=nstep,
-            initial_warmstart=warmstart,
-        )
-        if counts.any():
-            mujoco.mj_setState(model, data, state[0], _FULL_PHYSICS)
-            mujoco.mj_setState(model, data, inputs[0, 0], _USER_INPUTS)
-            data.qacc_warmstart[:] = warmstart[0]
-            counts[:] = warnings
-            mujoco.mj_step(model, data, nstep=nstep)
-        else:
-            counts[:] = warnings
+        saved[:] = counts
+        return job
 
     # --- helpers -----------------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -610,3 +613,30 @@ class TaskVectorEnv(VectorEnv):
     def __repr__(self) -> str:
         name = self.spec.id if self.spec is not None else type(self.envs[0]).__name__
         return f"TaskVectorEnv({name}, num_envs={self.num_envs})"
+
+
+def _run_jobs(rollout: mujoco.rollout.Rollout, jobs: list[tuple]) -> float:
+    """Advance each job's MjData by its frame_skip steps in place (GIL released); return the finishing time."""
+    for _, _, nstep, models, datas, state, warmstart, inputs, _, _ in jobs:
+        rollout.rollout(
+            models, datas, state, inputs, control_spec=_USER_INPUTS, skip_checks=True, nstep=nstep,
+            initial_warmstart=warmstart,
+        )
+    return perf_counter()
+
+
+def _finish(job: tuple) -> None:
+    """Put back the warning counters ``mujoco.rollout`` cleared; redo a step that warned with ``mj_step``.
+
+    ``mujoco.rollout`` stops stepping at a MuJoCo warning where ``mj_step`` carries on (after MuJoCo's automatic
+    reset on a blow-up), so such a step is undone and redone exactly as the env itself would have run it.
+    """
+    model, data, nstep, _, _, state, warmstart, inputs, counts, saved = job
+    if counts.any():
+        mujoco.mj_setState(model, data, state[0], _FULL_PHYSICS)
+        mujoco.mj_setState(model, data, inputs[0, 0], _USER_INPUTS)
+        data.qacc_warmstart[:] = warmstart[0]
+        counts[:] = saved
+        mujoco.mj_step(model, data, nstep=nstep)
+    else:
+        counts[:] = saved
