@@ -191,6 +191,7 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         self.all_classes: tuple[str, ...] = tuple(dict.fromkeys(self.classes["train"] + self.classes["test"]))
         self._class_index = {name: i for i, name in enumerate(self.all_classes)}
         self._envs: OrderedDict[str, Any] = OrderedDict()
+        self._task_lists: dict[tuple[str, str], list[Any]] = {}
         self._active: Any = None
         default = MetaWorldTask(self.benchmark_name, self.classes["train"][0], "train", 0, self.benchmark_seed)
         self._init_task(default)
@@ -213,9 +214,12 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
     def metaworld_task(self, task: MetaWorldTask | None = None) -> Any:
         """Meta-World's own ``Task`` for ``task`` (default: the current one), to pass to a Meta-World env."""
         task = self.get_task() if task is None else self._validate_task(task)
-        bench = self.benchmark
-        listing = bench.train_tasks if task.split == "train" else bench.test_tasks
-        of_class = [t for t in listing if t.env_name == task.env_name]
+        key = (task.split, task.env_name)
+        if key not in self._task_lists:
+            bench = self.benchmark
+            listing = bench.train_tasks if task.split == "train" else bench.test_tasks
+            self._task_lists[key] = [t for t in listing if t.env_name == task.env_name]
+        of_class = self._task_lists[key]
         if len(of_class) != TASKS_PER_CLASS:
             raise RuntimeError(
                 f"Meta-World built {len(of_class)} tasks for {task.env_name} ({task.split}), expected "

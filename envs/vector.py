@@ -117,9 +117,10 @@ def batch_infos(infos: Sequence[dict[str, Any] | None], num_envs: int) -> dict[s
 
 def _batch_values(key: str, values: list[Any], present: list[int], num_envs: int) -> Any:
     first = values[0]
-    dicts = sum(isinstance(value, dict) for value in values)
-    if key != "final_obs" and dicts in (0, len(values)):
-        if dicts:
+    types = set(map(type, values))
+    dicts = [issubclass(t, dict) for t in types]
+    if key != "final_obs" and (all(dicts) or not any(dicts)):
+        if dicts[0]:
             nested: list[dict[str, Any] | None] = [None] * num_envs
             for i, value in zip(present, values):
                 nested[i] = value
@@ -236,15 +237,17 @@ class TaskVectorEnv(VectorEnv):
         self._box_act = isinstance(self.single_action_space, spaces.Box)
         self._observations = create_empty_array(self.single_observation_space, n=self.num_envs, fn=np.zeros)
         self._env_obs: list[Any] = [None] * self.num_envs
-        self._rewards = np.zeros(self.num_envs, dtype=np.float64)
-        self._terminations = np.zeros(self.num_envs, dtype=np.bool_)
-        self._truncations = np.zeros(self.num_envs, dtype=np.bool_)
+        self._reward_list: list[float] = [0.0] * self.num_envs
+        self._termination_list: list[bool] = [False] * self.num_envs
+        self._truncation_list: list[bool] = [False] * self.num_envs
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._elapsed = np.zeros(self.num_envs, dtype=np.int64)
         self._needs_reset = True
 
         # fast MuJoCo path
         self._fast = np.array([_has_fast_physics(e) for e in self.envs], dtype=np.bool_)
+        self._fast_indices = np.flatnonzero(self._fast).tolist()
+        self._slow_indices = np.flatnonzero(~self._fast).tolist()
         n_fast = int(self._fast.sum())
         self.physics_mode = "auto" if physics_threads is None else "fixed"
         if physics_threads is None:
@@ -346,8 +349,8 @@ class TaskVectorEnv(VectorEnv):
         for i in np.flatnonzero(mask):
             self._env_obs[i], infos[i] = self.envs[i].reset(seed=seeds[i], options=sub_options)
             self._elapsed[i] = 0
-        self._terminations[mask] = False
-        self._truncations[mask] = False
+        for i in np.flatnonzero(mask).tolist():
+            self._termination_list[i] = self._truncation_list[i] = False
         self._autoreset[mask] = False
         self._needs_reset = False
         return self._batched_obs(np.flatnonzero(mask)), batch_infos(infos, self.num_envs)
@@ -358,56 +361,61 @@ class TaskVectorEnv(VectorEnv):
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
         actions = self._check_actions(actions)
-        n = self.num_envs
+        n, envs = self.num_envs, self.envs
         infos: list[dict[str, Any] | None] = [None] * n
-        rows = actions if self._box_act else list(iterate(self.action_space, actions))
+        # per-env results go into Python lists (cheap item writes) and become arrays once, at the end
+        rewards, terminations, truncations = self._reward_list, self._termination_list, self._truncation_list
 
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            resetting = self._autoreset.copy()
+            resetting = self._autoreset
         else:
             if self.autoreset_mode == AutoresetMode.DISABLED and self._autoreset.any():
                 done = np.flatnonzero(self._autoreset).tolist()
                 raise RuntimeError(f"sub-envs {done} finished their episode: reset them (autoreset is disabled)")
             resetting = np.zeros(n, dtype=np.bool_)
-        stepping = ~resetting
-
-        fast = np.flatnonzero(stepping & self._fast).tolist()
+        if resetting.any():
+            stepping = ~resetting
+            fast = np.flatnonzero(stepping & self._fast).tolist()
+            slow = np.flatnonzero(stepping & ~self._fast).tolist()
+        else:
+            stepping = None
+            fast, slow = self._fast_indices, self._slow_indices
         if fast:
             self._step_fast(fast, actions, infos)
-        for i in np.flatnonzero(stepping & ~self._fast).tolist():
-            obs, reward, terminated, truncated, infos[i] = self.envs[i].step(rows[i])
-            self._env_obs[i] = obs
-            self._rewards[i], self._terminations[i], self._truncations[i] = reward, terminated, truncated
-        stepped = np.flatnonzero(stepping)
+        if slow:
+            rows = actions if self._box_act else list(iterate(self.action_space, actions))
+            for i in slow:
+                self._env_obs[i], rewards[i], terminations[i], truncations[i], infos[i] = envs[i].step(rows[i])
         if self.max_episode_steps is not None:
-            self._elapsed[stepped] += 1
-            self._truncations[stepped] |= self._elapsed[stepped] >= self.max_episode_steps
+            if stepping is None:
+                self._elapsed += 1
+                over = np.flatnonzero(self._elapsed >= self.max_episode_steps).tolist()
+            else:
+                self._elapsed[stepping] += 1
+                over = np.flatnonzero(stepping & (self._elapsed >= self.max_episode_steps)).tolist()
+            for i in over:
+                truncations[i] = True
+        if stepping is not None:
+            for i in np.flatnonzero(resetting).tolist():
+                self._env_obs[i], infos[i] = envs[i].reset()
+                self._elapsed[i] = 0
+                rewards[i], terminations[i], truncations[i] = 0.0, False, False
 
-        for i in np.flatnonzero(resetting):
-            self._env_obs[i], infos[i] = self.envs[i].reset()
-            self._elapsed[i] = 0
-            self._rewards[i] = 0.0
-            self._terminations[i] = self._truncations[i] = False
-
-        done = self._terminations | self._truncations
+        terminated = np.array(terminations, dtype=np.bool_)
+        truncated = np.array(truncations, dtype=np.bool_)
+        done = terminated | truncated
         if self.autoreset_mode == AutoresetMode.SAME_STEP and done.any():
             finals: list[dict[str, Any] | None] = [None] * n
-            for i in np.flatnonzero(done):
+            for i in np.flatnonzero(done).tolist():
                 finals[i] = {"final_obs": self._env_obs[i], "final_info": infos[i] or {}}
-                self._env_obs[i], infos[i] = self.envs[i].reset()
+                self._env_obs[i], infos[i] = envs[i].reset()
                 self._elapsed[i] = 0
             merged = batch_infos(finals, n)
             merged.update(batch_infos(infos, n))
         else:
             merged = batch_infos(infos, n)
         self._autoreset = done if self.autoreset_mode != AutoresetMode.SAME_STEP else np.zeros(n, dtype=np.bool_)
-        return (
-            self._batched_obs(np.arange(n)),
-            self._rewards.copy(),
-            self._terminations.copy(),
-            self._truncations.copy(),
-            merged,
-        )
+        return self._batched_obs(range(n)), np.array(rewards, dtype=np.float64), terminated, truncated, merged
 
     def _check_actions(self, actions: Any) -> Any:
         if self._box_act:
@@ -431,8 +439,10 @@ class TaskVectorEnv(VectorEnv):
             raise ValueError(f"expected {self.num_envs} actions (one per sub-env), got {count}")
         return actions
 
-    def _batched_obs(self, changed: np.ndarray) -> Any:
-        if self._box_obs:
+    def _batched_obs(self, changed: Sequence[int]) -> Any:
+        if self._box_obs and len(changed) == self.num_envs:
+            np.stack(self._env_obs, axis=0, out=self._observations)  # as Gymnasium's concatenate does
+        elif self._box_obs:
             for i in changed:
                 self._observations[i] = self._env_obs[i]
         else:
@@ -505,7 +515,7 @@ class TaskVectorEnv(VectorEnv):
             env._last_obs = obs
             truncated = False
         self._env_obs[i] = obs
-        self._rewards[i], self._terminations[i], self._truncations[i] = reward, terminated, truncated
+        self._reward_list[i], self._termination_list[i], self._truncation_list[i] = reward, terminated, truncated
         infos[i] = info
 
     def _step_threaded(self, indices: list[int], controls: np.ndarray, infos: list) -> None:
@@ -617,11 +627,11 @@ class TaskVectorEnv(VectorEnv):
 
 def _run_jobs(rollout: mujoco.rollout.Rollout, jobs: list[tuple]) -> float:
     """Advance each job's MjData by its frame_skip steps in place (GIL released); return the finishing time."""
+    # straight to the binding behind mujoco.rollout.Rollout.rollout(..., skip_checks=True): every argument is
+    # already checked and shaped, and the thread holds the GIL for less time between calls
+    run = rollout.rollout_.rollout
     for _, _, nstep, models, datas, state, warmstart, inputs, _, _ in jobs:
-        rollout.rollout(
-            models, datas, state, inputs, control_spec=_USER_INPUTS, skip_checks=True, nstep=nstep,
-            initial_warmstart=warmstart,
-        )
+        run(models, datas, nstep, _USER_INPUTS, state, warmstart, inputs, None, None, None)
     return perf_counter()
 
 
