@@ -3,7 +3,7 @@
 Importing this package registers every environment under ``metarl/<Name>-v0`` (see :mod:`.registration`).
 """
 
-from .base import SPLITS, TaskError, TaskEnvMixin, checkerboard_uniform, is_task_env
+from .base import SPLITS, TaskEnvMixin, TaskError, checkerboard_uniform, is_task_env
 from .registration import ENVIRONMENTS, register_all
 
 register_all()

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from metarl.agents import MAML, MAMLConfig
+
 from metarl.core.batch import EpisodeBatch
 from metarl.core.networks import MLP
 from metarl.core.seeding import seeded
@@ -61,7 +61,8 @@ def run_metarl(iters: int) -> dict:
         pre = learner.evaluate(heldout, steps=0)["score"].mean().item()
         post = learner.evaluate(heldout, steps=1)["score"].mean().item()
     return {"impl": "metarl", "threads": torch.get_num_threads(), "iters": iters,
-            "its_per_s": round(iters / seconds, 2), "heldout_pre_mse": round(pre, 4), "heldout_post_mse": round(post, 4)}
+            "its_per_s": round(iters / seconds, 2), "heldout_pre_mse": round(pre, 4),
+            "heldout_post_mse": round(post, 4)}
 
 
 def run_l2l(python: str, iters: int, threads: int) -> dict:

@@ -139,28 +139,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_one_shot(run_dir: Path, runs_path: Path) -> int:
-    from metarl.envs.fewshot.omniglot import OneShotRuns
-    from metarl.evaluation import evaluate_one_shot_runs, save_json
-    from metarl.runs import RunError, load_checkpoint
-    from metarl.training import build, load_config
+    from metarl.runs import RunError
+    from metarl.training import evaluate_run, load_config
 
     config = load_config(run_dir)
     if config.source != "omniglot":
         raise RunError(f"{run_dir} was trained on {config.source}, not omniglot")
-    runs = OneShotRuns(runs_path)
-    _, learner = build(dataclasses.replace(config, ways=20) if config.learner in ("protonet", "matching")
-                       else config)
-    state = load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
-    try:
-        learner.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise RunError(f"checkpoint does not match the config: {str(err).splitlines()[0][:200]}") from None
-    if getattr(learner, "output_dim", 20) != 20 and learner.kind == "classification" and config.ways != 20:
-        raise RunError(f"{config.learner} was trained {config.ways}-way; the one-shot runs are 20-way")
-    result = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=max(config.eval_steps) or None)
-    path = save_json(Path(run_dir) / "one_shot_runs.json", result)
-    print(f"{config.learner}: {result['errors']}/{result['queries']} wrong = {100 * result['error_rate']:.1f}% error "
-          f"(95% CI {100 * result['ci95_low']:.1f}-{100 * result['ci95_high']:.1f}%) on {result['runs']} runs -> {path}")
+    evaluate_run(run_dir, config=dataclasses.replace(config, one_shot_runs=str(runs_path), eval_tasks=0))
+    _print_result(run_dir)
     return 0
 
 

@@ -271,6 +271,8 @@ def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotCon
         from metarl.envs.fewshot.omniglot import OneShotRuns
         from metarl.evaluation import evaluate_one_shot_runs
 
+        if learner.name not in ("protonet", "matching") and config.ways != 20:
+            raise RunError(f"{config.learner} has a {config.ways}-way output layer; the one-shot runs are 20-way")
         runs = OneShotRuns(config.one_shot_runs)
         steps = max(config.eval_steps) if learner.uses_gradient_steps else None
         one_shot = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=steps, device=device)

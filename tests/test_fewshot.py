@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from metarl.agents import LEARNERS, make_learner
-from metarl.cli import main as cli_main
 from metarl.envs.fewshot import Sinusoid, make_source
+
+from metarl.cli import main as cli_main
 from metarl.evaluation import evaluate_fewshot, mean_confidence_interval
 from metarl.runs import CHECKPOINT_FORMAT, RunError, load_checkpoint
 from metarl.training import FewShotConfig, train_fewshot
@@ -216,7 +216,8 @@ def test_a_plain_non_editable_install_imports_both_namespaces(tmp_path):
     # -S: no site module, so the editable install's .pth finder is not loaded; dependencies come from site-packages
     import sysconfig
 
-    probe = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import metarl.envs, metarl.agents, metarl.envs.fewshot;"
+    probe = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]];"
+             "import metarl.envs, metarl.agents, metarl.envs.fewshot;"
              "assert metarl.envs.__file__.startswith(sys.argv[1]), metarl.envs.__file__;"
              "import importlib.util as u; assert u.find_spec('envs') is None and u.find_spec('agents') is None;"
              "print('ok')")

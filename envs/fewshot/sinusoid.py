@@ -56,8 +56,15 @@ class Sinusoid:
             return np.stack([amp, rng.uniform(self.phase[0], self.phase[1], size=n)], axis=1)
         return checkerboard_uniform(rng, low, high, n, split, cells=self.cells)
 
-    def sample(self, n: int, *, split: str = "train", seed: int | None = None, rng: np.random.Generator | None = None,
-               shots: int | None = None) -> EpisodeBatch:
+    def sample(
+        self,
+        n: int,
+        *,
+        split: str = "train",
+        seed: int | None = None,
+        rng: np.random.Generator | None = None,
+        shots: int | None = None,
+    ) -> EpisodeBatch:
         """``n`` tasks; ``seed`` (or an explicit ``rng``) makes it reproducible; ``shots`` overrides the support size."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
