@@ -94,6 +94,12 @@ class Policy(nn.Module):
         """KL(old || new) per state."""
         raise NotImplementedError
 
+    def fisher_product(self, dist: Distribution, tangent: Distribution) -> Distribution:
+        """``M t``: the Hessian of ``KL(dist || ·)`` at ``dist`` in the coordinates of :meth:`distribution`'s
+        outputs, applied to a tangent of those outputs (per state). With ``J`` the Jacobian of the outputs wrt the
+        weights, ``Jᵀ M J`` is the policy's Fisher information (see :func:`metarl.core.trpo.gauss_newton_fvp`)."""
+        raise NotImplementedError
+
     def entropy(self, dist: Distribution) -> torch.Tensor:
         raise NotImplementedError
 
@@ -105,7 +111,8 @@ class Policy(nn.Module):
 
 
 class GaussianMLPPolicy(Policy):
-    """Diagonal Gaussian policy: ``mean = MLP(obs)``, state-independent ``log_std`` (a parameter, init ``log init_std``).
+    """Diagonal Gaussian policy: ``mean = MLP(obs)``, state-independent ``log_std`` (a parameter, init
+    ``log(init_std)``).
 
     ``distribution`` returns ``(mean [..., A], log_std [..., A])`` with ``log_std`` broadcast to ``mean``'s shape and
     floored at ``log(min_std)``. Samples are not squashed or clipped (the environment clips, as in rllab).
@@ -137,6 +144,10 @@ class GaussianMLPPolicy(Policy):
         var_ratio = torch.exp(2 * (log_std_o - log_std_n))
         shift = (mean_o - mean_n).pow(2) * torch.exp(-2 * log_std_n)
         return (log_std_n - log_std_o + 0.5 * (var_ratio + shift - 1)).sum(-1)
+
+    def fisher_product(self, dist: Distribution, tangent: Distribution) -> Distribution:
+        _, log_std = dist  # KL Hessian: 1/σ² for the mean, 2 for the log std, no cross terms
+        return tangent[0] * torch.exp(-2 * log_std), 2 * tangent[1]
 
     def entropy(self, dist: Distribution) -> torch.Tensor:
         _, log_std = dist
@@ -170,6 +181,10 @@ class CategoricalMLPPolicy(Policy):
 
     def kl(self, old: Distribution, new: Distribution) -> torch.Tensor:
         return (old[0].exp() * (old[0] - new[0])).sum(-1)
+
+    def fisher_product(self, dist: Distribution, tangent: Distribution) -> Distribution:
+        # in normalised log-probability coordinates the Fisher metric is diag(p): KL ≈ ½ Σ_a p_a (δ log p_a)²
+        return (dist[0].exp() * tangent[0],)
 
     def entropy(self, dist: Distribution) -> torch.Tensor:
         return -(dist[0].exp() * dist[0]).sum(-1)

@@ -45,3 +45,13 @@ def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, gamma: f
         running = deltas[..., t] + gamma * lam * running * continues
         advantages[..., t] = running * mask[..., t]
     return advantages
+
+
+def normalize_per_task(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Standardise ``values`` ``[tasks, ...]`` to mean 0, std 1 within each task over the real steps (``mask`` 1);
+    padded entries become 0. rllab's ``center_adv`` for MAML-RL, done per task of a meta-batch at once."""
+    dims = tuple(range(1, values.dim()))
+    count = mask.sum(dim=dims, keepdim=True).clamp(min=1)
+    mean = (values * mask).sum(dim=dims, keepdim=True) / count
+    var = ((values - mean) ** 2 * mask).sum(dim=dims, keepdim=True) / count
+    return (values - mean) / (var.sqrt() + eps) * mask

@@ -4,9 +4,11 @@ conjugate gradient on Fisher-vector products, step size from the KL limit, backt
 Spec of :func:`trpo_step`, for parameters θ, a surrogate loss ``L(θ)`` (to minimise) and the mean KL divergence
 ``D(θ) = KL(π_old || π_θ)`` (0 at θ_old):
 
-1. ``g = ∇L(θ_old)``; the Fisher-vector product ``F v = ∇(∇D(θ_old)ᵀ v) + damping · v`` is the Hessian-vector product
-   of the mean KL (Pearlmutter's double backward; at θ_old, where D is minimal, the Hessian of D *is* the Fisher
-   information of the policy — also through MAML's inner loop, whose Jacobian it contains).
+1. ``g = ∇L(θ_old)``; the Fisher-vector product ``F v = ∇²D(θ_old) v + damping · v`` is the Hessian-vector product
+   of the mean KL. Two exact ways (tested equal): :func:`fisher_vector_product`, Pearlmutter's double backward of
+   D; and :func:`gauss_newton_fvp`, ``Jᵀ M J v`` with ``J`` the Jacobian of the distribution parameters wrt θ and
+   ``M`` the KL's Hessian in those parameters — exact at θ_old because ∇D vanishes there, so the second-derivative
+   terms of ``J`` drop out (through MAML's inner loop this skips third derivatives; about twice as fast).
 2. ``s ≈ −F⁻¹ g`` by ``cg_iters`` conjugate-gradient iterations (10, as rllab / garage); ``damping`` regularises F
    (rllab and garage use 1e-5; 0.1 as in OpenAI baselines is safer when F is badly conditioned, e.g. few samples).
 3. Full step ``β s`` with ``β = sqrt(2 δ / sᵀ F s)`` (the step that reaches ``D = δ`` under the quadratic model).
@@ -68,15 +70,42 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     return x, float(rr)
 
 
+def _grads_or_zeros(outputs, inputs: list[torch.Tensor], grad_outputs, **kwargs) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True, **kwargs)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
 def fisher_vector_product(kl: torch.Tensor, params: Sequence[torch.Tensor],
                           damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> H v + damping v`` with ``H`` the Hessian of the scalar ``kl`` wrt ``params`` (graph kept for reuse)."""
-    grads = torch.autograd.grad(kl, list(params), create_graph=True)
-    flat_grad = flatten(grads)
+    params = list(params)
+    flat_grad = flatten(_grads_or_zeros(kl, params, None, create_graph=True))
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        hv = torch.autograd.grad(torch.dot(flat_grad, v), list(params), retain_graph=True)
+        hv = _grads_or_zeros(torch.dot(flat_grad, v), params, None, retain_graph=True)
         return flatten(hv) + damping * v
+
+    return product
+
+
+def gauss_newton_fvp(outputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                     metric: Callable[[tuple[torch.Tensor, ...]], Sequence[torch.Tensor]],
+                     damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> Jᵀ M J v + damping v``: ``J = ∂outputs/∂params`` (``outputs`` built with a graph differentiable twice
+    wrt ``params``), ``metric(t) = M t`` on a tuple of tangents shaped like ``outputs``.
+
+    ``J v`` comes from the double-vjp trick: ``Jᵀ u`` is built once with a graph in a dummy ``u``, and its vjp wrt
+    ``u`` is ``J v``; ``Jᵀ (M J v)`` is one ordinary backward through ``outputs``.
+    """
+    params = list(params)
+    outputs = tuple(outputs)
+    dummies = tuple(torch.zeros_like(o, requires_grad=True) for o in outputs)
+    transposed = flatten(_grads_or_zeros(outputs, params, dummies, create_graph=True))
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        jv = tuple(_grads_or_zeros(transposed, list(dummies), v, retain_graph=True))
+        back = _grads_or_zeros(outputs, params, tuple(metric(jv)), retain_graph=True)
+        return flatten(back) + damping * v
 
     return product
 
@@ -98,18 +127,20 @@ class TRPOStats:
 
 
 def trpo_step(params: Sequence[torch.Tensor], objective: Objective, *, max_kl: float, cg_iters: int = 10,
-              damping: float = 1e-5, backtrack_ratio: float = 0.8, max_backtracks: int = 15) -> TRPOStats:
+              damping: float = 1e-5, backtrack_ratio: float = 0.8, max_backtracks: int = 15,
+              fisher: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None) -> TRPOStats:
     """One TRPO update of ``params`` (leaf tensors, changed in place) — see the module docstring.
 
     ``objective(differentiable)`` returns ``(loss, mean_kl)`` at the parameters' current values; with
     ``differentiable=False`` it may skip building graphs (line search), with ``True`` both must be differentiable
     twice wrt ``params`` (MAML: through the inner loop). ``kl`` is measured from the policy at the values ``params``
-    have when this function is called.
+    have when this function is called. ``fisher()``, if given, returns the Fisher-vector product to use (with its
+    damping), e.g. a :func:`gauss_newton_fvp` or one on a subsample; by default the double backward of ``kl``.
     """
     params = list(params)
     start = flatten([p.detach() for p in params]).clone()
     loss, kl = objective(True)
-    loss_before = float(loss)
+    loss_before = float(loss.detach())
     nan = float("nan")
 
     def reject(reason: str, grad_norm: float = nan, step: float = nan, residual: float = nan,
@@ -119,11 +150,11 @@ def trpo_step(params: Sequence[torch.Tensor], objective: Objective, *, max_kl: f
 
     if not math.isfinite(loss_before):
         return reject("non-finite loss")
-    grad = flatten(torch.autograd.grad(loss, params, retain_graph=True))
+    grad = flatten(_grads_or_zeros(loss, params, None, retain_graph=True))
     grad_norm = float(grad.norm())
     if not math.isfinite(grad_norm):
         return reject("non-finite gradient")
-    fvp = fisher_vector_product(kl, params, damping)
+    fvp = fisher_vector_product(kl, params, damping) if fisher is None else fisher()
     direction, residual = conjugate_gradient(fvp, -grad, cg_iters)
     curvature = float(torch.dot(direction, fvp(direction)))
     if not (math.isfinite(curvature) and curvature > 0 and bool(torch.isfinite(direction).all())):

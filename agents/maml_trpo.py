@@ -1,0 +1,393 @@
+"""MAML-TRPO: model-agnostic meta-learning for reinforcement learning with a TRPO outer loop.
+
+Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017, section 3.2
+and 5.3 (reference code: cbfinn/maml_rl on rllab). TRPO: Schulman et al., ICML 2015.
+
+Spec. The meta-parameters θ are a policy initialisation. One meta-iteration:
+
+1. sample ``meta_batch_size`` tasks of the ``train`` split; roll out ``episodes_per_task`` *support* episodes of
+   each with π_θ;
+2. inner loop (:func:`metarl.core.adaptation.adapt`, all tasks at once): ``inner_steps`` policy-gradient steps
+   θ'_i = θ − α ∇_θ L_i(θ) with the REINFORCE loss L_i = −mean_t log π_θ(a_t|s_t) Â_t over task i's support steps,
+   Â from GAE(γ, λ) on a linear feature baseline fitted per task (Duan et al. 2016; :mod:`metarl.core.baselines`)
+   and standardised per task; second order by default (``first_order`` drops ∇² terms). Several inner steps reuse
+   the same support episodes;
+3. roll out ``episodes_per_task`` *query* episodes of each task with its adapted policy π_θ'_i;
+4. outer loop: one TRPO step (:func:`metarl.core.trpo.trpo_step`) on θ for the surrogate
+   mean_i E_query[π_θ'_i(a|s) / π_old'_i(a|s) · Â] under mean_i KL(π_old'_i || π_θ'_i) ≤ ``max_kl``, where θ'_i =
+   adapt(θ) is recomputed from the support episodes for every candidate θ (so the meta-gradient and the
+   Fisher-vector products flow through the inner step), conjugate gradient on the Hessian of the mean KL, step
+   sqrt(2δ / sᵀFs), backtracking line search; a candidate that does not improve the surrogate or exceeds the KL
+   limit is refused, and if none passes (or a loss is NaN) θ is unchanged and ``charts/rejected_updates`` counts it.
+
+Defaults are the paper's (rllab's): 40 tasks, 20 episodes per task for support and query, α = 0.1, one inner step,
+δ = 0.01, γ = 0.99, λ = 1, 64x64 tanh Gaussian policy with state-independent log std (init std 1); CG 10 iterations,
+damping 1e-5, backtracking ratio 0.8, at most 15 backtracks. ``adapt_head_only`` adapts only the policy's output
+layer in the inner loop (an ANIL-style variant, Raghu et al. 2020). Box and Discrete action spaces.
+
+Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
+undiscounted return of the ``adapt_episodes`` rollouts per task collected with the policy after k adaptation
+batches: column 0 with θ, column k+1 after ``inner_steps`` policy-gradient step(s) from the column-k policy on the
+rollouts of column k ("return after k gradient steps", the MAML paper's protocol with fresh rollouts each step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import metarl.envs  # noqa: F401  (registers the environments)
+import numpy as np
+import torch
+from metarl.envs.base import is_task_env
+from metarl.envs.vector import TaskVectorEnv
+
+from metarl.core.adaptation import Params, adapt, expand_for_tasks
+from metarl.core.baselines import linear_baseline_values
+from metarl.core.policies import Policy, make_policy
+from metarl.core.rl import discounted_returns, generalized_advantages, normalize_per_task
+from metarl.core.sampling import Episodes, collect_episodes
+from metarl.core.seeding import derive_seed, seeded
+from metarl.core.trpo import gauss_newton_fvp, trpo_step
+
+
+@dataclass
+class MAMLTRPOConfig:
+    """Settings of MAML-TRPO (defaults: Finn et al. 2017 / rllab maml_rl)."""
+
+    seed: int = 0
+    """seed of everything: initialisation, tasks, env resets, action noise"""
+    device: str = "cpu"
+    """torch device: "cpu", "cuda" or "auto" (cuda when available)"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments for gymnasium.make (e.g. {"velocity_range": [0, 2]})"""
+    max_episode_steps: int | None = None
+    """episode length; None: the environment's registered time limit"""
+    meta_batch_size: int = 40
+    """tasks per meta-iteration"""
+    episodes_per_task: int = 20
+    """episodes per task for the support set, and again for the query set"""
+    envs_per_task: int | None = None
+    """sub-environments per task stepped together (memory vs speed); None: episodes_per_task (one round)"""
+    inner_lr: float = 0.1
+    """step size α of the inner policy-gradient steps"""
+    inner_steps: int = 1
+    """inner policy-gradient steps per adaptation"""
+    first_order: bool = False
+    """drop the second-order terms of the meta-gradient (first-order MAML)"""
+    adapt_head_only: bool = False
+    """adapt only the policy's output layer in the inner loop (ANIL-style)"""
+    max_kl: float = 0.01
+    """TRPO's KL limit δ on the post-adaptation policies"""
+    cg_iters: int = 10
+    """conjugate-gradient iterations"""
+    cg_damping: float = 1e-5
+    """damping added to the Fisher matrix (1e-5 rllab/garage; up to 0.1 when it is badly conditioned)"""
+    fisher_subsample: float = 1.0
+    """fraction of the meta-batch's tasks (drawn at random) whose KL curvature the Fisher-vector products use
+    (rllab's subsample_factor); 1: all tasks, exact"""
+    backtrack_ratio: float = 0.8
+    """line-search step shrink factor"""
+    max_backtracks: int = 15
+    """line-search candidates at most"""
+    discount: float = 0.99
+    """discount γ"""
+    gae_lambda: float = 1.0
+    """GAE λ (1: Monte-Carlo returns minus the baseline)"""
+    normalize_advantages: bool = True
+    """standardise advantages per task (rllab's center_adv)"""
+    baseline_reg: float = 1e-5
+    """ridge coefficient of the linear feature baseline"""
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    """hidden layer sizes of the policy MLP (tanh)"""
+    init_std: float = 1.0
+    """initial standard deviation of the Gaussian policy"""
+    adapt_episodes: int | None = None
+    """meta-test rollouts per task per adaptation step; None: episodes_per_task"""
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
+        positive_ints = ["meta_batch_size", "episodes_per_task", "inner_steps", "cg_iters", "max_backtracks"]
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("max_episode_steps", "envs_per_task", "adapt_episodes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+        for name in ("inner_lr", "max_kl", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("cg_damping", "baseline_reg"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.fisher_subsample <= 1:
+            raise ValueError(f"fisher_subsample must be in (0, 1], got {self.fisher_subsample!r}")
+        if not 0 < self.backtrack_ratio < 1:
+            raise ValueError(f"backtrack_ratio must be in (0, 1), got {self.backtrack_ratio!r}")
+        for name in ("discount", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+        if not isinstance(self.env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
+
+
+class TaskBatch(NamedTuple):
+    """Learner data of one phase, flattened over episodes and time: ``[tasks, N, ...]`` (a pytree for ``vmap``)."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+
+
+def process_episodes(episodes: Episodes, config: MAMLTRPOConfig) -> TaskBatch:
+    """Returns, per-task linear baseline, GAE and standardisation, all tasks at once."""
+    # ALGO LOGIC: advantages against a linear feature baseline fitted per task (Duan et al. 2016)
+    rewards, mask = episodes.rewards, episodes.mask
+    returns = discounted_returns(rewards, config.discount, mask)
+    values = linear_baseline_values(episodes.observations, returns, mask, config.baseline_reg)
+    advantages = generalized_advantages(rewards, values, config.discount, config.gae_lambda, mask)
+    if config.normalize_advantages:
+        advantages = normalize_per_task(advantages, mask)
+    tasks = rewards.shape[0]
+    obs = episodes.observations.reshape(tasks, -1, episodes.observations.shape[-1])
+    actions = episodes.actions.reshape(tasks, -1, *episodes.actions.shape[3:])
+    return TaskBatch(obs, actions, advantages.reshape(tasks, -1), mask.reshape(tasks, -1))
+
+
+def inner_loss(policy: Policy, params: Params, data: TaskBatch) -> torch.Tensor:
+    """REINFORCE loss −mean_t log π(a_t|s_t) Â_t per task (``[tasks]`` for batched fast weights; a scalar for one
+    task's weights and data, e.g. under ``vmap``)."""
+    log_prob = policy.log_prob(policy.distribution(params, data.observations), data.actions)
+    return -(log_prob * data.advantages * data.mask).sum(-1) / data.mask.sum(-1).clamp(min=1)
+
+
+def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig,
+                 first_order: bool) -> Params:
+    """The inner loop: ``config.inner_steps`` policy-gradient steps per task from ``params`` (batched fast weights)."""
+    return adapt(
+        lambda p, d: inner_loss(policy, p, d), params, support, steps=config.inner_steps,
+        step_size=config.inner_lr, first_order=first_order,
+        adapt_keys=policy.head_keys if config.adapt_head_only else None, vectorized=True,
+    )
+
+
+def meta_objective(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
+                   config: MAMLTRPOConfig, differentiable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(−surrogate, mean KL)`` of the post-adaptation policies adapt(params) on the query steps, against the
+    distributions ``old_dist`` of the policies that collected them."""
+    # ALGO LOGIC: re-adapt from the support episodes so the outer gradient flows through the inner step
+    fast = adapt_policy(policy, params, support, config, first_order=config.first_order or not differentiable)
+    dist = policy.distribution(fast, query.observations)
+    ratio = torch.exp(policy.log_prob(dist, query.actions) - policy.log_prob(old_dist, query.actions))
+    steps = query.mask.sum(-1).clamp(min=1)
+    surrogate = ((ratio * query.advantages * query.mask).sum(-1) / steps).mean()
+    kl = ((policy.kl(old_dist, dist) * query.mask).sum(-1) / steps).mean()
+    return -surrogate, kl
+
+
+def meta_fisher(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
+                config: MAMLTRPOConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fisher-vector products of the mean post-adaptation KL wrt θ, through the inner loop (Gauss-Newton form)."""
+    fast = adapt_policy(policy, params, support, config, first_order=config.first_order)
+    outputs = policy.distribution(fast, query.observations)
+    weight = (query.mask / query.mask.sum(-1, keepdim=True).clamp(min=1) / query.mask.shape[0]).unsqueeze(-1)
+    metric = lambda tangent: policy.fisher_product(old_dist, tuple(t * weight for t in tangent))
+    return gauss_newton_fvp(outputs, list(params.values()), metric, config.cg_damping)
+
+
+def _subset(batch: tuple, index: torch.Tensor) -> Any:
+    """The tasks ``index`` of a TaskBatch or a distribution tuple."""
+    parts = [t[index] for t in batch]
+    return TaskBatch(*parts) if isinstance(batch, TaskBatch) else tuple(parts)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    return torch.device(device)
+
+
+class MAMLTRPO:
+    """MAML-TRPO agent (the :class:`metarl.core.agent.MetaRLAgent` contract)."""
+
+    name = "maml-trpo"
+
+    def __init__(self, env_id: str, config: MAMLTRPOConfig | None = None) -> None:
+        self.config = config = config or MAMLTRPOConfig()
+        self.env_id = env_id
+        self.device = _resolve_device(config.device)
+        try:
+            probe = gym.make(env_id, **config.env_kwargs)
+        except (gym.error.Error, TypeError) as err:
+            raise ValueError(f"cannot make environment {env_id!r} with {config.env_kwargs}: {err}") from None
+        try:
+            if not is_task_env(probe):
+                raise ValueError(f"{env_id} is not a task environment: env.unwrapped needs sample_tasks, set_task, "
+                                 "get_task (see metarl.envs.base)")
+            with seeded(derive_seed(config.seed, "init")):
+                self.policy = make_policy(probe.observation_space, probe.action_space, config.hidden_sizes,
+                                          config.init_std).to(self.device)
+            self.task_api = probe.unwrapped
+            self.continuous = not self.policy.discrete
+        finally:
+            probe.close()
+        self.envs_per_task = config.envs_per_task or config.episodes_per_task
+        self.envs = self._make_envs(config.meta_batch_size * self.envs_per_task)
+        self._test_envs: dict[int, TaskVectorEnv] = {}
+        self.iteration = 0
+        self.total_env_steps = 0
+        self.rejected_updates = 0
+
+    def _make_envs(self, num_envs: int) -> TaskVectorEnv:
+        return TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
+                             max_episode_steps=self.config.max_episode_steps)
+
+    def _params(self) -> Params:
+        return dict(self.policy.named_parameters())
+
+    def _generator(self, *stream: int | str) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(derive_seed(self.config.seed, *stream))
+
+    # --- meta-training ---------------------------------------------------------------------------------------
+    def train_iteration(self, iteration: int) -> dict[str, float]:
+        """One meta-iteration (see the module docstring); everything random derives from (seed, iteration)."""
+        cfg, policy = self.config, self.policy
+        start = perf_counter()
+        tasks = self.task_api.sample_tasks(cfg.meta_batch_size, split="train",
+                                           seed=derive_seed(cfg.seed, "tasks", iteration))
+
+        # ALGO LOGIC: support episodes with θ, adapted policies, query episodes with θ'
+        theta = {k: v.detach() for k, v in self._params().items()}
+        support_episodes = collect_episodes(self.envs, policy, theta, tasks, cfg.episodes_per_task,
+                                            seed=derive_seed(cfg.seed, "support", iteration),
+                                            generator=self._generator("support", iteration))
+        learner_start = perf_counter()
+        support = process_episodes(support_episodes, cfg)
+        with torch.no_grad():
+            old_fast = {k: v.detach() for k, v in adapt_policy(policy, theta, support, cfg, first_order=True).items()}
+        learner_seconds = perf_counter() - learner_start
+        query_episodes = collect_episodes(self.envs, policy, old_fast, tasks, cfg.episodes_per_task,
+                                          seed=derive_seed(cfg.seed, "query", iteration),
+                                          generator=self._generator("query", iteration))
+
+        # ALGO LOGIC: TRPO on θ for the post-adaptation surrogate, KL(π_old' || π_θ') ≤ δ
+        learner_start = perf_counter()
+        query = process_episodes(query_episodes, cfg)
+        with torch.no_grad():
+            old_dist = tuple(t.detach() for t in policy.distribution(old_fast, query.observations))
+        params = self._params()
+        count = max(1, round(cfg.fisher_subsample * len(tasks)))
+        index = torch.randperm(len(tasks), generator=self._generator("fisher", iteration), device=self.device)[:count]
+        stats = trpo_step(
+            list(params.values()),
+            lambda differentiable: meta_objective(policy, params, support, query, old_dist, cfg, differentiable),
+            max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, damping=cfg.cg_damping,
+            backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
+            fisher=lambda: meta_fisher(policy, params, _subset(support, index), _subset(query, index),
+                                       _subset(old_dist, index), cfg),
+        )
+        learner_seconds += perf_counter() - learner_start
+        if not stats.accepted:
+            self.rejected_updates += 1
+
+        # logging
+        env_steps = support_episodes.num_steps + query_episodes.num_steps
+        self.iteration = iteration + 1
+        self.total_env_steps += env_steps
+        seconds = perf_counter() - start
+        sampling = support_episodes.env_seconds + support_episodes.policy_seconds
+        sampling += query_episodes.env_seconds + query_episodes.policy_seconds
+        metrics = {
+            "env_steps": float(env_steps),
+            "charts/pre_adaptation_return": float(support_episodes.returns.mean()),
+            "charts/post_adaptation_return": float(query_episodes.returns.mean()),
+            "charts/update_accepted": float(stats.accepted),
+            "charts/rejected_updates": float(self.rejected_updates),
+            "charts/nonfinite_updates": float(stats.reason.startswith("non-finite")),
+            "charts/backtracks": float(stats.backtracks),
+            "charts/SPS": env_steps / seconds,
+            "charts/policy_std": float(self.policy.log_std.detach().exp().mean()) if self.continuous else 0.0,
+            "losses/surrogate_before": -stats.loss_before,
+            "losses/surrogate_after": -stats.loss_after,
+            "losses/kl": stats.kl_after,
+            "losses/grad_norm": stats.grad_norm,
+            "losses/step_size": stats.step_size,
+            "losses/cg_residual": stats.cg_residual,
+            "time/iteration_seconds": seconds,
+            "time/env_seconds": support_episodes.env_seconds + query_episodes.env_seconds,
+            "time/policy_inference_seconds": support_episodes.policy_seconds + query_episodes.policy_seconds,
+            "time/learner_seconds": learner_seconds,
+            "time/other_seconds": seconds - sampling - learner_seconds,
+        }
+        return metrics
+
+    # --- meta-test -------------------------------------------------------------------------------------------
+    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
+        """``[len(tasks), num_episodes]``: column k = mean return of the ``adapt_episodes`` rollouts per task
+        collected after k adaptation batches (k policy-gradient steps with ``inner_steps = 1``); see the module
+        docstring. Deterministic given ``seed``; does not change the agent."""
+        cfg, policy = self.config, self.policy
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+        if len(tasks) < 1:
+            raise ValueError("meta_test needs at least one task")
+        rollouts = cfg.adapt_episodes or cfg.episodes_per_task
+        per_task = min(self.envs_per_task, rollouts)
+        envs = self._test_envs.get(len(tasks))
+        if envs is None:
+            envs = self._test_envs[len(tasks)] = self._make_envs(len(tasks) * per_task)
+        keys = policy.head_keys if cfg.adapt_head_only else list(self._params())
+        fast = expand_for_tasks({k: v.detach() for k, v in self._params().items()}, len(tasks), keys)
+        generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "actions"))
+        returns = np.zeros((len(tasks), num_episodes))
+        for column in range(num_episodes):
+            episodes = collect_episodes(envs, policy, fast, tasks, rollouts,
+                                        seed=derive_seed(seed, "meta_test", column), generator=generator)
+            returns[:, column] = episodes.returns.mean(1).cpu().numpy()
+            if column + 1 < num_episodes:
+                data = process_episodes(episodes, cfg)
+                for _ in range(cfg.inner_steps):  # continue from the current fast weights (no meta-gradient)
+                    with torch.enable_grad():
+                        fast = {k: (v.detach().requires_grad_(True) if k in keys else v) for k, v in fast.items()}
+                        grads = torch.autograd.grad(inner_loss(policy, fast, data).sum(), [fast[k] for k in keys])
+                    fast = {**fast, **{k: (fast[k] - cfg.inner_lr * g).detach() for k, g in zip(keys, grads)}}
+        return returns
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Policy weights and counters (everything else is derived from (seed, iteration)); weights_only-safe."""
+        return {
+            "name": self.name,
+            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "iteration": self.iteration,
+            "total_env_steps": self.total_env_steps,
+            "rejected_updates": self.rejected_updates,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
+        self.policy.load_state_dict(state["policy"])
+        self.iteration = int(state["iteration"])
+        self.total_env_steps = int(state["total_env_steps"])
+        self.rejected_updates = int(state["rejected_updates"])
+
+    def close(self) -> None:
+        self.envs.close()
+        for envs in self._test_envs.values():
+            envs.close()
+        self._test_envs.clear()

@@ -1,0 +1,165 @@
+"""Collect episodes for a batch of tasks with a :class:`~metarl.envs.vector.TaskVectorEnv` into padded tensors.
+
+:func:`collect_episodes` rolls out ``episodes_per_task`` episodes of every task of a meta-batch under a policy given
+as (fast) weights — shared weights, or per-task adapted weights with a leading task dimension — and returns an
+:class:`Episodes` batch shaped ``[tasks, episodes, T, ...]`` with a mask of the real steps.
+
+How: the vector env holds ``k = num_envs / len(tasks)`` sub-envs per task (task-major: sub-env ``i`` runs task
+``i // k``). Episodes are collected in rounds of one episode per sub-env: every round sets the tasks, resets every
+sub-env with its own seed, and steps all of them together until each has finished its episode (sub-envs that are
+done early keep being stepped by the vector env's autoreset, and those steps are discarded). Each step runs the
+policy once for the whole batch (observations ``[tasks, k, obs_dim]`` against the weights of each task) and samples
+every action from one explicit ``torch.Generator``. ``T`` is the longest episode of the batch.
+
+Reset seeds come from ``np.random.default_rng(seed)`` and are returned (``reset_seeds``), so any episode can be
+replayed alone: ``env.set_task(task); env.reset(seed=s)`` and the recorded actions give the recorded observations and
+rewards exactly (tested). Truncation by the time limit and termination are both recorded (``terminated`` says which);
+returns and advantages treat both as the end of the episode (no bootstrapping, as rllab's MAML-RL).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import torch
+
+from .adaptation import Params
+from .policies import Policy
+
+MAX_STEPS_WITHOUT_LIMIT = 10_000
+
+
+@dataclass
+class Episodes:
+    """A padded batch of episodes, ``[tasks, episodes, T, ...]``; every padded entry is 0."""
+
+    observations: torch.Tensor
+    """``[tasks, E, T, obs_dim]``: the observation each action was taken at"""
+    actions: torch.Tensor
+    """``[tasks, E, T, action_dim]`` float (Box) or ``[tasks, E, T]`` int64 (Discrete)"""
+    rewards: torch.Tensor
+    """``[tasks, E, T]``"""
+    mask: torch.Tensor
+    """``[tasks, E, T]``: 1.0 for real steps, 0.0 for padding"""
+    terminated: torch.Tensor
+    """``[tasks, E]`` bool: the episode ended by termination (else by truncation)"""
+    reset_seeds: np.ndarray
+    """``[tasks, E]`` the seed each episode's sub-env was reset with"""
+    env_seconds: float = 0.0
+    """wall time spent in ``envs.reset``/``envs.step``"""
+    policy_seconds: float = 0.0
+    """wall time spent computing and sampling actions"""
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``[tasks, E]`` steps of each episode."""
+        return self.mask.sum(-1).long()
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """``[tasks, E]`` undiscounted return of each episode."""
+        return (self.rewards * self.mask).sum(-1)
+
+    @property
+    def num_steps(self) -> int:
+        """Real environment steps in the batch."""
+        return int(self.mask.sum())
+
+
+def collect_episodes(
+    envs: Any,
+    policy: Policy,
+    params: Params,
+    tasks: Sequence[Any],
+    episodes_per_task: int,
+    *,
+    seed: int,
+    generator: torch.Generator,
+    max_steps: int | None = None,
+) -> Episodes:
+    """Roll out ``episodes_per_task`` episodes of each task in ``tasks`` (see the module docstring).
+
+    Args:
+        envs: a ``TaskVectorEnv`` with ``num_envs`` a multiple of ``len(tasks)`` (NEXT_STEP autoreset).
+        policy: the policy; ``params`` its weights, shared or with a leading task dimension (fast weights).
+        seed: seeds the sub-envs' resets. ``generator``: draws the actions (on the policy's device).
+        max_steps: longest episode allowed; default the vector env's time limit, else ``MAX_STEPS_WITHOUT_LIMIT``
+            (an episode still running then raises ``RuntimeError``).
+    """
+    num_tasks, num_envs = len(tasks), envs.num_envs
+    if num_tasks < 1 or num_envs % num_tasks:
+        raise ValueError(f"the vector env has {num_envs} sub-envs, not a multiple of the {num_tasks} tasks")
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    per_task = num_envs // num_tasks
+    rounds = math.ceil(episodes_per_task / per_task)
+    limit = max_steps or envs.max_episode_steps or MAX_STEPS_WITHOUT_LIMIT
+    reference = next(iter(params.values()))
+    device, dtype = reference.device, reference.dtype
+    rng = np.random.default_rng(seed)
+    env_seconds = policy_seconds = 0.0
+    env_tasks = [tasks[i // per_task] for i in range(num_envs)]
+
+    round_data = []
+    for _ in range(rounds):
+        seeds = rng.integers(0, 2**31 - 1, size=num_envs)
+        start = perf_counter()
+        envs.set_tasks(env_tasks)
+        obs, _ = envs.reset(seed=[int(s) for s in seeds])
+        env_seconds += perf_counter() - start
+        active = np.ones(num_envs, dtype=np.bool_)
+        terminated = np.zeros(num_envs, dtype=np.bool_)
+        steps_obs, steps_act, steps_rew, steps_mask = [], [], [], []
+        for _ in range(limit):
+            start = perf_counter()
+            obs_t = torch.as_tensor(obs, dtype=dtype).to(device).reshape(num_tasks, per_task, -1)
+            with torch.no_grad():
+                action = policy.sample(policy.distribution(params, obs_t), generator)
+            action_np = action.reshape(num_envs, *action.shape[2:]).cpu().numpy()
+            mid = perf_counter()
+            obs, reward, term, trunc, _ = envs.step(action_np)
+            env_seconds += perf_counter() - mid
+            policy_seconds += mid - start
+            steps_obs.append(obs_t)
+            steps_act.append(action)
+            steps_rew.append(reward * active)
+            steps_mask.append(active.copy())
+            terminated |= active & term
+            active &= ~(term | trunc)
+            if not active.any():
+                break
+        if active.any():
+            raise RuntimeError(f"episodes ran past {limit} steps: give the env a time limit (max_episode_steps)")
+        mask = torch.as_tensor(np.stack(steps_mask, axis=-1), dtype=dtype).reshape(num_tasks, per_task, -1)
+        observations = torch.stack(steps_obs, dim=2) * mask.unsqueeze(-1).to(device)
+        actions = torch.stack(steps_act, dim=2)
+        actions = actions * (mask.to(device) if policy.discrete else mask.unsqueeze(-1).to(device)).to(actions.dtype)
+        rewards = torch.as_tensor(np.stack(steps_rew, axis=-1), dtype=dtype).reshape(num_tasks, per_task, -1)
+        terminated_t = torch.as_tensor(terminated).reshape(num_tasks, per_task)
+        round_data.append((observations, actions, rewards.to(device), mask.to(device), terminated_t,
+                           seeds.reshape(num_tasks, per_task)))
+
+    horizon = max(d[0].shape[2] for d in round_data)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = horizon - t.shape[2]
+        if extra == 0:
+            return t
+        return torch.cat([t, t.new_zeros(*t.shape[:2], extra, *t.shape[3:])], dim=2)
+
+    def gather(i: int, padded: bool = True) -> Any:
+        parts = [pad(d[i]) if padded else d[i] for d in round_data]
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts, axis=1)[:, :episodes_per_task]
+        return torch.cat(parts, dim=1)[:, :episodes_per_task]
+
+    return Episodes(
+        observations=gather(0), actions=gather(1), rewards=gather(2), mask=gather(3),
+        terminated=gather(4, padded=False), reset_seeds=gather(5, padded=False),
+        env_seconds=env_seconds, policy_seconds=policy_seconds,
+    )
