@@ -142,6 +142,8 @@ class TaskEnvMixin:
 
     task_type: type
     splits: tuple[str, ...] = SPLITS
+    #: False only where a distribution is too small to hold tasks out (HalfCheetahDir: two directions)
+    splits_disjoint: bool = True
     _task: Any
     _pending_task: Any
 
