@@ -93,15 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl", description="Meta-learning for PyTorch: train, evaluate and resume runs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="meta-train a learner, then evaluate it on held-out tasks",
-                                description="Meta-train LEARNER on a task source and evaluate it on held-out tasks.")
-    train.add_argument("learner", help=f"one of: {', '.join(LEARNERS)}")
+    from metarl.agents import RL_AGENTS
+
+    train = commands.add_parser(
+        "train", help="meta-train a learner or agent, then evaluate it on held-out tasks",
+        description="Meta-train LEARNER on a task source (or a meta-RL AGENT on --env) and evaluate it on held-out "
+                    "tasks. Meta-RL agents take other options: see `metarl train maml-trpo --help`.")
+    train.add_argument("learner", help=f"few-shot learner ({', '.join(LEARNERS)}) or meta-RL agent "
+                                       f"({', '.join(RL_AGENTS)})")
     add_dataclass_arguments(train, FewShotConfig, skip=("learner",))
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run on held-out tasks",
                                    description="Evaluate RUN_DIR's last checkpoint on held-out tasks.")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--tasks", type=int, default=None, help="held-out tasks per cell (default: the run's)")
+    evaluate.add_argument("--video", action="store_true",
+                          help="meta-RL: render a held-out task's rollouts before and after adaptation to a GIF")
     evaluate.add_argument("--one-shot-runs", type=Path, default=None,
                           help="a zip or folder of Omniglot one-shot runs (runNN/...): report the error rate on them")
 
@@ -112,6 +119,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="list learners, task sources and environments")
     return parser
+
+
+def build_rl_train_parser() -> argparse.ArgumentParser:
+    from metarl.agents import RL_AGENTS
+    from metarl.training_rl import RLRunConfig
+
+    parser = _Parser(prog="metarl train", description="Meta-train a meta-RL AGENT on a task distribution (--env), "
+                     "then evaluate it on held-out tasks (test, and ood where the env has it).")
+    parser.add_argument("agent", choices=list(RL_AGENTS), help="meta-RL agent")
+    add_dataclass_arguments(parser, RLRunConfig, skip=("agent", "overrides"))
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="an agent config field on top of the preset (repeatable), e.g. --set inner_lr=0.05")
+    return parser
+
+
+def _cmd_train_rl(argv: list[str]) -> int:
+    from metarl.training_rl import RLRunConfig, parse_overrides, train_meta_rl
+
+    args = build_rl_train_parser().parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    args.overrides = None
+    config = config_from_args(RLRunConfig, args, agent=args.agent, overrides=overrides)
+    run_dir = train_meta_rl(config)
+    _print_rl_result(run_dir)
+    return 0
+
+
+def _print_rl_result(run_dir: Path) -> None:
+    result = json.loads((Path(run_dir) / "evaluation.json").read_text())
+    print(f"held-out return of {result['agent']} on {result['env']} ({result['num_tasks']} tasks per split, "
+          f"mean ± 95% CI; episode 0 = before adaptation):")
+    for split, data in result["splits"].items():
+        cells = "  ".join(f"ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}" for e in data["episodes"])
+        print(f"  {split:>5}: {cells}")
+    print(f"run directory: {run_dir}  (evaluation.json, adaptation.png, metrics.csv, tb/, checkpoints/)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -133,6 +175,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_one_shot(args.run_dir, args.one_shot_runs)
     if not (Path(args.run_dir) / "config.json").is_file():
         raise RunError(f"{args.run_dir} is not a metarl run directory (no config.json)")
+    from metarl.training_rl import evaluate_rl_run, is_rl_run
+
+    if is_rl_run(args.run_dir):
+        evaluate_rl_run(args.run_dir, eval_tasks=args.tasks)
+        if args.video:
+            from metarl.video import record_adaptation_video
+
+            print(f"video: {record_adaptation_video(args.run_dir)}")
+        _print_rl_result(args.run_dir)
+        return 0
+    if args.video:
+        raise RunError("--video is for meta-RL runs")
     evaluate_run(args.run_dir, eval_tasks=args.tasks)
     _print_result(args.run_dir)
     return 0
@@ -156,6 +210,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     if not (Path(args.run_dir) / "checkpoints" / "last.pt").is_file():
         raise RunError(f"{args.run_dir} has no checkpoint to resume from (checkpoints/last.pt)")
+    from metarl.training_rl import is_rl_run, load_rl_config, train_meta_rl
+
+    if is_rl_run(args.run_dir):
+        run = load_rl_config(args.run_dir)
+        if args.no_progress:
+            run.progress = False
+        train_meta_rl(run, resume_dir=Path(args.run_dir))
+        _print_rl_result(args.run_dir)
+        return 0
     config = load_config(args.run_dir)
     if args.no_progress:
         config.progress = False
@@ -165,11 +228,12 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from metarl.agents import LEARNERS
+    from metarl.agents import LEARNERS, RL_AGENTS
     from metarl.envs import ENVIRONMENTS
     from metarl.envs.fewshot import SOURCES
 
     print("learners:     " + ", ".join(LEARNERS))
+    print("agents:       " + ", ".join(RL_AGENTS))
     print("task sources: " + ", ".join(SOURCES))
     print("environments: " + ", ".join(env_id for env_id, *_ in ENVIRONMENTS))
     return 0
@@ -196,12 +260,15 @@ def _print_result(run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume, "list": _cmd_list}
+    from metarl.agents import RL_AGENTS
     from metarl.runs import RunError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if len(argv) >= 2 and argv[0] == "train" and argv[1] in RL_AGENTS:
+            return _cmd_train_rl(argv[1:])
+        args = build_parser().parse_args(argv)
+        handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume, "list": _cmd_list}
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("metarl: interrupted (a run with a checkpoint continues with `metarl resume RUN_DIR`)", file=sys.stderr)

@@ -6,6 +6,11 @@ seed (the same tasks for every learner given the same seed), ``adapt`` on the K-
 score the query set (MSE for regression, accuracy for classification) and report the mean over tasks with a 95%
 confidence interval (Student t over tasks). Learners without gradient steps are scored once per K (S = 0).
 
+Meta-RL (:func:`evaluate_meta_rl`): for each split (``test``, and ``ood`` where the env offers it), sample held-out
+tasks with the evaluation seed, let the agent explore, adapt and act through its ``meta_test`` (see
+metarl/core/agent.py: column 0 is the return before adaptation, column k after adapting on what came before), and
+report the return of every adaptation episode with a 95% CI over tasks.
+
 The original Omniglot one-shot task (:func:`evaluate_one_shot_runs`): 20-way 1-shot runs, error rate over all
 queries with a 95% CI (Wilson interval over queries).
 
@@ -155,6 +160,69 @@ def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None
     ax.set_xlabel("shots" if single else "adaptation gradient steps")
     ax.set_ylabel(f"held-out {metric} ({result['split']} split, 95% CI)")
     ax.set_title(title or f"{result['learner']}: {result['num_tasks']} held-out tasks")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test",), num_tasks: int = 20,
+                     num_episodes: int = 3, seed: int = 12345) -> dict[str, Any]:
+    """Meta-test ``agent`` on held-out tasks of every split the env offers among ``splits``."""
+    import gymnasium as gym
+
+    import metarl.envs  # noqa: F401 - registers the ids
+
+    env = gym.make(env_id)
+    try:
+        offered = tuple(getattr(env.unwrapped, "splits", ("train", "test")))
+        by_split: dict[str, Any] = {}
+        for split in splits:
+            if split not in offered:
+                continue
+            tasks = env.unwrapped.sample_tasks(num_tasks, split=split, seed=derive_seed(seed, "tasks", split))
+            returns = np.asarray(agent.meta_test(tasks, num_episodes, derive_seed(seed, "meta-test", split)),
+                                 dtype=np.float64)
+            if returns.shape != (len(tasks), num_episodes):
+                raise ValueError(f"meta_test returned shape {returns.shape}, expected {(len(tasks), num_episodes)}")
+            episodes = [mean_confidence_interval(returns[:, k]) for k in range(num_episodes)]
+            by_split[split] = {
+                "episodes": [{"episode": k, "return": e["mean"], "ci95": e["ci95"], "std": e["std"]}
+                             for k, e in enumerate(episodes)],
+                "pre_adaptation_return": episodes[0]["mean"],
+                "post_adaptation_return": episodes[-1]["mean"],
+                "per_task_returns": returns.tolist(),
+            }
+    finally:
+        env.close()
+    if not by_split:
+        raise ValueError(f"{env_id} offers none of the splits {list(splits)}")
+    return {"protocol": "meta-rl", "agent": getattr(agent, "name", type(agent).__name__), "env": env_id,
+            "num_tasks": num_tasks, "num_episodes": num_episodes, "seed": seed, "splits": by_split}
+
+
+def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
+    """PNG adaptation curve: return per adaptation episode (0 = before adaptation), one line per split."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for split, data in result["splits"].items():
+        xs = [e["episode"] for e in data["episodes"]]
+        ys = [e["return"] for e in data["episodes"]]
+        errs = [0.0 if math.isnan(e["ci95"]) else e["ci95"] for e in data["episodes"]]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{split} tasks")
+    ax.set_xlabel("adaptation episode (0 = before adaptation)")
+    ax.set_ylabel("return (mean over tasks, 95% CI)")
+    ax.set_title(title or f"{result['agent']} on {result['env']}")
     ax.grid(alpha=0.3)
     ax.legend()
     buffer = io.BytesIO()
