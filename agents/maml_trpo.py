@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from metarl.envs.base import is_task_env
 from metarl.envs.vector import TaskVectorEnv
+from torch import nn
 
 from metarl.core.adaptation import Params, adapt, expand_for_tasks
 from metarl.core.baselines import linear_baseline_values
@@ -53,6 +54,8 @@ from metarl.core.rl import discounted_returns, generalized_advantages, normalize
 from metarl.core.sampling import Episodes, collect_episodes
 from metarl.core.seeding import derive_seed, seeded
 from metarl.core.trpo import gauss_newton_fvp, trpo_step
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 @dataclass
@@ -103,7 +106,9 @@ class MAMLTRPOConfig:
     baseline_reg: float = 1e-5
     """ridge coefficient of the linear feature baseline"""
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    """hidden layer sizes of the policy MLP (tanh)"""
+    """hidden layer sizes of the policy MLP"""
+    activation: str = "tanh"
+    """hidden activation of the policy MLP: "tanh" (rllab default) or "relu" (the MAML paper's 100x100 policy)"""
     init_std: float = 1.0
     """initial standard deviation of the Gaussian policy"""
     adapt_episodes: int | None = None
@@ -133,6 +138,8 @@ class MAMLTRPOConfig:
         for name in ("discount", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
@@ -239,7 +246,7 @@ class MAMLTRPO:
                                  "get_task (see metarl.envs.base)")
             with seeded(derive_seed(config.seed, "init")):
                 self.policy = make_policy(probe.observation_space, probe.action_space, config.hidden_sizes,
-                                          config.init_std).to(self.device)
+                                          config.init_std, ACTIVATIONS[config.activation]).to(self.device)
             self.task_api = probe.unwrapped
             self.continuous = not self.policy.discrete
         finally:
