@@ -100,11 +100,12 @@ class FewShotConfig:
     """omniglot: a zip or folder of the original one-shot runs to evaluate on after training"""
 
     def __post_init__(self) -> None:
-        from metarl.agents import LEARNERS
+        from metarl.agents import LEARNERS, RL_AGENTS
         from metarl.envs.fewshot import SOURCES
 
         if self.learner not in LEARNERS:
-            raise ValueError(f"unknown learner {self.learner!r}; choose one of: {', '.join(LEARNERS)}")
+            raise ValueError(f"unknown learner {self.learner!r}; choose a few-shot learner ({', '.join(LEARNERS)}) "
+                             f"or a meta-RL agent ({', '.join(RL_AGENTS)})")
         if self.source not in SOURCES:
             raise ValueError(f"unknown task source {self.source!r}; choose one of: {', '.join(SOURCES)}")
         for name in ("ways", "shots", "query_shots", "meta_batch_size", "checkpoint_every", "log_every"):
