@@ -522,8 +522,8 @@ class TaskVectorEnv(VectorEnv):
         """The calling thread does every sub-env's Python; the physics runs on all threads, GIL released.
 
         The worker threads get their sub-envs first (prepared, then handed over), so their physics overlaps the
-        calling thread's own share: preparing, physics and post-step Python. The calling thread's share adapts
-        step by step so that it and the workers finish together.
+        calling thread's own share, which it steps one sub-env at a time (Python, physics, Python). The calling
+        thread's share adapts step by step so that it and the workers finish together.
         """
         envs, n, workers = self.envs, len(indices), self.physics_threads - 1
         main = min(max(1, self._main_share), n - 1)
@@ -537,14 +537,17 @@ class TaskVectorEnv(VectorEnv):
                 befores[row] = self._pre(envs[i], controls[row])
                 jobs[row] = self._prepare(i, envs[i])
             futures.append(self._pool.submit(_run_jobs, self._rollouts[w + 1], jobs[cuts[w] : cuts[w + 1]]))
+        rollout = self._rollouts[0]
         for row in range(main):
+            # one sub-env at a time: each rollout call releases the GIL, which lets the workers, who need it for
+            # a moment between their rollouts, carry on (a long stretch of Python here would stall them)
             i = indices[row]
-            befores[row] = self._pre(envs[i], controls[row])
-            jobs[row] = self._prepare(i, envs[i])
-        _run_jobs(self._rollouts[0], jobs[:main])
-        for row in range(main):
-            _finish(jobs[row])
-            self._post(indices[row], envs[indices[row]], *befores[row], infos)
+            env = envs[i]
+            x_before, time_before = self._pre(env, controls[row])
+            job = self._prepare(i, env)
+            _run_jobs(rollout, [job])
+            _finish(job)
+            self._post(i, env, x_before, time_before, infos)
         waiting = perf_counter()
         workers_done = max(future.result() for future in futures)
         # balance: if the workers were done before we needed them, take fewer envs here next time, else more
