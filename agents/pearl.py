@@ -1,0 +1,553 @@
+"""PEARL: off-policy meta-RL with a probabilistic context encoder, and the oracle (the same SAC given the true task).
+
+Rakelly, Zhou, Quillen, Finn & Levine, "Efficient Off-Policy Meta-Reinforcement Learning via Probabilistic Context
+Variables", ICML 2019 (reference code: katerakelly/oyster, on rlkit). SAC: :mod:`metarl.core.sac`.
+
+Spec
+    * **Encoder.** An MLP maps each context transition c_n = (s, a, r) (plus s' with ``use_next_obs_in_context``)
+      to a Gaussian factor Ψ(z|c_n) = N(μ_n, σ_n²) (σ² = softplus, at least 1e-7). The posterior is their product,
+      q(z|c) ∝ Π_n Ψ(z|c_n): σ² = 1 / Σ_n σ_n⁻², μ = σ² Σ_n μ_n / σ_n² (:func:`product_of_gaussians`), invariant to
+      the order of the context. With no context at all, q is the prior N(0, I).
+    * **Data.** Per-task replay buffers (:class:`~metarl.core.replay.TaskReplayBuffer`) for ``num_train_tasks``
+      fixed train-split tasks: an RL buffer and an encoder buffer. Iteration 0 first collects ``num_initial_steps``
+      per train task with z ~ prior into both. Every iteration then draws ``num_tasks_sample`` train tasks; for
+      each, the encoder buffer is emptied (it holds only recent data, as the reference) and it collects
+      ``num_steps_prior`` steps with z ~ prior (into both buffers), ``num_steps_posterior`` with z ~ q(z|c) (both),
+      and ``num_extra_rl_steps_posterior`` with z ~ q(z|c) (RL buffer only), where c is an ``embedding_batch_size``
+      sample of the task's encoder buffer and z is redrawn at the start of every episode. All tasks step together
+      in one :class:`~metarl.envs.vector.TaskVectorEnv`.
+    * **Update** (``gradient_steps`` per iteration, all tasks of a meta-batch in ONE forward pass of
+      ``meta_batch_size × batch_size`` rows): draw ``meta_batch_size`` train tasks; a context batch of
+      ``embedding_batch_size`` transitions per task from the encoder buffer and an RL batch of ``batch_size`` from
+      the RL buffer; z ~ q(z|c) reparameterised. Critic + encoder: the SAC critic loss with Q(s, a, z) plus
+      ``kl_lambda`` · Σ_tasks KL(q(z|c) || N(0, I)) (the encoder learns only from these); target
+      y = ``reward_scale`` · r + γ(1 − d)(min Q'(s', a', z) − α log π(a'|s', z)). Actor: SAC's loss with z
+      detached, plus ``policy_mean_reg`` · mean μ² + ``policy_std_reg`` · mean (log σ)² (the reference's
+      regularisers). Temperature: SAC's automatic α (``learn_temperature``). Target critics: Polyak with ``tau``.
+      A non-finite loss rejects that step (nothing is stepped; ``charts/rejected_updates`` counts it).
+    * **Meta-test** (posterior sampling): per task, episode 0 acts with z ~ prior; after each episode the posterior
+      is inferred from all transitions of this task collected so far and episode k acts with a fresh z ~ q(z|c).
+      Actions are the squashed mean (the reference's ``eval_deterministic``) unless ``deterministic_test=False``.
+    * **Oracle** (:class:`Oracle`): the same SAC with z the env's ``task_descriptor(task)`` (no encoder, no KL):
+      the upper bound a context could reach. Its meta-test columns are flat (nothing to adapt).
+    * **Randomness.** Iteration i draws everything (tasks, env resets, z, action noise, batches) from
+      ``derive_seed(seed, ..., i)``; ``state_dict`` holds networks, optimisers, α, both replay buffers and counters,
+      so a resumed run reproduces an uninterrupted one exactly on CPU.
+
+Defaults are the reference's (oyster ``configs/default.py`` and ``launch_experiment.py``): latent 5, three hidden
+layers of 300 (actor and critics) and of 200 (encoder), learning rates 3e-4, γ 0.99, τ 0.005, reward scale 5,
+kl_lambda 0.1, meta-batch 16, batch 256, context batch 64 (100 in some env configs), 2000 initial steps per task,
+5 tasks sampled per iteration with 400 prior + 0 posterior + 400 extra-RL steps each, 2000 gradient steps per
+iteration, replay 1e6 per task; 100 train tasks as its cheetah-vel config. Deviation: the reference trains SAC v1
+(a V network, α fixed at 1, the reward scale setting the entropy weight); here SAC v2 (twin target critics, no V)
+with a learned α by default; ``learn_temperature=False, init_temperature=1`` gives the fixed-α objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import gymnasium as gym
+import metarl.envs  # noqa: F401  (registers the metarl/* environments)
+import numpy as np
+import torch
+from gymnasium import spaces
+from metarl.envs.base import is_task_env
+from metarl.envs.vector import TaskVectorEnv
+from torch import nn
+
+from metarl.core.networks import MLP
+from metarl.core.replay import TaskReplayBuffer, collect_transitions
+from metarl.core.sac import (
+    TanhGaussianActor,
+    TwinQ,
+    actor_loss,
+    critic_loss,
+    critic_target,
+    soft_update_,
+    temperature_loss,
+)
+from metarl.core.seeding import derive_seed, seeded
+
+
+@dataclass
+class PEARLConfig:
+    """Settings of PEARL (defaults: the reference implementation, see the module docstring)."""
+
+    seed: int = 0
+    """seed of everything: initialisation, tasks, env resets, latent and action noise, batches"""
+    device: str = "cpu"
+    """torch device: "cpu", "cuda" or "auto" (cuda when available)"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments for gymnasium.make"""
+    max_episode_steps: int | None = None
+    """episode length; None: the environment's registered time limit"""
+    num_train_tasks: int = 100
+    """fixed train-split tasks with their own replay buffers"""
+    latent_dim: int = 5
+    """size of the latent context z"""
+    hidden_sizes: list[int] = field(default_factory=lambda: [300, 300, 300])
+    """hidden layers of the actor and of each critic"""
+    encoder_hidden_sizes: list[int] = field(default_factory=lambda: [200, 200, 200])
+    """hidden layers of the context encoder"""
+    use_next_obs_in_context: bool = False
+    """context transitions (s, a, r, s') instead of (s, a, r)"""
+    meta_batch_size: int = 16
+    """tasks per gradient step"""
+    batch_size: int = 256
+    """RL transitions per task per gradient step"""
+    embedding_batch_size: int = 64
+    """context transitions per task for the encoder (training and data collection)"""
+    num_initial_steps: int = 2000
+    """steps per train task collected with z ~ prior before training"""
+    num_tasks_sample: int = 5
+    """train tasks whose data is refreshed each iteration"""
+    num_steps_prior: int = 400
+    """steps per sampled task with z ~ prior (RL and encoder buffers)"""
+    num_steps_posterior: int = 0
+    """steps per sampled task with z ~ posterior (RL and encoder buffers)"""
+    num_extra_rl_steps_posterior: int = 400
+    """steps per sampled task with z ~ posterior, RL buffer only"""
+    gradient_steps: int = 2000
+    """gradient steps per iteration"""
+    discount: float = 0.99
+    """discount γ"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    reward_scale: float = 5.0
+    """rewards are multiplied by this in the critic target (env-dependent)"""
+    kl_lambda: float = 0.1
+    """weight of the KL(posterior || prior) term in the encoder loss"""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor"""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics"""
+    encoder_lr: float = 3e-4
+    """Adam learning rate of the context encoder"""
+    temperature_lr: float = 3e-4
+    """Adam learning rate of log α"""
+    learn_temperature: bool = True
+    """learn α for the target entropy (SAC v2); False keeps α = init_temperature"""
+    init_temperature: float = 1.0
+    """initial (or fixed) entropy temperature α"""
+    target_entropy: float | None = None
+    """target policy entropy for the learned α; None: −dim(A)"""
+    policy_mean_reg: float = 1e-3
+    """weight of mean μ² in the actor loss"""
+    policy_std_reg: float = 1e-3
+    """weight of mean (log σ)² in the actor loss"""
+    replay_capacity: int = 1_000_000
+    """transitions kept per task in each replay buffer (memory: tasks × capacity × transition size)"""
+    deterministic_test: bool = True
+    """meta-test with the squashed mean action (False: sampled actions)"""
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
+        self.encoder_hidden_sizes = [int(h) for h in self.encoder_hidden_sizes]
+        for name in ("num_train_tasks", "latent_dim", "meta_batch_size", "batch_size", "embedding_batch_size",
+                     "num_tasks_sample", "replay_capacity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("num_initial_steps", "num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior",
+                     "gradient_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.num_initial_steps + self.num_steps_prior + self.num_steps_posterior < 1:
+            raise ValueError("the encoder needs data: make num_initial_steps or num_steps_prior positive")
+        if self.max_episode_steps is not None and (not isinstance(self.max_episode_steps, int)
+                                                   or self.max_episode_steps < 1):
+            raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {self.max_episode_steps!r}")
+        for name in ("actor_lr", "critic_lr", "encoder_lr", "temperature_lr", "reward_scale", "init_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("kl_lambda", "policy_mean_reg", "policy_std_reg"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.discount <= 1:
+            raise ValueError(f"discount must be in [0, 1], got {self.discount!r}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau!r}")
+        for name in ("hidden_sizes", "encoder_hidden_sizes"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a non-empty list of positive sizes, got {getattr(self, name)!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+        if not isinstance(self.env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
+
+
+# --- the context encoder ------------------------------------------------------------------------------------------
+def product_of_gaussians(mean: torch.Tensor, var: torch.Tensor,
+                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precision-weighted product of Gaussian factors ``[..., n, d]`` over ``n`` (``mask`` ``[..., n]`` keeps
+    factors): σ² = 1 / Σ σ_n⁻², μ = σ² Σ μ_n σ_n⁻². Where no factor is kept the result is the prior N(0, 1)."""
+    precision = 1.0 / var
+    if mask is not None:
+        precision = precision * mask.unsqueeze(-1)
+    total = precision.sum(-2)
+    empty = total == 0
+    post_var = torch.where(empty, torch.ones_like(total), 1.0 / total.masked_fill(empty, 1.0))
+    post_mean = torch.where(empty, torch.zeros_like(total), post_var * (mean * precision).sum(-2))
+    return post_mean, post_var
+
+
+def kl_to_unit_gaussian(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, var) || N(0, I)) summed over the last axis."""
+    return 0.5 * (var + mean**2 - 1.0 - var.log()).sum(-1)
+
+
+class ContextEncoder(nn.Module):
+    """Ψ: one Gaussian factor per context transition; :meth:`posterior` multiplies them (order-invariant)."""
+
+    def __init__(self, context_dim: int, hidden: list[int], latent_dim: int) -> None:
+        super().__init__()
+        self.net = MLP(context_dim, hidden, 2 * latent_dim)
+
+    def factors(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.net(context).chunk(2, dim=-1)
+        return mean, nn.functional.softplus(raw).clamp(min=1e-7)
+
+    def posterior(self, context: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``context`` ``[tasks, n, context_dim]`` -> posterior ``(mean, var)``, each ``[tasks, latent_dim]``."""
+        return product_of_gaussians(*self.factors(context), mask)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    return torch.device(device)
+
+
+class PEARL:
+    """PEARL agent (the :class:`metarl.core.agent.MetaRLAgent` contract); see the module docstring."""
+
+    name = "pearl"
+    uses_encoder = True
+
+    def __init__(self, env_id: str, config: PEARLConfig | None = None) -> None:
+        self.config = cfg = config or PEARLConfig()
+        self.env_id = env_id
+        self.device = _resolve_device(cfg.device)
+        try:
+            probe = gym.make(env_id, **cfg.env_kwargs)
+        except (gym.error.Error, TypeError) as err:
+            raise ValueError(f"cannot make environment {env_id!r} with {cfg.env_kwargs}: {err}") from None
+        try:
+            if not is_task_env(probe):
+                raise ValueError(f"{env_id} is not a task environment: env.unwrapped needs sample_tasks, set_task, "
+                                 "get_task (see metarl.envs.base)")
+            obs_space, act_space = probe.observation_space, probe.action_space
+            if not isinstance(act_space, spaces.Box) or not np.all(np.isfinite(act_space.low)) \
+                    or not np.all(np.isfinite(act_space.high)):
+                raise ValueError(f"{self.name} needs a bounded Box action space, {env_id} has {act_space}; "
+                                 "use rl2 or maml-trpo for discrete actions")
+            if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
+                raise ValueError(f"{self.name} needs a flat Box observation space, {env_id} has {obs_space}")
+            self.task_api = probe.unwrapped
+            self.latent_dim = self._latent_dim()
+            self.train_tasks = self.task_api.sample_tasks(cfg.num_train_tasks, split="train",
+                                                          seed=derive_seed(cfg.seed, "train_tasks"))
+        finally:
+            probe.close()
+        self.obs_dim, self.action_dim = int(obs_space.shape[0]), int(act_space.shape[0])
+        self.context_dim = self.obs_dim * (2 if cfg.use_next_obs_in_context else 1) + self.action_dim + 1
+        self.target_entropy = -float(self.action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+        with seeded(derive_seed(cfg.seed, "init")):
+            self.actor = TanhGaussianActor(self.obs_dim + self.latent_dim, self.action_dim, cfg.hidden_sizes,
+                                           act_space.low, act_space.high).to(self.device)
+            self.critic = TwinQ(self.obs_dim + self.action_dim + self.latent_dim, cfg.hidden_sizes).to(self.device)
+            self.target_critic = TwinQ(self.obs_dim + self.action_dim + self.latent_dim,
+                                       cfg.hidden_sizes).to(self.device)
+            self.target_critic.load_state_dict(self.critic.state_dict())
+            self.encoder = (ContextEncoder(self.context_dim, cfg.encoder_hidden_sizes, self.latent_dim).to(self.device)
+                            if self.uses_encoder else None)
+        self.log_alpha = torch.tensor(float(np.log(cfg.init_temperature)), device=self.device, requires_grad=True)
+        # two Adam optimisers with a parameter group per network (each keeps its own learning rate): the critic
+        # step also moves the encoder, the actor step also moves log α; fewer optimiser calls per gradient step
+        critic_groups = [{"params": list(self.critic.parameters()), "lr": cfg.critic_lr}]
+        if self.encoder is not None:
+            critic_groups.append({"params": list(self.encoder.parameters()), "lr": cfg.encoder_lr})
+        actor_groups = [{"params": list(self.actor.parameters()), "lr": cfg.actor_lr}]
+        if cfg.learn_temperature:
+            actor_groups.append({"params": [self.log_alpha], "lr": cfg.temperature_lr})
+        self.critic_optimizer = torch.optim.Adam(critic_groups, foreach=True)
+        self.actor_optimizer = torch.optim.Adam(actor_groups, foreach=True)
+        fields = {"observations": (self.obs_dim,), "actions": (self.action_dim,), "rewards": (),
+                  "next_observations": (self.obs_dim,), "terminated": ()}
+        self.replay = TaskReplayBuffer(cfg.num_train_tasks, cfg.replay_capacity, fields, device=self.device)
+        self.encoder_replay = (TaskReplayBuffer(cfg.num_train_tasks, cfg.replay_capacity, fields, device=self.device)
+                               if self.uses_encoder else None)
+        self.train_descriptors = self._descriptors(self.train_tasks)
+        self.envs = self._make_envs(cfg.num_tasks_sample)
+        self._test_envs: dict[int, TaskVectorEnv] = {}
+        self.iteration = self.total_env_steps = self.total_gradient_steps = self.rejected_updates = 0
+
+    # --- the conditioning vector z (the only place PEARL and the oracle differ) ------------------------------
+    def _latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def _descriptors(self, tasks: list[Any]) -> torch.Tensor | None:
+        return None
+
+    def _context(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Context transitions (s, a, r[, s']) from replay-style fields ``[..., dim]``."""
+        parts = [data["observations"], data["actions"], data["rewards"].unsqueeze(-1)]
+        if self.config.use_next_obs_in_context:
+            parts.append(data["next_observations"])
+        return torch.cat(parts, dim=-1)
+
+    def _make_envs(self, num_envs: int) -> TaskVectorEnv:
+        return TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
+                             max_episode_steps=self.config.max_episode_steps)
+
+    def _generator(self, *stream: int | str) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(derive_seed(self.config.seed, *stream))
+
+    # --- data collection ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, envs: TaskVectorEnv, task_ids: torch.Tensor, steps: int, posterior: bool,
+                generator: torch.Generator, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[float]]:
+        """``steps`` transitions from each train task ``task_ids`` (one sub-env each, stepped together), z redrawn
+        at every episode start: (transitions ``[n·steps, ...]``, their task ids, returns of finished episodes)."""
+        z = torch.zeros(len(task_ids), self.latent_dim, device=self.device)
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            return self.actor.sample(torch.cat([obs_t, z], -1), generator)[0].cpu().numpy()
+
+        def new_episode(index: np.ndarray) -> None:
+            z[index] = self._collection_latents(task_ids[torch.as_tensor(index)], posterior, generator)
+
+        tasks = [self.train_tasks[i] for i in task_ids.tolist()]
+        fields, env_index, returns = collect_transitions(envs, tasks, steps, act, new_episode, seed)
+        data = {name: torch.as_tensor(value, device=self.device) for name, value in fields.items()}
+        return data, task_ids[torch.as_tensor(env_index)], returns
+
+    def _collection_latents(self, task_ids: torch.Tensor, posterior: bool, generator: torch.Generator) -> torch.Tensor:
+        """z ``[n, latent]`` for collecting on train tasks ``task_ids``: prior, or posterior of a context batch."""
+        noise = torch.randn(len(task_ids), self.latent_dim, generator=generator, device=self.device)
+        if not posterior:
+            return noise
+        context = self._context(self.encoder_replay.sample(task_ids, self.config.embedding_batch_size, generator))
+        mean, var = self.encoder.posterior(context)
+        return mean + var.sqrt() * noise
+
+    # --- meta-training -----------------------------------------------------------------------------------------
+    def train_iteration(self, iteration: int) -> dict[str, float]:
+        """One iteration: collect (see the module docstring), then ``gradient_steps`` SAC/encoder updates."""
+        cfg = self.config
+        start = perf_counter()
+        generator = self._generator("iteration", iteration)
+        env_steps, prior_returns, posterior_returns = 0, [], []
+
+        # ALGO LOGIC: data collection with z ~ prior (encoder + RL buffers) and z ~ posterior
+        def gather(envs, ids, steps, posterior, to_encoder, stream):
+            nonlocal env_steps
+            data, task_of, returns = self.collect(envs, ids, steps, posterior, generator,
+                                                  derive_seed(cfg.seed, stream, iteration))
+            self.replay.add(task_of, data)
+            if to_encoder and self.encoder_replay is not None:
+                self.encoder_replay.add(task_of, data)
+            env_steps += len(task_of)
+            (posterior_returns if posterior else prior_returns).extend(returns)
+
+        if len(self.replay) == 0 and cfg.num_initial_steps > 0:
+            initial_envs = self._make_envs(cfg.num_train_tasks)
+            gather(initial_envs, torch.arange(cfg.num_train_tasks), cfg.num_initial_steps, False, True, "initial")
+            initial_envs.close()
+        chosen = torch.randint(cfg.num_train_tasks, (cfg.num_tasks_sample,), generator=generator, device=self.device)
+        if self.encoder_replay is not None:
+            self.encoder_replay.clear(chosen)  # the encoder buffer holds the most recent data of a task
+        for steps, posterior, to_encoder, stream in ((cfg.num_steps_prior, False, True, "prior"),
+                                                     (cfg.num_steps_posterior, True, True, "posterior"),
+                                                     (cfg.num_extra_rl_steps_posterior, True, False, "extra")):
+            if steps > 0:
+                gather(self.envs, chosen, steps, posterior, to_encoder, stream)
+        collect_seconds = perf_counter() - start
+
+        # ALGO LOGIC: meta-batches of tasks, one batched SAC + encoder step each
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.gradient_steps):
+            ids = torch.randint(cfg.num_train_tasks, (cfg.meta_batch_size,), generator=generator, device=self.device)
+            batch = self.replay.sample(ids, cfg.batch_size, generator)
+            context = (self._context(self.encoder_replay.sample(ids, cfg.embedding_batch_size, generator))
+                       if self.encoder_replay is not None else None)
+            for key, value in self.gradient_step(ids, batch, context, generator).items():
+                stats.setdefault(key, []).append(value)
+
+        self.iteration = iteration + 1
+        self.total_env_steps += env_steps
+        seconds = perf_counter() - start
+        metrics = {
+            "env_steps": float(env_steps),
+            "charts/pre_adaptation_return": float(np.mean(prior_returns)) if prior_returns else float("nan"),
+            "charts/post_adaptation_return": float(np.mean(posterior_returns)) if posterior_returns else float("nan"),
+            "charts/alpha": float(self.log_alpha.detach().exp()),
+            "charts/rejected_updates": float(self.rejected_updates),
+            "charts/gradient_steps_per_s": cfg.gradient_steps / max(seconds - collect_seconds, 1e-9),
+            "time/collect_seconds": collect_seconds,
+            "time/update_seconds": seconds - collect_seconds,
+        }
+        metrics.update({k: float(np.nanmean(v)) for k, v in stats.items()})
+        return metrics
+
+    def gradient_step(self, ids: torch.Tensor, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
+                      generator: torch.Generator, loop_over_tasks: bool = False) -> dict[str, float]:
+        """One update from an RL batch ``[M, B, ...]`` and a context batch ``[M, C, dim]`` of train tasks ``ids``
+        ``[M]``: every network sees all ``M × B`` rows in one forward pass. ``loop_over_tasks`` computes the same
+        losses task by task in a Python loop instead (for the benchmark: what the batching saves)."""
+        cfg = self.config
+        tasks, rows = batch["rewards"].shape
+        # ALGO LOGIC: z for each task: a reparameterised posterior sample (PEARL) or the descriptor (oracle)
+        if self.encoder is not None:
+            mean, var = self.encoder.posterior(context)
+            z = mean + var.sqrt() * torch.randn(mean.shape, generator=generator, device=self.device)
+            kl = kl_to_unit_gaussian(mean, var).sum()  # summed over the meta-batch, as the reference
+        else:
+            z, kl = self.train_descriptors[ids], torch.zeros((), device=self.device)
+        alpha = self.log_alpha.detach().exp()
+        chunks = [slice(m, m + 1) for m in range(tasks)] if loop_over_tasks else [slice(None)]
+        # the actor's noise for the next and the current actions, drawn once for the whole batch
+        noise = torch.randn(2, tasks, rows, self.action_dim, generator=generator, device=self.device)
+
+        def flat(chunk: slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            part = {k: v[chunk].flatten(0, 1) for k, v in batch.items()}
+            part["next_noise"], part["noise"] = noise[0, chunk].flatten(0, 1), noise[1, chunk].flatten(0, 1)
+            return part, z[chunk, None, :].expand(-1, rows, -1).flatten(0, 1)
+
+        # ALGO LOGIC: critics + encoder: Bellman error of Q(s, a, z) + kl_lambda · KL(q(z|c) || prior)
+        q_losses, q_means = [], []
+        for chunk in chunks:
+            data, z_rows = flat(chunk)
+            z_fixed = z_rows.detach()
+            with torch.no_grad():
+                next_action, next_log_prob, _, _ = self.actor.sample(
+                    torch.cat([data["next_observations"], z_fixed], -1), noise=data["next_noise"])
+                next_q1, next_q2 = self.target_critic(torch.cat([data["next_observations"], next_action, z_fixed], -1))
+                target = critic_target(data["rewards"], data["terminated"], next_q1, next_q2, next_log_prob, alpha,
+                                       cfg.discount, cfg.reward_scale)
+            q1, q2 = self.critic(torch.cat([data["observations"], data["actions"], z_rows], -1))
+            q_losses.append(critic_loss(q1, q2, target))
+            q_means.append(q1.detach().mean())
+        q_loss = torch.stack(q_losses).mean()  # equal rows per task: the mean of the task means is the batch mean
+        total = q_loss + cfg.kl_lambda * kl
+        if not bool(torch.isfinite(total)):
+            self.rejected_updates += 1
+            return {"losses/critic": float("nan")}
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.critic_optimizer.step()
+
+        # ALGO LOGIC: actor (z detached) against the updated critics, and the temperature
+        frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
+        pi_losses, alpha_losses, log_probs = [], [], []
+        for chunk in chunks:
+            data, z_rows = flat(chunk)
+            inputs = torch.cat([data["observations"], z_rows.detach()], -1)
+            action, log_prob, act_mean, act_log_std = self.actor.sample(inputs, noise=data["noise"])
+            new_q1, new_q2 = torch.func.functional_call(self.critic, frozen, (torch.cat([inputs, action], -1),))
+            pi_losses.append(actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+                             + cfg.policy_mean_reg * (act_mean**2).mean()
+                             + cfg.policy_std_reg * (act_log_std**2).mean())
+            alpha_losses.append(temperature_loss(self.log_alpha, log_prob, self.target_entropy))
+            log_probs.append(log_prob.detach().mean())
+        pi_loss, alpha_loss = torch.stack(pi_losses).mean(), torch.stack(alpha_losses).mean()
+        if not bool(torch.isfinite(pi_loss + alpha_loss)):
+            self.rejected_updates += 1
+            soft_update_(self.target_critic, self.critic, cfg.tau)
+            return {"losses/critic": float(q_loss.detach())}
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        (pi_loss + alpha_loss if cfg.learn_temperature else pi_loss).backward()
+        self.actor_optimizer.step()
+        soft_update_(self.target_critic, self.critic, cfg.tau)
+        self.total_gradient_steps += 1
+        return {"losses/critic": float(q_loss.detach()), "losses/kl": float(kl.detach()) / tasks,
+                "losses/actor": float(pi_loss.detach()), "losses/temperature": float(alpha_loss.detach()),
+                "charts/q_mean": float(torch.stack(q_means).mean()),
+                "charts/entropy": -float(torch.stack(log_probs).mean())}
+
+    # --- meta-test ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
+        """``[len(tasks), num_episodes]`` returns: episode 0 with z ~ prior, episode k with z ~ q(z | episodes
+        0..k−1 of that task). Deterministic given ``seed``; the agent is not changed."""
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+        if len(tasks) < 1:
+            raise ValueError("meta_test needs at least one task")
+        n = len(tasks)
+        envs = self._test_envs.get(n)
+        if envs is None:
+            envs = self._test_envs[n] = self._make_envs(n)
+        generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "latents"))
+        seeds = np.random.default_rng(derive_seed(seed, "meta_test", "resets"))
+        descriptors = self._descriptors(tasks)
+        returns = np.zeros((n, num_episodes))
+        context, context_mask = [], []
+        for episode in range(num_episodes):
+            if descriptors is not None:
+                z = descriptors
+            else:
+                noise = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+                if episode == 0:
+                    z = noise
+                else:
+                    mean, var = self.encoder.posterior(torch.cat(context, 1), torch.cat(context_mask, 1))
+                    z = mean + var.sqrt() * noise
+            envs.set_tasks(list(tasks))
+            obs, _ = envs.reset(seed=[int(s) for s in seeds.integers(0, 2**31 - 1, size=n)])
+            active = np.ones(n, dtype=np.bool_)
+            while active.any():
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+                action = self.actor.sample(torch.cat([obs_t, z], -1), generator, self.config.deterministic_test)[0]
+                next_obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+                returns[:, episode] += reward * active
+                step = {"observations": obs_t, "actions": action,
+                        "rewards": torch.as_tensor(reward, dtype=torch.float32, device=self.device),
+                        "next_observations": torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)}
+                context.append(self._context(step)[:, None])
+                context_mask.append(torch.as_tensor(active, dtype=torch.float32, device=self.device)[:, None])
+                active &= ~(term | trunc)
+                obs = next_obs
+        return returns
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def _modules(self) -> dict[str, Any]:
+        parts = {"actor": self.actor, "critic": self.critic, "target_critic": self.target_critic,
+                 "actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer,
+                 "replay": self.replay}
+        if self.encoder is not None:
+            parts.update(encoder=self.encoder, encoder_replay=self.encoder_replay)
+        return parts
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimisers, α, both replay buffers and counters (plain tensors: weights_only-safe)."""
+        state: dict[str, Any] = {name: part.state_dict() for name, part in self._modules().items()}
+        state.update(name=self.name, log_alpha=self.log_alpha.detach().cpu().clone(), iteration=self.iteration,
+                     total_env_steps=self.total_env_steps, total_gradient_steps=self.total_gradient_steps,
+                     rejected_updates=self.rejected_updates, config=dataclasses.asdict(self.config))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
+        for name, part in self._modules().items():
+            part.load_state_dict(state[name])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        for name in ("iteration", "total_env_steps", "total_gradient_steps", "rejected_updates"):
+            setattr(self, name, int(state[name]))
+
+    def close(self) -> None:
+        self.envs.close()
+        for envs in self._test_envs.values():
+            envs.close()
+        self._test_envs.clear()
+

@@ -1,0 +1,125 @@
+"""Soft actor-critic maths shared by PEARL and the oracle (and any off-policy agent of the suite).
+
+Haarnoja et al., "Soft Actor-Critic: Off-Policy Maximum Entropy Deep RL with a Stochastic Actor", ICML 2018, and
+"Soft Actor-Critic Algorithms and Applications", 2018 (twin Q critics with target networks, automatic entropy
+temperature). Fujimoto et al. 2018 (TD3) for the minimum of two critics.
+
+Spec, for a batch of transitions (s, a, r, s', d) and an optional conditioning vector z (PEARL's latent context,
+the oracle's task descriptor) appended to every network input:
+
+* actor: a tanh-squashed Gaussian, u ~ N(μ(s, z), σ(s, z)²), a = c + h · tanh(u) for the action box with centre c
+  and half-range h; log π(a|s, z) = log N(u; μ, σ²) − Σ log(1 − tanh(u)²) (the squashing correction, computed
+  stably as 2 (log 2 − u − softplus(−2u))). log σ is clamped to [−20, 2].
+* critic target (:func:`critic_target`): y = scale · r + γ (1 − d) (min_j Q'_j(s', a', z) − α log π(a'|s', z)),
+  a' ~ π(·|s', z), Q' the target critics; d is *termination* only (a time-limit truncation still bootstraps).
+* critic loss (:func:`critic_loss`): Σ_j mean (Q_j(s, a, z) − y)².
+* actor loss (:func:`actor_loss`): mean (α log π(ã|s, z) − min_j Q_j(s, ã, z)), ã ~ π(·|s, z) reparameterised.
+* temperature loss (:func:`temperature_loss`): −mean log α · (log π(ã|s, z) + H̄) with the target entropy H̄
+  (default −dim(A)); its gradient step raises α when the policy's entropy is below H̄.
+* target networks (:func:`soft_update_`): θ' ← (1 − τ) θ' + τ θ after every gradient step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .networks import MLP
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def squashed_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log π of tanh(u) for u ~ N(mean, exp(log_std)²), summed over the last (action) axis."""
+    gaussian = (-0.5 * ((pre_tanh - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), exact and finite for large |u|
+    correction = (2 * (math.log(2) - pre_tanh - nn.functional.softplus(-2 * pre_tanh))).sum(-1)
+    return gaussian - correction
+
+
+class TanhGaussianActor(nn.Module):
+    """The SAC policy: an MLP from ``[obs, z]`` to the mean and log-std of a Gaussian, squashed into the action box.
+
+    Args:
+        input_dim: observation size plus conditioning size; action_dim: action size.
+        hidden: hidden layer sizes (ReLU); action_low/action_high: the action box (finite).
+    """
+
+    def __init__(self, input_dim: int, action_dim: int, hidden: Sequence[int],
+                 action_low: np.ndarray, action_high: np.ndarray) -> None:
+        super().__init__()
+        self.net = MLP(input_dim, list(hidden), 2 * action_dim)
+        low = torch.as_tensor(np.asarray(action_low, dtype=np.float32))
+        high = torch.as_tensor(np.asarray(action_high, dtype=np.float32))
+        self.register_buffer("action_center", (high + low) / 2)
+        self.register_buffer("action_half_range", (high - low) / 2)
+        self.action_dim = action_dim
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, log_std)`` of the pre-squash Gaussian, each ``[..., action_dim]``."""
+        mean, log_std = self.net(inputs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, inputs: torch.Tensor, generator: torch.Generator | None = None, deterministic: bool = False,
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(action in the box, log π [...], mean, log_std)``, reparameterised: u = mean + std · ε with ε from
+        ``noise`` if given (standard normal, shaped like the action batch), else drawn from ``generator``.
+
+        ``deterministic``: the squashed mean (log π is then that of the mean under the Gaussian).
+        """
+        mean, log_std = self(inputs)
+        if deterministic:
+            pre_tanh = mean
+        else:
+            if noise is None:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            pre_tanh = mean + log_std.exp() * noise
+        log_prob = squashed_gaussian_log_prob(pre_tanh, mean, log_std)
+        action = self.action_center + self.action_half_range * torch.tanh(pre_tanh)
+        return action, log_prob, mean, log_std
+
+
+class TwinQ(nn.Module):
+    """Two independent critics Q_1, Q_2 of ``[obs, action, z]``; ``forward`` returns both ``[...]``."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.q1 = MLP(input_dim, list(hidden), 1)
+        self.q2 = MLP(input_dim, list(hidden), 1)
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q1(inputs).squeeze(-1), self.q2(inputs).squeeze(-1)
+
+
+def critic_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q1: torch.Tensor, next_q2: torch.Tensor,
+                  next_log_prob: torch.Tensor, alpha: torch.Tensor | float, discount: float,
+                  reward_scale: float = 1.0) -> torch.Tensor:
+    """y = scale · r + γ (1 − d) (min(Q'_1, Q'_2) − α log π(a'|s')), elementwise (no gradient flows into y)."""
+    soft_value = torch.minimum(next_q1, next_q2) - alpha * next_log_prob
+    return (reward_scale * rewards + discount * (1.0 - terminated) * soft_value).detach()
+
+
+def critic_loss(q1: torch.Tensor, q2: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Σ_j mean (Q_j − y)² (the two critics' mean squared Bellman errors, summed)."""
+    return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+
+
+def actor_loss(log_prob: torch.Tensor, q_min: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """mean (α log π(ã|s) − min_j Q_j(s, ã)) for reparameterised actions ã."""
+    return (alpha * log_prob - q_min).mean()
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """−mean log α (log π + H̄): its gradient in log α is −mean(log π + H̄) (log π is treated as data)."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+@torch.no_grad()
+def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging in place: θ' ← (1 − τ) θ' + τ θ for every parameter."""
+    for target_param, param in zip(target.parameters(), source.parameters()):
+        target_param.lerp_(param, tau)
