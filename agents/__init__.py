@@ -101,6 +101,10 @@ RL_AGENTS: dict[str, tuple[str, str, str]] = {
     # name: (module, agent class, config class)
     "maml-trpo": ("metarl.agents.maml_trpo", "MAMLTRPO", "MAMLTRPOConfig"),
     "rl2": ("metarl.agents.rl2", "RL2", "RL2Config"),
+    "pearl": ("metarl.agents.pearl", "PEARL", "PEARLConfig"),
+    "oracle": ("metarl.agents.oracle", "Oracle", "OracleConfig"),
+    "multitask": ("metarl.agents.sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig"),
+    "scratch": ("metarl.agents.sb3_baselines", "FromScratchBaseline", "FromScratchConfig"),
 }
 
 
