@@ -57,8 +57,7 @@ from metarl.envs.base import is_task_env
 from metarl.envs.vector import TaskVectorEnv
 from torch import nn
 
-from metarl.core.ppo import approx_kl, clip_fraction, clipped_surrogate_loss, masked_mean, normalize_advantages
-from metarl.core.ppo import value_loss as ppo_value_loss
+from metarl.core import ppo
 from metarl.core.rl import generalized_advantages
 from metarl.core.seeding import derive_seed, seeded
 
@@ -105,6 +104,8 @@ class RL2Config:
     """global gradient-norm clip"""
     normalize_advantages: bool = True
     """normalise advantages to zero mean, unit std within each minibatch"""
+    normalize_values: bool = True
+    """the critic predicts returns standardised by their running mean and std (trial returns reach ~75 on 100 pulls)"""
     init_log_std: float = 0.0
     """initial log standard deviation of the Gaussian policy (Box actions only)"""
     deterministic_test: bool = False
@@ -180,16 +181,15 @@ class RecurrentPolicy(nn.Module):
         features, hidden = self.gru(inputs, hidden)
         return self.policy_head(features), self.value_head(features).squeeze(-1), hidden, features
 
-    def distribution(self, head: torch.Tensor) -> torch.distributions.Distribution:
-        if self.discrete:
-            return torch.distributions.Categorical(logits=head)
-        return torch.distributions.Normal(head, self.log_std.exp().expand_as(head))
-
     def log_prob_entropy(self, head: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = self.distribution(head)
+        """Log-probability of ``actions`` and entropy: categorical over logits, or diagonal Gaussian (closed form)."""
         if self.discrete:
-            return dist.log_prob(actions), dist.entropy()
-        return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
+            log_p = torch.log_softmax(head, dim=-1)
+            return log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+        log_std = self.log_std.expand_as(head)
+        z = (actions - head) / log_std.exp()
+        log_prob = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
+        return log_prob.sum(-1), (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
 
 
 class RL2:
@@ -230,6 +230,7 @@ class RL2:
             self.policy = RecurrentPolicy(input_size, config.hidden_size, self.action_size, self.discrete,
                                           config.init_log_std).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.value_stats = ppo.RunningMeanStd()  # stays the identity unless normalize_values
         self.iterations_done = 0
         self.total_env_steps = 0
         self.rejected_updates = 0
@@ -292,7 +293,7 @@ class RL2:
             if record_hidden:
                 columns["hidden"].append(hidden[0].cpu())
             head, value, hidden, _ = self.policy(x[:, None].to(self.device), hidden)
-            head, value = head[:, 0].cpu(), value[:, 0].cpu()
+            head, value = head[:, 0].cpu(), self.value_stats.denormalize(value[:, 0].cpu())
             if self.discrete:
                 if deterministic:
                     action = head.argmax(-1)
@@ -335,18 +336,20 @@ class RL2:
         """PPO loss of a minibatch of whole trials, recomputing the GRU over each trial from a zero hidden state."""
         cfg = self.config
         mask = batch["mask"]
-        head, values, _, _ = self.policy(batch["inputs"])
+        head, values, _, _ = self.policy(batch["inputs"])  # values on the critic's (standardised) scale
         log_probs, entropy = self.policy.log_prob_entropy(head, batch["actions"])
         advantages = batch["advantages"]
         if cfg.normalize_advantages:
-            advantages = normalize_advantages(advantages, mask)
-        policy_loss = clipped_surrogate_loss(log_probs, batch["log_probs"], advantages, cfg.clip_coef, mask)
-        v_loss = ppo_value_loss(values, batch["returns"], batch["values"], cfg.value_clip, mask)
-        entropy_mean = masked_mean(entropy, mask)
+            advantages = ppo.normalize_advantages(advantages, mask)
+        policy_loss = ppo.clipped_surrogate_loss(log_probs, batch["log_probs"], advantages, cfg.clip_coef, mask)
+        scale = self.value_stats
+        v_loss = ppo.value_loss(values, scale.normalize(batch["returns"]), scale.normalize(batch["values"]),
+                                cfg.value_clip, mask)
+        entropy_mean = ppo.masked_mean(entropy, mask)
         loss = policy_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy_mean
         stats = {"losses/policy": policy_loss, "losses/value": v_loss, "losses/entropy": entropy_mean,
-                 "losses/approx_kl": approx_kl(log_probs, batch["log_probs"], mask),
-                 "losses/clip_fraction": clip_fraction(log_probs, batch["log_probs"], cfg.clip_coef, mask)}
+                 "losses/approx_kl": ppo.approx_kl(log_probs, batch["log_probs"], mask),
+                 "losses/clip_fraction": ppo.clip_fraction(log_probs, batch["log_probs"], cfg.clip_coef, mask)}
         return loss, stats
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
@@ -366,6 +369,8 @@ class RL2:
 
         # ALGO LOGIC: advantages over the whole trial, then PPO epochs over minibatches of whole trials
         advantages, returns = self.trial_advantages(batch)
+        if cfg.normalize_values:
+            self.value_stats.update(returns[batch["mask"].bool()])
         data = {k: batch[k].to(self.device) for k in ("inputs", "actions", "log_probs", "values", "mask")}
         data["advantages"], data["returns"] = advantages.to(self.device), returns.to(self.device)
         order_generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "minibatches", iteration))
@@ -444,6 +449,7 @@ class RL2:
             "iterations_done": self.iterations_done,
             "total_env_steps": self.total_env_steps,
             "rejected_updates": self.rejected_updates,
+            "value_stats": self.value_stats.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -454,6 +460,7 @@ class RL2:
         self.iterations_done = int(state["iterations_done"])
         self.total_env_steps = int(state["total_env_steps"])
         self.rejected_updates = int(state["rejected_updates"])
+        self.value_stats.load_state_dict(state["value_stats"])
 
     def close(self) -> None:
         self.envs.close()

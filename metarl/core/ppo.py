@@ -78,3 +78,45 @@ def clip_fraction(
     """Fraction of (real) steps whose probability ratio lies outside ``[1 − clip, 1 + clip]``."""
     ratio = torch.exp(log_probs - old_log_probs)
     return masked_mean(((ratio - 1.0).abs() > clip).to(ratio.dtype), mask)
+
+
+class RunningMeanStd:
+    """Running mean and variance of every number seen so far (parallel merge of batch moments, float64).
+
+    Used to standardise value targets: a critic that predicts ``(R − mean) / std`` learns at the same speed whether
+    returns are near 1 or near 100. Before the first :meth:`update` it is the identity (mean 0, std 1).
+    """
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.var = 0, 0.0, 1.0
+
+    @property
+    def std(self) -> float:
+        return max(self.var, 1e-8) ** 0.5
+
+    def update(self, values: torch.Tensor) -> None:
+        values = values.detach().double().flatten()
+        n = values.numel()
+        if n == 0:
+            return
+        batch_mean, batch_var = values.mean().item(), values.var(unbiased=False).item()
+        if self.count == 0:
+            self.count, self.mean, self.var = n, batch_mean, batch_var
+            return
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.mean) / self.std
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.std + self.mean
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.count, self.mean, self.var = int(state["count"]), float(state["mean"]), float(state["var"])
