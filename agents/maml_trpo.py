@@ -110,7 +110,9 @@ class MAMLTRPOConfig:
     activation: str = "tanh"
     """hidden activation of the policy MLP: "tanh" (rllab default) or "relu" (the MAML paper's 100x100 policy)"""
     init_std: float = 1.0
-    """initial standard deviation of the Gaussian policy"""
+    """initial standard deviation of the Gaussian policy (in normalised units with normalize_actions)"""
+    normalize_actions: bool = True
+    """the Gaussian policy acts in [-1, 1] scaled to the action bounds (rllab's normalize(env), as MAML-RL)"""
     adapt_episodes: int | None = None
     """meta-test rollouts per task per adaptation step; None: episodes_per_task"""
 
@@ -238,21 +240,23 @@ class MAMLTRPO:
         self.device = _resolve_device(config.device)
         try:
             probe = gym.make(env_id, **config.env_kwargs)
-        except (gym.error.Error, TypeError) as err:
-            raise ValueError(f"cannot make environment {env_id!r} with {config.env_kwargs}: {err}") from None
+        except (gym.error.Error, TypeError, ModuleNotFoundError) as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"cannot make environment {env_id!r} with {config.env_kwargs}: {message}") from None
         try:
             if not is_task_env(probe):
                 raise ValueError(f"{env_id} is not a task environment: env.unwrapped needs sample_tasks, set_task, "
                                  "get_task (see metarl.envs.base)")
             with seeded(derive_seed(config.seed, "init")):
                 self.policy = make_policy(probe.observation_space, probe.action_space, config.hidden_sizes,
-                                          config.init_std, ACTIVATIONS[config.activation]).to(self.device)
-            self.task_api = probe.unwrapped
+                                          config.init_std, ACTIVATIONS[config.activation],
+                                          config.normalize_actions).to(self.device)
             self.continuous = not self.policy.discrete
         finally:
             probe.close()
         self.envs_per_task = config.envs_per_task or config.episodes_per_task
         self.envs = self._make_envs(config.meta_batch_size * self.envs_per_task)
+        self.task_api = self.envs.single_task_env  # sample_tasks for training (and for callers)
         self._test_envs: dict[int, TaskVectorEnv] = {}
         self.iteration = 0
         self.total_env_steps = 0

@@ -111,6 +111,12 @@ def test_make_policy_rejects_unsupported_spaces():
         make_policy(box, gym.spaces.MultiBinary(3))
     with pytest.raises(ValueError, match="observation space"):
         make_policy(gym.spaces.Discrete(4), gym.spaces.Discrete(3))
+    bounded = gym.spaces.Box(np.array([-0.1, 0.0], np.float32), np.array([0.1, 2.0], np.float32))
+    scaled = make_policy(box, bounded, normalize_actions=True)
+    corners = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(scaled.env_action(corners), torch.tensor([[-0.1, 0.0], [0.1, 2.0], [0.0, 1.0]]))
+    unbounded = make_policy(box, gym.spaces.Box(-np.inf, np.inf, (2,)), normalize_actions=True)
+    assert torch.equal(unbounded.env_action(corners), corners)
     with pytest.raises(ValueError, match="start at 0"):
         make_policy(box, gym.spaces.Discrete(3, start=1))
 
@@ -328,7 +334,7 @@ def test_sampling_matches_stepping_envs_one_by_one(env_id, per_task, episodes, m
     tasks_n = 2
     envs = TaskVectorEnv(env_id, tasks_n * per_task, max_episode_steps=max_steps)
     with seeded(0):
-        policy = make_policy(envs.single_observation_space, envs.single_action_space, (8,))
+        policy = make_policy(envs.single_observation_space, envs.single_action_space, (8,), normalize_actions=True)
     tasks = envs.single_task_env.sample_tasks(tasks_n, seed=1)
     params = {k: v.detach() for k, v in policy.named_parameters()}
     fast = {k: v.unsqueeze(0).repeat(tasks_n, *[1] * v.dim()) for k, v in params.items()}
@@ -342,7 +348,7 @@ def test_sampling_matches_stepping_envs_one_by_one(env_id, per_task, episodes, m
     for t in range(tasks_n):
         for e in range(episodes):
             n = int(batch.lengths[t, e])
-            acts = batch.actions[t, e, :n].numpy()
+            acts = policy.env_action(batch.actions[t, e, :n]).numpy()
             obs, rewards, terminated = replay(env_id, tasks[t], batch.reset_seeds[t, e], acts, max_steps)
             assert len(rewards) == n
             np.testing.assert_allclose(batch.observations[t, e, :n].numpy(), obs.astype(np.float32), rtol=1e-6)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,6 +110,10 @@ class Policy(nn.Module):
     def mode(self, dist: Distribution) -> torch.Tensor:
         raise NotImplementedError
 
+    def env_action(self, actions: torch.Tensor) -> torch.Tensor:
+        """The environment's action for a policy action (identity unless the policy acts in normalised units)."""
+        return actions
+
 
 class GaussianMLPPolicy(Policy):
     """Diagonal Gaussian policy: ``mean = MLP(obs)``, state-independent ``log_std`` (a parameter, init
@@ -116,16 +121,34 @@ class GaussianMLPPolicy(Policy):
 
     ``distribution`` returns ``(mean [..., A], log_std [..., A])`` with ``log_std`` broadcast to ``mean``'s shape and
     floored at ``log(min_std)``. Samples are not squashed or clipped (the environment clips, as in rllab).
+
+    With ``action_bounds = (low, high)`` the policy acts in normalised units: :meth:`env_action` maps ``[-1, 1]`` to
+    ``[low, high]`` per dimension (rllab's ``normalize(env)``, used by MAML-RL's experiments), so ``init_std = 1``
+    means a standard deviation of half the action range whatever the env's units are. Log-probabilities, KLs and
+    stored actions stay in the policy's units.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (64, 64),
-                 activation: type[nn.Module] = nn.Tanh, init_std: float = 1.0, min_std: float = 1e-6) -> None:
+                 activation: type[nn.Module] = nn.Tanh, init_std: float = 1.0, min_std: float = 1e-6,
+                 action_bounds: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         super().__init__(obs_dim, action_dim, hidden_sizes, activation)
         if not (init_std > 0 and min_std > 0):
             raise ValueError(f"init_std and min_std must be > 0, got {init_std} and {min_std}")
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
         self.min_log_std = math.log(min_std)
         self.action_dim = action_dim
+        low = high = None
+        if action_bounds is not None:
+            low, high = (torch.as_tensor(b, dtype=torch.float32).reshape(action_dim) for b in action_bounds)
+            if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
+                raise ValueError(f"action_bounds must be finite with high > low, got {action_bounds}")
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+
+    def env_action(self, actions: torch.Tensor) -> torch.Tensor:
+        if self.action_low is None:
+            return actions
+        return self.action_low + (actions + 1) * 0.5 * (self.action_high - self.action_low)
 
     def distribution(self, params: Params, obs: torch.Tensor) -> Distribution:
         mean = self._body(params, obs)
@@ -199,16 +222,23 @@ class CategoricalMLPPolicy(Policy):
 
 
 def make_policy(observation_space, action_space, hidden_sizes: Sequence[int] = (64, 64), init_std: float = 1.0,
-                activation: type[nn.Module] = nn.Tanh) -> Policy:
+                activation: type[nn.Module] = nn.Tanh, normalize_actions: bool = False) -> Policy:
     """The policy for a pair of Gymnasium spaces: Gaussian for a 1-D ``Box`` of actions, categorical for
-    ``Discrete``; observations must be a 1-D ``Box``. Anything else is a one-line ``ValueError``."""
+    ``Discrete``; observations must be a 1-D ``Box``. Anything else is a one-line ``ValueError``.
+
+    ``normalize_actions``: a Gaussian policy acts in ``[-1, 1]`` scaled to the ``Box`` bounds (when they are finite).
+    """
     from gymnasium import spaces
 
     if not (isinstance(observation_space, spaces.Box) and len(observation_space.shape) == 1):
         raise ValueError(f"MLP policies need a 1-D Box observation space, got {observation_space}")
     obs_dim = int(observation_space.shape[0])
     if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        return GaussianMLPPolicy(obs_dim, int(action_space.shape[0]), hidden_sizes, activation, init_std)
+        bounds = None
+        if normalize_actions and np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high)):
+            bounds = (action_space.low, action_space.high)
+        return GaussianMLPPolicy(obs_dim, int(action_space.shape[0]), hidden_sizes, activation, init_std,
+                                 action_bounds=bounds)
     if isinstance(action_space, spaces.Discrete):
         if int(action_space.start) != 0:
             raise ValueError(f"Discrete action spaces must start at 0, got start={action_space.start}")

@@ -41,7 +41,8 @@ class Episodes:
     observations: torch.Tensor
     """``[tasks, E, T, obs_dim]``: the observation each action was taken at"""
     actions: torch.Tensor
-    """``[tasks, E, T, action_dim]`` float (Box) or ``[tasks, E, T]`` int64 (Discrete)"""
+    """``[tasks, E, T, action_dim]`` float (Box) or ``[tasks, E, T]`` int64 (Discrete), in the policy's units (the
+    env got ``policy.env_action(actions)``)"""
     rewards: torch.Tensor
     """``[tasks, E, T]``"""
     mask: torch.Tensor
@@ -69,6 +70,13 @@ class Episodes:
     def num_steps(self) -> int:
         """Real environment steps in the batch."""
         return int(self.mask.sum())
+
+
+def _same_tasks(current: Sequence[Any], wanted: Sequence[Any]) -> bool:
+    try:
+        return len(current) == len(wanted) and all(bool(a == b) for a, b in zip(current, wanted))
+    except (ValueError, TypeError):  # tasks holding arrays: compare by setting them again
+        return False
 
 
 def collect_episodes(
@@ -109,7 +117,8 @@ def collect_episodes(
     for _ in range(rounds):
         seeds = rng.integers(0, 2**31 - 1, size=num_envs)
         start = perf_counter()
-        envs.set_tasks(env_tasks)
+        if not _same_tasks(envs.get_tasks(), env_tasks):  # re-setting a task can rebuild a model (morphologies)
+            envs.set_tasks(env_tasks)
         obs, _ = envs.reset(seed=[int(s) for s in seeds])
         env_seconds += perf_counter() - start
         active = np.ones(num_envs, dtype=np.bool_)
@@ -120,7 +129,7 @@ def collect_episodes(
             obs_t = torch.as_tensor(obs, dtype=dtype).to(device).reshape(num_tasks, per_task, -1)
             with torch.no_grad():
                 action = policy.sample(policy.distribution(params, obs_t), generator)
-            action_np = action.reshape(num_envs, *action.shape[2:]).cpu().numpy()
+            action_np = policy.env_action(action).reshape(num_envs, *action.shape[2:]).cpu().numpy()
             mid = perf_counter()
             obs, reward, term, trunc, _ = envs.step(action_np)
             env_seconds += perf_counter() - mid

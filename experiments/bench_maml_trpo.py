@@ -1,0 +1,125 @@
+"""Benchmark one MAML-TRPO meta-iteration: where the time goes, and env-steps/s against the raw vector env.
+
+    .venv/bin/python experiments/bench_maml_trpo.py --env metarl/HalfCheetahVel-v0 \\
+        --preset experiments/presets/maml_trpo_cheetah_vel.yaml --iterations 3
+
+Measures, in one process (timings on a shared machine are noisy: compare the ratios of one run):
+
+* ``raw_env_steps_per_s``: the agent's own kind of ``TaskVectorEnv`` (same env, kwargs, number of sub-envs and time
+  limit) stepped with uniformly random actions, no policy: the ceiling for sampling. Measured before and after the
+  iterations, the mean is reported.
+* per meta-iteration: wall time; ``env_seconds`` (inside ``envs.reset``/``envs.step``); ``policy_inference_seconds``
+  (computing and sampling actions during rollouts); ``learner_seconds`` = everything else (baselines, advantages,
+  inner loop, TRPO with its conjugate gradient and line search, and the sampler's own bookkeeping), and
+  ``learner_fraction`` = learner_seconds / iteration seconds (target: at most 0.25);
+  ``env_steps_per_s`` of the whole iteration and its ratio to the raw throughput.
+
+The first iteration pays one-off costs (allocator warm-up, first calls); the summary uses the later ones.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+import torch
+import yaml
+from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
+from metarl.envs.vector import TaskVectorEnv
+
+
+def raw_throughput(agent: MAMLTRPO, steps: int, seed: int = 0) -> float:
+    """Env steps per second of a fresh vector env like the agent's, random actions (pre-drawn), tasks set."""
+    envs = TaskVectorEnv(agent.env_id, agent.envs.num_envs, env_kwargs=agent.config.env_kwargs,
+                         max_episode_steps=agent.config.max_episode_steps)
+    rng = np.random.default_rng(seed)
+    tasks = envs.single_task_env.sample_tasks(envs.num_envs, seed=seed)
+    envs.set_tasks(tasks)
+    envs.reset(seed=seed)
+    space = envs.single_action_space
+    if hasattr(space, "n"):
+        actions = rng.integers(0, space.n, size=(steps, envs.num_envs))
+    else:
+        actions = rng.uniform(space.low, space.high, size=(steps, envs.num_envs, *space.shape)).astype(space.dtype)
+    start = perf_counter()
+    for t in range(steps):
+        envs.step(actions[t])
+    seconds = perf_counter() - start
+    envs.close()
+    return steps * envs.num_envs / seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="metarl/HalfCheetahVel-v0")
+    parser.add_argument("--preset", type=Path, default=Path("experiments/presets/maml_trpo_cheetah_vel.yaml"))
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--raw-steps", type=int, default=200, help="vector-env steps for the raw throughput")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=YAML",
+                        help="override config fields, e.g. fisher_subsample=0.2 meta_batch_size=20")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = yaml.safe_load(args.preset.read_text()) if args.preset else {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        fields[key] = yaml.safe_load(value)
+    config = MAMLTRPOConfig(**fields)
+
+    start = perf_counter()
+    agent = MAMLTRPO(args.env, config)
+    build_seconds = perf_counter() - start
+    raw_before = raw_throughput(agent, args.raw_steps)
+    iterations = []
+    for i in range(args.iterations):
+        m = agent.train_iteration(i)
+        seconds = m["time/iteration_seconds"]
+        learner = seconds - m["time/env_seconds"] - m["time/policy_inference_seconds"]
+        iterations.append({
+            "iteration": i,
+            "seconds": round(seconds, 3),
+            "env_seconds": round(m["time/env_seconds"], 3),
+            "policy_inference_seconds": round(m["time/policy_inference_seconds"], 3),
+            "learner_seconds": round(learner, 3),
+            "learner_fraction": round(learner / seconds, 3),
+            "env_steps": int(m["env_steps"]),
+            "env_steps_per_s": round(m["env_steps"] / seconds, 1),
+            "backtracks": int(m["charts/backtracks"]),
+            "accepted": bool(m["charts/update_accepted"]),
+            "post_adaptation_return": round(m["charts/post_adaptation_return"], 3),
+        })
+    raw_after = raw_throughput(agent, args.raw_steps, seed=1)
+    agent.close()
+    raw = (raw_before + raw_after) / 2
+    steady = iterations[1:] or iterations
+    summary = {
+        "iteration_seconds": float(np.mean([it["seconds"] for it in steady])),
+        "learner_fraction": float(np.mean([it["learner_fraction"] for it in steady])),
+        "env_steps_per_s": float(np.mean([it["env_steps_per_s"] for it in steady])),
+    }
+    summary["fraction_of_raw_throughput"] = summary["env_steps_per_s"] / raw
+    result = {
+        "env": args.env,
+        "preset": str(args.preset),
+        "config": {k: v for k, v in vars(config).items()},
+        "num_envs": agent.envs.num_envs,
+        "torch_threads": torch.get_num_threads(),
+        "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "cpu": platform.processor()},
+        "agent_build_seconds": round(build_seconds, 2),
+        "raw_env_steps_per_s": {"before": round(raw_before, 1), "after": round(raw_after, 1), "mean": round(raw, 1)},
+        "iterations": iterations,
+        "summary (iterations after the first)": {k: round(v, 3) for k, v in summary.items()},
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
