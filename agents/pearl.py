@@ -11,7 +11,8 @@ Spec
     * **Data.** Per-task replay buffers (:class:`~metarl.core.replay.TaskReplayBuffer`) for ``num_train_tasks``
       fixed train-split tasks: an RL buffer and an encoder buffer. Iteration 0 first collects ``num_initial_steps``
       per train task with z ~ prior into both. Every iteration then draws ``num_tasks_sample`` train tasks; for
-      each, the encoder buffer is emptied (it holds only recent data, as the reference) and it collects
+      each, the encoder buffer is emptied (it holds only recent data, as the reference; kept when
+      ``num_steps_prior`` is 0) and it collects
       ``num_steps_prior`` steps with z ~ prior (into both buffers), ``num_steps_posterior`` with z ~ q(z|c) (both),
       and ``num_extra_rl_steps_posterior`` with z ~ q(z|c) (RL buffer only), where c is an ``embedding_batch_size``
       sample of the task's encoder buffer and z is redrawn at the start of every episode. All tasks step together
@@ -363,7 +364,7 @@ class PEARL:
             gather(initial_envs, torch.arange(cfg.num_train_tasks), cfg.num_initial_steps, False, True, "initial")
             initial_envs.close()
         chosen = torch.randint(cfg.num_train_tasks, (cfg.num_tasks_sample,), generator=generator, device=self.device)
-        if self.encoder_replay is not None:
+        if self.encoder_replay is not None and cfg.num_steps_prior > 0:
             self.encoder_replay.clear(chosen)  # the encoder buffer holds the most recent data of a task
         for steps, posterior, to_encoder, stream in ((cfg.num_steps_prior, False, True, "prior"),
                                                      (cfg.num_steps_posterior, True, True, "posterior"),
@@ -395,7 +396,7 @@ class PEARL:
             "time/collect_seconds": collect_seconds,
             "time/update_seconds": seconds - collect_seconds,
         }
-        metrics.update({k: float(np.nanmean(v)) for k, v in stats.items()})
+        metrics.update({k: float(np.nanmean(v)) for k, v in stats.items() if np.isfinite(v).any()})
         return metrics
 
     def gradient_step(self, ids: torch.Tensor, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
@@ -450,9 +451,11 @@ class PEARL:
         pi_losses, alpha_losses, log_probs = [], [], []
         for chunk in chunks:
             data, z_rows = flat(chunk)
-            inputs = torch.cat([data["observations"], z_rows.detach()], -1)
-            action, log_prob, act_mean, act_log_std = self.actor.sample(inputs, noise=data["noise"])
-            new_q1, new_q2 = torch.func.functional_call(self.critic, frozen, (torch.cat([inputs, action], -1),))
+            z_fixed = z_rows.detach()
+            action, log_prob, act_mean, act_log_std = self.actor.sample(
+                torch.cat([data["observations"], z_fixed], -1), noise=data["noise"])
+            new_q1, new_q2 = torch.func.functional_call(
+                self.critic, frozen, (torch.cat([data["observations"], action, z_fixed], -1),))
             pi_losses.append(actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
                              + cfg.policy_mean_reg * (act_mean**2).mean()
                              + cfg.policy_std_reg * (act_log_std**2).mean())
