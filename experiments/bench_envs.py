@@ -184,12 +184,15 @@ def vector_benchmark(steps: int, repeats: int, wait_quiet_s: float) -> dict[str,
     policy = make_policy(sync.single_observation_space.shape[0], sync.single_action_space.shape[0])
     observations = {name: vec.reset(seed=0)[0] for name, vec in envs.items()}
 
+    cpu_us: dict[str, list[float]] = {name: [] for name in envs}
+
     def run(name: str, count: int) -> float:
         vec, obs = envs[name], observations[name]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(count):
             obs = vec.step(policy(obs))[0]
         observations[name] = obs
+        cpu_us[name].append(1e6 * (time.process_time() - c0) / (n * count))
         return n * count / (time.perf_counter() - t0)
 
     for name in envs:  # warm up (and let auto mode take its first decision)
@@ -217,7 +220,15 @@ def vector_benchmark(steps: int, repeats: int, wait_quiet_s: float) -> dict[str,
         "ratio_vs_sync_all": {name: [round(x, 3) for x in r] for name, r in ratios.items()},
         "auto_uses_threads_at_end": bool(candidates["task_vector_auto"]._use_threads),
         "cpu_idle_before_each_repeat": [None if x is None else round(x, 2) for x in idle_before],
+        # CPU time of the whole process per env step: less disturbed by other jobs than wall time, comparable
+        # between the single-threaded variants (sync, loop); the threaded ones add up both threads
+        "process_cpu_us_per_env_step_median": {name: round(statistics.median(c), 2) for name, c in cpu_us.items()},
     }
+    result["cpu_ratio_sync_over_loop"] = round(
+        result["process_cpu_us_per_env_step_median"]["sync"]
+        / result["process_cpu_us_per_env_step_median"]["task_vector_loop"],
+        3,
+    )
     result["meets_target"] = result["ratio_vs_sync_median"]["task_vector_auto"] >= VECTOR_TARGET
     for vec in envs.values():
         vec.close()
