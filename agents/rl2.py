@@ -21,20 +21,25 @@ Spec
     * **Advantages.** GAE(γ, λ) over the whole trial (:func:`metarl.core.rl.generalized_advantages`): the trial is
       the RL² episode, so episode ends *inside* a trial do not cut the bootstrap; the end of the trial is terminal.
       Defaults γ = 0.99, λ = 0.95 (MDPs, MuJoCo). For bandits the paper's objective is the undiscounted trial
-      return; the bandit presets use γ = 1 (trials of 10-100 pulls are short enough for that).
+      return, so the bandit settings use γ = 1, with λ = 0.3 for 10-pull trials (fastest in tuning) and λ = 0.95
+      for 100-pull trials (λ = 0.3 collapsed onto one arm there); see experiments/rl2_bandits.py.
     * **Update.** Recurrent PPO: ``update_epochs`` passes over the trials in ``num_minibatches`` minibatches *of
       whole trials*; for each minibatch the GRU is recomputed over the full trial from a zero hidden state (no
       stored hidden states, so the gradient flows through the whole trial), and the loss is the clipped surrogate
       (ratio clip ``clip_coef`` = 0.2) + ``value_coef`` · value loss − ``entropy_coef`` · entropy
       (:mod:`metarl.core.ppo`), averaged over real (unpadded) steps, advantages normalised per minibatch, gradient
-      norm clipped, Adam. A non-finite loss or gradient norm rejects that minibatch step (counted in
-      ``charts/rejected_updates``); the parameters are never trained through a NaN.
+      norm clipped, Adam. The critic shares the GRU and predicts returns standardised by their running mean and
+      std (``normalize_values``): trial returns range from ~1 (10 pulls) to ~100, and unscaled targets of that
+      size swamp the policy gradient through the shared GRU (100-pull bandits did not learn without it).
+      A non-finite loss or gradient norm rejects that minibatch step (counted in ``charts/rejected_updates``);
+      the parameters are never trained through a NaN.
     * **Meta-test.** ``meta_test(tasks, num_episodes, seed)``: one trial of ``num_episodes`` episodes per task
       from a fresh hidden state; returns the undiscounted return of each episode, ``[tasks, num_episodes]``.
       Actions are *sampled* by default, as in the paper (the stochastic policy is how RL² explores);
       ``deterministic_test=True`` takes the mode (argmax / Gaussian mean) instead.
     * **Randomness.** Tasks, env resets, action sampling and minibatch order of iteration ``i`` all come from
-      ``derive_seed(seed, <stream>, i)``, so ``state_dict`` (network, Adam state, counters) is all a resume needs.
+      ``derive_seed(seed, <stream>, i)``, so ``state_dict`` (network, Adam state, value statistics, counters) is
+      all a resume needs.
 """
 
 from __future__ import annotations
@@ -269,7 +274,8 @@ class RL2:
 
         Returns ``[N, T]`` tensors ``inputs`` (``[N, T, in]``: exactly what the GRU read), ``actions``,
         ``log_probs``, ``values``, ``rewards``, ``dones`` (step ended an episode), ``mask`` (step inside the trial);
-        ``episode_returns`` ``[N, num_episodes]`` (numpy), ``env_steps`` and, with ``record_hidden``, ``hidden``
+        ``episode_returns`` ``[N, num_episodes]`` (numpy), ``env_steps`` (sub-env steps simulated: ``N * T``, the
+        padding included) and, with ``record_hidden``, ``hidden``
         ``[N, T, H]`` (the hidden state *entering* step t; row 0 is the fresh trial state).
         """
         n = len(tasks)

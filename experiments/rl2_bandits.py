@@ -37,14 +37,16 @@ from metarl.evaluation import mean_confidence_interval
 ENV_ID = "metarl/BernoulliBandit-v0"
 
 # (arms, pulls) -> (config fields, iterations). 10 pulls: GAE λ 0.3 learns fastest; 100 pulls: λ 0.3 collapsed onto
-# one arm in tuning runs, λ 0.95 kept improving. γ = 1 throughout: the objective is the undiscounted trial return.
+# one arm in tuning runs, λ 0.95 kept improving, and 8 PPO epochs per batch beat 4 at equal wall time. γ = 1
+# throughout: the objective is the undiscounted trial return.
+TEN_PULLS = dict(meta_batch_size=64, hidden_size=128, learning_rate=3e-3, gamma=1.0, gae_lambda=0.3)
+HUNDRED_PULLS = dict(meta_batch_size=32, num_minibatches=2, update_epochs=8, hidden_size=128, learning_rate=3e-3,
+                     gamma=1.0, gae_lambda=0.95)
 SETTINGS: dict[str, tuple[int, int, dict[str, Any], int]] = {
-    "5x10": (5, 10, dict(meta_batch_size=64, hidden_size=128, learning_rate=3e-3, gamma=1.0, gae_lambda=0.3), 150),
-    "10x10": (10, 10, dict(meta_batch_size=64, hidden_size=128, learning_rate=3e-3, gamma=1.0, gae_lambda=0.3), 150),
-    "5x100": (5, 100, dict(meta_batch_size=32, num_minibatches=2, hidden_size=128, learning_rate=3e-3, gamma=1.0,
-                           gae_lambda=0.95), 60),
-    "10x100": (10, 100, dict(meta_batch_size=32, num_minibatches=2, hidden_size=128, learning_rate=3e-3, gamma=1.0,
-                             gae_lambda=0.95), 60),
+    "5x10": (5, 10, TEN_PULLS, 120),
+    "10x10": (10, 10, TEN_PULLS, 120),
+    "5x100": (5, 100, HUNDRED_PULLS, 50),
+    "10x100": (10, 100, HUNDRED_PULLS, 50),
 }
 
 
