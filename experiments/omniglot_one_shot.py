@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/omniglot"))
     parser.add_argument("--runs", type=Path, default=None,
                         help="one-shot runs zip (default: DATA/one_shot_runs_01-05.zip)")
-    parser.add_argument("--learners", nargs="+", default=list(PLANS))
+    parser.add_argument("--learners", nargs="*", default=list(PLANS))
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every plan's iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-augment", action="store_true")
