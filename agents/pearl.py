@@ -12,8 +12,8 @@ Spec
       fixed train-split tasks: an RL buffer and an encoder buffer. Iteration 0 first collects ``num_initial_steps``
       per train task with z ~ prior into both. Every iteration then draws ``num_tasks_sample`` train tasks; for
       each, the encoder buffer is emptied (it holds only recent data, as the reference; kept when
-      ``num_steps_prior`` is 0) and it collects
-      ``num_steps_prior`` steps with z ~ prior (into both buffers), ``num_steps_posterior`` with z ~ q(z|c) (both),
+      ``num_steps_prior`` is 0) and it collects ``num_steps_prior`` steps with z ~ prior (into both buffers),
+      ``num_steps_posterior`` with z ~ q(z|c) (both),
       and ``num_extra_rl_steps_posterior`` with z ~ q(z|c) (RL buffer only), where c is an ``embedding_batch_size``
       sample of the task's encoder buffer and z is redrawn at the start of every episode. All tasks step together
       in one :class:`~metarl.envs.vector.TaskVectorEnv`.
@@ -25,12 +25,13 @@ Spec
       y = ``reward_scale`` · r + γ(1 − d)(min Q'(s', a', z) − α log π(a'|s', z)). Actor: SAC's loss with z
       detached, plus ``policy_mean_reg`` · mean μ² + ``policy_std_reg`` · mean (log σ)² (the reference's
       regularisers). Temperature: SAC's automatic α (``learn_temperature``). Target critics: Polyak with ``tau``.
-      A non-finite loss rejects that step (nothing is stepped; ``charts/rejected_updates`` counts it).
+      A non-finite critic + encoder loss rejects the whole step, a non-finite actor or temperature loss the actor
+      and α updates (``charts/rejected_updates`` counts them): nothing is ever trained through a NaN.
     * **Meta-test** (posterior sampling): per task, episode 0 acts with z ~ prior; after each episode the posterior
       is inferred from all transitions of this task collected so far and episode k acts with a fresh z ~ q(z|c).
       Actions are the squashed mean (the reference's ``eval_deterministic``) unless ``deterministic_test=False``.
-    * **Oracle** (:class:`Oracle`): the same SAC with z the env's ``task_descriptor(task)`` (no encoder, no KL):
-      the upper bound a context could reach. Its meta-test columns are flat (nothing to adapt).
+    * **Oracle** (:class:`~metarl.agents.oracle.Oracle`): the same SAC with z the env's ``task_descriptor(task)``
+      (no encoder, no KL): the upper bound a context could reach. Its meta-test columns are flat.
     * **Randomness.** Iteration i draws everything (tasks, env resets, z, action noise, batches) from
       ``derive_seed(seed, ..., i)``; ``state_dict`` holds networks, optimisers, α, both replay buffers and counters,
       so a resumed run reproduces an uninterrupted one exactly on CPU.
