@@ -1,6 +1,6 @@
 """RESULTS table: RL² on Bernoulli bandits against Thompson sampling, UCB1 and random arms (Duan et al. 2016, table 1).
 
-    .venv/bin/python experiments/rl2_bandits.py                     # the whole table (~10 minutes on 2 cores)
+    .venv/bin/python experiments/rl2_bandits.py                     # the whole table (808 s on a busy 2-core machine)
     .venv/bin/python experiments/rl2_bandits.py --settings 5x10 --seeds 3 --json results.json
 
 For each setting (k arms, n pulls per trial; means ~ U[0, 1] per arm), each of ``--seeds`` training seeds trains
