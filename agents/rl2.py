@@ -448,7 +448,7 @@ class RL2:
     def state_dict(self) -> dict[str, Any]:
         """Network, Adam state and counters (random streams derive from the seed and iteration: nothing else)."""
         return {
-            "agent": self.name,
+            "name": self.name,
             "config": dataclasses.asdict(self.config),
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -459,8 +459,8 @@ class RL2:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("agent") != self.name:
-            raise ValueError(f"checkpoint is for agent {state.get('agent')!r}, not {self.name!r}")
+        if state.get("name") != self.name:
+            raise ValueError(f"checkpoint is for agent {state.get('name')!r}, not {self.name!r}")
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iterations_done = int(state["iterations_done"])

@@ -297,7 +297,7 @@ def test_bad_calls_are_rejected():
     with pytest.raises(ValueError, match="at least one task"):
         agent.meta_test([], 3, seed=0)
     with pytest.raises(ValueError, match="agent"):
-        agent.load_state_dict({"agent": "maml-trpo"})
+        agent.load_state_dict({"name": "maml-trpo"})
     agent.close()
 
 
