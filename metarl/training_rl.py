@@ -57,8 +57,9 @@ class RLRunConfig:
     """cpu, cuda or auto"""
     eval_tasks: int = 20
     """held-out tasks per split"""
-    eval_episodes: int = 3
-    """adaptation episodes per task (column 0 = before adaptation)"""
+    eval_episodes: int | None = None
+    """adaptation episodes per task (column 0 = before adaptation); default: the agent's trial length
+    (episodes_per_trial) where it has one, else 3"""
     eval_splits: tuple[str, ...] = ("test", "ood")
     """splits to evaluate (splits the env does not offer are skipped)"""
     eval_seed: int = 12345
@@ -80,7 +81,7 @@ class RLRunConfig:
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         for name in ("eval_tasks", "eval_episodes", "checkpoint_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
@@ -255,8 +256,9 @@ def evaluate_rl_run(run_dir: Path, *, agent: Any = None, run: RLRunConfig | None
         if state.get("kind") != "meta-rl":
             raise RunError(f"{run_dir} is not a meta-RL run")
         agent.load_state_dict(state["agent_state"])
+    episodes = run.eval_episodes or int(getattr(agent.config, "episodes_per_trial", 3))
     result = evaluate_meta_rl(agent, run.env, splits=run.eval_splits, num_tasks=eval_tasks or run.eval_tasks,
-                              num_episodes=run.eval_episodes, seed=run.eval_seed)
+                              num_episodes=episodes, seed=run.eval_seed)
     result["config"] = stored
     save_json(run_dir / "evaluation.json", result)
     plot_meta_rl(result, run_dir / "adaptation.png", title=f"{run.agent} on {run.env}")

@@ -70,7 +70,7 @@ def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, s
     env = gym.make(run.env)
     task = env.unwrapped.sample_tasks(1, split=split, seed=derive_seed(seed, "video"))[0]
     env.close()
-    episodes = agent.render_episodes(task, num_episodes or run.eval_episodes, derive_seed(seed, "video-rollouts"))
+    episodes = agent.render_episodes(task, num_episodes or run.eval_episodes or 3, derive_seed(seed, "video-rollouts"))
     agent.close()
     frames: list[np.ndarray] = []
     for k, episode in enumerate(episodes):
