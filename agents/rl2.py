@@ -53,18 +53,18 @@ from time import perf_counter
 from typing import Any
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from metarl.envs.base import is_task_env
-from metarl.envs.vector import TaskVectorEnv
 from torch import nn
 
+import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core import ppo
 from metarl.core.rl import generalized_advantages
 from metarl.core.seeding import derive_seed, seeded
+from metarl.envs.base import is_task_env
+from metarl.envs.vector import TaskVectorEnv
 
 MAX_STEPS_PER_EPISODE = 100_000  # guard for envs without a time limit that never end an episode
 

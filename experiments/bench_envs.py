@@ -43,10 +43,11 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the ids)
 import mujoco
 import numpy as np
 import torch
+
+import metarl.envs  # noqa: F401  (registers the ids)
 from metarl.envs.mujoco_base import MujocoTaskEnv
 from metarl.envs.registration import ENVIRONMENTS
 from metarl.envs.vector import TaskVectorEnv

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-from metarl.agents import MAML, MAMLConfig
 
+from metarl.agents import MAML, MAMLConfig
 from metarl.core.batch import EpisodeBatch
 from metarl.core.networks import MLP
 from metarl.core.seeding import seeded

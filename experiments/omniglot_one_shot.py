@@ -21,7 +21,6 @@ from metarl.envs.fewshot.omniglot import (
     modified_hausdorff_error,
     pixel_nearest_neighbour_error,
 )
-
 from metarl.training import FewShotConfig, train_fewshot
 
 # Training episodes: metric learners as Snell et al. (60-way, 5 queries per class); the MAML family and the

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from metarl.agents.rl2 import RL2, RL2Config
-from metarl.envs.discrete import random_policy_return, thompson_sampling_return, ucb1_return
 
+from metarl.agents.rl2 import RL2, RL2Config
 from metarl.core.seeding import derive_seed
+from metarl.envs.discrete import random_policy_return, thompson_sampling_return, ucb1_return
 from metarl.evaluation import mean_confidence_interval
 
 ENV_ID = "metarl/BernoulliBandit-v0"

@@ -9,7 +9,6 @@ import pickle
 import warnings
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the ids)
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control.acrobot import AcrobotEnv
@@ -17,6 +16,8 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.continuous_mountain_car import Continuous_MountainCarEnv
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 from gymnasium.utils.env_checker import check_env
+
+import metarl.envs  # noqa: F401  (registers the ids)
 from metarl.envs.base import TaskError, is_task_env
 from metarl.envs.classic_control import (
     AcrobotContextEnv,

@@ -10,10 +10,11 @@ import pickle
 import warnings
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the ids)
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
+import metarl.envs  # noqa: F401  (registers the ids)
 from metarl.envs.base import TaskError, checkerboard_split_of
 from metarl.envs.discrete import (
     BernoulliBanditEnv,

@@ -12,11 +12,12 @@ import sys
 import warnings
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401 - registers the ids
 import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
+import metarl.envs  # noqa: F401 - registers the ids
 from metarl.envs.base import TaskError, checkerboard_split_of
 from metarl.envs.morphology import AntMorphEnv, HalfCheetahMorphEnv, MorphologyTask
 from metarl.envs.mujoco_base import gymnasium_asset

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
 from metarl.envs.base import is_task_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from metarl.agents import LEARNERS, make_learner
-from metarl.envs.fewshot import Sinusoid, make_source
 
+from metarl.agents import LEARNERS, make_learner
 from metarl.cli import main as cli_main
+from metarl.envs.fewshot import Sinusoid, make_source
 from metarl.evaluation import evaluate_fewshot, mean_confidence_interval
 from metarl.runs import CHECKPOINT_FORMAT, RunError, load_checkpoint
 from metarl.training import FewShotConfig, train_fewshot

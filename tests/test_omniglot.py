@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from metarl.envs.fewshot import omniglot as om
 from metarl.envs.fewshot.omniglot import (
     DatasetCorruptError,
@@ -26,7 +28,6 @@ from metarl.envs.fewshot.omniglot import (
     one_shot_error,
     pixel_nearest_neighbour_error,
 )
-from PIL import Image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 HAVE_IMAGES = all((DATA / f"images_background_small{i}.zip").is_file() for i in (1, 2))

@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 from gymnasium import spaces
-from metarl.agents.rl2 import RL2, RL2Config
-from metarl.envs.base import TaskEnvMixin, task_to_dict
-from metarl.envs.discrete import random_policy_return, thompson_sampling_return
 
+from metarl.agents.rl2 import RL2, RL2Config
 from metarl.core import ppo
 from metarl.core.agent import MetaRLAgent
+from metarl.envs.base import TaskEnvMixin, task_to_dict
+from metarl.envs.discrete import random_policy_return, thompson_sampling_return
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "presets").glob("rl2_*.yaml"))
 

@@ -13,13 +13,14 @@ import importlib
 import itertools
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the ids)
 import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import TimeLimit
+
+import metarl.envs  # noqa: F401  (registers the ids)
 from metarl.envs.base import TaskError, check_task_fields, checkerboard_uniform
 from metarl.envs.mujoco_base import MujocoTaskEnv, gymnasium_asset
 from metarl.envs.registration import ENVIRONMENTS
