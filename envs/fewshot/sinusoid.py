@@ -65,7 +65,7 @@ class Sinusoid:
         rng: np.random.Generator | None = None,
         shots: int | None = None,
     ) -> EpisodeBatch:
-        """``n`` tasks; ``seed`` (or an explicit ``rng``) makes it reproducible; ``shots`` overrides the support size."""
+        """``n`` tasks; ``seed`` (or an explicit ``rng``) makes them reproducible; ``shots`` overrides the support."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         shots = self.shots if shots is None else int(shots)
