@@ -224,3 +224,21 @@ def test_a_plain_non_editable_install_imports_both_namespaces(tmp_path):
     result = subprocess.run([sys.executable, "-S", "-c", probe, str(target), sysconfig.get_paths()["purelib"]],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.smoke
+def test_evaluate_on_the_original_one_shot_runs(tmp_path, omniglot_dir, capsys):
+    runs = omniglot_dir / "one_shot_runs_01-05.zip"
+    if not runs.is_file():
+        pytest.skip("one_shot_runs_01-05.zip not in the data folder")
+    config = _quick(tmp_path, learner="protonet", source="omniglot", data_root=str(omniglot_dir), ways=3, shots=1,
+                    query_shots=2, iterations=2, meta_batch_size=2, eval_tasks=4)
+    run_dir = train_fewshot(config)
+    assert cli_main(["evaluate", str(run_dir), "--one-shot-runs", str(runs)]) == 0
+    result = json.loads((run_dir / "one_shot_runs.json").read_text())
+    assert result["queries"] == 100 and result["runs"] == 5 and 0 <= result["errors"] <= 100
+    assert "Omniglot one-shot runs" in capsys.readouterr().out
+    maml = train_fewshot(_quick(tmp_path / "maml", learner="maml", source="omniglot", data_root=str(omniglot_dir),
+                                ways=3, shots=1, query_shots=2, iterations=1, meta_batch_size=1, eval_tasks=2))
+    assert cli_main(["evaluate", str(maml), "--one-shot-runs", str(runs)]) == 2
+    assert "20-way" in capsys.readouterr().err
