@@ -22,8 +22,15 @@ Spec. The meta-parameters θ are a policy initialisation. One meta-iteration:
 
 Defaults are the paper's (rllab's): 40 tasks, 20 episodes per task for support and query, α = 0.1, one inner step,
 δ = 0.01, γ = 0.99, λ = 1, 64x64 tanh Gaussian policy with state-independent log std (init std 1); CG 10 iterations,
-damping 1e-5, backtracking ratio 0.8, at most 15 backtracks. ``adapt_head_only`` adapts only the policy's output
-layer in the inner loop (an ANIL-style variant, Raghu et al. 2020). Box and Discrete action spaces.
+damping 1e-5, backtracking ratio 0.8, at most 15 backtracks; the Gaussian policy acts in ``[-1, 1]`` scaled to the
+action bounds (rllab's ``normalize(env)``). ``adapt_head_only`` adapts only the policy's output layer in the inner
+loop (an ANIL-style variant, Raghu et al. 2020). Box and Discrete action spaces.
+
+Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :func:`metarl.core.trpo.
+gauss_newton_fvp`); each costs about ten forward passes over the support and query steps, and CG needs eleven.
+``fisher_subsample`` (the presets use 0.2) computes them on a random fifth of the tasks: the learner's share of a
+HalfCheetah iteration drops from ~60% to ~22% (``experiments/bench_maml_trpo.py``); the gradient and the line
+search (surrogate and KL) always use every task.
 
 Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
 undiscounted return of the ``adapt_episodes`` rollouts per task collected with the policy after k adaptation
@@ -40,13 +47,11 @@ from time import perf_counter
 from typing import Any, NamedTuple
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the environments)
 import numpy as np
 import torch
-from metarl.envs.base import is_task_env
-from metarl.envs.vector import TaskVectorEnv
 from torch import nn
 
+import metarl.envs  # noqa: F401  (registers the environments)
 from metarl.core.adaptation import Params, adapt, expand_for_tasks
 from metarl.core.baselines import linear_baseline_values
 from metarl.core.policies import Policy, make_policy
@@ -54,6 +59,8 @@ from metarl.core.rl import discounted_returns, generalized_advantages, normalize
 from metarl.core.sampling import Episodes, collect_episodes
 from metarl.core.seeding import derive_seed, seeded
 from metarl.core.trpo import gauss_newton_fvp, trpo_step
+from metarl.envs.base import is_task_env
+from metarl.envs.vector import TaskVectorEnv
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 

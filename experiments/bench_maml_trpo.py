@@ -30,6 +30,7 @@ from time import perf_counter
 import numpy as np
 import torch
 import yaml
+
 from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
 from metarl.envs.vector import TaskVectorEnv
 

@@ -9,11 +9,12 @@ import re
 from pathlib import Path
 
 import gymnasium as gym
-import metarl.agents.maml_trpo as maml_trpo
 import numpy as np
 import pytest
 import torch
 import yaml
+
+import metarl.agents.maml_trpo as maml_trpo
 from metarl.agents import rl_agent_classes
 from metarl.agents.maml_trpo import (
     MAMLTRPO,
@@ -24,7 +25,6 @@ from metarl.agents.maml_trpo import (
     meta_fisher,
     meta_objective,
 )
-
 from metarl.core.adaptation import adapt
 from metarl.core.agent import MetaRLAgent
 from metarl.core.policies import CategoricalMLPPolicy, GaussianMLPPolicy
@@ -298,8 +298,17 @@ def test_presets_load_into_the_config(preset):
     probe.close()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Small matrices: one intra-op thread is faster, and far faster on a busy machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.learning
-def test_learns_to_adapt_on_2d_navigation():
+def test_learns_to_adapt_on_2d_navigation(one_torch_thread):
     """Post-adaptation return on held-out goals clearly above pre-adaptation after ~30 small meta-iterations."""
     agent = MAMLTRPO("metarl/Navigation2D-v0", MAMLTRPOConfig(meta_batch_size=10, episodes_per_task=10,
                                                               max_episode_steps=20, seed=3))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401
 import numpy as np
 import pytest
 import torch
-from metarl.envs.vector import TaskVectorEnv
 from torch.func import functional_call, vmap
 
+import metarl.envs  # noqa: F401
 from metarl.core.baselines import fit_linear_baseline, linear_baseline_features, linear_baseline_values
 from metarl.core.policies import CategoricalMLPPolicy, GaussianMLPPolicy, make_policy
 from metarl.core.rl import discounted_returns, generalized_advantages, normalize_per_task
@@ -23,6 +22,7 @@ from metarl.core.trpo import (
     gauss_newton_fvp,
     trpo_step,
 )
+from metarl.envs.vector import TaskVectorEnv
 
 
 def tiny_policy(kind: str, dtype=torch.float64, seed: int = 0):
