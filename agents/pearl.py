@@ -53,14 +53,12 @@ from time import perf_counter
 from typing import Any
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 import numpy as np
 import torch
 from gymnasium import spaces
-from metarl.envs.base import is_task_env
-from metarl.envs.vector import TaskVectorEnv
 from torch import nn
 
+import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core.networks import MLP
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
 from metarl.core.sac import (
@@ -73,6 +71,8 @@ from metarl.core.sac import (
     temperature_loss,
 )
 from metarl.core.seeding import derive_seed, seeded
+from metarl.envs.base import is_task_env
+from metarl.envs.vector import TaskVectorEnv
 
 
 @dataclass

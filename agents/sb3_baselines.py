@@ -37,17 +37,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
-import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 import numpy as np
 import torch
 from gymnasium import spaces
-from metarl.envs.base import is_task_env
-from metarl.envs.vector import TaskVectorEnv
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core.seeding import derive_seed
+from metarl.envs.base import is_task_env
+from metarl.envs.vector import TaskVectorEnv
 
 ALGORITHMS = {"sac": SAC, "ppo": PPO}
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from metarl.agents.oracle import Oracle
 from metarl.agents.pearl import PEARL, PEARLConfig
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from metarl.agents import rl_agent_classes
 from metarl.agents.oracle import Oracle, OracleConfig
 from metarl.agents.pearl import PEARL, ContextEncoder, PEARLConfig, kl_to_unit_gaussian, product_of_gaussians
-
 from metarl.core.agent import MetaRLAgent
 from metarl.core.seeding import seeded
 

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from metarl.envs.vector import TaskVectorEnv
 
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
 from metarl.core.sac import (
@@ -23,6 +22,7 @@ from metarl.core.sac import (
     temperature_loss,
 )
 from metarl.core.seeding import seeded
+from metarl.envs.vector import TaskVectorEnv
 
 
 # --- SAC maths -----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+
 from metarl.agents import rl_agent_classes
 from metarl.agents.oracle import Oracle, OracleConfig
 from metarl.agents.sb3_baselines import (
@@ -20,7 +21,6 @@ from metarl.agents.sb3_baselines import (
     PrivateGlobalRNG,
     TaskSamplingWrapper,
 )
-
 from metarl.core.agent import MetaRLAgent
 
 NAV = "metarl/Navigation2D-v0"
