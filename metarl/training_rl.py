@@ -42,7 +42,7 @@ class RLRunConfig:
     """Meta-train a meta-RL agent on a task distribution, then evaluate it on held-out tasks."""
 
     agent: str = "maml-trpo"
-    """maml-trpo or rl2"""
+    """maml-trpo, rl2, pearl, oracle, multitask or scratch"""
     env: str = "metarl/Navigation2D-v0"
     """a Gymnasium id whose env implements sample_tasks/set_task/get_task (also module:EnvId-v0)"""
     iterations: int = 100
