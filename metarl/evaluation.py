@@ -220,6 +220,7 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -
         ys = [e["return"] for e in data["episodes"]]
         errs = [0.0 if math.isnan(e["ci95"]) else e["ci95"] for e in data["episodes"]]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{split} tasks")
+        ax.set_xticks(xs)
     ax.set_xlabel("adaptation episode (0 = before adaptation)")
     ax.set_ylabel("return (mean over tasks, 95% CI)")
     ax.set_title(title or f"{result['agent']} on {result['env']}")
