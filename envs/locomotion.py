@@ -39,7 +39,7 @@ from .base import (
     check_task_fields,
     checkerboard_uniform,
 )
-from .mujoco_base import MujocoTaskEnv, gymnasium_asset
+from .mujoco_base import MujocoTaskEnv, PlanarRootObservation, gymnasium_asset
 
 __all__ = [
     "VelocityTask",
@@ -118,7 +118,7 @@ def _check_weight(name: str, value: float) -> float:
 
 
 # --- HalfCheetah ----------------------------------------------------------------------------------------------
-class _HalfCheetahTaskEnv(MujocoTaskEnv):
+class _HalfCheetahTaskEnv(PlanarRootObservation, MujocoTaskEnv):
     """Gymnasium's HalfCheetah model and v5 observation; subclasses define the task and the forward term."""
 
     def __init__(
@@ -144,18 +144,6 @@ class _HalfCheetahTaskEnv(MujocoTaskEnv):
         )
         self._dt = self.dt
 
-    def _install_model(self, model: mujoco.MjModel) -> None:
-        self._obs_parts: tuple[np.ndarray, ...] | None = None
-        super()._install_model(model)
-
-    def _get_obs(self) -> np.ndarray:
-        parts = self._obs_parts
-        if parts is None:  # views into the current MjData, built once per model
-            parts = self._obs_parts = (self._qpos[1:], self._qvel)
-        return np.concatenate(parts)
-
-    def _position_for_reward(self) -> float:
-        return self._qpos.item(0)
 
 
 _HALF_CHEETAH_SPEC = """

@@ -191,3 +191,25 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+
+class PlanarRootObservation:
+    """Mixin for planar robots (HalfCheetah-like): Gymnasium v5's observation ``(qpos[1:], qvel)``, without the root
+    x position, and that root x as the position the forward reward differentiates. Put it before the
+    :class:`MujocoTaskEnv` subclass in the bases."""
+
+    _qpos: np.ndarray
+    _qvel: np.ndarray
+
+    def _install_model(self, model: mujoco.MjModel) -> None:
+        self._obs_parts: tuple[np.ndarray, ...] | None = None
+        super()._install_model(model)  # type: ignore[misc]
+
+    def _get_obs(self) -> np.ndarray:
+        parts = self._obs_parts
+        if parts is None:  # views into the current MjData, built once per model
+            parts = self._obs_parts = (self._qpos[1:], self._qvel)
+        return np.concatenate(parts)
+
+    def _position_for_reward(self) -> float:
+        return self._qpos.item(0)

@@ -31,7 +31,7 @@ import numpy as np
 from gymnasium.utils import EzPickle
 
 from .base import SPLITS_WITH_OOD, TaskError, check_task_fields, checkerboard_uniform
-from .mujoco_base import MujocoTaskEnv, gymnasium_asset
+from .mujoco_base import MujocoTaskEnv, PlanarRootObservation, gymnasium_asset
 
 __all__ = [
     "PARAMETER_GROUPS",
@@ -201,7 +201,7 @@ _TASK_LAW = """
 """
 
 
-class HalfCheetahRandParamsEnv(RandParamsEnv):
+class HalfCheetahRandParamsEnv(PlanarRootObservation, RandParamsEnv):
     __doc__ = (
         """HalfCheetah with randomised masses, inertias, frictions and damping (``metarl/HalfCheetahRandParams-v0``).
 
@@ -268,18 +268,6 @@ class HalfCheetahRandParamsEnv(RandParamsEnv):
             height=height,
         )
 
-    def _install_model(self, model: mujoco.MjModel) -> None:
-        self._obs_parts: tuple[np.ndarray, ...] | None = None
-        super()._install_model(model)
-
-    def _get_obs(self) -> np.ndarray:
-        parts = self._obs_parts
-        if parts is None:  # views into the current MjData, built once per model
-            parts = self._obs_parts = (self._qpos[1:], self._qvel)
-        return np.concatenate(parts)
-
-    def _position_for_reward(self) -> float:
-        return self._qpos.item(0)
 
     def _reward_terms(self, action: np.ndarray, x_before: float) -> tuple[dict[str, float], bool, dict]:
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
