@@ -29,7 +29,7 @@ loop (an ANIL-style variant, Raghu et al. 2020). Box and Discrete action spaces.
 Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :func:`metarl.core.trpo.
 gauss_newton_fvp`); each costs about ten forward passes over the support and query steps, and CG needs eleven.
 ``fisher_subsample`` (the presets use 0.2) computes them on a random fifth of the tasks: the learner's share of a
-HalfCheetah iteration drops from ~60% to ~22% (``experiments/bench_maml_trpo.py``); the gradient and the line
+HalfCheetah iteration drops from 50-60% to 18-25% (``experiments/bench_maml_trpo.py``); the gradient and the line
 search (surrogate and KL) always use every task.
 
 Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
