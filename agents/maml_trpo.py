@@ -54,6 +54,7 @@ from torch import nn
 import metarl.envs  # noqa: F401  (registers the environments)
 from metarl.core.adaptation import Params, adapt, expand_for_tasks
 from metarl.core.baselines import linear_baseline_values
+from metarl.core.device import resolve_device
 from metarl.core.policies import Policy, make_policy
 from metarl.core.rl import discounted_returns, generalized_advantages, normalize_per_task
 from metarl.core.sampling import Episodes, collect_episodes
@@ -228,14 +229,6 @@ def _subset(batch: tuple, index: torch.Tensor) -> Any:
     return TaskBatch(*parts) if isinstance(batch, TaskBatch) else tuple(parts)
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-    return torch.device(device)
-
-
 class MAMLTRPO:
     """MAML-TRPO agent (the :class:`metarl.core.agent.MetaRLAgent` contract)."""
 
@@ -244,7 +237,7 @@ class MAMLTRPO:
     def __init__(self, env_id: str, config: MAMLTRPOConfig | None = None) -> None:
         self.config = config = config or MAMLTRPOConfig()
         self.env_id = env_id
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         try:
             probe = gym.make(env_id, **config.env_kwargs)
         except (gym.error.Error, TypeError, ModuleNotFoundError) as err:

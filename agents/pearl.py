@@ -59,6 +59,7 @@ from gymnasium import spaces
 from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
+from metarl.core.device import resolve_device
 from metarl.core.networks import MLP
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
 from metarl.core.sac import (
@@ -219,14 +220,6 @@ class ContextEncoder(nn.Module):
         return product_of_gaussians(*self.factors(context), mask)
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-    return torch.device(device)
-
-
 class PEARL:
     """PEARL agent (the :class:`metarl.core.agent.MetaRLAgent` contract); see the module docstring."""
 
@@ -236,7 +229,7 @@ class PEARL:
     def __init__(self, env_id: str, config: PEARLConfig | None = None) -> None:
         self.config = cfg = config or PEARLConfig()
         self.env_id = env_id
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         try:
             probe = gym.make(env_id, **cfg.env_kwargs)
         except (gym.error.Error, TypeError) as err:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from metarl.core.device import resolve_device
 from metarl.core.seeding import derive_seed
 from metarl.evaluation import evaluate_fewshot, plot_adaptation, save_json
 from metarl.runs import (
@@ -137,14 +138,6 @@ class FewShotConfig:
         if (self.source == "omniglot" and self.learner in (*GRADIENT_LEARNERS, "blackbox")
                 and self.train_ways not in (None, self.ways)):
             raise ValueError(f"{self.learner} has a {self.ways}-way output layer: train_ways must equal ways")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError("device cuda requested but no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def build(config: FewShotConfig):
