@@ -279,7 +279,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
         terms = {
             "forward": -self.forward_reward_weight * abs(x_velocity - self._target_velocity),
-            "ctrl": -self.ctrl_cost_weight * action.dot(action).item(),
+            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
         }
         return terms, False, {"x_velocity": x_velocity}
 
@@ -363,7 +363,7 @@ class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
         terms = {
             "forward": self.forward_reward_weight * self._direction * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * action.dot(action).item(),
+            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
         }
         return terms, False, {"x_velocity": x_velocity}
 
@@ -419,7 +419,7 @@ class _AntTaskEnv(MujocoTaskEnv):
         """``(reward_ctrl, reward_contact, reward_survive, terminated)`` shared by the Ant families."""
         z = float(self.data.qpos[2])
         healthy = self.healthy_z_range[0] <= z <= self.healthy_z_range[1]
-        ctrl = -self.ctrl_cost_weight * float(action.dot(action))
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
         # world body row (always zero) excluded: same sum as Gymnasium's clip over all of cfrc_ext
         contact = -self.contact_cost_weight * float(self._contact_flat.dot(self._contact_flat))
         survive = self.healthy_reward if healthy else 0.0
@@ -883,7 +883,7 @@ class HumanoidDirEnv(MujocoTaskEnv):
         contact = -min(self.contact_cost_weight * float(forces.dot(forces)), self.contact_cost_max)
         terms = {
             "forward": forward,
-            "ctrl": -self.ctrl_cost_weight * float(action.dot(action)),
+            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
             "contact": contact,
             "survive": self.healthy_reward if healthy else 0.0,
         }

@@ -452,14 +452,17 @@ class HalfCheetahMorphEnv(_MorphologyEnv):
         EzPickle.__init__(self, **kwargs)
 
     def _get_obs(self) -> np.ndarray:
-        return np.concatenate((self.data.qpos[self._obs_start :], self.data.qvel))
+        return np.concatenate((self._qpos[self._obs_start :], self._qvel))
 
-    def _reward_terms(self, action: np.ndarray, x_before: np.ndarray) -> tuple[dict[str, float], bool, dict]:
-        x_after = float(self.data.qpos[0])
-        x_velocity = (x_after - float(x_before[0])) / self._dt
+    def _position_for_reward(self) -> float:
+        return self._qpos.item(0)
+
+    def _reward_terms(self, action: np.ndarray, x_before: float) -> tuple[dict[str, float], bool, dict]:
+        x_after = self._qpos.item(0)
+        x_velocity = (x_after - x_before) / self._dt
         terms = {
             "forward": self.forward_reward_weight * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * float(np.dot(action, action)),
+            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
         }
         return terms, False, {"x_position": x_after, "x_velocity": x_velocity}
 
@@ -644,7 +647,7 @@ class AntMorphEnv(_MorphologyEnv):
         terms = {
             "forward": self.forward_reward_weight * x_velocity,
             "survive": self.healthy_reward if healthy else 0.0,
-            "ctrl": -self.ctrl_cost_weight * float(np.dot(action, action)),
+            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
             "contact": -self.contact_cost_weight * float(np.square(self._contact_forces).sum()),
         }
         info = {

@@ -273,7 +273,7 @@ class HalfCheetahRandParamsEnv(PlanarRootObservation, RandParamsEnv):
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
         terms = {
             "forward": self.forward_reward_weight * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * action.dot(action).item(),
+            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
         }
         return terms, False, {"x_velocity": x_velocity}
 
@@ -339,7 +339,7 @@ class _PlanarWalkerRandParamsEnv(RandParamsEnv):
         healthy = self.is_healthy()
         terms = {
             "forward": self.forward_reward_weight * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * action.dot(action).item(),
+            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
             "survive": self.healthy_reward if healthy else 0.0,
         }
         return terms, (not healthy) and self.terminate_when_unhealthy, {"x_velocity": x_velocity}

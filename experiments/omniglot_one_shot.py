@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every plan's iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per training run")
     parser.add_argument("--baselines", action="store_true", help="also compute the pixel-NN and MHD baselines")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/omniglot"))
     args = parser.parse_args()
@@ -68,7 +69,7 @@ def main() -> None:
         plan["iterations"] = max(1, int(plan["iterations"] * args.scale))
         config = FewShotConfig(learner=learner, source="omniglot", data_root=str(args.data), shots=1,
                                augment=not args.no_augment, split_fractions=(1.0, 0.0, 0.0), eval_tasks=0,
-                               one_shot_runs=str(runs_path), seed=args.seed, progress=False, log_every=50,
+                               one_shot_runs=str(runs_path), seed=args.seed, threads=args.threads, progress=False, log_every=50,
                                checkpoint_every=250, run_dir=str(args.out / f"{learner}-{time.strftime('%H%M%S')}"),
                                **plan)
         start = time.perf_counter()
