@@ -21,8 +21,8 @@ faster than ``AsyncVectorEnv`` on HalfCheetah. This class is faster still:
   ``VectorEnv._add_info``, far fewer NumPy calls).
 * **A lean step for MuJoCo task envs.** Sub-envs that are :class:`~metarl.envs.mujoco_base.MujocoTaskEnv`
   subclasses (and keep its ``step``) are stepped without the per-env action checks (done once for the batch: one
-  clip of all actions, one NaN test), running the env's own ``_position_for_reward`` before and ``_finish_step`` after the physics,
-  exactly as ``MujocoTaskEnv.step`` does.
+  clip of all actions, one NaN test), running the env's own ``_position_for_reward`` before and ``_finish_step``
+  after the physics, exactly as ``MujocoTaskEnv.step`` does.
 * **Physics on several threads**, when that is faster. ``mujoco.mj_step`` releases the GIL while it runs
   (measured here with MuJoCo 3.3: two threads stepping two HalfCheetahs take ~0.6x the time of one thread doing
   both), so worker threads call ``mj_step`` on their share of sub-envs while the calling thread does all the
@@ -51,7 +51,6 @@ Bad input
 from __future__ import annotations
 
 import copy as _copy
-import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor

@@ -69,7 +69,8 @@ def main() -> None:
         plan["iterations"] = max(1, int(plan["iterations"] * args.scale))
         config = FewShotConfig(learner=learner, source="omniglot", data_root=str(args.data), shots=1,
                                augment=not args.no_augment, split_fractions=(1.0, 0.0, 0.0), eval_tasks=0,
-                               one_shot_runs=str(runs_path), seed=args.seed, threads=args.threads, progress=False, log_every=50,
+                               one_shot_runs=str(runs_path), seed=args.seed, threads=args.threads, progress=False,
+                               log_every=50,
                                checkpoint_every=250, run_dir=str(args.out / f"{learner}-{time.strftime('%H%M%S')}"),
                                **plan)
         start = time.perf_counter()
