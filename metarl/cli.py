@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="meta-RL: render a held-out task's rollouts before and after adaptation to a GIF")
     evaluate.add_argument("--one-shot-runs", type=Path, default=None,
                           help="a zip or folder of Omniglot one-shot runs (runNN/...): report the error rate on them")
+    evaluate.add_argument("--one-shot-augment", type=int, default=None, metavar="K",
+                          help="one-shot runs: test-time augmentation with K distorted copies of each drawing")
 
     resume = commands.add_parser("resume", help="continue a run from its last checkpoint",
                                  description="Continue RUN_DIR from its last checkpoint (same result as no kill).")
@@ -171,8 +173,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.tasks is not None and args.tasks < 1:
         raise ValueError(f"--tasks must be >= 1, got {args.tasks}")
+    if args.one_shot_augment is not None and args.one_shot_runs is None:
+        raise ValueError("--one-shot-augment needs --one-shot-runs")
     if args.one_shot_runs is not None:
-        return _evaluate_one_shot(args.run_dir, args.one_shot_runs)
+        return _evaluate_one_shot(args.run_dir, args.one_shot_runs, args.one_shot_augment)
     if not (Path(args.run_dir) / "config.json").is_file():
         raise RunError(f"{args.run_dir} is not a metarl run directory (no config.json)")
     from metarl.training_rl import evaluate_rl_run, is_rl_run
@@ -192,13 +196,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_one_shot(run_dir: Path, runs_path: Path) -> int:
+def _evaluate_one_shot(run_dir: Path, runs_path: Path, augment_copies: int | None = None) -> int:
     from metarl.runs import RunError
     from metarl.training import evaluate_run, load_config
 
     config = load_config(run_dir)
     if config.source != "omniglot":
         raise RunError(f"{run_dir} was trained on {config.source}, not omniglot")
+    if augment_copies is not None:
+        config = dataclasses.replace(config, one_shot_augment=augment_copies)
     evaluate_run(run_dir, config=dataclasses.replace(config, one_shot_runs=str(runs_path), eval_tasks=0))
     _print_result(run_dir)
     return 0

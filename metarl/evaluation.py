@@ -109,15 +109,43 @@ def evaluate_fewshot(
 
 
 def evaluate_one_shot_runs(learner: FewShotLearner, batch: EpisodeBatch, *, steps: int | None = None,
-                           device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Error rate of ``learner`` on the original one-shot runs (all runs stacked as one ``EpisodeBatch``)."""
+                           device: str | torch.device = "cpu", augment_copies: int = 0,
+                           seed: int = 0) -> dict[str, Any]:
+    """Error rate of ``learner`` on the original one-shot runs (all runs stacked as one ``EpisodeBatch``).
+
+    ``augment_copies = K > 0`` adds test-time augmentation: each support drawing gets ``K`` randomly distorted
+    copies (:func:`~metarl.envs.fewshot.omniglot.random_affine`, the training distortion) as extra shots of its
+    class, and each query is classified by the mean of the class probabilities over itself and ``K`` distorted
+    copies. Still one drawing per class from the run: the copies are made from it, never from other data. The
+    distortions are drawn from ``seed``.
+    """
+    if augment_copies < 0:
+        raise ValueError(f"augment_copies must be >= 0, got {augment_copies}")
     was_training = learner.training
     learner.eval()
     try:
         with torch.no_grad():
             batch = batch.to(device)
-            state = learner.adapt(batch.support_x, batch.support_y, steps=steps)
-            predictions = learner.predict(state, batch.query_x).argmax(dim=-1).cpu()
+            support_x, support_y, queries = batch.support_x, batch.support_y, [batch.query_x]
+            if augment_copies:
+                from metarl.envs.fewshot.omniglot import random_affine
+
+                rng = np.random.default_rng(seed)
+
+                def distort(x: torch.Tensor) -> torch.Tensor:
+                    flat = x.reshape(-1, *x.shape[-3:]).cpu()  # [images, channels, height, width]
+                    return random_affine(flat, rng).reshape(x.shape).to(x.device)
+
+                tasks, ways = batch.num_tasks, batch.ways
+                by_class = support_x.reshape(tasks, ways, -1, *support_x.shape[2:])  # class-major order
+                copies = [by_class] + [distort(by_class) for _ in range(augment_copies)]
+                support_x = torch.cat(copies, dim=2).reshape(tasks, -1, *support_x.shape[2:])
+                labels = support_y.reshape(tasks, ways, -1)
+                support_y = labels.repeat(1, 1, augment_copies + 1).reshape(tasks, -1)
+                queries += [distort(batch.query_x) for _ in range(augment_copies)]
+            state = learner.adapt(support_x, support_y, steps=steps)
+            probabilities = sum(learner.predict(state, q).softmax(dim=-1) for q in queries)
+            predictions = probabilities.argmax(dim=-1).cpu()
     finally:
         learner.train(was_training)
     wrong = (predictions != batch.query_y.cpu())
@@ -126,7 +154,7 @@ def evaluate_one_shot_runs(learner: FewShotLearner, batch: EpisodeBatch, *, step
     per_run = wrong.float().mean(dim=1).tolist()
     return {"protocol": "omniglot-one-shot-runs", "learner": learner.name, "runs": batch.num_tasks,
             "queries": total, "errors": errors, "error_rate": errors / total, "ci95_low": low, "ci95_high": high,
-            "per_run_error_rate": per_run, "steps": steps}
+            "per_run_error_rate": per_run, "steps": steps, "augment_copies": augment_copies}
 
 
 def save_json(path: Path, result: dict[str, Any]) -> Path:

@@ -99,6 +99,8 @@ class FewShotConfig:
     """omniglot: train/val/test shares of the characters (1 0 0: train on all, evaluate on the one-shot runs)"""
     one_shot_runs: str | None = None
     """omniglot: a zip or folder of the original one-shot runs to evaluate on after training"""
+    one_shot_augment: int = 0
+    """omniglot one-shot runs: test-time augmentation, distorted copies of each support and query drawing"""
 
     def __post_init__(self) -> None:
         from metarl.agents import LEARNERS, RL_AGENTS
@@ -114,6 +116,8 @@ class FewShotConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_tasks < 0 or (self.eval_tasks == 0 and not self.one_shot_runs):
             raise ValueError(f"eval_tasks must be >= 1 (0 only with one_shot_runs), got {self.eval_tasks}")
+        if self.one_shot_augment < 0:
+            raise ValueError(f"one_shot_augment must be >= 0, got {self.one_shot_augment}")
         if self.source != "omniglot" and (self.augment or self.one_shot_runs):
             raise ValueError("augment and one_shot_runs apply to the omniglot source only")
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
@@ -269,7 +273,8 @@ def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotCon
             raise RunError(f"{config.learner} has a {config.ways}-way output layer; the one-shot runs are 20-way")
         runs = OneShotRuns(config.one_shot_runs)
         steps = max(config.eval_steps) if learner.uses_gradient_steps else None
-        one_shot = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=steps, device=device)
+        one_shot = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=steps, device=device,
+                                          augment_copies=config.one_shot_augment, seed=config.eval_seed)
         one_shot["config"] = dataclasses.asdict(config)
         save_json(run_dir / "one_shot_runs.json", one_shot)
         result["one_shot_runs"] = one_shot

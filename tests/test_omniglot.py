@@ -515,3 +515,45 @@ def test_modified_hausdorff_reproduces_published_38_8_percent_on_all_runs() -> N
 @pytest.mark.api
 def test_module_exports() -> None:
     assert set(om.__all__) <= set(dir(om))
+
+
+class _RecordingNearestNeighbour(torch.nn.Module):
+    """A stand-in learner: nearest support drawing (squared pixel distance); records what it was given."""
+
+    name = "recording-nn"
+    uses_gradient_steps = False
+
+    def adapt(self, support_x, support_y, *, steps=None):
+        self.support = (support_x.clone(), support_y.clone())
+        return support_x, support_y
+
+    def predict(self, state, query_x):
+        support_x, support_y = state
+        distance = ((query_x[:, :, None] - support_x[:, None]) ** 2).flatten(3).sum(-1)  # [tasks, q, s]
+        ways = int(support_y.max()) + 1
+        scores = torch.full((*distance.shape[:2], ways), -float("inf"))
+        # best (negative) distance per class
+        return scores.scatter_reduce(2, support_y[:, None, :].expand_as(distance), -distance, reduce="amax")
+
+
+def test_one_shot_test_time_augmentation(runs: OneShotRuns) -> None:
+    from metarl.evaluation import evaluate_one_shot_runs
+
+    batch = runs.as_episode_batch()
+    learner = _RecordingNearestNeighbour()
+    plain = evaluate_one_shot_runs(learner, batch)
+    assert plain["augment_copies"] == 0 and learner.support[0].shape == batch.support_x.shape
+    augmented = evaluate_one_shot_runs(learner, batch, augment_copies=3, seed=7)
+    support_x, support_y = learner.support
+    tasks, ways = batch.num_tasks, batch.ways
+    assert support_x.shape == (tasks, ways * 4, *batch.support_x.shape[2:])
+    # class-major: each class's original drawing first, then its three distorted copies
+    by_class = support_x.reshape(tasks, ways, 4, *support_x.shape[2:])
+    torch.testing.assert_close(by_class[:, :, 0], batch.support_x.reshape(tasks, ways, *support_x.shape[2:]))
+    assert not torch.equal(by_class[:, :, 1], by_class[:, :, 0])
+    assert torch.equal(support_y.reshape(tasks, ways, 4), batch.support_y.reshape(tasks, ways, 1).expand(-1, -1, 4))
+    again = evaluate_one_shot_runs(learner, batch, augment_copies=3, seed=7)
+    assert again["errors"] == augmented["errors"] and torch.equal(learner.support[0], support_x)
+    assert 0 <= augmented["error_rate"] <= 1 and augmented["queries"] == plain["queries"]
+    with pytest.raises(ValueError, match="augment_copies"):
+        evaluate_one_shot_runs(learner, batch, augment_copies=-1)
