@@ -32,7 +32,7 @@ from gymnasium.envs.classic_control.continuous_mountain_car import Continuous_Mo
 from gymnasium.envs.classic_control.pendulum import PendulumEnv, angle_normalize
 from gymnasium.utils import EzPickle
 
-from .base import check_finite_action, task_to_dict
+from .base import check_finite_action
 from .wrappers import AttributeContext, AttributeTaskMixin
 
 __all__ = ["CartPoleContextEnv", "PendulumContextEnv", "MountainCarContinuousContextEnv", "AcrobotContextEnv"]
@@ -80,7 +80,7 @@ class _ContextEnvMixin(AttributeTaskMixin):
             options = {key: value for key, value in options.items() if key != "task"} or None
         self._apply_pending_task()
         obs, info = super().reset(seed=seed, options=options)
-        info["task"] = task_to_dict(self._task)
+        info["task"] = self._task
         self._last_obs = obs
         return obs, info
 

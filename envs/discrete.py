@@ -22,7 +22,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
-from .base import SPLITS, TaskEnvMixin, TaskError, check_task_fields, checkerboard_uniform, task_to_dict
+from .base import SPLITS, TaskEnvMixin, TaskError, check_task_fields, checkerboard_uniform
 
 __all__ = [
     "BernoulliBanditTask",
@@ -128,7 +128,7 @@ class BernoulliBanditEnv(TaskEnvMixin, gym.Env, EzPickle):
             self.set_task(options["task"])
         self._apply_pending_task()
         self._done = False
-        return np.zeros(1, dtype=np.float32), {"task": task_to_dict(self._task)}
+        return np.zeros(1, dtype=np.float32), {"task": self._task}
 
     def step(self, action):
         if not self.action_space.contains(action):
@@ -362,7 +362,7 @@ class TabularMDPEnv(TaskEnvMixin, gym.Env, EzPickle):
         self._apply_pending_task()
         self._state = int(self.np_random.integers(self.n_states)) if self.uniform_start else 0
         self._t = 0
-        return self._obs(), {"task": task_to_dict(self._task), "state": self._state}
+        return self._obs(), {"task": self._task, "state": self._state}
 
     def step(self, action):
         if not self.action_space.contains(action):

@@ -95,7 +95,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
-from .base import SPLITS, TaskEnvMixin, TaskError, check_finite_action, check_task_fields, task_to_dict
+from .base import SPLITS, TaskEnvMixin, TaskError, check_finite_action, check_task_fields
 
 try:  # optional extra: the module imports without metaworld, the environments need it
     import metaworld
@@ -310,7 +310,7 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         obs = np.asarray(obs, dtype=np.float64)
         self._last_obs = obs.copy()
         info = dict(mw_info)
-        info["task"] = task_to_dict(task)
+        info["task"] = task
         return obs, info
 
     def step(self, action):

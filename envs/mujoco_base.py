@@ -30,7 +30,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
-from .base import TaskEnvMixin, check_finite_action, task_to_dict
+from .base import TaskEnvMixin, check_finite_action
 
 # the clip ufunc itself (NumPy 2): np.clip's Python wrapper costs ~1 us more per call
 _clip = getattr(getattr(np, "_core", None), "umath", np).clip
@@ -144,7 +144,7 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         self._reset_state()
         obs = self._get_obs()
         self._last_obs = obs
-        return obs, {"task": task_to_dict(self._task)}
+        return obs, {"task": self._task}
 
     def step(self, action):
         # Lean on purpose: numpy calls on 6-20 element arrays cost ~0.3-0.5 us each, a HalfCheetah mj_step ~20 us.

@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
-from .base import SPLITS_WITH_OOD, TaskEnvMixin, check_task_fields, checkerboard_uniform, task_to_dict
+from .base import SPLITS_WITH_OOD, TaskEnvMixin, check_task_fields, checkerboard_uniform
 
 __all__ = ["Navigation2DTask", "Navigation2DEnv", "SparseNavigation2DTask", "SparseNavigation2DEnv"]
 
@@ -88,7 +88,7 @@ class _PointEnv(TaskEnvMixin, gym.Env, EzPickle):
             self.set_task(options["task"])
         self._apply_pending_task()
         self._x = self._y = 0.0
-        return np.zeros(2, dtype=np.float32), {"task": task_to_dict(self._task)}
+        return np.zeros(2, dtype=np.float32), {"task": self._task}
 
     def _move(self, action: Any) -> float:
         """Apply the clipped action; return the distance to the goal after the move."""

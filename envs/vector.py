@@ -82,8 +82,9 @@ def batch_infos(infos: Sequence[dict[str, Any] | None], num_envs: int) -> dict[s
     sub-envs (dtype of the first value: Python/NumPy scalars and arrays are batched, anything else goes in an
     object array, nested dicts recursively) plus a boolean mask ``"_" + key`` saying which sub-envs gave it;
     ``"final_obs"`` is always an object array. One difference: where some sub-envs give a dict and others not
-    (``info["task"]`` is a dict at reset and a task object at step in the suite's envs, so an autoreset step mixes
-    them), the values go in an object array as they are; Gymnasium's merge fails or scrambles them there.
+    (e.g. a user's env whose ``info["task"]`` is a dict at reset and an object at step, mixed by an autoreset
+    step), the values go in an object array as they are; Gymnasium's merge fails or scrambles them there. The
+    suite's own envs give the task object at reset and at step.
     """
     first_info = infos[0] if infos else None
     if first_info and len(infos) == num_envs and all(

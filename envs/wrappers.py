@@ -52,7 +52,6 @@ from .base import (
     check_split,
     checkerboard_uniform,
     is_task_env,
-    task_to_dict,
 )
 
 OnSet = Callable[[Any, dict[str, float]], None]
@@ -335,7 +334,7 @@ class AttributeTaskWrapper(AttributeTaskMixin, gym.Wrapper, gym.utils.RecordCons
       recompute derived attributes (e.g. CartPole's ``total_mass``). ``reset(options={"task": task})`` does both.
     * The default task is the env's current values if they lie in the allowed range, else the box centre; it is
       written at construction.
-    * ``info["task"]`` echoes the task (a dict at reset, the :class:`ContextTask` at each step). If the wrapped env
+    * ``info["task"]`` echoes the task (the :class:`ContextTask`, at reset and at each step). If the wrapped env
       reports no ``reward_<name>`` terms, ``info["reward_env"]`` carries the whole reward, so terms always sum to it.
     * Box actions with NaN or infinite entries raise ``ValueError``. A non-finite float observation ends the episode
       (``truncated=True``, ``info["physics_unstable"] = True``, reward 0, the last finite observation returned).
@@ -387,7 +386,7 @@ class AttributeTaskWrapper(AttributeTaskMixin, gym.Wrapper, gym.utils.RecordCons
         self._apply_pending_task()
         obs, info = self.env.reset(seed=seed, options=options)
         info = dict(info)
-        info["task"] = task_to_dict(self._task)
+        info["task"] = self._task
         self._last_obs = obs
         return obs, info
 

@@ -56,7 +56,7 @@ def test_bandit_episode_is_one_pull_with_regret_info():
     env = gym.make("metarl/BernoulliBandit-v0", k=3)
     task = BernoulliBanditTask((0.2, 0.9, 0.5))
     obs, info = env.reset(seed=0, options={"task": task})
-    assert info["task"] == {"means": (0.2, 0.9, 0.5)}
+    assert info["task"] == BernoulliBanditTask(means=(0.2, 0.9, 0.5))
     np.testing.assert_array_equal(obs, [0.0])
     obs, reward, terminated, truncated, info = env.step(2)
     assert terminated and not truncated and reward in (0.0, 1.0)
@@ -190,7 +190,7 @@ def test_mdp_episode_terminates_after_the_horizon_with_one_hot_states():
     env = gym.make("metarl/TabularMDP-v0")
     task = env.unwrapped.sample_tasks(1, seed=0)[0]
     obs, info = env.reset(seed=0, options={"task": task})
-    assert info["task"] == {"seed": task.seed} and info["state"] == 0
+    assert info["task"] == task and info["state"] == 0
     np.testing.assert_array_equal(obs, np.eye(10, dtype=np.float32)[0])
     for t in range(10):
         obs, reward, terminated, truncated, info = env.step(t % 5)

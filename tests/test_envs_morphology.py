@@ -105,7 +105,7 @@ def test_registered_id_makes_a_task_env(env_cls):
     assert env.spec.max_episode_steps == 200
     task = env.unwrapped.sample_tasks(1, split="test", seed=0)[0]
     obs, info = env.reset(seed=0, options={"task": task})
-    assert obs.shape == (SHAPES[env_cls][0],) and info["task"] == dataclasses.asdict(task)
+    assert obs.shape == (SHAPES[env_cls][0],) and info["task"] == task
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert info["task"] == task and np.isfinite(reward)
     env.close()
@@ -267,7 +267,7 @@ def test_set_task_takes_effect_at_reset_only(env_cls):
     _, _, _, _, info = env.step(env.action_space.sample())
     assert info["task"] == uniform_task(env)  # the episode runs on with the old morphology
     _, info = env.reset()
-    assert info["task"] == dataclasses.asdict(task)
+    assert info["task"] == task
     assert env.model.geom_size[gid, 1] == pytest.approx(1.4 * default_half_length, rel=1e-12)
     assert env.step(env.action_space.sample())[4]["task"] == task
 

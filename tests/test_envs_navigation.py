@@ -61,7 +61,7 @@ def test_episode_runs_full_horizon_and_echoes_task(env_id):
     env = gym.make(env_id)
     task = env.unwrapped.sample_tasks(1, seed=3)[0]
     obs, info = env.reset(seed=0, options={"task": task})
-    assert info["task"] == dataclasses.asdict(task)
+    assert info["task"] == task
     np.testing.assert_array_equal(obs, np.zeros(2, np.float32))
     steps, truncated, terminated = 0, False, False
     while not (terminated or truncated):
