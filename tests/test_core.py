@@ -135,6 +135,47 @@ def test_batched_adaptation_equals_a_loop_over_tasks(mode, vectorized):
 
 
 @pytest.mark.math
+@pytest.mark.parametrize("mode", ["maml", "anil", "meta-sgd", "first-order"])
+@pytest.mark.parametrize("vectorized", [False, True])
+def test_continuing_from_batched_fast_weights_equals_one_adapt_call(mode, vectorized):
+    """``adapt(adapt(θ, 2 steps), 1 step, batched_params=True)`` = ``adapt(θ, 3 steps)`` = a per-task loop, for the
+    fast weights and (second order) the meta-gradient; detached fast weights continue as well."""
+    model = _mlp(hidden=(8, 8))
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in parameters_of(model).items()}
+    support, query = _data(tasks=4, n=6, seed=7), _data(tasks=4, n=5, seed=8)
+    adapt_keys = ["4.weight", "4.bias"] if mode == "anil" else None
+    keys = set(adapt_keys or params)
+    step_size = {k: torch.rand_like(v) * 0.1 for k, v in params.items()} if mode == "meta-sgd" else 0.05
+
+    def loss_fn(p, data):
+        return single_task_loss(functional_call(model, p, (data[0],)), data[1], "regression")
+
+    def vec_loss(p, data):
+        return task_losses(model.batched(p, data[0]), data[1], "regression")
+
+    task_loss = vec_loss if vectorized else loss_fn
+    options = dict(step_size=step_size, adapt_keys=adapt_keys, vectorized=vectorized, first_order=mode == "first-order")
+    at_once = adapt(task_loss, params, support, steps=3, **options)
+    first = adapt(task_loss, params, support, steps=2, **options)
+    continued = adapt(task_loss, first, support, steps=1, batched_params=True, **options)
+    detached = adapt(task_loss, {k: v.detach() for k, v in first.items()}, support, steps=1, batched_params=True,
+                     **options)
+    expected = _loop_adapt(model, params, support, 3, step_size, adapt_keys)
+    for k in params:
+        torch.testing.assert_close(continued[k], at_once[k], msg=f"parameter {k}")
+        torch.testing.assert_close(detached[k], at_once[k], msg=f"parameter {k}, detached")
+        for t, exp in enumerate(expected):
+            torch.testing.assert_close(continued[k][t] if k in keys else continued[k], exp[k], msg=f"task {t} {k}")
+    # the meta-gradient flows through the earlier steps of a continued adaptation
+    grads = [torch.autograd.grad(batched_task_loss(task_loss, fast, keys, query, vectorized).mean(),
+                                 list(params.values())) for fast in (at_once, continued)]
+    for name, a, b in zip(params, *grads):
+        torch.testing.assert_close(a, b, msg=f"meta-gradient of {name}")
+    with pytest.raises(ValueError, match="task dimension"):
+        adapt(task_loss, params, support, steps=1, batched_params=True, **options)
+
+
+@pytest.mark.math
 def test_vmap_adaptation_of_a_conv_net_equals_a_loop():
     with seeded(0):
         model = Conv4(hidden=8, out_features=3).double()

@@ -15,6 +15,11 @@ adapted weights depend on the initialisation through the identity only; Finn et 
 * Meta-SGD (Li et al. 2017): ``step_size`` a dict of learned per-parameter tensors shaped like the parameters.
 * ANIL (Raghu et al., ICLR 2020): ``adapt_keys`` the head's parameter names; the rest stay shared (not expanded).
 * RL (MAML-TRPO): the task loss is a policy-gradient surrogate over a task's support episodes; same function.
+
+Continuing an adaptation: ``adapt(..., batched_params=True)`` starts from fast weights that already carry the task
+dimension (the output of an earlier ``adapt``), e.g. MAML-TRPO's meta-test, which takes a step after every batch
+of fresh rollouts. ``k`` steps and then ``m`` more from the result give the same weights (and, second order, the
+same meta-gradient) as ``k + m`` steps in one call (tested).
 """
 
 from __future__ import annotations
@@ -74,6 +79,24 @@ def expand_for_tasks(params: Mapping[str, torch.Tensor], num_tasks: int, adapt_k
     return fast
 
 
+def continue_from_batched(fast: Mapping[str, torch.Tensor], num_tasks: int, adapt_keys: Iterable[str]) -> Params:
+    """Fast weights to continue adapting: check each adapted entry's task dimension; detached entries become leaves.
+
+    An entry that is part of a graph (second-order adaptation in progress) is kept as it is, so a meta-gradient
+    flows through the earlier steps too.
+    """
+    keys = set(adapt_keys)
+    out: Params = dict(fast)
+    for name in keys:
+        value = fast[name]
+        if value.dim() == 0 or value.shape[0] != num_tasks:
+            raise ValueError(f"batched_params: parameter {name!r} has shape {tuple(value.shape)}, expected a leading "
+                             f"task dimension of {num_tasks}")
+        if not value.requires_grad:
+            out[name] = value.detach().requires_grad_(True)
+    return out
+
+
 def batched_task_loss(
     task_loss: TaskLoss, fast: Params, adapt_keys: set[str], task_data: Any, vectorized: bool = False
 ) -> torch.Tensor:
@@ -98,12 +121,14 @@ def adapt(
     first_order: bool = False,
     adapt_keys: Iterable[str] | None = None,
     vectorized: bool = False,
+    batched_params: bool = False,
 ) -> Params:
     """Adapt ``params`` to every task of ``task_data`` with ``steps`` gradient steps; returns batched fast weights.
 
     Args:
         task_loss: ``task_loss(params, data_of_one_task) -> scalar``; written for ONE task, vectorised here.
-        params: the initialisation (shared across tasks), e.g. :func:`parameters_of(model)`.
+        params: the initialisation (shared across tasks), e.g. :func:`parameters_of(model)`; or, with
+            ``batched_params``, fast weights to continue from.
         task_data: a pytree of tensors whose leading dimension is the task, e.g. ``(support_x, support_y)``.
         steps: number of inner gradient steps (0 returns the expanded initialisation).
         step_size: one learning rate, or a dict of per-parameter step-size tensors (Meta-SGD).
@@ -111,6 +136,10 @@ def adapt(
         adapt_keys: names of the parameters to adapt (ANIL: the head); default all.
         vectorized: ``task_loss`` takes batched fast weights and all tasks' data and returns ``[tasks]`` losses
             itself (see :func:`batched_task_loss`); the two give the same numbers (tested).
+        batched_params: ``params`` are fast weights already: the ``adapt_keys`` entries carry the leading task
+            dimension (``[tasks, *shape]``, e.g. an earlier ``adapt``'s result) and are continued from as they are,
+            not expanded; the other entries are shared. Entries without a gradient history (detached) become fresh
+            leaves, so the steps can be taken under ``no_grad`` too.
 
     Returns:
         Fast weights: adapted parameters shaped ``[tasks, *shape]``; others are the shared tensors unchanged.
@@ -129,7 +158,10 @@ def adapt(
     key_set = set(keys)
     num_tasks = num_tasks_of(task_data)
     with torch.enable_grad():
-        fast = expand_for_tasks(params, num_tasks, keys)
+        if batched_params:
+            fast = continue_from_batched(params, num_tasks, keys)
+        else:
+            fast = expand_for_tasks(params, num_tasks, keys)
         for _ in range(steps):
             losses = batched_task_loss(task_loss, fast, key_set, task_data, vectorized)
             grads = torch.autograd.grad(losses.sum(), [fast[k] for k in keys], create_graph=not first_order)
