@@ -1,0 +1,188 @@
+"""RESULTS table: every meta-RL agent on the same task distributions, same env-step budgets, several seeds.
+
+For each (env, agent, seed) in the plan this trains the agent with ``metarl.training_rl.train_meta_rl`` (one run
+directory per cell under ``--out``), meta-tests it on the env's held-out ``test`` tasks (the same tasks for every
+agent: evaluation seed 12345) and reports the return per adaptation episode (episode 0 = before adaptation / prior
+context). Aggregation: each seed's mean over its test tasks, then the mean over seeds ± the 95% Student-t
+interval over seeds (over tasks when only one seed ran). Env steps are the training steps the run used.
+
+A cell whose run directory already holds ``evaluation.json`` is read, not re-run: the table can be filled over
+several sittings (``--seeds 0``, later ``--seeds 1 2``) and re-printed at no cost.
+
+    .venv/bin/python experiments/meta_rl_table.py --envs navigation --seeds 0 1 2
+    .venv/bin/python experiments/meta_rl_table.py --envs navigation --agents pearl maml-trpo --seeds 0 --scale 0.1
+
+Outputs: the Markdown table on stdout, ``OUT/table.json`` and one adaptation-curve PNG per env (``OUT/<env>.png``,
+one line per agent, error bars = the intervals above).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metarl.evaluation import mean_confidence_interval
+from metarl.runs import atomic_write_bytes, atomic_write_json
+from metarl.training_rl import RLRunConfig, train_meta_rl
+
+PRESETS = Path(__file__).parent / "presets"
+
+# One plan per task distribution: the env id, the evaluation (held-out test tasks, adaptation episodes) and, per
+# agent, the preset, iterations and overrides. Budgets are chosen so every learning agent gets about the same number
+# of env steps (the "steps per iteration" comments); "scratch" trains on nothing before meta-test (it learns inside
+# meta_test, from the same adaptation episodes the others get).
+PLANS: dict[str, dict[str, Any]] = {
+    # 2D navigation with 20-step episodes (MAML's goal law; shorter episodes than its 100 to fit 2-core budgets)
+    "navigation": {
+        "env": "metarl/Navigation2D-v0",
+        "eval_tasks": 20,
+        "eval_episodes": 3,
+        "budget_steps": 30_000,
+        "agents": {
+            # ~333 env steps per iteration
+            "pearl": dict(preset="pearl_navigation.yaml", iterations=90),
+            "oracle": dict(preset="pearl_navigation.yaml", iterations=90),
+            # 10 tasks x 10 episodes x 20 steps x (support + query) = 4,000 per iteration
+            "maml-trpo": dict(preset="maml_trpo_navigation.yaml", iterations=7,
+                              overrides=dict(max_episode_steps=20, meta_batch_size=10, episodes_per_task=10,
+                                             adapt_episodes=10)),
+            # 32 trials x 3 episodes x 20 steps = 1,920 per iteration
+            "rl2": dict(iterations=15, overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
+            "multitask": dict(iterations=30, overrides=dict(steps_per_iteration=1_000, max_episode_steps=20)),
+            "scratch": dict(iterations=0, overrides=dict(max_episode_steps=20,
+                                                         algorithm_kwargs={"learning_starts": 20})),
+        },
+    },
+}
+
+
+def cell_dir(out: Path, env_key: str, agent: str, seed: int, scale: float) -> Path:
+    suffix = "" if scale == 1.0 else f"-scale{scale:g}"
+    return out / env_key / f"{agent}-seed{seed}{suffix}"
+
+
+def run_cell(plan: dict[str, Any], agent: str, seed: int, scale: float, run_dir: Path, threads: int) -> Path:
+    """Train and evaluate one (env, agent, seed) cell unless its run directory already holds an evaluation."""
+    if (run_dir / "evaluation.json").exists():
+        return run_dir
+    spec = plan["agents"][agent]
+    iterations = spec["iterations"] if spec["iterations"] == 0 else max(1, round(spec["iterations"] * scale))
+    preset = str(PRESETS / spec["preset"]) if spec.get("preset") else None
+    config = RLRunConfig(agent=agent, env=plan["env"], iterations=iterations, preset=preset,
+                         overrides=dict(spec.get("overrides", {})), seed=seed, eval_tasks=plan["eval_tasks"],
+                         eval_episodes=plan["eval_episodes"], eval_splits=("test",), threads=threads,
+                         run_dir=str(run_dir), progress=False, checkpoint_every=max(1, iterations))
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return train_meta_rl(config)
+
+
+def read_cell(run_dir: Path) -> dict[str, Any]:
+    """Per-task returns ``[tasks, episodes]`` on the test split and the env steps the training used."""
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    returns = np.asarray(evaluation["splits"]["test"]["per_task_returns"], dtype=np.float64)
+    env_steps = 0
+    metrics = run_dir / "metrics.csv"
+    if metrics.exists():
+        lines = metrics.read_text().splitlines()
+        if len(lines) > 1:
+            header = lines[0].split(",")
+            if "charts/env_steps" in header:
+                column = header.index("charts/env_steps")
+                env_steps = int(float(lines[-1].split(",")[column]))
+    return {"returns": returns, "env_steps": env_steps}
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± 95% CI per adaptation episode: over seeds (each seed's task mean), or over tasks for one seed."""
+    per_seed = np.stack([c["returns"].mean(axis=0) for c in cells])  # [seeds, episodes]
+    episodes = per_seed.shape[1]
+    if len(cells) > 1:
+        stats = [mean_confidence_interval(per_seed[:, k]) for k in range(episodes)]
+        over = "seeds"
+    else:
+        stats = [mean_confidence_interval(cells[0]["returns"][:, k]) for k in range(episodes)]
+        over = "tasks"
+    return {"seeds": len(cells), "ci_over": over, "env_steps": int(np.mean([c["env_steps"] for c in cells])),
+            "mean": [s["mean"] for s in stats], "ci95": [s["ci95"] for s in stats]}
+
+
+def plot(env_key: str, rows: dict[str, dict[str, Any]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for agent, row in rows.items():
+        xs = list(range(len(row["mean"])))
+        errs = [0.0 if math.isnan(c) else c for c in row["ci95"]]
+        ax.errorbar(xs, row["mean"], yerr=errs, marker="o", capsize=3,
+                    label=f"{agent} ({row['env_steps'] / 1000:.0f}k steps, {row['seeds']} seeds)")
+    ax.set_xlabel("adaptation episode (0 = before adaptation)")
+    ax.set_ylabel("return on held-out test tasks (95% CI)")
+    ax.set_title(f"{PLANS[env_key]['env']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=list(PLANS), choices=list(PLANS))
+    parser.add_argument("--agents", nargs="+", default=None, help="default: every agent in the env's plan")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every plan's iterations (smoke runs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out", type=Path, default=Path("experiments/out/meta_rl_table"))
+    args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error(f"--scale must be positive, got {args.scale}")
+    table: dict[str, Any] = {}
+    for env_key in args.envs:
+        plan = PLANS[env_key]
+        agents = args.agents or list(plan["agents"])
+        unknown = [a for a in agents if a not in plan["agents"]]
+        if unknown:
+            parser.error(f"no plan for {unknown} on {env_key}; planned: {', '.join(plan['agents'])}")
+        rows: dict[str, Any] = {}
+        for agent in agents:
+            cells = []
+            for seed in args.seeds:
+                run_dir = run_cell(plan, agent, seed, args.scale,
+                                   cell_dir(args.out, env_key, agent, seed, args.scale), args.threads)
+                cells.append(read_cell(run_dir))
+                print(json.dumps({"env": env_key, "agent": agent, "seed": seed, "run_dir": str(run_dir),
+                                  "test_return_per_episode": cells[-1]["returns"].mean(axis=0).round(3).tolist(),
+                                  "env_steps": cells[-1]["env_steps"]}), flush=True)
+            rows[agent] = summarise(cells)
+        table[env_key] = {"env": plan["env"], "seeds": args.seeds, "scale": args.scale, "agents": rows}
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(env_key, rows, args.out / f"{env_key}.png")
+    atomic_write_json(args.out / "table.json", table)
+    for env_key, data in table.items():
+        episodes = max(len(r["mean"]) for r in data["agents"].values())
+        print(f"\n{data['env']} (test tasks, seeds {data['seeds']}, iterations x{data['scale']:g})\n")
+        print("| agent | env steps | " + " | ".join(f"ep {k}" for k in range(episodes)) + " |")
+        print("|---|---|" + "---|" * episodes)
+        for agent, row in data["agents"].items():
+            cells = " | ".join(f"{m:.2f} ± {c:.2f}" if not math.isnan(c) else f"{m:.2f}"
+                               for m, c in zip(row["mean"], row["ci95"]))
+            print(f"| {agent} | {row['env_steps']:,} | {cells} |")
+        print(f"\nCI over {', '.join(sorted({r['ci_over'] for r in data['agents'].values()}))}; "
+              f"plot: {args.out / (env_key + '.png')}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
