@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from metarl.evaluation import mean_confidence_interval
-from metarl.runs import atomic_write_bytes, atomic_write_json
+from metarl.evaluation import mean_confidence_interval, save_figure
+from metarl.runs import atomic_write_json
 from metarl.training_rl import RLRunConfig, train_meta_rl
 
 PRESETS = Path(__file__).parent / "presets"
@@ -112,8 +112,6 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(env_key: str, rows: dict[str, dict[str, Any]], path: Path) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,11 +128,7 @@ def plot(env_key: str, rows: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_title(f"{PLANS[env_key]['env']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

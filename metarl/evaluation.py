@@ -162,9 +162,22 @@ def save_json(path: Path, result: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG atomically (never a half-written file) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
 def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
     """PNG of score against adaptation steps, one line per shots (few-shot) — error bars are the 95% CIs."""
-    import io
 
     import matplotlib
 
@@ -190,12 +203,7 @@ def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None
     ax.set_title(title or f"{result['learner']}: {result['num_tasks']} held-out tasks")
     ax.grid(alpha=0.3)
     ax.legend()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test",), num_tasks: int = 20,
@@ -235,7 +243,6 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
 
 def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
     """PNG adaptation curve: return per adaptation episode (0 = before adaptation), one line per split."""
-    import io
 
     import matplotlib
 
@@ -254,9 +261,4 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -
     ax.set_title(title or f"{result['agent']} on {result['env']}")
     ax.grid(alpha=0.3)
     ax.legend()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
