@@ -2,7 +2,8 @@
 
 Pure numpy, no physics engine: a point moves by the (clipped) action each step. Both environments are cheap enough
 for the suite's one-minute learning tests (a step is a few microseconds of Python), and both offer a vectorised
-``batch_step`` for rolling out many tasks at once without environment objects.
+``batch_step`` for rolling out many tasks at once without environment objects. With ``render_mode="rgb_array"``
+they draw the plane with Pillow (no OpenGL needed), which is what ``metarl evaluate --video`` shows.
 
 References: Finn, Abbeel & Levine 2017, "Model-Agnostic Meta-Learning", section 5.3 (2D navigation); Rakelly et al.
 2019, "Efficient Off-Policy Meta-RL via Probabilistic Context Variables" (PEARL), sparse point robot.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -22,6 +24,13 @@ from gymnasium.utils import EzPickle
 from .base import SPLITS_WITH_OOD, TaskEnvMixin, check_task_fields, checkerboard_uniform
 
 __all__ = ["Navigation2DTask", "Navigation2DEnv", "SparseNavigation2DTask", "SparseNavigation2DEnv"]
+
+Pixel = Callable[[float, float], tuple[float, float]]
+"""Maps a point of the plane to image coordinates (points outside the view are clamped to its border)."""
+
+# rendering colours (RGB): a dark background, so the white labels of metarl.video stay readable
+_BACKGROUND, _GRID, _REGION = (22, 24, 32), (60, 64, 78), (88, 92, 110)
+_GOAL, _PATH, _AGENT = (70, 205, 100), (95, 155, 255), (255, 150, 40)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +63,26 @@ def _check_action_pair(action: Any) -> tuple[float, float]:
 
 
 class _PointEnv(TaskEnvMixin, gym.Env, EzPickle):
-    """A point starting at the origin, moved by the clipped action; subclasses define the task and reward."""
+    """A point starting at the origin, moved by the clipped action; subclasses define the task and reward.
 
-    metadata = {"render_modes": [], "render_fps": 10}
+    Rendering (``render_mode="rgb_array"``): a square ``render_size`` x ``render_size`` uint8 RGB image of the
+    plane around the origin (half-width :meth:`_view_extent`, y up) on a dark background: grey axes, the region
+    the goals are drawn from (subclasses), the goal in green, the path since the last reset in blue and the point
+    in orange. A point outside the view is drawn on its border. ``render()`` returns None without a render mode.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     splits = SPLITS_WITH_OOD
+    render_size = 256
+    """side of the rendered frames in pixels"""
 
-    def __init__(self, max_action: float) -> None:
+    def __init__(self, max_action: float, render_mode: str | None = None) -> None:
         if not (math.isfinite(max_action) and max_action > 0):
             raise ValueError(f"max_action must be a positive number, got {max_action!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        self._path: list[tuple[float, float]] = []
         self.max_action = float(max_action)
         self.action_space = spaces.Box(-self.max_action, self.max_action, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
@@ -88,6 +109,7 @@ class _PointEnv(TaskEnvMixin, gym.Env, EzPickle):
             self.set_task(options["task"])
         self._apply_pending_task()
         self._x = self._y = 0.0
+        self._path = [(0.0, 0.0)]
         return np.zeros(2, dtype=np.float32), {"task": self._task}
 
     def _move(self, action: Any) -> float:
@@ -96,10 +118,44 @@ class _PointEnv(TaskEnvMixin, gym.Env, EzPickle):
         m = self.max_action
         self._x += -m if ax < -m else (m if ax > m else ax)
         self._y += -m if ay < -m else (m if ay > m else ay)
+        if self.render_mode is not None:
+            self._path.append((self._x, self._y))
         return math.hypot(self._x - self._goal_x, self._y - self._goal_y)
 
-    def render(self) -> None:
-        return None
+    # --- rendering ---------------------------------------------------------------------------------------------
+    def _view_extent(self) -> float:
+        """Half-width of the square of the plane that frames show (centred on the origin)."""
+        raise NotImplementedError
+
+    def _draw_task(self, draw: Any, pixel: Pixel, scale: float) -> None:
+        """Draw the goal region and the goal with ``draw`` (a ``PIL.ImageDraw``); ``scale`` is pixels per unit."""
+        gx, gy = pixel(self._goal_x, self._goal_y)
+        draw.ellipse((gx - 6, gy - 6, gx + 6, gy + 6), fill=_GOAL)
+
+    def render(self) -> np.ndarray | None:
+        """The current frame as a ``[render_size, render_size, 3]`` uint8 array (see the class docstring)."""
+        if self.render_mode != "rgb_array":
+            return None
+        from PIL import Image, ImageDraw
+
+        size, extent = self.render_size, self._view_extent()
+        scale = (size - 1) / (2 * extent)
+
+        def pixel(x: float, y: float) -> tuple[float, float]:
+            x, y = min(max(x, -extent), extent), min(max(y, -extent), extent)
+            return (x + extent) * scale, (extent - y) * scale
+
+        image = Image.new("RGB", (size, size), _BACKGROUND)
+        draw = ImageDraw.Draw(image)
+        draw.line([pixel(-extent, 0.0), pixel(extent, 0.0)], fill=_GRID)
+        draw.line([pixel(0.0, -extent), pixel(0.0, extent)], fill=_GRID)
+        self._draw_task(draw, pixel, scale)
+        path = self._path or [(self._x, self._y)]
+        if len(path) > 1:
+            draw.line([pixel(x, y) for x, y in path], fill=_PATH, width=2)
+        ax, ay = pixel(self._x, self._y)
+        draw.ellipse((ax - 5, ay - 5, ax + 5, ay + 5), fill=_AGENT)
+        return np.asarray(image)
 
 
 class Navigation2DEnv(_PointEnv):
@@ -140,15 +196,21 @@ class Navigation2DEnv(_PointEnv):
     | name | default | meaning |
     | --- | --- | --- |
     | ``max_action`` | ``0.1`` | bound of each action coordinate |
+    | ``render_mode`` | ``None`` | ``"rgb_array"``: ``render()`` returns frames |
+
+    ## Rendering
+    ``rgb_array`` frames of 256 x 256 pixels showing ``[-1.1, 1.1]^2`` (y up): the outline of the train/test goal
+    square ``[-0.5, 0.5]^2``, the goal (green), the path since the reset (blue) and the point (orange). Drawn with
+    Pillow: no OpenGL needed.
     """
 
     task_type = Navigation2DTask
     goal_low, goal_high = -0.5, 0.5
     ood_low, ood_high = -1.0, 1.0
 
-    def __init__(self, max_action: float = 0.1) -> None:
-        super().__init__(max_action)
-        EzPickle.__init__(self, max_action)
+    def __init__(self, max_action: float = 0.1, render_mode: str | None = None) -> None:
+        super().__init__(max_action, render_mode)
+        EzPickle.__init__(self, max_action, render_mode)
         self._init_task(Navigation2DTask(0.0, 0.0))
         self._on_task_change(self._task)
 
@@ -158,6 +220,13 @@ class Navigation2DEnv(_PointEnv):
 
     def _goal_of(self, task: Navigation2DTask) -> tuple[float, float]:
         return task.goal_x, task.goal_y
+
+    def _view_extent(self) -> float:
+        return 1.1 * self.ood_high
+
+    def _draw_task(self, draw: Any, pixel: Pixel, scale: float) -> None:
+        draw.rectangle((*pixel(self.goal_low, self.goal_high), *pixel(self.goal_high, self.goal_low)), outline=_REGION)
+        super()._draw_task(draw, pixel, scale)
 
     def _sample_task_list(self, n: int, split: str, rng: np.random.Generator) -> list[Navigation2DTask]:
         if split == "ood":
@@ -239,14 +308,26 @@ class SparseNavigation2DEnv(_PointEnv):
     | ``max_action`` | ``0.1`` | bound of each action coordinate |
     | ``goal_radius`` | ``0.2`` | distance within which the reward is given |
     | ``circle_radius`` | ``1.0`` | radius of the circle the goals lie on |
+    | ``render_mode`` | ``None`` | ``"rgb_array"``: ``render()`` returns frames |
+
+    ## Rendering
+    ``rgb_array`` frames of 256 x 256 pixels showing ``[-1.3 r, 1.3 r]^2`` for ``r = circle_radius`` (y up): the
+    circle of goals, the goal (green) with its reward radius, the path since the reset (blue) and the point
+    (orange). Drawn with Pillow: no OpenGL needed.
     """
 
     task_type = SparseNavigation2DTask
     sectors = 8
 
-    def __init__(self, max_action: float = 0.1, goal_radius: float = 0.2, circle_radius: float = 1.0) -> None:
-        super().__init__(max_action)
-        EzPickle.__init__(self, max_action, goal_radius, circle_radius)
+    def __init__(
+        self,
+        max_action: float = 0.1,
+        goal_radius: float = 0.2,
+        circle_radius: float = 1.0,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__(max_action, render_mode)
+        EzPickle.__init__(self, max_action, goal_radius, circle_radius, render_mode)
         if not (math.isfinite(goal_radius) and goal_radius > 0):
             raise ValueError(f"goal_radius must be a positive number, got {goal_radius!r}")
         if not (math.isfinite(circle_radius) and circle_radius > 0):
@@ -262,6 +343,17 @@ class SparseNavigation2DEnv(_PointEnv):
 
     def _goal_of(self, task: SparseNavigation2DTask) -> tuple[float, float]:
         return self.circle_radius * math.cos(task.angle), self.circle_radius * math.sin(task.angle)
+
+    def _view_extent(self) -> float:
+        return 1.3 * self.circle_radius
+
+    def _draw_task(self, draw: Any, pixel: Pixel, scale: float) -> None:
+        r = self.circle_radius
+        draw.ellipse((*pixel(-r, r), *pixel(r, -r)), outline=_REGION)
+        gx, gy = pixel(self._goal_x, self._goal_y)
+        radius = self.goal_radius * scale
+        draw.ellipse((gx - radius, gy - radius, gx + radius, gy + radius), outline=_GOAL)
+        super()._draw_task(draw, pixel, scale)
 
     def _sample_task_list(self, n: int, split: str, rng: np.random.Generator) -> list[SparseNavigation2DTask]:
         if split == "ood":

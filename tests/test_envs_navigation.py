@@ -251,3 +251,34 @@ def test_step_is_fast():
         env.step(action)
     per_step = (time.perf_counter() - start) / 20_000
     assert per_step < 50e-6, f"Navigation2D step took {per_step * 1e6:.1f} us"
+
+
+@pytest.mark.api
+@pytest.mark.parametrize("env_id", IDS)
+def test_rgb_array_frames_show_the_path_and_the_goal(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    base = env.unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the checker's advice on infinite observation bounds
+        check_env(base)  # with its render checks
+    task = base.sample_tasks(1, split="test", seed=4)[0]
+    env.reset(seed=0, options={"task": task})
+    first = env.render()
+    assert first.shape == (base.render_size, base.render_size, 3) and first.dtype == np.uint8
+    frames = [first]
+    for _ in range(5):
+        env.step(np.array([0.1, 0.1], np.float32))
+        frames.append(env.render())
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))  # the point moves, the path grows
+    other = base.sample_tasks(1, split="test", seed=5)[0]
+    env.reset(seed=0, options={"task": other})
+    assert not np.array_equal(env.render(), first)  # another goal
+    env.reset(seed=0, options={"task": task})
+    np.testing.assert_array_equal(env.render(), first)  # the path starts again at the reset
+    plain = gym.make(env_id)
+    plain.reset(seed=0)
+    assert plain.render() is None  # no render mode: nothing drawn
+    with pytest.raises(ValueError, match="render_mode"):
+        type(base)(render_mode="human")
+    pickled = pickle.loads(pickle.dumps(base))
+    assert pickled.render_mode == "rgb_array"
