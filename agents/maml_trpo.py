@@ -36,12 +36,14 @@ Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_e
 undiscounted return of the ``adapt_episodes`` rollouts per task collected with the policy after k adaptation
 batches: column 0 with θ, column k+1 after ``inner_steps`` policy-gradient step(s) from the column-k policy on the
 rollouts of column k ("return after k gradient steps", the MAML paper's protocol with fresh rollouts each step).
+The stages come from one generator, :meth:`MAMLTRPO.adaptation_stages`, which :meth:`MAMLTRPO.render_episodes` also
+drives: at each stage it renders one more episode of the policy of that stage (``metarl evaluate --video``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, NamedTuple
@@ -61,6 +63,7 @@ from metarl.core.sampling import Episodes, collect_episodes
 from metarl.core.seeding import derive_seed, seeded
 from metarl.core.trpo import gauss_newton_fvp, trpo_step
 from metarl.envs.base import is_task_env
+from metarl.envs.recording import make_recording_envs
 from metarl.envs.vector import TaskVectorEnv
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -190,12 +193,14 @@ def inner_loss(policy: Policy, params: Params, data: TaskBatch) -> torch.Tensor:
 
 
 def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig,
-                 first_order: bool) -> Params:
-    """The inner loop: ``config.inner_steps`` policy-gradient steps per task from ``params`` (batched fast weights)."""
+                 first_order: bool, batched_params: bool = False) -> Params:
+    """The inner loop: ``config.inner_steps`` policy-gradient steps per task from ``params``, the shared
+    initialisation or (``batched_params``) fast weights to continue from; returns batched fast weights."""
     return adapt(
         lambda p, d: inner_loss(policy, p, d), params, support, steps=config.inner_steps,
         step_size=config.inner_lr, first_order=first_order,
         adapt_keys=policy.head_keys if config.adapt_head_only else None, vectorized=True,
+        batched_params=batched_params,
     )
 
 
@@ -221,6 +226,14 @@ def meta_fisher(policy: Policy, params: Params, support: TaskBatch, query: TaskB
     weight = (query.mask / query.mask.sum(-1, keepdim=True).clamp(min=1) / query.mask.shape[0]).unsqueeze(-1)
     metric = lambda tangent: policy.fisher_product(old_dist, tuple(t * weight for t in tangent))
     return gauss_newton_fvp(outputs, list(params.values()), metric, config.cg_damping)
+
+
+def _check_test_request(tasks: list[Any], num_episodes: int) -> None:
+    """``ValueError`` unless there is at least one task and one episode."""
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    if len(tasks) < 1:
+        raise ValueError("meta_test needs at least one task")
 
 
 def _subset(batch: tuple, index: torch.Tensor) -> Any:
@@ -346,15 +359,16 @@ class MAMLTRPO:
         return metrics
 
     # --- meta-test -------------------------------------------------------------------------------------------
-    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
-        """``[len(tasks), num_episodes]``: column k = mean return of the ``adapt_episodes`` rollouts per task
-        collected after k adaptation batches (k policy-gradient steps with ``inner_steps = 1``); see the module
-        docstring. Deterministic given ``seed``; does not change the agent."""
+    def adaptation_stages(self, tasks: list[Any], num_stages: int, seed: int) -> Iterator[tuple[Params, Episodes]]:
+        """The meta-test adaptation, stage by stage: yields ``(fast weights, rollouts)`` for k = 0..num_stages−1.
+
+        Stage k's fast weights (batched over ``tasks``, detached) are the policy after k adaptation batches (θ for
+        k = 0); its rollouts are the ``adapt_episodes`` episodes per task collected with them. After the caller has
+        used a stage, the next one takes ``inner_steps`` policy-gradient steps from these weights on these
+        rollouts (no meta-gradient). Deterministic given ``seed``; does not change the agent.
+        """
         cfg, policy = self.config, self.policy
-        if num_episodes < 1:
-            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-        if len(tasks) < 1:
-            raise ValueError("meta_test needs at least one task")
+        _check_test_request(tasks, num_stages)
         rollouts = cfg.adapt_episodes or cfg.episodes_per_task
         per_task = min(self.envs_per_task, rollouts)
         envs = self._test_envs.get(len(tasks))
@@ -363,19 +377,41 @@ class MAMLTRPO:
         keys = policy.head_keys if cfg.adapt_head_only else list(self._params())
         fast = expand_for_tasks({k: v.detach() for k, v in self._params().items()}, len(tasks), keys)
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "actions"))
-        returns = np.zeros((len(tasks), num_episodes))
-        for column in range(num_episodes):
+        for stage in range(num_stages):
             episodes = collect_episodes(envs, policy, fast, tasks, rollouts,
-                                        seed=derive_seed(seed, "meta_test", column), generator=generator)
+                                        seed=derive_seed(seed, "meta_test", stage), generator=generator)
+            yield fast, episodes
+            if stage + 1 < num_stages:
+                # ALGO LOGIC: continue adapting from the current fast weights on this stage's rollouts
+                adapted = adapt_policy(policy, fast, process_episodes(episodes, cfg), cfg, first_order=True,
+                                       batched_params=True)
+                fast = {k: v.detach() for k, v in adapted.items()}
+
+    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
+        """``[len(tasks), num_episodes]``: column k = mean return of the ``adapt_episodes`` rollouts per task
+        collected after k adaptation batches (k policy-gradient steps with ``inner_steps = 1``); see the module
+        docstring and :meth:`adaptation_stages`. Deterministic given ``seed``; does not change the agent."""
+        _check_test_request(tasks, num_episodes)
+        returns = np.zeros((len(tasks), num_episodes))
+        for column, (_, episodes) in enumerate(self.adaptation_stages(tasks, num_episodes, seed)):
             returns[:, column] = episodes.returns.mean(1).cpu().numpy()
-            if column + 1 < num_episodes:
-                data = process_episodes(episodes, cfg)
-                for _ in range(cfg.inner_steps):  # continue from the current fast weights (no meta-gradient)
-                    with torch.enable_grad():
-                        fast = {k: (v.detach().requires_grad_(True) if k in keys else v) for k, v in fast.items()}
-                        grads = torch.autograd.grad(inner_loss(policy, fast, data).sum(), [fast[k] for k in keys])
-                    fast = {**fast, **{k: (fast[k] - cfg.inner_lr * g).detach() for k, g in zip(keys, grads)}}
         return returns
+
+    def render_episodes(self, task: Any, num_episodes: int, seed: int) -> list[list[np.ndarray]]:
+        """RGB frames of one episode per adaptation stage of ``task`` (episode 0 before adaptation): at each stage
+        of :meth:`adaptation_stages` one more episode is rolled out with that stage's policy on an ``rgb_array``
+        env of the task and rendered; the adaptation itself is meta_test's (``meta_test([task], num_episodes,
+        seed)`` measures the same policies). Deterministic given ``seed``; does not change the agent."""
+        _check_test_request([task], num_episodes)
+        envs, recorder = make_recording_envs(self.env_id, self.config.env_kwargs, self.config.max_episode_steps)
+        generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "render", "actions"))
+        try:
+            for stage, (fast, _) in enumerate(self.adaptation_stages([task], num_episodes, seed)):
+                collect_episodes(envs, self.policy, fast, [task], 1, seed=derive_seed(seed, "render", stage),
+                                 generator=generator)
+        finally:
+            envs.close()
+        return recorder.episodes
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -30,6 +30,8 @@ Spec
     * **Meta-test** (posterior sampling): per task, episode 0 acts with z ~ prior; after each episode the posterior
       is inferred from all transitions of this task collected so far and episode k acts with a fresh z ~ q(z|c).
       Actions are the squashed mean (the reference's ``eval_deterministic``) unless ``deterministic_test=False``.
+      ``render_episodes(task, num_episodes, seed)`` runs the same episodes (:meth:`PEARL.posterior_sampling`) on an
+      ``rgb_array`` env of the task and returns their frames (``metarl evaluate --video``).
     * **Oracle** (:class:`~metarl.agents.oracle.Oracle`): the same SAC with z the env's ``task_descriptor(task)``
       (no encoder, no KL): the upper bound a context could reach. Its meta-test columns are flat.
     * **Randomness.** Iteration i draws everything (tasks, env resets, z, action noise, batches) from
@@ -73,6 +75,7 @@ from metarl.core.sac import (
 )
 from metarl.core.seeding import derive_seed, seeded
 from metarl.envs.base import is_task_env
+from metarl.envs.recording import make_recording_envs
 from metarl.envs.vector import TaskVectorEnv
 
 
@@ -471,18 +474,39 @@ class PEARL:
                 "charts/entropy": -float(torch.stack(log_probs).mean())}
 
     # --- meta-test ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
-        """``[len(tasks), num_episodes]`` returns: episode 0 with z ~ prior, episode k with z ~ q(z | episodes
-        0..k−1 of that task). Deterministic given ``seed``; the agent is not changed."""
+    @staticmethod
+    def _check_test_request(tasks: list[Any], num_episodes: int) -> None:
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
         if len(tasks) < 1:
             raise ValueError("meta_test needs at least one task")
-        n = len(tasks)
-        envs = self._test_envs.get(n)
+
+    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
+        """``[len(tasks), num_episodes]`` returns: episode 0 with z ~ prior, episode k with z ~ q(z | episodes
+        0..k−1 of that task) (:meth:`posterior_sampling`). Deterministic given ``seed``; the agent is not changed."""
+        self._check_test_request(tasks, num_episodes)
+        envs = self._test_envs.get(len(tasks))
         if envs is None:
-            envs = self._test_envs[n] = self._make_envs(n)
+            envs = self._test_envs[len(tasks)] = self._make_envs(len(tasks))
+        return self.posterior_sampling(envs, tasks, num_episodes, seed)
+
+    def render_episodes(self, task: Any, num_episodes: int, seed: int) -> list[list[np.ndarray]]:
+        """RGB frames of each meta-test episode of ``task``: episode 0 with z ~ prior, episode k with z from the
+        posterior of episodes 0..k−1 (for the oracle, z is the task descriptor throughout): the episodes
+        ``meta_test([task], num_episodes, seed)`` runs, on an ``rgb_array`` env. The agent is not changed."""
+        self._check_test_request([task], num_episodes)
+        envs, recorder = make_recording_envs(self.env_id, self.config.env_kwargs, self.config.max_episode_steps)
+        try:
+            self.posterior_sampling(envs, [task], num_episodes, seed)
+        finally:
+            envs.close()
+        return recorder.episodes
+
+    @torch.no_grad()
+    def posterior_sampling(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
+        """Run the meta-test episodes on ``envs`` (one sub-env per task): episode 0 with z ~ prior, episode k with
+        a fresh z ~ q(z | every transition of the task so far); returns ``[len(tasks), num_episodes]`` returns."""
+        n = len(tasks)
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "latents"))
         seeds = np.random.default_rng(derive_seed(seed, "meta_test", "resets"))
         descriptors = self._descriptors(tasks)

@@ -36,7 +36,9 @@ Spec
     * **Meta-test.** ``meta_test(tasks, num_episodes, seed)``: one trial of ``num_episodes`` episodes per task
       from a fresh hidden state; returns the undiscounted return of each episode, ``[tasks, num_episodes]``.
       Actions are *sampled* by default, as in the paper (the stochastic policy is how RL² explores);
-      ``deterministic_test=True`` takes the mode (argmax / Gaussian mean) instead.
+      ``deterministic_test=True`` takes the mode (argmax / Gaussian mean) instead. ``render_episodes(task,
+      num_episodes, seed)`` runs the same trial (:meth:`RL2.meta_test_trials`) on an ``rgb_array`` env of the
+      task and returns the frames of each of its episodes (``metarl evaluate --video``).
     * **Randomness.** Tasks, env resets, action sampling and minibatch order of iteration ``i`` all come from
       ``derive_seed(seed, <stream>, i)``, so ``state_dict`` (network, Adam state, value statistics, counters) is
       all a resume needs.
@@ -64,6 +66,7 @@ from metarl.core import ppo
 from metarl.core.rl import generalized_advantages
 from metarl.core.seeding import derive_seed, seeded
 from metarl.envs.base import is_task_env
+from metarl.envs.recording import make_recording_envs
 from metarl.envs.vector import TaskVectorEnv
 
 MAX_STEPS_PER_EPISODE = 100_000  # guard for envs without a time limit that never end an episode
@@ -426,24 +429,45 @@ class RL2:
     # ------------------------------------------------------------------------------------------------------------
     # Meta-test, checkpoints
     # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_test_request(tasks: list[Any], num_episodes: int) -> None:
+        if isinstance(num_episodes, bool) or not isinstance(num_episodes, (int, np.integer)) or num_episodes < 1:
+            raise ValueError(f"num_episodes must be a positive integer, got {num_episodes!r}")
+        if len(tasks) == 0:
+            raise ValueError("meta_test needs at least one task")
+
+    def meta_test_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> dict[str, Any]:
+        """The meta-test trials on ``envs`` (one sub-env per task): one trial of ``num_episodes`` episodes per task
+        from a fresh hidden state, actions from a generator seeded by ``seed`` (see :meth:`collect_trials`)."""
+        generator = torch.Generator().manual_seed(derive_seed(seed, "meta_test", "actions"))
+        with torch_threads(self.config.torch_threads):
+            return self.collect_trials(envs, list(tasks), int(num_episodes), derive_seed(seed, "meta_test", "env"),
+                                       generator, self.config.deterministic_test)
+
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """One trial of ``num_episodes`` episodes per task from a fresh hidden state: ``[tasks, num_episodes]`` returns.
 
         Actions are sampled (``deterministic_test=False``, the RL² standard) from a generator seeded by ``seed``.
         """
-        if isinstance(num_episodes, bool) or not isinstance(num_episodes, (int, np.integer)) or num_episodes < 1:
-            raise ValueError(f"num_episodes must be a positive integer, got {num_episodes!r}")
-        if len(tasks) == 0:
-            raise ValueError("meta_test needs at least one task")
+        self._check_test_request(tasks, num_episodes)
         if self._test_envs is None or self._test_envs.num_envs != len(tasks):
             if self._test_envs is not None:
                 self._test_envs.close()
             self._test_envs = self._make_envs(len(tasks))
-        generator = torch.Generator().manual_seed(derive_seed(seed, "meta_test", "actions"))
-        with torch_threads(self.config.torch_threads):
-            batch = self.collect_trials(self._test_envs, list(tasks), int(num_episodes), derive_seed(seed, "meta_test",
-                                        "env"), generator, self.config.deterministic_test)
-        return batch["episode_returns"]
+        return self.meta_test_trials(self._test_envs, tasks, num_episodes, seed)["episode_returns"]
+
+    def render_episodes(self, task: Any, num_episodes: int, seed: int) -> list[list[np.ndarray]]:
+        """RGB frames of each episode of one meta-test trial of ``task`` (the hidden state carried across them):
+        the trial ``meta_test([task], num_episodes, seed)`` runs, on an ``rgb_array`` env. Episode 0 starts from
+        a fresh hidden state (before adaptation)."""
+        self._check_test_request([task], num_episodes)
+        envs, recorder = make_recording_envs(self.env_id, self.config.env_kwargs, self.config.max_episode_steps,
+                                             autoreset_mode=AutoresetMode.SAME_STEP)
+        try:
+            self.meta_test_trials(envs, [task], num_episodes, seed)
+        finally:
+            envs.close()
+        return recorder.episodes[:num_episodes]  # the step that ends the trial also resets: one frame more
 
     def state_dict(self) -> dict[str, Any]:
         """Network, Adam state and counters (random streams derive from the seed and iteration: nothing else)."""

@@ -90,8 +90,10 @@ def continue_from_batched(fast: Mapping[str, torch.Tensor], num_tasks: int, adap
     for name in keys:
         value = fast[name]
         if value.dim() == 0 or value.shape[0] != num_tasks:
-            raise ValueError(f"batched_params: parameter {name!r} has shape {tuple(value.shape)}, expected a leading "
-                             f"task dimension of {num_tasks}")
+            raise ValueError(
+                f"batched_params: parameter {name!r} has shape {tuple(value.shape)}, expected a leading "
+                f"task dimension of {num_tasks}"
+            )
         if not value.requires_grad:
             out[name] = value.detach().requires_grad_(True)
     return out

@@ -15,6 +15,15 @@ returns the undiscounted return of each adaptation episode for each task, shape 
 episode 0 is collected before any adaptation (exploration with the meta-learned initialisation / prior / fresh
 hidden state), and episode k > 0 after adapting on episodes 0..k-1 (gradient step(s) for MAML-TRPO, the hidden
 state carried for RL², the posterior for PEARL). ``pre-adaptation`` is column 0, ``post-adaptation`` the last.
+
+Optional: ``render_episodes(task, num_episodes, seed) -> list[list[np.ndarray]]`` (the :class:`RendersEpisodes`
+protocol), what ``metarl evaluate RUN_DIR --video`` (:mod:`metarl.video`) needs. It returns ``num_episodes``
+episodes, each a list of ``[H, W, 3]`` uint8 RGB frames of equal shape (the frame after the reset, then one per
+step), of ONE adaptation run on ``task`` following the meta-test protocol: episode 0 before adaptation, episode k
+after adapting on what came before (for MAML-TRPO one rendered rollout per adaptation stage, the adaptation itself
+being meta_test's; for RL² one trial, the hidden state carried; for PEARL z from the prior, then posteriors).
+Frames come from an environment made with ``render_mode="rgb_array"`` (:func:`metarl.envs.recording.
+make_recording_envs`). Deterministic given ``seed``; the agent is not changed. Agents without it cannot make videos.
 """
 
 from __future__ import annotations
@@ -44,3 +53,12 @@ class MetaRLAgent(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RendersEpisodes(Protocol):
+    """The optional rendering method of a meta-RL agent (see the module docstring)."""
+
+    def render_episodes(self, task: Any, num_episodes: int, seed: int) -> list[list[np.ndarray]]:
+        """RGB frames of each of ``num_episodes`` adaptation episodes on ``task`` (episode 0 before adaptation)."""
+        ...
