@@ -179,6 +179,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_one_shot(args.run_dir, args.one_shot_runs, args.one_shot_augment)
     if not (Path(args.run_dir) / "config.json").is_file():
         raise RunError(f"{args.run_dir} is not a metarl run directory (no config.json)")
+    if args.video:  # MuJoCo reads MUJOCO_GL once, at import: choose it before anything imports mujoco
+        from metarl.video import choose_gl_backend
+
+        try:
+            choose_gl_backend()
+        except RunError:
+            pass  # said again by record_adaptation_video if the env needs OpenGL (2D navigation does not)
     from metarl.training_rl import evaluate_rl_run, is_rl_run
 
     if is_rl_run(args.run_dir):

@@ -2,9 +2,11 @@
 
 MuJoCo renders off-screen; on a machine without a display set ``MUJOCO_GL=egl`` (GPU) or ``MUJOCO_GL=osmesa``
 (CPU, Debian package ``libosmesa6``). This module picks ``egl`` then ``osmesa`` when ``MUJOCO_GL`` is unset and
-says in one line what to install when neither works. Agents provide the frames through the optional contract
+says in one line what to install when neither works and a MuJoCo env had to be rendered (environments drawn without
+OpenGL, like 2D navigation, render anyway). MuJoCo reads ``MUJOCO_GL`` once, when it is imported: the CLI chooses
+the backend before importing anything that imports MuJoCo. Agents provide the frames through the optional contract
 method ``render_episodes(task, num_episodes, seed) -> list[list[np.ndarray]]`` (frames of each adaptation episode,
-episode 0 before adaptation).
+episode 0 before adaptation; see :mod:`metarl.core.agent`).
 """
 
 from __future__ import annotations
@@ -17,24 +19,44 @@ import numpy as np
 
 from metarl.runs import RunError, atomic_write_bytes
 
+GL_PROBE = "import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco/>'); r = mujoco.Renderer(m, 8, 8); r.render()"
+"""Python code that exits 0 where ``mujoco.Renderer`` works (run in a subprocess with ``MUJOCO_GL`` set)."""
 
-def choose_gl_backend() -> str:
-    """Set ``MUJOCO_GL`` to a headless backend that works here (before mujoco creates a context)."""
-    if os.environ.get("MUJOCO_GL"):
-        return os.environ["MUJOCO_GL"]
+
+def gl_backend_works(backend: str, timeout: float = 60) -> bool:
+    """Whether ``mujoco.Renderer`` can render with ``MUJOCO_GL=backend`` (probed in a fresh subprocess)."""
     import subprocess
     import sys
 
-    for backend in ("egl", "osmesa"):
-        probe = ("import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco/>'); "
-                 "r = mujoco.Renderer(m, 8, 8); r.render()")
-        ok = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, MUJOCO_GL=backend),
-                            capture_output=True, timeout=60).returncode == 0
-        if ok:
-            os.environ["MUJOCO_GL"] = backend
-            return backend
-    raise RunError("no headless OpenGL for MuJoCo rendering: install libegl1 (GPU) or libosmesa6 (CPU, "
-                   "`apt-get install libosmesa6`) or set MUJOCO_GL")
+    try:
+        result = subprocess.run([sys.executable, "-c", GL_PROBE], env=dict(os.environ, MUJOCO_GL=backend),
+                                capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0
+
+
+def choose_gl_backend() -> str:
+    """Set ``MUJOCO_GL`` to a headless backend that works here (before mujoco creates a context).
+
+    Raises :class:`RunError` when neither ``egl`` nor ``osmesa`` works, or when MuJoCo was imported before the
+    backend was set (it reads ``MUJOCO_GL`` once, at import).
+    """
+    import sys
+
+    backend = os.environ.get("MUJOCO_GL")
+    if not backend:
+        backend = next((b for b in ("egl", "osmesa") if gl_backend_works(b)), None)
+        if backend is None:
+            raise RunError("no headless OpenGL for MuJoCo rendering: install libegl1 (GPU) or libosmesa6 (CPU, "
+                           "`apt-get install libosmesa6`) or set MUJOCO_GL")
+        os.environ["MUJOCO_GL"] = backend
+    gl_context = sys.modules.get("mujoco.gl_context")
+    loaded = getattr(getattr(gl_context, "GLContext", None), "__module__", None)
+    if backend in ("egl", "osmesa") and loaded is not None and loaded != f"mujoco.{backend}":
+        raise RunError(f"MuJoCo was imported before MUJOCO_GL was set ({loaded}): start Python with "
+                       f"MUJOCO_GL={backend}")
+    return backend
 
 
 def label_frames(frames: list[np.ndarray], text: str) -> list[np.ndarray]:
@@ -51,8 +73,16 @@ def label_frames(frames: list[np.ndarray], text: str) -> list[np.ndarray]:
 
 def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, split: str = "test",
                             seed: int = 12345, every: int = 2) -> Path:
-    """Render one held-out task's adaptation episodes into ``RUN_DIR/adaptation.gif``; returns its path."""
-    choose_gl_backend()
+    """Render one held-out task's adaptation episodes into ``RUN_DIR/adaptation.gif``; returns its path.
+
+    The task is drawn from ``split`` of the run's environment (with the agent's ``env_kwargs``); every ``every``-th
+    frame is kept, shown for ``50 * every`` ms (real time at 20 frames per second), each labelled with its episode.
+    """
+    try:
+        choose_gl_backend()
+        gl_problem: RunError | None = None
+    except RunError as err:  # only MuJoCo needs OpenGL: a Pillow-drawn env (2D navigation) renders anyway
+        gl_problem = err
     import gymnasium as gym
     import imageio.v2 as imageio
 
@@ -66,12 +96,20 @@ def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, s
     agent: Any = build_agent(run, resolve_agent_config(run, stored=read_config(run_dir).get("agent_config", {})))
     agent.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["agent_state"])
     if not hasattr(agent, "render_episodes"):
+        agent.close()
         raise RunError(f"agent {run.agent} cannot render episodes")
-    env = gym.make(run.env)
+    env = gym.make(run.env, **getattr(agent.config, "env_kwargs", {}))
     task = env.unwrapped.sample_tasks(1, split=split, seed=derive_seed(seed, "video"))[0]
     env.close()
-    episodes = agent.render_episodes(task, num_episodes or run.eval_episodes or 3, derive_seed(seed, "video-rollouts"))
-    agent.close()
+    try:
+        episodes = agent.render_episodes(task, num_episodes or run.eval_episodes or 3,
+                                         derive_seed(seed, "video-rollouts"))
+    except Exception as err:
+        if gl_problem is None:
+            raise
+        raise RunError(f"{gl_problem} (rendering failed: {str(err).splitlines()[0] if str(err) else err!r})") from err
+    finally:
+        agent.close()
     frames: list[np.ndarray] = []
     for k, episode in enumerate(episodes):
         label = "before adaptation" if k == 0 else f"after adaptation ({k})"
@@ -82,6 +120,6 @@ def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, s
     import io
 
     buffer = io.BytesIO()
-    imageio.mimsave(buffer, frames, format="GIF", duration=0.05 * every, loop=0)
+    imageio.mimsave(buffer, frames, format="GIF", duration=50 * every, loop=0)  # milliseconds per frame
     atomic_write_bytes(path, buffer.getvalue())
     return path
