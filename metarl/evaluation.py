@@ -207,13 +207,21 @@ def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None
 
 
 def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test",), num_tasks: int = 20,
-                     num_episodes: int = 3, seed: int = 12345) -> dict[str, Any]:
-    """Meta-test ``agent`` on held-out tasks of every split the env offers among ``splits``."""
+                     num_episodes: int = 3, seed: int = 12345,
+                     env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Meta-test ``agent`` on held-out tasks of every split the env offers among ``splits``.
+
+    The tasks are sampled from ``gymnasium.make(env_id, **env_kwargs)``: pass the agent's own ``env_kwargs`` (e.g.
+    HalfCheetahVel's ``velocity_range``) so the held-out tasks come from the distribution it was trained on; by
+    default the agent's ``config.env_kwargs`` where it has one.
+    """
     import gymnasium as gym
 
     import metarl.envs  # noqa: F401 - registers the ids
 
-    env = gym.make(env_id)
+    if env_kwargs is None:
+        env_kwargs = dict(getattr(getattr(agent, "config", None), "env_kwargs", None) or {})
+    env = gym.make(env_id, **env_kwargs)
     try:
         offered = tuple(getattr(env.unwrapped, "splits", ("train", "test")))
         by_split: dict[str, Any] = {}

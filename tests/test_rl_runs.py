@@ -90,3 +90,26 @@ def test_bad_input_one_line_no_run_dir(tmp_path, capsys, argv, message):
 def test_unknown_agent_is_refused(tmp_path, capsys):
     assert cli_main(["train", "nosuchagent", "--run-dir", str(tmp_path / "r")]) == 2
     assert "unknown learner" in capsys.readouterr().err
+
+
+def test_held_out_tasks_come_from_the_agents_env_kwargs():
+    """An agent trained on HalfCheetahVel's U[0, 0.5] law is meta-tested on tasks of that law, not the default."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from metarl.evaluation import evaluate_meta_rl
+
+    class Recorder:
+        name = "recorder"
+        config = SimpleNamespace(env_kwargs={"velocity_range": (0.0, 0.5)})
+
+        def meta_test(self, tasks, num_episodes, seed):
+            self.tasks = list(tasks)
+            return np.zeros((len(tasks), num_episodes))
+
+    agent = Recorder()
+    evaluate_meta_rl(agent, "metarl/HalfCheetahVel-v0", splits=("test",), num_tasks=8, num_episodes=2)
+    assert len(agent.tasks) == 8 and all(0.0 <= t.velocity <= 0.5 for t in agent.tasks)
+    evaluate_meta_rl(agent, "metarl/HalfCheetahVel-v0", splits=("test",), num_tasks=8, num_episodes=2, env_kwargs={})
+    assert any(t.velocity > 0.5 for t in agent.tasks)  # the default law, U[0, 3]
