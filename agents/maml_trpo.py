@@ -55,6 +55,7 @@ from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the environments)
 from metarl.core.adaptation import Params, adapt, expand_for_tasks
+from metarl.core.agent import AgentConfig
 from metarl.core.baselines import linear_baseline_values
 from metarl.core.device import resolve_device
 from metarl.core.policies import Policy, make_policy
@@ -70,17 +71,9 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 @dataclass
-class MAMLTRPOConfig:
+class MAMLTRPOConfig(AgentConfig):
     """Settings of MAML-TRPO (defaults: Finn et al. 2017 / rllab maml_rl)."""
 
-    seed: int = 0
-    """seed of everything: initialisation, tasks, env resets, action noise"""
-    device: str = "cpu"
-    """torch device: "cpu", "cuda" or "auto" (cuda when available)"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments for gymnasium.make (e.g. {"velocity_range": [0, 2]})"""
-    max_episode_steps: int | None = None
-    """episode length; None: the environment's registered time limit"""
     meta_batch_size: int = 40
     """tasks per meta-iteration"""
     episodes_per_task: int = 20
@@ -128,13 +121,14 @@ class MAMLTRPOConfig:
     """meta-test rollouts per task per adaptation step; None: episodes_per_task"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.hidden_sizes = [int(h) for h in self.hidden_sizes]
         positive_ints = ["meta_batch_size", "episodes_per_task", "inner_steps", "cg_iters", "max_backtracks"]
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("max_episode_steps", "envs_per_task", "adapt_episodes"):
+        for name in ("envs_per_task", "adapt_episodes"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")

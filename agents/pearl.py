@@ -61,6 +61,7 @@ from gymnasium import spaces
 from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
+from metarl.core.agent import AgentConfig
 from metarl.core.device import resolve_device
 from metarl.core.networks import MLP
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
@@ -80,17 +81,9 @@ from metarl.envs.vector import TaskVectorEnv
 
 
 @dataclass
-class PEARLConfig:
+class PEARLConfig(AgentConfig):
     """Settings of PEARL (defaults: the reference implementation, see the module docstring)."""
 
-    seed: int = 0
-    """seed of everything: initialisation, tasks, env resets, latent and action noise, batches"""
-    device: str = "cpu"
-    """torch device: "cpu", "cuda" or "auto" (cuda when available)"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments for gymnasium.make"""
-    max_episode_steps: int | None = None
-    """episode length; None: the environment's registered time limit"""
     num_train_tasks: int = 100
     """fixed train-split tasks with their own replay buffers"""
     latent_dim: int = 5
@@ -151,6 +144,7 @@ class PEARLConfig:
     """meta-test with the squashed mean action (False: sampled actions)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.hidden_sizes = [int(h) for h in self.hidden_sizes]
         self.encoder_hidden_sizes = [int(h) for h in self.encoder_hidden_sizes]
         for name in ("num_train_tasks", "latent_dim", "meta_batch_size", "batch_size", "embedding_batch_size",

@@ -50,7 +50,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -63,6 +63,7 @@ from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core import ppo
+from metarl.core.agent import AgentConfig
 from metarl.core.rl import generalized_advantages
 from metarl.core.seeding import derive_seed, seeded
 from metarl.envs.base import is_task_env
@@ -73,21 +74,13 @@ MAX_STEPS_PER_EPISODE = 100_000  # guard for envs without a time limit that neve
 
 
 @dataclass
-class RL2Config:
+class RL2Config(AgentConfig):
     """Hyperparameters of RL² with recurrent PPO (defaults: MDP-style; see the presets for bandits and MuJoCo)."""
 
-    seed: int = 0
-    """seed of every random stream (network init, tasks, env resets, action sampling, minibatches)"""
-    device: str = "cpu"
-    """torch device: "cpu", "cuda" or "auto" (cuda when available)"""
-    env_kwargs: dict = field(default_factory=dict)
-    """keyword arguments for gymnasium.make of the task env (e.g. {"k": 10} for the bandit)"""
     meta_batch_size: int = 64
     """trials (one task each) sampled per iteration, run in parallel sub-envs"""
     episodes_per_trial: int = 2
     """episodes of one task per trial during meta-training; the hidden state is carried across them"""
-    max_episode_steps: int | None = None
-    """episode length override; default: the env's own time limit (bandits and tabular MDPs end episodes themselves)"""
     hidden_size: int = 256
     """GRU hidden units (256 in Duan et al. 2016)"""
     learning_rate: float = 3e-4
@@ -123,6 +116,7 @@ class RL2Config:
     A small GRU runs fastest on one thread: on a busy 2-core machine two threads were 30x slower"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         ints = {"meta_batch_size": 1, "episodes_per_trial": 1, "hidden_size": 1, "update_epochs": 1,
                 "num_minibatches": 1}
         for name, least in ints.items():
@@ -132,9 +126,6 @@ class RL2Config:
         if self.num_minibatches > self.meta_batch_size:
             raise ValueError(f"num_minibatches ({self.num_minibatches}) must be <= meta_batch_size "
                              f"({self.meta_batch_size}): a minibatch holds whole trials")
-        if self.max_episode_steps is not None and (not isinstance(self.max_episode_steps, int)
-                                                   or self.max_episode_steps < 1):
-            raise ValueError(f"max_episode_steps must be a positive integer or None, got {self.max_episode_steps!r}")
         for name in ("learning_rate", "clip_coef", "max_grad_norm"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

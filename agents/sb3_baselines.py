@@ -45,6 +45,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
+from metarl.core.agent import AgentConfig
 from metarl.core.seeding import derive_seed
 from metarl.envs.base import is_task_env
 from metarl.envs.vector import TaskVectorEnv
@@ -110,17 +111,9 @@ class TaskSamplingWrapper(gym.Wrapper):
 
 
 @dataclass
-class MultiTaskConfig:
+class MultiTaskConfig(AgentConfig):
     """Settings of the multi-task baseline (defaults: stable-baselines3's)."""
 
-    seed: int = 0
-    """seed of everything: initialisation, tasks, env resets, SB3's sampling"""
-    device: str = "cpu"
-    """torch device for SB3: "cpu", "cuda" or "auto\""""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments for gymnasium.make"""
-    max_episode_steps: int | None = None
-    """episode length; None: the environment's registered time limit"""
     algorithm: str = "auto"
     """"sac", "ppo", or "auto" (SAC for Box actions, PPO otherwise)"""
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +126,7 @@ class MultiTaskConfig:
     """meta-test with SB3's deterministic actions"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_common(self)
         if isinstance(self.steps_per_iteration, bool) or not isinstance(self.steps_per_iteration, int) \
                 or self.steps_per_iteration < 1:
@@ -143,40 +137,27 @@ class MultiTaskConfig:
 
 
 @dataclass
-class FromScratchConfig:
+class FromScratchConfig(AgentConfig):
     """Settings of the learning-from-scratch baseline (defaults: stable-baselines3's)."""
 
-    seed: int = 0
-    """seed of the per-task agents (each derives its own)"""
-    device: str = "cpu"
-    """torch device for SB3: "cpu", "cuda" or "auto\""""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments for gymnasium.make"""
-    max_episode_steps: int | None = None
-    """episode length; None: the environment's registered time limit"""
     algorithm: str = "auto"
     """"sac", "ppo", or "auto" (SAC for Box actions, PPO otherwise)"""
     algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments for the SB3 constructor (e.g. learning_starts, n_steps)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_common(self)
 
 
 def _check_common(config: Any) -> None:
     if config.algorithm not in (*ALGORITHMS, "auto"):
         raise ValueError(f"algorithm must be one of {[*ALGORITHMS, 'auto']}, got {config.algorithm!r}")
-    for name in ("env_kwargs", "algorithm_kwargs"):
-        if not isinstance(getattr(config, name), dict):
-            raise ValueError(f"{name} must be a dict, got {type(getattr(config, name)).__name__}")
+    if not isinstance(config.algorithm_kwargs, dict):
+        raise ValueError(f"algorithm_kwargs must be a dict, got {type(config.algorithm_kwargs).__name__}")
     reserved = {"env", "seed", "device", "verbose", "policy"} & set(config.algorithm_kwargs)
     if reserved:
         raise ValueError(f"algorithm_kwargs may not set {sorted(reserved)}: use the config fields instead")
-    if config.max_episode_steps is not None and (not isinstance(config.max_episode_steps, int)
-                                                 or config.max_episode_steps < 1):
-        raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {config.max_episode_steps!r}")
-    if config.device not in ("cpu", "cuda", "auto") and not config.device.startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {config.device!r}")
 
 
 def _make_env(env_id: str, config: Any) -> gym.Env:

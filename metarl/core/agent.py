@@ -28,9 +28,36 @@ make_recording_envs`). Deterministic given ``seed``; the agent is not changed. A
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+
+@dataclass
+class AgentConfig:
+    """The settings every meta-RL agent's config starts with (subclass it; call ``super().__post_init__()``)."""
+
+    seed: int = 0
+    """seed of everything the agent draws: initialisation, tasks, env resets, action noise, batches"""
+    device: str = "cpu"
+    """torch device: "cpu", "cuda", "cuda:N" or "auto" (cuda when available)"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments for gymnasium.make (e.g. {"velocity_range": [0, 2]})"""
+    max_episode_steps: int | None = None
+    """episode length; None: the environment's registered time limit"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.device, str) or (self.device not in ("cpu", "cuda", "auto")
+                                                 and not self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+        if not isinstance(self.env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
+        value = self.max_episode_steps
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {value!r}")
 
 
 @runtime_checkable
