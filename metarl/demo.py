@@ -51,7 +51,10 @@ def meta_rl_demo(out: Path, iterations: int) -> Path:
     for split, data in result["splits"].items():
         cells = [f"{e['return']:>9.2f} ± {e['ci95']:<6.2f}" for e in data["episodes"]]
         print(f"{split:>6} | " + " | ".join(cells))
-    print(f"run directory: {run_dir}\n  plot: {run_dir / 'adaptation.png'}\n  "
+    from metarl.video import record_adaptation_video
+
+    gif = record_adaptation_video(run_dir)  # 2D navigation is drawn with Pillow: no OpenGL needed
+    print(f"run directory: {run_dir}\n  plot: {run_dir / 'adaptation.png'}\n  video: {gif}\n  "
           f"tensorboard --logdir {run_dir / 'tb'}")
     return run_dir
 

@@ -59,6 +59,23 @@ def choose_gl_backend() -> str:
     return backend
 
 
+def describe_task(task: Any) -> str:
+    """A short label for a task: its fields with floats rounded (``goal_x=-0.31 goal_y=0.12``)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(task):
+        return str(task)[:60]
+    parts = []
+    for f in dataclasses.fields(task):
+        value = getattr(task, f.name)
+        if isinstance(value, float):
+            value = f"{value:.2f}"
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, float) for v in value):
+            value = "(" + ", ".join(f"{v:.2f}" for v in value) + ")"
+        parts.append(f"{f.name}={value}")
+    return " ".join(parts)[:60]
+
+
 def label_frames(frames: list[np.ndarray], text: str) -> list[np.ndarray]:
     """Write ``text`` in the top-left corner of every frame."""
     from PIL import Image, ImageDraw
@@ -113,7 +130,7 @@ def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, s
     frames: list[np.ndarray] = []
     for k, episode in enumerate(episodes):
         label = "before adaptation" if k == 0 else f"after adaptation ({k})"
-        frames += label_frames(episode[::every], f"{label} | task {task}")
+        frames += label_frames(episode[::every], f"{label}\n{describe_task(task)}")
     if not frames:
         raise RunError("the agent rendered no frames")
     path = run_dir / "adaptation.gif"
