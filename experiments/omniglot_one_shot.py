@@ -5,6 +5,11 @@ Wilson interval). Calibration baselines of the data set itself (pixel nearest ne
 distance) are computed on the same runs.
 
     .venv/bin/python experiments/omniglot_one_shot.py --data ../shared/data/omniglot --learners protonet matching
+    .venv/bin/python experiments/omniglot_one_shot.py --evaluate experiments/out/omniglot/*/   # score runs again
+
+Every run is scored twice: as trained, and with test-time augmentation (``--tta 16``: 16 randomly distorted copies
+of each support drawing as extra shots of its class, and the class probabilities averaged over 16 distorted copies
+of each query; still one drawing per class from the run itself).
 
 Budgets per learner are in PLANS (iterations × episode shape); --scale multiplies the iterations.
 """
@@ -12,6 +17,7 @@ Budgets per learner are in PLANS (iterations × episode shape); --scale multipli
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,7 +27,7 @@ from metarl.envs.fewshot.omniglot import (
     modified_hausdorff_error,
     pixel_nearest_neighbour_error,
 )
-from metarl.training import FewShotConfig, train_fewshot
+from metarl.training import FewShotConfig, evaluate_run, load_config, one_shot_result_name, train_fewshot
 
 # Training episodes: metric learners as Snell et al. (60-way, 5 queries per class); the MAML family and the
 # black-box learner need a 20-way output layer, so they train on 20-way 1-shot episodes (Finn et al. 2017: inner
@@ -54,6 +60,10 @@ def main() -> None:
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per training run")
     parser.add_argument("--baselines", action="store_true", help="also compute the pixel-NN and MHD baselines")
+    parser.add_argument("--tta", type=int, default=16,
+                        help="also score with test-time augmentation: K distorted copies per drawing (0: off)")
+    parser.add_argument("--evaluate", nargs="+", type=Path, default=None, metavar="RUN_DIR",
+                        help="no training: score these finished (or checkpointed) runs, plain and with --tta")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/omniglot"))
     args = parser.parse_args()
     runs_path = args.runs or args.data / "one_shot_runs_01-05.zip"
@@ -64,6 +74,12 @@ def main() -> None:
                          ("modified Hausdorff distance", modified_hausdorff_error)):
             rows.append({"learner": name, "error_rate": float(fn(runs)), "iterations": 0})
             print(json.dumps(rows[-1]), flush=True)
+    if args.evaluate:
+        for run_dir in args.evaluate:
+            config = dataclasses.replace(load_config(run_dir), one_shot_runs=str(runs_path), eval_tasks=0)
+            rows.append(score(run_dir, config, args.tta, train_minutes=None, fresh=True))
+            print(json.dumps(rows[-1]), flush=True)
+        args.learners = []
     for learner in args.learners:
         plan = dict(PLANS[learner])
         plan["iterations"] = max(1, int(plan["iterations"] * args.scale))
@@ -75,20 +91,47 @@ def main() -> None:
                                **plan)
         start = time.perf_counter()
         run_dir = train_fewshot(config)
-        result = json.loads((run_dir / "one_shot_runs.json").read_text())
-        row = {"learner": learner, "error_rate": result["error_rate"], "errors": result["errors"],
-               "queries": result["queries"], "ci95": [result["ci95_low"], result["ci95_high"]],
-               "iterations": plan["iterations"], "train_minutes": round((time.perf_counter() - start) / 60, 1),
-               "run_dir": str(run_dir), "plan": {k: v for k, v in plan.items()}}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    print("\n| learner | training | error on the one-shot runs (95% CI) |")
-    print("| --- | --- | --- |")
+        rows.append(score(run_dir, config, args.tta, train_minutes=round((time.perf_counter() - start) / 60, 1)))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n| learner | training | error on the one-shot runs (95% CI) | with test-time augmentation x{args.tta} |")
+    print("| --- | --- | --- | --- |")
     for row in rows:
-        ci = f" ({100 * row['ci95'][0]:.1f}–{100 * row['ci95'][1]:.1f})" if "ci95" in row else ""
-        budget = (f"{row['iterations']} its, {row['plan']['train_ways'] if 'train_ways' in row['plan'] else 20}-way, "
-                  f"{row['train_minutes']} min") if row["iterations"] else "none"
-        print(f"| {row['learner']} | {budget} | {100 * row['error_rate']:.1f}%{ci} |")
+        cells = []
+        for key in ("plain", "tta"):
+            r = row.get(key)
+            cells.append(f"{100 * r['error_rate']:.1f}% ({100 * r['ci95_low']:.1f}–{100 * r['ci95_high']:.1f})"
+                         if r else "")
+        if "plain" not in row:
+            cells[0] = f"{100 * row['error_rate']:.1f}%"
+        budget = "none"
+        if row["iterations"]:
+            budget = f"{row['iterations']} its, {row['train_ways']}-way"
+            if row.get("train_minutes") is not None:
+                budget += f", {row['train_minutes']} min"
+        print(f"| {row['learner']} | {budget} | {cells[0]} | {cells[1]} |")
+
+
+def score(run_dir: Path, config: FewShotConfig, tta: int, train_minutes: float | None, fresh: bool = False) -> dict:
+    """Error rates of a run's last checkpoint on the one-shot runs: plain (written at training) and with ``tta``;
+    ``fresh`` scores both again (a run scored while it was still training)."""
+    row = {"learner": config.learner, "run_dir": str(run_dir), "iterations": checkpoint_iteration(run_dir),
+           "train_ways": config.train_ways or config.ways, "train_minutes": train_minutes}
+    for key, copies in (("plain", 0), ("tta", tta)):
+        if key == "tta" and not copies:
+            continue
+        path = Path(run_dir) / one_shot_result_name(copies)
+        if fresh or not path.exists():
+            evaluate_run(run_dir, config=dataclasses.replace(config, one_shot_augment=copies))
+        result = json.loads(path.read_text())
+        row[key] = {k: result[k] for k in ("error_rate", "errors", "queries", "ci95_low", "ci95_high")}
+    return row
+
+
+def checkpoint_iteration(run_dir: Path) -> int:
+    """The iteration of a run's last checkpoint (a run still training is scored where it stands)."""
+    from metarl.runs import load_checkpoint
+
+    return int(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt").get("iteration", 0))
 
 
 if __name__ == "__main__":

@@ -253,11 +253,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_result(run_dir: Path) -> None:
-    one_shot_path = Path(run_dir) / "one_shot_runs.json"
-    if one_shot_path.exists():
+    for one_shot_path in sorted(Path(run_dir).glob("one_shot_runs*.json")):
         r = json.loads(one_shot_path.read_text())
-        print(f"Omniglot one-shot runs: {r['errors']}/{r['queries']} wrong = {100 * r['error_rate']:.1f}% error "
-              f"(95% CI {100 * r['ci95_low']:.1f}-{100 * r['ci95_high']:.1f}%) on {r['runs']} runs")
+        tta = f", test-time augmentation x{r['augment_copies']}" if r.get("augment_copies") else ""
+        print(f"Omniglot one-shot runs{tta}: {r['errors']}/{r['queries']} wrong = {100 * r['error_rate']:.1f}% "
+              f"error (95% CI {100 * r['ci95_low']:.1f}-{100 * r['ci95_high']:.1f}%) on {r['runs']} runs")
     if not (Path(run_dir) / "evaluation.json").exists():
         print(f"run directory: {run_dir}")
         return

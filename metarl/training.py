@@ -276,9 +276,15 @@ def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotCon
         one_shot = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=steps, device=device,
                                           augment_copies=config.one_shot_augment, seed=config.eval_seed)
         one_shot["config"] = dataclasses.asdict(config)
-        save_json(run_dir / "one_shot_runs.json", one_shot)
+        save_json(run_dir / one_shot_result_name(config.one_shot_augment), one_shot)
         result["one_shot_runs"] = one_shot
     return result
+
+
+def one_shot_result_name(augment_copies: int = 0) -> str:
+    """File of a run's one-shot-runs result: ``one_shot_runs.json``, or ``one_shot_runs_augment16.json`` with
+    test-time augmentation (so both results live side by side)."""
+    return "one_shot_runs.json" if not augment_copies else f"one_shot_runs_augment{augment_copies}.json"
 
 
 def load_config(run_dir: Path) -> FewShotConfig:

@@ -238,6 +238,14 @@ def test_evaluate_on_the_original_one_shot_runs(tmp_path, omniglot_dir, capsys):
     result = json.loads((run_dir / "one_shot_runs.json").read_text())
     assert result["queries"] == 100 and result["runs"] == 5 and 0 <= result["errors"] <= 100
     assert "Omniglot one-shot runs" in capsys.readouterr().out
+    # test-time augmentation: its own result file, the plain one kept
+    assert cli_main(["evaluate", str(run_dir), "--one-shot-runs", str(runs), "--one-shot-augment", "2"]) == 0
+    augmented = json.loads((run_dir / "one_shot_runs_augment2.json").read_text())
+    assert augmented["augment_copies"] == 2 and augmented["queries"] == 100
+    assert json.loads((run_dir / "one_shot_runs.json").read_text()) == result
+    assert "test-time augmentation x2" in capsys.readouterr().out
+    assert cli_main(["evaluate", str(run_dir), "--one-shot-augment", "2"]) == 2
+    assert "--one-shot-runs" in capsys.readouterr().err
     maml = train_fewshot(_quick(tmp_path / "maml", learner="maml", source="omniglot", data_root=str(omniglot_dir),
                                 ways=3, shots=1, query_shots=2, iterations=1, meta_batch_size=1, eval_tasks=2))
     assert cli_main(["evaluate", str(maml), "--one-shot-runs", str(runs)]) == 2
