@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Continue RUN_DIR from its last checkpoint (same result as no kill).")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    resume.add_argument("--iterations", type=int, default=None, metavar="N",
+                        help="train on to N iterations in all (extends a finished run; recorded in config.json); "
+                             "same result as a run started with N")
 
     commands.add_parser("list", help="list learners, task sources and environments")
     return parser
@@ -225,6 +228,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         raise RunError(f"{args.run_dir} has no checkpoint to resume from (checkpoints/last.pt)")
     from metarl.training_rl import is_rl_run, load_rl_config, train_meta_rl
 
+    if args.iterations is not None:
+        _extend_run(Path(args.run_dir), args.iterations)
     if is_rl_run(args.run_dir):
         run = load_rl_config(args.run_dir)
         if args.no_progress:
@@ -238,6 +243,18 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     train_fewshot(config, resume_dir=Path(args.run_dir))
     _print_result(args.run_dir)
     return 0
+
+
+def _extend_run(run_dir: Path, iterations: int) -> None:
+    """Set a run's total iterations to ``iterations`` (>= its checkpoint's) in its config.json, atomically."""
+    from metarl.runs import RunError, atomic_write_json, load_checkpoint, read_config
+
+    done = int(load_checkpoint(run_dir / "checkpoints" / "last.pt").get("iteration", 0))
+    if iterations < done:
+        raise RunError(f"--iterations {iterations} is below the {done} iterations {run_dir} has already done")
+    record = read_config(run_dir)
+    record["iterations"] = iterations
+    atomic_write_json(run_dir / "config.json", record)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -101,6 +101,22 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
     assert _rows(full) == _rows(killed_dir)
 
 
+@pytest.mark.smoke
+def test_resume_with_more_iterations_equals_a_longer_run(tmp_path, capsys):
+    longer = train_fewshot(_quick(tmp_path / "longer", iterations=8, checkpoint_every=4))
+    short = train_fewshot(_quick(tmp_path / "short", iterations=4, checkpoint_every=4))
+    assert cli_main(["resume", str(short), "--iterations", "2", "--no-progress"]) == 2  # below what is done
+    assert "below the 4 iterations" in capsys.readouterr().err
+    assert cli_main(["resume", str(short), "--iterations", "8", "--no-progress"]) == 0
+    assert json.loads((short / "config.json").read_text())["iterations"] == 8
+    final_a = load_checkpoint(longer / "checkpoints" / "last.pt")
+    final_b = load_checkpoint(short / "checkpoints" / "last.pt")
+    assert final_b["iteration"] == 8
+    for key in final_a["model"]:
+        assert torch.equal(final_a["model"][key], final_b["model"][key]), key
+    assert _rows(longer) == _rows(short)
+
+
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metarl.cli", *args], capture_output=True, text=True, cwd=cwd)
 

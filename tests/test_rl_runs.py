@@ -113,3 +113,15 @@ def test_held_out_tasks_come_from_the_agents_env_kwargs():
     assert len(agent.tasks) == 8 and all(0.0 <= t.velocity <= 0.5 for t in agent.tasks)
     evaluate_meta_rl(agent, "metarl/HalfCheetahVel-v0", splits=("test",), num_tasks=8, num_episodes=2, env_kwargs={})
     assert any(t.velocity > 0.5 for t in agent.tasks)  # the default law, U[0, 3]
+
+
+@pytest.mark.determinism
+def test_resume_with_more_iterations_extends_a_finished_run(tmp_path):
+    full = train_meta_rl(_run(tmp_path, "full", iterations=6))
+    short = train_meta_rl(_run(tmp_path, "short", iterations=4))
+    assert cli_main(["resume", str(short), "--iterations", "6", "--no-progress"]) == 0
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(short / "checkpoints" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 6 and a["env_steps"] == b["env_steps"]
+    assert json.loads((short / "evaluation.json").read_text())["splits"] == \
+        json.loads((full / "evaluation.json").read_text())["splits"]
