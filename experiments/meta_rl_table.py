@@ -118,7 +118,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     else:
         stats = [mean_confidence_interval(cells[0]["returns"][:, k]) for k in range(episodes)]
         over = "tasks"
-    return {"seeds": len(cells), "ci_over": over, "env_steps": int(np.mean([c["env_steps"] for c in cells])),
+    return {"seeds": len(cells), "seed_list": [c.get("seed") for c in cells], "ci_over": over,
+            "env_steps": int(np.mean([c["env_steps"] for c in cells])),
             "mean": [s["mean"] for s in stats], "ci95": [s["ci95"] for s in stats]}
 
 
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every plan's iterations (smoke runs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/meta_rl_table"))
+    parser.add_argument("--no-train", action="store_true",
+                        help="only read the cells already evaluated (a row summarises the seeds it has)")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be positive, got {args.scale}")
@@ -164,13 +167,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for agent in agents:
             cells = []
             for seed in args.seeds:
-                run_dir = run_cell(plan, agent, seed, args.scale,
-                                   cell_dir(args.out, env_key, agent, seed, args.scale), args.threads)
-                cells.append(read_cell(run_dir))
+                run_dir = cell_dir(args.out, env_key, agent, seed, args.scale)
+                if args.no_train and not (run_dir / "evaluation.json").exists():
+                    continue
+                run_dir = run_cell(plan, agent, seed, args.scale, run_dir, args.threads)
+                cells.append(read_cell(run_dir) | {"seed": seed})
                 print(json.dumps({"env": env_key, "agent": agent, "seed": seed, "run_dir": str(run_dir),
                                   "test_return_per_episode": cells[-1]["returns"].mean(axis=0).round(3).tolist(),
                                   "env_steps": cells[-1]["env_steps"]}), flush=True)
-            rows[agent] = summarise(cells)
+            if cells:
+                rows[agent] = summarise(cells)
         table[env_key] = {"env": plan["env"], "seeds": args.seeds, "scale": args.scale, "agents": rows}
         args.out.mkdir(parents=True, exist_ok=True)
         plot(env_key, rows, args.out / f"{env_key}.png")
@@ -178,13 +184,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for env_key, data in table.items():
         episodes = max(len(r["mean"]) for r in data["agents"].values())
         print(f"\n{data['env']} (test tasks, seeds {data['seeds']}, iterations x{data['scale']:g})\n")
-        print("| agent | env steps | " + " | ".join(f"ep {k}" for k in range(episodes)) + " |")
-        print("|---|---|" + "---|" * episodes)
+        print("| agent | env steps | seeds | " + " | ".join(f"ep {k}" for k in range(episodes)) + " |")
+        print("|---|---|---|" + "---|" * episodes)
         for agent, row in data["agents"].items():
             cells = " | ".join(f"{m:.2f} ± {c:.2f}" if not math.isnan(c) else f"{m:.2f}"
                                for m, c in zip(row["mean"], row["ci95"]))
-            print(f"| {agent} | {row['env_steps']:,} | {cells} |")
-        print(f"\nCI over {', '.join(sorted({r['ci_over'] for r in data['agents'].values()}))}; "
+            print(f"| {agent} | {row['env_steps']:,} | {row['seeds']} | {cells} |")
+        print(f"\n± 95% CI over seeds (over the test tasks where a row has one seed); "
               f"plot: {args.out / (env_key + '.png')}")
     return table
 
