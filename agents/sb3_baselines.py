@@ -335,7 +335,7 @@ class FromScratchBaseline:
         for i, task in enumerate(tasks):  # one independent learner per task: nothing to batch
             env = _make_env(self.env_id, self.config)
             env.unwrapped.set_task(task)
-            agent_seed = derive_seed(seed, "scratch", i)
+            agent_seed = derive_seed(self.config.seed, seed, "scratch", i)  # the run's seed varies the learners
             with PrivateGlobalRNG(agent_seed).active():
                 model = _new_model(self.algorithm, env, self.config, agent_seed % 2**31)
                 recorder = _EpisodeReturns(num_episodes)
