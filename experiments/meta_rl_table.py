@@ -19,6 +19,7 @@ one line per agent, error bars = the intervals above).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 from pathlib import Path
@@ -99,12 +100,10 @@ def read_cell(run_dir: Path) -> dict[str, Any]:
     env_steps = 0
     metrics = run_dir / "metrics.csv"
     if metrics.exists():
-        lines = metrics.read_text().splitlines()
-        if len(lines) > 1:
-            header = lines[0].split(",")
-            if "charts/env_steps" in header:
-                column = header.index("charts/env_steps")
-                env_steps = int(float(lines[-1].split(",")[column]))
+        with metrics.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and rows[-1].get("charts/env_steps"):
+            env_steps = int(float(rows[-1]["charts/env_steps"]))
     return {"returns": returns, "env_steps": env_steps}
 
 

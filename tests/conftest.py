@@ -27,3 +27,15 @@ def omniglot_dir() -> Path:
     if root is None:
         pytest.skip("real Omniglot data not found: expected ../shared/data/omniglot or $METARL_DATA with the zips")
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread (small networks are far slower with two on these 2-core machines)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+

@@ -5,7 +5,6 @@ the run loop, and a one-minute learning test (PEARL adapts on 2D navigation)."""
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from metarl.agents.oracle import Oracle, OracleConfig
 from metarl.agents.pearl import PEARL, ContextEncoder, PEARLConfig, kl_to_unit_gaussian, product_of_gaussians
 from metarl.core.agent import MetaRLAgent
 from metarl.core.seeding import seeded
+from tests.helpers import weights_only_round_trip
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
 NAV = "metarl/Navigation2D-v0"
@@ -25,14 +25,7 @@ TINY = dict(num_train_tasks=6, hidden_sizes=[16], encoder_hidden_sizes=[16], met
             embedding_batch_size=5, num_initial_steps=20, num_tasks_sample=2, num_steps_prior=10,
             num_extra_rl_steps_posterior=10, gradient_steps=3, max_episode_steps=10, replay_capacity=100)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one intra-op thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def parameters(agent) -> dict[str, torch.Tensor]:
@@ -44,11 +37,6 @@ def parameters(agent) -> dict[str, torch.Tensor]:
     return out
 
 
-def round_trip(state: dict) -> dict:
-    blob = io.BytesIO()
-    torch.save(state, blob)
-    blob.seek(0)
-    return torch.load(blob, weights_only=True)
 
 
 # --- the encoder's maths -------------------------------------------------------------------------------------------
@@ -186,7 +174,7 @@ def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run(agent_type):
         straight.train_iteration(i)
     first = agent_type(NAV, config)
     first.train_iteration(0)
-    state = round_trip(first.state_dict())
+    state = weights_only_round_trip(first.state_dict())
     first.close()
     resumed = agent_type(NAV, config)
     resumed.load_state_dict(state)

@@ -4,7 +4,6 @@ bad input, and a learning test: the oracle beats the task-blind multi-task polic
 
 from __future__ import annotations
 
-import io
 import random
 
 import numpy as np
@@ -22,24 +21,14 @@ from metarl.agents.sb3_baselines import (
     TaskSamplingWrapper,
 )
 from metarl.core.agent import MetaRLAgent
+from tests.helpers import weights_only_round_trip
 
 NAV = "metarl/Navigation2D-v0"
 SMALL_SAC = dict(learning_starts=20, batch_size=32, policy_kwargs=dict(net_arch=[16]))
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def round_trip(state: dict) -> dict:
-    blob = io.BytesIO()
-    torch.save(state, blob)
-    blob.seek(0)
-    return torch.load(blob, weights_only=True)
 
 
 @pytest.mark.determinism
@@ -55,7 +44,7 @@ def test_private_generators_leave_the_callers_global_state_alone_and_replay_exac
     with rng.active():
         first = random.random(), np.random.rand(), torch.rand(1).item()
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == caller  # the caller's streams untouched
-    saved = round_trip(rng.state_dict())
+    saved = weights_only_round_trip(rng.state_dict())
     with rng.active():
         second = random.random(), np.random.rand(), torch.rand(1).item()
     assert second != first  # the private stream continues
@@ -101,7 +90,7 @@ def test_multitask_contract_flat_columns_and_exact_resume():
     first = MultiTaskBaseline(NAV, config)
     first.train_iteration(0)
     resumed = MultiTaskBaseline(NAV, config)
-    resumed.load_state_dict(round_trip(first.state_dict()))
+    resumed.load_state_dict(weights_only_round_trip(first.state_dict()))
     for i in (1, 2):
         resumed.train_iteration(i)
     a, b = straight.model.policy.state_dict(), resumed.model.policy.state_dict()
@@ -121,7 +110,7 @@ def test_multitask_uses_ppo_for_discrete_actions():
         steps_per_iteration=32, algorithm_kwargs=dict(n_steps=32, batch_size=16, n_epochs=1)))
     assert type(agent.model).__name__ == "PPO"
     assert agent.train_iteration(0)["env_steps"] == 32
-    state = round_trip(agent.state_dict())
+    state = weights_only_round_trip(agent.state_dict())
     assert "replay" not in state
     tasks = agent.task_api.sample_tasks(2, split="test", seed=0)
     assert agent.meta_test(tasks, 4, seed=0).shape == (2, 4)

@@ -45,12 +45,7 @@ PEARL_TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_run(run_dir: Path, env: str = NAV, **overrides) -> Path:
