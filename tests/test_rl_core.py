@@ -338,13 +338,21 @@ def test_sampling_matches_stepping_envs_one_by_one(env_id, per_task, episodes, m
     tasks = envs.single_task_env.sample_tasks(tasks_n, seed=1)
     params = {k: v.detach() for k, v in policy.named_parameters()}
     fast = {k: v.unsqueeze(0).repeat(tasks_n, *[1] * v.dim()) for k, v in params.items()}
-    fast["body.0.bias"] = fast["body.0.bias"] + torch.randn(tasks_n, 8)  # per-task weights
+    per_task_shift = torch.randn(tasks_n, 8, generator=torch.Generator().manual_seed(3))
+    fast["body.0.bias"] = fast["body.0.bias"] + per_task_shift  # per-task weights
     batch = collect_episodes(envs, policy, fast, tasks, episodes, seed=5, generator=torch.Generator().manual_seed(0))
     steps = batch.mask.shape[2]
     assert batch.observations.shape[:3] == (tasks_n, episodes, steps) and batch.rewards.shape == batch.mask.shape
     assert batch.num_steps == int(batch.lengths.sum()) and steps == int(batch.lengths.max())
     if "CartPole" in env_id:
         assert len(set(batch.lengths.flatten().tolist())) > 1, "want episodes of different lengths"
+        # the time axis ends at the longest kept episode, also when a dropped surplus episode ran longer
+        for shift_seed in range(8):
+            shifted = dict(fast, **{"body.0.bias": fast["body.0.bias"] + torch.randn(
+                tasks_n, 8, generator=torch.Generator().manual_seed(shift_seed))})
+            other = collect_episodes(envs, policy, shifted, tasks, episodes, seed=shift_seed,
+                                     generator=torch.Generator().manual_seed(shift_seed))
+            assert other.mask.shape[2] == int(other.lengths.max())
     for t in range(tasks_n):
         for e in range(episodes):
             n = int(batch.lengths[t, e])

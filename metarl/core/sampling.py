@@ -167,8 +167,11 @@ def collect_episodes(
             return np.concatenate(parts, axis=1)[:, :episodes_per_task]
         return torch.cat(parts, dim=1)[:, :episodes_per_task]
 
+    # the last round may run surplus episodes (dropped above) longer than every kept one: cut their padding
+    mask = gather(3)
+    keep = int(mask.sum(dim=2).max())
     return Episodes(
-        observations=gather(0), actions=gather(1), rewards=gather(2), mask=gather(3),
-        terminated=gather(4, padded=False), reset_seeds=gather(5, padded=False),
+        observations=gather(0)[:, :, :keep], actions=gather(1)[:, :, :keep], rewards=gather(2)[:, :, :keep],
+        mask=mask[:, :, :keep], terminated=gather(4, padded=False), reset_seeds=gather(5, padded=False),
         env_seconds=env_seconds, policy_seconds=policy_seconds,
     )
