@@ -47,7 +47,8 @@ def _backbone(source: Any, out_features: int | None, running_stats: bool) -> tup
             return MLP(shape[0], [64], 64), 64
         return MLP(shape[0], hidden, out_features), out_features
     if len(shape) == 3:
-        net = Conv4(in_channels=shape[0], out_features=out_features, running_stats=running_stats)
+        net = Conv4(in_channels=shape[0], out_features=out_features, running_stats=running_stats,
+                    image_size=shape[1])
         return net, out_features or net.embedding_dim
     raise ValueError(f"no standard backbone for inputs of shape {shape}")
 

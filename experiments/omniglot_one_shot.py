@@ -58,6 +58,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every plan's iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--within-alphabet", type=float, default=0.0, metavar="P",
+                        help="share of training episodes drawn from one alphabet (the runs are within-alphabet)")
+    parser.add_argument("--image-size", type=int, default=28, help="side of the resized drawings")
+    parser.add_argument("--train-ways", type=int, default=None,
+                        help="classes per training episode for the metric learners (plans: 60)")
+    parser.add_argument("--query-shots", type=int, default=None, help="queries per class in training episodes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per training run")
     parser.add_argument("--baselines", action="store_true", help="also compute the pixel-NN and MHD baselines")
     parser.add_argument("--tta", type=int, default=16,
@@ -83,8 +89,13 @@ def main() -> None:
     for learner in args.learners:
         plan = dict(PLANS[learner])
         plan["iterations"] = max(1, int(plan["iterations"] * args.scale))
+        if args.train_ways is not None and "train_ways" in plan:
+            plan["train_ways"] = args.train_ways
+        if args.query_shots is not None:
+            plan["query_shots"] = args.query_shots
         config = FewShotConfig(learner=learner, source="omniglot", data_root=str(args.data), shots=1,
                                augment=not args.no_augment, split_fractions=(1.0, 0.0, 0.0), eval_tasks=0,
+                               within_alphabet=args.within_alphabet, image_size=args.image_size,
                                one_shot_runs=str(runs_path), seed=args.seed, threads=args.threads, progress=False,
                                log_every=50,
                                checkpoint_every=250, run_dir=str(args.out / f"{learner}-{time.strftime('%H%M%S')}"),
@@ -106,6 +117,10 @@ def main() -> None:
         budget = "none"
         if row["iterations"]:
             budget = f"{row['iterations']} its, {row['train_ways']}-way"
+            if row.get("within_alphabet"):
+                budget += f", within-alphabet {row['within_alphabet']:g}"
+            if row.get("image_size", 28) != 28:
+                budget += f", {row['image_size']}px"
             if row.get("train_minutes") is not None:
                 budget += f", {row['train_minutes']} min"
         print(f"| {row['learner']} | {budget} | {cells[0]} | {cells[1]} |")
@@ -115,7 +130,8 @@ def score(run_dir: Path, config: FewShotConfig, tta: int, train_minutes: float |
     """Error rates of a run's last checkpoint on the one-shot runs: plain (written at training) and with ``tta``;
     ``fresh`` scores both again (a run scored while it was still training)."""
     row = {"learner": config.learner, "run_dir": str(run_dir), "iterations": checkpoint_iteration(run_dir),
-           "train_ways": config.train_ways or config.ways, "train_minutes": train_minutes}
+           "train_ways": config.train_ways or config.ways, "train_minutes": train_minutes,
+           "within_alphabet": config.within_alphabet, "image_size": config.image_size}
     for key, copies in (("plain", 0), ("tta", tta)):
         if key == "tta" and not copies:
             continue

@@ -101,6 +101,10 @@ class FewShotConfig:
     """omniglot: a zip or folder of the original one-shot runs to evaluate on after training"""
     one_shot_augment: int = 0
     """omniglot one-shot runs: test-time augmentation, distorted copies of each support and query drawing"""
+    within_alphabet: float = 0.0
+    """omniglot: share of tasks whose classes all come from one alphabet (the one-shot runs are within-alphabet)"""
+    image_size: int = 28
+    """omniglot: side of the resized images (training, evaluation and one-shot runs alike)"""
 
     def __post_init__(self) -> None:
         from metarl.agents import LEARNERS, RL_AGENTS
@@ -118,8 +122,13 @@ class FewShotConfig:
             raise ValueError(f"eval_tasks must be >= 1 (0 only with one_shot_runs), got {self.eval_tasks}")
         if self.one_shot_augment < 0:
             raise ValueError(f"one_shot_augment must be >= 0, got {self.one_shot_augment}")
-        if self.source != "omniglot" and (self.augment or self.one_shot_runs):
-            raise ValueError("augment and one_shot_runs apply to the omniglot source only")
+        if self.source != "omniglot" and (self.augment or self.one_shot_runs or self.within_alphabet
+                                          or self.image_size != 28):
+            raise ValueError("augment, one_shot_runs, within_alphabet and image_size apply to the omniglot source only")
+        if not 0.0 <= self.within_alphabet <= 1.0:
+            raise ValueError(f"within_alphabet must be a probability in [0, 1], got {self.within_alphabet}")
+        if not 16 <= self.image_size <= 105:
+            raise ValueError(f"image_size must be in [16, 105] (Conv-4 halves it four times), got {self.image_size}")
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
@@ -151,7 +160,8 @@ def build(config: FewShotConfig):
 
     options: dict[str, Any] = {}
     if config.source == "omniglot":
-        options = {"augment": config.augment, "split_fractions": config.split_fractions}
+        options = {"augment": config.augment, "split_fractions": config.split_fractions,
+                   "within_alphabet": config.within_alphabet, "image_size": config.image_size}
     source = make_source(config.source, root=config.data_root, ways=config.ways, shots=config.shots,
                          query_shots=config.query_shots, **options)
     learner = make_learner(config.learner, source, ways=config.ways, seed=config.seed, inner_lr=config.inner_lr,
@@ -271,7 +281,7 @@ def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotCon
 
         if learner.name not in ("protonet", "matching") and config.ways != 20:
             raise RunError(f"{config.learner} has a {config.ways}-way output layer; the one-shot runs are 20-way")
-        runs = OneShotRuns(config.one_shot_runs)
+        runs = OneShotRuns(config.one_shot_runs, image_size=config.image_size)
         steps = max(config.eval_steps) if learner.uses_gradient_steps else None
         one_shot = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=steps, device=device,
                                           augment_copies=config.one_shot_augment, seed=config.eval_seed)

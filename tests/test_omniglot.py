@@ -361,6 +361,54 @@ def test_episodes_hold_right_classes_drawings_and_rotations(characters: Omniglot
 
 @needs_images
 @pytest.mark.api
+def test_within_alphabet_tasks_draw_one_alphabet_at_one_rotation(characters: OmniglotCharacters) -> None:
+    table = _lookup(characters)
+    source = OmniglotFewShot(characters, ways=20, shots=1, query_shots=1, split_fractions=(1, 0, 0),
+                             within_alphabet=1.0)
+    batch = source.sample(24, split="train", seed=5)
+    alphabets_seen = set()
+    for t in range(24):
+        found = _identify(batch.support_x[t], table)
+        classes = {(c, k) for c, _, k in found}
+        assert len(classes) == 20, "a class repeats"
+        groups = {(characters.classes[c][0], k) for c, k in classes}
+        assert len(groups) == 1, f"task {t} mixes alphabets or rotations: {sorted(groups)}"
+        alphabets_seen |= {a for a, _ in groups}
+    assert len(alphabets_seen) >= 4 and "Tagalog" not in alphabets_seen  # Tagalog has 17 < 20 characters
+    # a share p of the tasks is within-alphabet; random 20-way tasks over 968 classes essentially never are
+    half = OmniglotFewShot(characters, ways=20, shots=1, query_shots=1, within_alphabet=0.5)
+    mixed = half.sample(80, split="train", seed=0)
+    within = sum(len({(characters.classes[c][0], k) for c, _, k in _identify(mixed.support_x[t], table)}) == 1
+                 for t in range(80))
+    assert 25 <= within <= 55
+    # p = 0 draws exactly what the source always drew
+    default, zero = OmniglotFewShot(characters, ways=5), OmniglotFewShot(characters, ways=5, within_alphabet=0.0)
+    assert torch.equal(default.sample(3, seed=7).support_x, zero.sample(3, seed=7).support_x)
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="within_alphabet"):
+            OmniglotFewShot(characters, within_alphabet=bad)
+    with pytest.raises(ValueError, match="no alphabet of the 'train' split has 60 classes"):
+        source.sample(1, ways=60)
+
+
+@pytest.mark.api
+def test_larger_images_flow_through_conv4_learners(synthetic_root: Path) -> None:
+    from metarl.agents import make_learner
+
+    source = OmniglotFewShot(root=synthetic_root, ways=3, shots=1, query_shots=2, image_size=56)
+    batch = source.sample(2, seed=0)
+    assert batch.support_x.shape == (2, 3, 1, 56, 56)
+    for name in ("protonet", "maml"):
+        learner = make_learner(name, source, ways=3, inner_steps=1)
+        loss, _ = learner.meta_loss(batch)
+        assert torch.isfinite(loss)
+        logits = learner.predict(learner.adapt(batch.support_x, batch.support_y), batch.query_x)
+        assert logits.shape == (2, 6, 3)
+    assert make_learner("maml", source, ways=3).model.head.in_features == 64 * 3 * 3
+
+
+@needs_images
+@pytest.mark.api
 @pytest.mark.parametrize("split_by", ["character", "alphabet"])
 def test_splits_are_disjoint_including_rotations(characters: OmniglotCharacters, split_by: str) -> None:
     source = OmniglotFewShot(characters, split_by=split_by, ways=1)

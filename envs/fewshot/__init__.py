@@ -20,7 +20,8 @@ def make_source(name: str, **options: Any) -> Any:
     if name == "omniglot":
         from .omniglot import OmniglotFewShot
 
-        allowed = {"root", "ways", "shots", "query_shots", "seed", "augment", "split_fractions"}
+        allowed = {"root", "ways", "shots", "query_shots", "seed", "augment", "split_fractions", "within_alphabet",
+                   "image_size"}
         return OmniglotFewShot(**{k: v for k, v in options.items() if k in allowed and v is not None})
     raise ValueError(f"unknown task source {name!r}; choose one of: {', '.join(SOURCES)}")
 

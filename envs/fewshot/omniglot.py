@@ -56,6 +56,12 @@ Few-shot task law (:class:`OmniglotFewShot`)
       character from one split to another, so a model trained on one set of zips is never tested on its own
       training characters when more data is added. All rotations of a character share its split. With the two
       small zips and the defaults: 159 / 28 / 55 characters (636 / 112 / 220 classes with rotations).
+    * Within-alphabet tasks (``within_alphabet=p``, default 0): each task is, with probability ``p``, drawn from one
+      alphabet only, like the one-shot runs: an alphabet group (an alphabet at one rotation: rotating a whole
+      alphabet makes a new one, so rotations never mix inside such a task) is chosen uniformly among the split's
+      groups that hold at least ``ways`` classes, then ``ways`` of its classes uniformly without replacement; the
+      other tasks follow the law above. With the two small zips and 20 ways, Tagalog (17 characters) is never the
+      alphabet of a within-alphabet task. ``p = 0`` draws exactly the numbers it always did.
     * Seeding: ``seed`` makes a fresh ``numpy.random.default_rng(seed)`` (same seed, same episodes); without it the
       source's own generator (from the constructor's ``seed``) is used and advanced. No global generator is used.
 
@@ -484,6 +490,9 @@ class OmniglotFewShot:
         seed: seed of the source's own generator, used when ``sample`` gets no seed.
         augment: distort every sampled image with :func:`random_affine` (training; evaluation tasks should be
             sampled from a source without it).
+        within_alphabet: probability that a task's classes all come from one alphabet at one rotation (default 0;
+            the one-shot runs are within-alphabet).
+        image_size: side of the images when ``characters`` is not given (default 28).
     """
 
     splits: tuple[str, ...] = FEWSHOT_SPLITS
@@ -509,8 +518,14 @@ class OmniglotFewShot:
         split_seed: int = 0,
         seed: int | None = None,
         augment: bool = False,
+        within_alphabet: float = 0.0,
+        image_size: int = 28,
     ) -> None:
         self.ways, self.shots, self.query_shots = self._check_shape(ways, shots, query_shots)
+        within_alphabet = float(within_alphabet)
+        if not 0.0 <= within_alphabet <= 1.0:  # also rejects NaN
+            raise ValueError(f"within_alphabet must be a probability in [0, 1], got {within_alphabet}")
+        self.within_alphabet = within_alphabet
         self.augment = bool(augment)
         self.augment_ranges = dict(AUGMENT_RANGES)
         if split_by not in ("character", "alphabet"):
@@ -520,7 +535,8 @@ class OmniglotFewShot:
             raise ValueError(f"split_fractions must be three numbers >= 0 (train, val, test), got {split_fractions!r}")
         if abs(fractions.sum() - 1.0) > 1e-9:
             raise ValueError(f"split_fractions must sum to 1, got {split_fractions!r} (sum {fractions.sum():g})")
-        self.characters = characters if characters is not None else OmniglotCharacters(root)
+        self.characters = (characters if characters is not None
+                           else OmniglotCharacters(root, image_size=_check_image_size(image_size)))
         self.rotations = bool(rotations)
         self.split_by = split_by
         self.split_fractions = tuple(float(f) for f in fractions)
@@ -529,6 +545,7 @@ class OmniglotFewShot:
         self._pools = self._assign_splits()
         if self.ways > len(self._pools["train"]):
             raise ValueError(f"ways={self.ways} exceeds the {len(self._pools['train'])} classes of the train split")
+        self._groups = {split: self._alphabet_groups(pool) for split, pool in self._pools.items()}
 
     @property
     def rotations_per_character(self) -> int:
@@ -548,6 +565,15 @@ class OmniglotFewShot:
             split: (np.asarray(idx, dtype=np.int64)[:, None] * r + np.arange(r)).reshape(-1)
             for split, idx in members.items()
         }
+
+    def _alphabet_groups(self, pool: np.ndarray) -> list[np.ndarray]:
+        """The classes of ``pool`` grouped by (alphabet, rotation), in sorted order."""
+        r = self.rotations_per_character
+        keys = [(self.characters.classes[c // r][0], int(c % r)) for c in pool]
+        groups: dict[tuple[str, int], list[int]] = {}
+        for key, c in zip(keys, pool):
+            groups.setdefault(key, []).append(int(c))
+        return [np.asarray(groups[key], dtype=np.int64) for key in sorted(groups)]
 
     def num_classes(self, split: str = "train") -> int:
         """Number of classes (characters × rotations) in ``split``."""
@@ -595,6 +621,8 @@ class OmniglotFewShot:
         per_class = shots + query_shots
         # uniform draws without replacement: the order of i.i.d. uniforms is a uniform random permutation
         classes = pool[np.argsort(rng.random((n, len(pool))), axis=1)[:, :ways]]  # [n, ways]
+        if self.within_alphabet > 0:
+            self._draw_within_alphabet(classes, split, rng)
         drawings = np.argsort(rng.random((n, ways, DRAWINGS_PER_CHARACTER)), axis=2)[:, :, :per_class]
         r = self.rotations_per_character
         base = torch.from_numpy(classes // r)
@@ -618,6 +646,19 @@ class OmniglotFewShot:
             ways=ways,
             shots=shots,
         )
+
+    def _draw_within_alphabet(self, classes: np.ndarray, split: str, rng: np.random.Generator) -> None:
+        """Redraw each row of ``classes`` [n, ways] from one alphabet group with probability ``within_alphabet``."""
+        n, ways = classes.shape
+        groups = [g for g in self._groups[split] if len(g) >= ways]
+        if not groups:
+            raise ValueError(f"within_alphabet: no alphabet of the {split!r} split has {ways} classes "
+                             f"(largest: {max(len(g) for g in self._groups[split])})")
+        chosen = rng.random(n) < self.within_alphabet
+        which = rng.integers(len(groups), size=n)
+        for task in np.flatnonzero(chosen):
+            group = groups[which[task]]
+            classes[task] = group[np.argsort(rng.random(len(group)))[:ways]]
 
 
 # --- the original one-shot runs ---------------------------------------------------------------------------------

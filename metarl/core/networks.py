@@ -60,16 +60,21 @@ def conv_block(in_channels: int, out_channels: int, pool: bool = True, running_s
 class Conv4(nn.Module):
     """The four-block convolutional embedding of Vinyals et al. 2016 / Snell et al. 2017 / Finn et al. 2017.
 
-    28x28 inputs give a ``hidden``-dimensional embedding (64 channels x 1 x 1). With ``out_features`` set, a linear
-    head maps the embedding to class logits (MAML's classifier; the head is named ``head`` for ANIL).
+    Each block halves the side (floor), so ``image_size`` × ``image_size`` inputs give a
+    ``hidden * (image_size // 16)**2``-dimensional embedding (28×28: 64 channels × 1 × 1; 56×56: 64 × 3 × 3). With
+    ``out_features`` set, a linear head maps the embedding to class logits (MAML's classifier; the head is named
+    ``head`` for ANIL).
     ``running_stats=True`` keeps batch-norm running statistics (metric learners, which never run under ``vmap``:
     at evaluation a prediction then does not depend on which other images share the batch).
     """
 
     def __init__(
-        self, in_channels: int = 1, hidden: int = 64, out_features: int | None = None, running_stats: bool = False
+        self, in_channels: int = 1, hidden: int = 64, out_features: int | None = None, running_stats: bool = False,
+        image_size: int = 28,
     ):
         super().__init__()
+        if image_size < 16:
+            raise ValueError(f"Conv4 needs inputs of at least 16x16, got {image_size}")
         self.features = nn.Sequential(
             conv_block(in_channels, hidden, running_stats=running_stats),
             conv_block(hidden, hidden, running_stats=running_stats),
@@ -77,8 +82,8 @@ class Conv4(nn.Module):
             conv_block(hidden, hidden, running_stats=running_stats),
             nn.Flatten(),
         )
-        self.head = nn.Linear(hidden, out_features) if out_features else None
-        self.embedding_dim = hidden
+        self.embedding_dim = hidden * (image_size // 16) ** 2
+        self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.features(x)
