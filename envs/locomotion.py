@@ -275,13 +275,11 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
     def _on_task_change(self, task: VelocityTask) -> None:
         self._target_velocity = task.velocity
 
-    def _reward_terms(self, action: np.ndarray, x_before: float) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: float) -> tuple[float, bool, dict[str, Any]]:
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
-        terms = {
-            "forward": -self.forward_reward_weight * abs(x_velocity - self._target_velocity),
-            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
-        }
-        return terms, False, {"x_velocity": x_velocity}
+        forward = -self.forward_reward_weight * abs(x_velocity - self._target_velocity)
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
+        return forward + ctrl, False, {"reward_forward": forward, "reward_ctrl": ctrl, "x_velocity": x_velocity}
 
 
 class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
@@ -359,13 +357,11 @@ class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
     def _on_task_change(self, task: DirectionTask) -> None:
         self._direction = float(task.direction)
 
-    def _reward_terms(self, action: np.ndarray, x_before: float) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: float) -> tuple[float, bool, dict[str, Any]]:
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
-        terms = {
-            "forward": self.forward_reward_weight * self._direction * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
-        }
-        return terms, False, {"x_velocity": x_velocity}
+        forward = self.forward_reward_weight * self._direction * x_velocity
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
+        return forward + ctrl, False, {"reward_forward": forward, "reward_ctrl": ctrl, "x_velocity": x_velocity}
 
 
 # --- Ant ------------------------------------------------------------------------------------------------------
@@ -567,14 +563,15 @@ class AntDirEnv(_AntTaskEnv):
     def _on_task_change(self, task: AngleTask) -> None:
         self._direction = (math.cos(task.angle), math.sin(task.angle))
 
-    def _reward_terms(self, action: np.ndarray, x_before: np.ndarray) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         xy_velocity = (self.data.qpos[:2] - x_before) / self.dt
         forward = self.forward_reward_weight * float(
             xy_velocity[0] * self._direction[0] + xy_velocity[1] * self._direction[1]
         )
         ctrl, contact, survive, terminated = self._common_terms(action)
-        terms = {"forward": forward, "ctrl": ctrl, "contact": contact, "survive": survive}
-        return terms, terminated, {"xy_velocity": xy_velocity}
+        info = {"reward_forward": forward, "reward_ctrl": ctrl, "reward_contact": contact, "reward_survive": survive,
+                "xy_velocity": xy_velocity}
+        return forward + ctrl + contact + survive, terminated, info
 
 
 class AntGoalEnv(_AntTaskEnv):
@@ -716,13 +713,15 @@ class AntGoalEnv(_AntTaskEnv):
     def _on_task_change(self, task: GoalTask) -> None:
         self._goal = task.goal
 
-    def _reward_terms(self, action: np.ndarray, x_before: np.ndarray) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         qpos = self.data.qpos
         dx, dy = float(qpos[0]) - self._goal[0], float(qpos[1]) - self._goal[1]
         distance = abs(dx) + abs(dy) if self.distance == "l1" else math.hypot(dx, dy)
         ctrl, contact, survive, terminated = self._common_terms(action)
-        terms = {"goal": -self.goal_reward_weight * distance, "ctrl": ctrl, "contact": contact, "survive": survive}
-        return terms, terminated, {"distance": distance}
+        goal = -self.goal_reward_weight * distance
+        info = {"reward_goal": goal, "reward_ctrl": ctrl, "reward_contact": contact, "reward_survive": survive,
+                "distance": distance}
+        return goal + ctrl + contact + survive, terminated, info
 
 
 # --- Humanoid -------------------------------------------------------------------------------------------------
@@ -871,7 +870,7 @@ class HumanoidDirEnv(MujocoTaskEnv):
     def _position_for_reward(self) -> np.ndarray:
         return self._mass_weights @ self.data.xipos
 
-    def _reward_terms(self, action: np.ndarray, x_before: np.ndarray) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         data = self.data
         xy_velocity = (self._mass_weights @ data.xipos - x_before)[:2] / self.dt
         forward = self.forward_reward_weight * float(
@@ -881,10 +880,8 @@ class HumanoidDirEnv(MujocoTaskEnv):
         healthy = self.healthy_z_range[0] < z < self.healthy_z_range[1]
         forces = data.cfrc_ext.reshape(-1)
         contact = -min(self.contact_cost_weight * float(forces.dot(forces)), self.contact_cost_max)
-        terms = {
-            "forward": forward,
-            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
-            "contact": contact,
-            "survive": self.healthy_reward if healthy else 0.0,
-        }
-        return terms, (not healthy) and self.terminate_when_unhealthy, {"xy_velocity": xy_velocity}
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
+        survive = self.healthy_reward if healthy else 0.0
+        info = {"reward_forward": forward, "reward_ctrl": ctrl, "reward_contact": contact, "reward_survive": survive,
+                "xy_velocity": xy_velocity}
+        return forward + ctrl + contact + survive, (not healthy) and self.terminate_when_unhealthy, info

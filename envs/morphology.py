@@ -457,14 +457,13 @@ class HalfCheetahMorphEnv(_MorphologyEnv):
     def _position_for_reward(self) -> float:
         return self._qpos.item(0)
 
-    def _reward_terms(self, action: np.ndarray, x_before: float) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: float) -> tuple[float, bool, dict[str, Any]]:
         x_after = self._qpos.item(0)
         x_velocity = (x_after - x_before) / self._dt
-        terms = {
-            "forward": self.forward_reward_weight * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
-        }
-        return terms, False, {"x_position": x_after, "x_velocity": x_velocity}
+        forward = self.forward_reward_weight * x_velocity
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
+        info = {"reward_forward": forward, "reward_ctrl": ctrl, "x_position": x_after, "x_velocity": x_velocity}
+        return forward + ctrl, False, info
 
 
 class AntMorphEnv(_MorphologyEnv):
@@ -638,23 +637,25 @@ class AntMorphEnv(_MorphologyEnv):
             return np.concatenate((self.data.qpos[self._obs_start :], self.data.qvel, self._contact_forces[1:].ravel()))
         return np.concatenate((self.data.qpos[self._obs_start :], self.data.qvel))
 
-    def _reward_terms(self, action: np.ndarray, x_before: np.ndarray) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
         qpos = self.data.qpos
         x_velocity = (float(qpos[0]) - float(x_before[0])) / self._dt
         y_velocity = (float(qpos[1]) - float(x_before[1])) / self._dt
         z = float(qpos[2])
         healthy = self._healthy_z[0] <= z <= self._healthy_z[1]
-        terms = {
-            "forward": self.forward_reward_weight * x_velocity,
-            "survive": self.healthy_reward if healthy else 0.0,
-            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
-            "contact": -self.contact_cost_weight * float(np.square(self._contact_forces).sum()),
-        }
+        forward = self.forward_reward_weight * x_velocity
+        survive = self.healthy_reward if healthy else 0.0
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
+        contact = -self.contact_cost_weight * float(np.square(self._contact_forces).sum())
         info = {
+            "reward_forward": forward,
+            "reward_survive": survive,
+            "reward_ctrl": ctrl,
+            "reward_contact": contact,
             "x_position": float(qpos[0]),
             "y_position": float(qpos[1]),
             "distance_from_origin": math.hypot(float(qpos[0]), float(qpos[1])),
             "x_velocity": x_velocity,
             "y_velocity": y_velocity,
         }
-        return terms, (not healthy) and self.terminate_when_unhealthy, info
+        return forward + survive + ctrl + contact, (not healthy) and self.terminate_when_unhealthy, info

@@ -14,8 +14,9 @@ the suite shares:
 * reward terms in ``info`` (``reward_<name>``) that sum exactly to the reward, and the task in ``info["task"]``;
 * headless ``rgb_array`` rendering through ``mujoco.Renderer``.
 
-Subclasses implement ``_get_obs()`` and ``_reward_terms(action, x_before) -> (terms, terminated, extra_info)``
-and may override ``_reset_state()``.
+Subclasses implement ``_get_obs()`` and ``_reward(action, x_before) -> (reward, terminated, info)`` (``info``
+holds the ``reward_<name>`` terms, in the order they are added up into ``reward``, then any extra entries) and may
+override ``_reset_state()``.
 """
 
 from __future__ import annotations
@@ -34,13 +35,6 @@ from .base import TaskEnvMixin, check_finite_action
 
 # the clip ufunc itself (NumPy 2): np.clip's Python wrapper costs ~1 us more per call
 _clip = getattr(getattr(np, "_core", None), "umath", np).clip
-_REWARD_KEYS: dict[str, str] = {}  # "forward" -> "reward_forward", built once per term name
-
-
-def _reward_key(name: str) -> str:
-    key = _REWARD_KEYS[name] = "reward_" + name
-    return key
-
 
 GYMNASIUM_ASSETS = os.path.join(os.path.dirname(gym.__file__), "envs", "mujoco", "assets")
 
@@ -108,8 +102,13 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
     def _get_obs(self) -> np.ndarray:
         raise NotImplementedError
 
-    def _reward_terms(self, action: np.ndarray, x_before: Any) -> tuple[dict[str, float], bool, dict]:
-        """Reward terms (summed into the reward), whether the episode terminated, and extra info.
+    def _reward(self, action: np.ndarray, x_before: Any) -> tuple[float, bool, dict[str, Any]]:
+        """The reward, whether the episode terminated, and a fresh ``info`` dict.
+
+        ``info`` starts with the reward terms ``reward_<name>``, in the order they are added up: ``reward`` must be
+        exactly ``term_1 + term_2 + ...`` in that order (the suite's tests check every env: the terms then sum to
+        the reward bit for bit); extra entries follow. Written out per env rather than summed by a generic loop
+        over a terms dict, which cost ~0.4 us a step (2% of a HalfCheetah step).
 
         ``action`` is the clipped action as applied: a read-only view of ``data.ctrl``, valid during the call;
         ``self._ctrl_norm2`` holds its squared norm ``||a||²`` (a float), for the control cost.
@@ -117,7 +116,7 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         raise NotImplementedError
 
     def _position_for_reward(self) -> Any:
-        """What ``_reward_terms`` receives as ``x_before`` (default: the root body's x-y position, a copy)."""
+        """What ``_reward`` receives as ``x_before`` (default: the root body's x-y position, a copy)."""
         return self._qpos[:2].copy()
 
     def _reset_state(self) -> None:
@@ -180,11 +179,7 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         # test that costs no NumPy call: NaN - NaN and inf - inf are NaN) also ends the episode.
         if self.data.time < time_before + self._min_time_advance:
             return self._unstable_step()
-        terms, terminated, info = self._reward_terms(self._ctrl, x_before)
-        reward = 0.0
-        for name, value in terms.items():
-            info[_REWARD_KEYS.get(name) or _reward_key(name)] = value
-            reward += value
+        reward, terminated, info = self._reward(self._ctrl, x_before)
         if reward - reward != 0.0:
             return self._unstable_step()
         info["task"] = self._task

@@ -74,7 +74,7 @@ class RandParamsTask:
 class RandParamsEnv(MujocoTaskEnv):
     """Base of the rand-params environments: exponent tasks, their splits, and writing scales into the model.
 
-    Subclasses pass the model and implement ``_get_obs`` and ``_reward_terms`` (Gymnasium v5 formulas).
+    Subclasses pass the model and implement ``_get_obs`` and ``_reward`` (Gymnasium v5 formulas).
     See the module docstring for the task law.
     """
 
@@ -269,13 +269,11 @@ class HalfCheetahRandParamsEnv(PlanarRootObservation, RandParamsEnv):
         )
 
 
-    def _reward_terms(self, action: np.ndarray, x_before: float) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: float) -> tuple[float, bool, dict[str, Any]]:
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
-        terms = {
-            "forward": self.forward_reward_weight * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
-        }
-        return terms, False, {"x_velocity": x_velocity}
+        forward = self.forward_reward_weight * x_velocity
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
+        return forward + ctrl, False, {"reward_forward": forward, "reward_ctrl": ctrl, "x_velocity": x_velocity}
 
 
 class _PlanarWalkerRandParamsEnv(RandParamsEnv):
@@ -334,15 +332,14 @@ class _PlanarWalkerRandParamsEnv(RandParamsEnv):
             return bool(low < rest.min() and rest.max() < high and low < qvel.min() and qvel.max() < high)
         return True
 
-    def _reward_terms(self, action: np.ndarray, x_before: float) -> tuple[dict[str, float], bool, dict]:
+    def _reward(self, action: np.ndarray, x_before: float) -> tuple[float, bool, dict[str, Any]]:
         x_velocity = (self._qpos.item(0) - x_before) / self._dt
         healthy = self.is_healthy()
-        terms = {
-            "forward": self.forward_reward_weight * x_velocity,
-            "ctrl": -self.ctrl_cost_weight * self._ctrl_norm2,
-            "survive": self.healthy_reward if healthy else 0.0,
-        }
-        return terms, (not healthy) and self.terminate_when_unhealthy, {"x_velocity": x_velocity}
+        forward = self.forward_reward_weight * x_velocity
+        ctrl = -self.ctrl_cost_weight * self._ctrl_norm2
+        survive = self.healthy_reward if healthy else 0.0
+        info = {"reward_forward": forward, "reward_ctrl": ctrl, "reward_survive": survive, "x_velocity": x_velocity}
+        return forward + ctrl + survive, (not healthy) and self.terminate_when_unhealthy, info
 
 
 _PLANAR_SPEC = """

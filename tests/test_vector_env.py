@@ -53,11 +53,11 @@ class CheetahSpeedEnv(MujocoTaskEnv):
     def _get_obs(self):
         return np.concatenate([self.data.qpos[1:], self.data.qvel])
 
-    def _reward_terms(self, action, x_before):
+    def _reward(self, action, x_before):
         velocity = (self.data.qpos[0] - x_before[0]) / self.dt
-        terms = {"speed": -abs(velocity - self._task.speed), "ctrl": -0.1 * float(action.dot(action))}
+        speed, ctrl = -abs(velocity - self._task.speed), -0.1 * float(action.dot(action))
         terminated = self.terminate_at is not None and self.data.time >= self.terminate_at - 1e-9
-        return terms, bool(terminated), {"x_velocity": velocity}
+        return speed + ctrl, bool(terminated), {"reward_speed": speed, "reward_ctrl": ctrl, "x_velocity": velocity}
 
 
 TERMINATE_AT = [0.6, None, 1.3, None]  # sub-env k: episodes end by termination (12 / 26 steps) or the time limit
