@@ -38,6 +38,9 @@ PRESETS = Path(__file__).parent / "presets"
 # are chosen so every learning agent gets about the same number of env steps (the "per iteration" comments), except
 # the rows marked 20x/100x; "scratch" trains on nothing before meta-test (it learns inside meta_test, from the same
 # adaptation episodes the others get).
+PEARL_CPU = dict(hidden_sizes=[128, 128], encoder_hidden_sizes=[128, 128], meta_batch_size=8, batch_size=128,
+                 gradient_steps=250)
+
 PLANS: dict[str, dict[str, Any]] = {
     # 2D navigation with 20-step episodes (MAML's goal law; shorter episodes than its 100 to fit 2-core budgets)
     "navigation": {
@@ -68,6 +71,33 @@ PLANS: dict[str, dict[str, Any]] = {
                                                   adapt_episodes=10)),
             "rl2 20x": dict(agent="rl2", iterations=300,
                             overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
+        },
+    },
+    # HalfCheetahVel with PEARL's task law (v* ~ U[0, 3], 200-step episodes), ~200k env steps per agent: what each
+    # agent makes of a budget a 2-core CPU trains in minutes. PEARL and the oracle are CPU-sized: PEARL's reference
+    # networks (3 x 300) and batches (16 tasks x 256) run 1.3 gradient steps/s here (RESULTS, bench_pearl), so
+    # both use 2 x 128 networks, 8 tasks x 128 transitions and 250 gradient steps per iteration; everything else
+    # is the preset (the reference's). The multi-task baseline is SB3's PPO (SB3's SAC runs ~75 steps/s here).
+    "cheetah-vel": {
+        "env": "metarl/HalfCheetahVel-v0",
+        "eval_tasks": 20,
+        "eval_episodes": 3,
+        "budget_steps": 200_000,
+        "agents": {
+            # 40 tasks x 2,000 initial steps = 80k, then 5 tasks x (400 + 600) = 5,000 per iteration
+            "pearl": dict(preset="pearl_cheetah_vel.yaml", iterations=24, overrides=PEARL_CPU),
+            "oracle": dict(preset="pearl_cheetah_vel.yaml", iterations=24, overrides=PEARL_CPU),
+            # 10 tasks x 20 episodes x 200 steps x (support + query) = 80,000 per iteration
+            "maml-trpo": dict(preset="maml_trpo_cheetah_vel.yaml", iterations=2,
+                              overrides=dict(env_kwargs={}, meta_batch_size=10)),
+            # 20 trials x 2 episodes x 200 steps = 8,000 per iteration
+            "rl2": dict(preset="rl2_cheetah_vel.yaml", iterations=25),
+            "multitask": dict(iterations=98, overrides=dict(algorithm="ppo", steps_per_iteration=2_048,
+                                                            max_episode_steps=200)),
+            "scratch": dict(iterations=0, overrides=dict(max_episode_steps=200,
+                                                         algorithm_kwargs={"learning_starts": 200})),
+            "maml-trpo 20x": dict(agent="maml-trpo", preset="maml_trpo_cheetah_vel.yaml", iterations=50,
+                                  overrides=dict(env_kwargs={}, meta_batch_size=10)),
         },
     },
 }
@@ -179,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table[env_key] = {"env": plan["env"], "seeds": args.seeds, "scale": args.scale, "agents": rows}
         args.out.mkdir(parents=True, exist_ok=True)
         plot(env_key, rows, args.out / f"{env_key}.png")
-    atomic_write_json(args.out / "table.json", table)
+    previous = args.out / "table.json"  # other envs' rows stay
+    merged = json.loads(previous.read_text()) if previous.exists() else {}
+    atomic_write_json(previous, merged | table)
     for env_key, data in table.items():
         episodes = max(len(r["mean"]) for r in data["agents"].values())
         print(f"\n{data['env']} (test tasks, seeds {data['seeds']}, iterations x{data['scale']:g})\n")
