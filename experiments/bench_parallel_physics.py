@@ -1,0 +1,114 @@
+"""How much faster can the physics of 20 HalfCheetahVel tasks run on two threads than on one, on this machine?
+
+The ceiling under ``TaskVectorEnv``'s 1.5x target (issue 3): no env Python, no policy, only physics, timed three
+ways on the same 20 sub-envs (their own ``MjModel``/``MjData``, random controls held for ``frame_skip`` steps):
+
+* ``loop``: ``mj_step(model, data, nstep=frame_skip)`` for each env in turn, one thread;
+* ``threads``: the same calls split between the calling thread and one worker thread (``mj_step`` releases the GIL),
+  as ``TaskVectorEnv``'s threaded path does;
+* ``rollout``: MuJoCo's own multi-threaded ``mujoco.rollout`` over all 20 envs in one call (2 threads, persistent
+  pool, no GIL at all while it runs), plus the ``mj_getState``/``mj_setState`` copies it needs in and out.
+
+Interleaved repeats, medians, JSON on stdout. Run it with the machine otherwise idle:
+
+    .venv/bin/python experiments/bench_parallel_physics.py --repeats 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from mujoco import rollout
+
+import metarl.envs  # noqa: F401  (registers the ids)
+
+ENV_ID = "metarl/HalfCheetahVel-v0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-envs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=100, help="vector steps per timed block")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    n = args.num_envs
+    envs = [gym.make(ENV_ID).unwrapped for _ in range(n)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    models, datas = [e.model for e in envs], [e.data for e in envs]
+    frame_skip = envs[0].frame_skip
+    rng = np.random.default_rng(0)
+    controls = rng.uniform(-1.0, 1.0, size=(args.steps, n, models[0].nu))
+    full = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    nstate = mujoco.mj_stateSize(models[0], full)
+    start_states = np.empty((n, nstate))
+    rollout_states = np.empty((n, frame_skip, nstate))
+    scratch = [mujoco.MjData(models[0]) for _ in range(2)]
+    pool = ThreadPoolExecutor(1)
+    half = n // 2
+
+    def set_controls(step: int) -> None:
+        for data, control in zip(datas, controls[step]):
+            data.ctrl[:] = control
+
+    def physics(ms: list, ds: list) -> None:
+        for model, data in zip(ms, ds):
+            mujoco.mj_step(model, data, frame_skip)
+
+    def loop(step: int) -> None:
+        set_controls(step)
+        physics(models, datas)
+
+    def threads(step: int) -> None:
+        set_controls(step)
+        worker = pool.submit(physics, models[half:], datas[half:])
+        physics(models[:half], datas[:half])
+        worker.result()
+
+    def batched_rollout(step: int) -> None:
+        for k in range(n):
+            mujoco.mj_getState(models[k], datas[k], start_states[k], full)
+        held = np.repeat(controls[step][:, None, :], frame_skip, axis=1)
+        rollout.rollout(models, scratch, start_states, held, nstep=frame_skip, skip_checks=True,
+                        state=rollout_states, persistent_pool=True)
+        for k in range(n):
+            mujoco.mj_setState(models[k], datas[k], rollout_states[k, -1], full)
+
+    variants: dict[str, Callable[[int], None]] = {"loop": loop, "threads": threads, "rollout": batched_rollout}
+    snapshot = np.empty((n, nstate))
+    for k in range(n):
+        mujoco.mj_getState(models[k], datas[k], snapshot[k], full)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for repeat in range(args.repeats + 1):
+        order = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            for k in range(n):  # every variant steps the same states with the same controls
+                mujoco.mj_setState(models[k], datas[k], snapshot[k], full)
+            t0 = time.perf_counter()
+            for step in range(args.steps):
+                variants[name](step)
+            if repeat:  # the first round warms up (thread pools, caches)
+                times[name].append(1e6 * (time.perf_counter() - t0) / (args.steps * n))
+    rollout.shutdown_persistent_pool()
+    pool.shutdown()
+    us = {name: round(statistics.median(t), 2) for name, t in times.items()}
+    print(json.dumps({
+        "env_id": ENV_ID, "num_envs": n, "steps_per_block": args.steps, "repeats": args.repeats,
+        "cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "physics_us_per_env_step_median": us,
+        "speedup_over_loop": {name: round(us["loop"] / value, 3) for name, value in us.items()},
+        "versions": {"mujoco": mujoco.__version__, "gymnasium": gym.__version__},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
