@@ -33,14 +33,49 @@ from metarl.training_rl import RLRunConfig, train_meta_rl
 
 PRESETS = Path(__file__).parent / "presets"
 
+PEARL_CPU = dict(hidden_sizes=[128, 128], encoder_hidden_sizes=[128, 128], meta_batch_size=8, batch_size=128,
+                 gradient_steps=250)
+
+
+def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A MuJoCo task distribution with 200-step episodes, ~200k env steps per agent: what each agent makes of a
+    budget a 2-core CPU trains in minutes, plus MAML-TRPO at 20x that budget.
+
+    PEARL and the oracle are CPU-sized (``PEARL_CPU``): the reference networks (3 x 300) and batches (16 tasks x
+    256) run 1.3 gradient steps/s here (RESULTS, bench_pearl), so both use 2 x 128 networks, 8 tasks x 128
+    transitions and 250 gradient steps per iteration; everything else is the reference's (pearl_cheetah_vel.yaml).
+    MAML-TRPO uses its preset (100 x 100 ReLU, 20 rollouts per step, inner step 0.1, KL 0.01) with 10 tasks per
+    meta-batch; RL² the PPO settings of rl2_cheetah_vel.yaml. The multi-task baseline is SB3's PPO (SB3's SAC runs
+    ~75 steps/s here); from-scratch is SB3's SAC on each test task.
+    """
+    maml = dict(maml_overrides or {}, meta_batch_size=10)
+    return {
+        "env": env,
+        "eval_tasks": 20,
+        "eval_episodes": 3,
+        "budget_steps": 200_000,
+        "agents": {
+            # 40 tasks x 2,000 initial steps = 80k, then 5 tasks x (400 + 600) = 5,000 per iteration
+            "pearl": dict(preset="pearl_cheetah_vel.yaml", iterations=24, overrides=PEARL_CPU),
+            "oracle": dict(preset="pearl_cheetah_vel.yaml", iterations=24, overrides=PEARL_CPU),
+            # 10 tasks x 20 episodes x 200 steps x (support + query) = 80,000 per iteration
+            "maml-trpo": dict(preset=maml_preset, iterations=2, overrides=maml),
+            # 20 trials x 2 episodes x 200 steps = 8,000 per iteration
+            "rl2": dict(preset="rl2_cheetah_vel.yaml", iterations=25),
+            "multitask": dict(iterations=98, overrides=dict(algorithm="ppo", steps_per_iteration=2_048,
+                                                            max_episode_steps=200)),
+            "scratch": dict(iterations=0, overrides=dict(max_episode_steps=200,
+                                                         algorithm_kwargs={"learning_starts": 200})),
+            "maml-trpo 20x": dict(agent="maml-trpo", preset=maml_preset, iterations=50, overrides=maml),
+        },
+    }
+
+
 # One plan per task distribution: the env id, the evaluation (held-out test tasks, adaptation episodes) and, per
 # row, the preset, iterations and overrides (``agent`` names the agent where the row's name is not one). Budgets
 # are chosen so every learning agent gets about the same number of env steps (the "per iteration" comments), except
 # the rows marked 20x/100x; "scratch" trains on nothing before meta-test (it learns inside meta_test, from the same
 # adaptation episodes the others get).
-PEARL_CPU = dict(hidden_sizes=[128, 128], encoder_hidden_sizes=[128, 128], meta_batch_size=8, batch_size=128,
-                 gradient_steps=250)
-
 PLANS: dict[str, dict[str, Any]] = {
     # 2D navigation with 20-step episodes (MAML's goal law; shorter episodes than its 100 to fit 2-core budgets)
     "navigation": {
@@ -73,33 +108,12 @@ PLANS: dict[str, dict[str, Any]] = {
                             overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
         },
     },
-    # HalfCheetahVel with PEARL's task law (v* ~ U[0, 3], 200-step episodes), ~200k env steps per agent: what each
-    # agent makes of a budget a 2-core CPU trains in minutes. PEARL and the oracle are CPU-sized: PEARL's reference
-    # networks (3 x 300) and batches (16 tasks x 256) run 1.3 gradient steps/s here (RESULTS, bench_pearl), so
-    # both use 2 x 128 networks, 8 tasks x 128 transitions and 250 gradient steps per iteration; everything else
-    # is the preset (the reference's). The multi-task baseline is SB3's PPO (SB3's SAC runs ~75 steps/s here).
-    "cheetah-vel": {
-        "env": "metarl/HalfCheetahVel-v0",
-        "eval_tasks": 20,
-        "eval_episodes": 3,
-        "budget_steps": 200_000,
-        "agents": {
-            # 40 tasks x 2,000 initial steps = 80k, then 5 tasks x (400 + 600) = 5,000 per iteration
-            "pearl": dict(preset="pearl_cheetah_vel.yaml", iterations=24, overrides=PEARL_CPU),
-            "oracle": dict(preset="pearl_cheetah_vel.yaml", iterations=24, overrides=PEARL_CPU),
-            # 10 tasks x 20 episodes x 200 steps x (support + query) = 80,000 per iteration
-            "maml-trpo": dict(preset="maml_trpo_cheetah_vel.yaml", iterations=2,
-                              overrides=dict(env_kwargs={}, meta_batch_size=10)),
-            # 20 trials x 2 episodes x 200 steps = 8,000 per iteration
-            "rl2": dict(preset="rl2_cheetah_vel.yaml", iterations=25),
-            "multitask": dict(iterations=98, overrides=dict(algorithm="ppo", steps_per_iteration=2_048,
-                                                            max_episode_steps=200)),
-            "scratch": dict(iterations=0, overrides=dict(max_episode_steps=200,
-                                                         algorithm_kwargs={"learning_starts": 200})),
-            "maml-trpo 20x": dict(agent="maml-trpo", preset="maml_trpo_cheetah_vel.yaml", iterations=50,
-                                  overrides=dict(env_kwargs={}, meta_batch_size=10)),
-        },
-    },
+    # MuJoCo locomotion: the same ~200k-step plan on each (see locomotion_plan)
+    "cheetah-vel": locomotion_plan("metarl/HalfCheetahVel-v0", "maml_trpo_cheetah_vel.yaml",
+                                   maml_overrides=dict(env_kwargs={})),  # PEARL's U[0, 3], not MAML's U[0, 2]
+    "walker-params": locomotion_plan("metarl/Walker2dRandParams-v0", "maml_trpo_cheetah_vel.yaml",
+                                     maml_overrides=dict(env_kwargs={})),
+    "ant-goal": locomotion_plan("metarl/AntGoal-v0", "maml_trpo_ant_goal.yaml"),
 }
 
 
