@@ -6,6 +6,7 @@ distance) are computed on the same runs.
 
     .venv/bin/python experiments/omniglot_one_shot.py --data ../shared/data/omniglot --learners protonet matching
     .venv/bin/python experiments/omniglot_one_shot.py --evaluate experiments/out/omniglot/*/   # score runs again
+    .venv/bin/python experiments/omniglot_one_shot.py --ensemble RUN_A RUN_B   # mean probabilities of finished runs
 
 Every run is scored twice: as trained, and with test-time augmentation (``--tta 16``: 16 randomly distorted copies
 of each support drawing as extra shots of its class, and the class probabilities averaged over 16 distorted copies
@@ -27,6 +28,7 @@ from metarl.envs.fewshot.omniglot import (
     modified_hausdorff_error,
     pixel_nearest_neighbour_error,
 )
+from metarl.runs import atomic_write_json
 from metarl.training import FewShotConfig, evaluate_run, load_config, one_shot_result_name, train_fewshot
 
 # Training episodes: metric learners as Snell et al. (60-way, 5 queries per class); the MAML family and the
@@ -70,6 +72,8 @@ def main() -> None:
                         help="also score with test-time augmentation: K distorted copies per drawing (0: off)")
     parser.add_argument("--evaluate", nargs="+", type=Path, default=None, metavar="RUN_DIR",
                         help="no training: score these finished (or checkpointed) runs, plain and with --tta")
+    parser.add_argument("--ensemble", nargs="+", type=Path, default=None, metavar="RUN_DIR",
+                        help="no training: score the mean class probabilities of these runs (plain and with --tta)")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/omniglot"))
     args = parser.parse_args()
     runs_path = args.runs or args.data / "one_shot_runs_01-05.zip"
@@ -85,6 +89,10 @@ def main() -> None:
             config = dataclasses.replace(load_config(run_dir), one_shot_runs=str(runs_path), eval_tasks=0)
             rows.append(score(run_dir, config, args.tta, train_minutes=None, fresh=True))
             print(json.dumps(rows[-1]), flush=True)
+        args.learners = []
+    if args.ensemble:
+        rows.append(score_ensemble(args.ensemble, runs_path, args.tta, args.out))
+        print(json.dumps(rows[-1]), flush=True)
         args.learners = []
     for learner in args.learners:
         plan = dict(PLANS[learner])
@@ -140,6 +148,36 @@ def score(run_dir: Path, config: FewShotConfig, tta: int, train_minutes: float |
             evaluate_run(run_dir, config=dataclasses.replace(config, one_shot_augment=copies))
         result = json.loads(path.read_text())
         row[key] = {k: result[k] for k in ("error_rate", "errors", "queries", "ci95_low", "ci95_high")}
+    return row
+
+
+def score_ensemble(run_dirs: list[Path], runs_path: Path, tta: int, out: Path) -> dict:
+    """Error rates of the mean class probabilities of several finished runs (each at its own image size and
+    adaptation steps, the same test-time distortions for all), plain and with ``tta``; written to
+    ``OUT/ensemble-<run names>.json``."""
+    import torch
+
+    from metarl.evaluation import one_shot_probabilities, one_shot_score
+    from metarl.training import load_learner
+
+    members, seed = [], load_config(run_dirs[0]).eval_seed
+    for run_dir in run_dirs:
+        config = load_config(run_dir)
+        _, learner = load_learner(run_dir, config)
+        steps = max(config.eval_steps) if learner.uses_gradient_steps else None
+        members.append((learner, OneShotRuns(runs_path, image_size=config.image_size).as_episode_batch(), steps))
+    row = {"learner": "ensemble: " + " + ".join(Path(r).name for r in run_dirs), "iterations": 0,
+           "run_dirs": [str(r) for r in run_dirs]}
+    for key, copies in (("plain", 0), ("tta", tta)):
+        if key == "tta" and not copies:
+            continue
+        probabilities = torch.stack([one_shot_probabilities(learner, batch, steps=steps, augment_copies=copies,
+                                                            seed=seed)
+                                     for learner, batch, steps in members]).mean(dim=0)
+        result = one_shot_score(probabilities, members[0][1].query_y)
+        row[key] = {k: result[k] for k in ("error_rate", "errors", "queries", "ci95_low", "ci95_high")}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"ensemble-{'+'.join(Path(r).name for r in run_dirs)}.json", row)
     return row
 
 

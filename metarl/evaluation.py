@@ -108,16 +108,17 @@ def evaluate_fewshot(
             "num_tasks": num_tasks, "results": rows}
 
 
-def evaluate_one_shot_runs(learner: FewShotLearner, batch: EpisodeBatch, *, steps: int | None = None,
+def one_shot_probabilities(learner: FewShotLearner, batch: EpisodeBatch, *, steps: int | None = None,
                            device: str | torch.device = "cpu", augment_copies: int = 0,
-                           seed: int = 0) -> dict[str, Any]:
-    """Error rate of ``learner`` on the original one-shot runs (all runs stacked as one ``EpisodeBatch``).
+                           seed: int = 0) -> torch.Tensor:
+    """Class probabilities ``[runs, queries, ways]`` of ``learner`` on the one-shot runs (all runs stacked as one
+    ``EpisodeBatch``), on the CPU.
 
     ``augment_copies = K > 0`` adds test-time augmentation: each support drawing gets ``K`` randomly distorted
     copies (:func:`~metarl.envs.fewshot.omniglot.random_affine`, the training distortion) as extra shots of its
-    class, and each query is classified by the mean of the class probabilities over itself and ``K`` distorted
-    copies. Still one drawing per class from the run: the copies are made from it, never from other data. The
-    distortions are drawn from ``seed``.
+    class, and each query's probabilities are the mean over itself and ``K`` distorted copies. Still one drawing
+    per class from the run: the copies are made from it, never from other data. The distortions are drawn from
+    ``seed``.
     """
     if augment_copies < 0:
         raise ValueError(f"augment_copies must be >= 0, got {augment_copies}")
@@ -144,17 +145,31 @@ def evaluate_one_shot_runs(learner: FewShotLearner, batch: EpisodeBatch, *, step
                 support_y = labels.repeat(1, 1, augment_copies + 1).reshape(tasks, -1)
                 queries += [distort(batch.query_x) for _ in range(augment_copies)]
             state = learner.adapt(support_x, support_y, steps=steps)
-            probabilities = sum(learner.predict(state, q).softmax(dim=-1) for q in queries)
-            predictions = probabilities.argmax(dim=-1).cpu()
+            probabilities = sum(learner.predict(state, q).softmax(dim=-1) for q in queries) / len(queries)
     finally:
         learner.train(was_training)
-    wrong = (predictions != batch.query_y.cpu())
+    return probabilities.cpu()
+
+
+def one_shot_score(probabilities: torch.Tensor, query_y: torch.Tensor) -> dict[str, Any]:
+    """Errors, error rate, 95% Wilson interval and per-run error rates of ``[runs, queries, ways]`` probabilities
+    (one learner's, or the mean of an ensemble's) against the true labels ``[runs, queries]``."""
+    wrong = probabilities.argmax(dim=-1) != query_y.cpu()
     errors, total = int(wrong.sum()), int(wrong.numel())
     low, high = wilson_interval(errors, total)
-    per_run = wrong.float().mean(dim=1).tolist()
-    return {"protocol": "omniglot-one-shot-runs", "learner": learner.name, "runs": batch.num_tasks,
-            "queries": total, "errors": errors, "error_rate": errors / total, "ci95_low": low, "ci95_high": high,
-            "per_run_error_rate": per_run, "steps": steps, "augment_copies": augment_copies}
+    return {"protocol": "omniglot-one-shot-runs", "runs": int(wrong.shape[0]), "queries": total, "errors": errors,
+            "error_rate": errors / total, "ci95_low": low, "ci95_high": high,
+            "per_run_error_rate": wrong.float().mean(dim=1).tolist()}
+
+
+def evaluate_one_shot_runs(learner: FewShotLearner, batch: EpisodeBatch, *, steps: int | None = None,
+                           device: str | torch.device = "cpu", augment_copies: int = 0,
+                           seed: int = 0) -> dict[str, Any]:
+    """Error rate of ``learner`` on the original one-shot runs (see :func:`one_shot_probabilities`)."""
+    probabilities = one_shot_probabilities(learner, batch, steps=steps, device=device,
+                                           augment_copies=augment_copies, seed=seed)
+    return {**one_shot_score(probabilities, batch.query_y), "learner": learner.name, "steps": steps,
+            "augment_copies": augment_copies}
 
 
 def save_json(path: Path, result: dict[str, Any]) -> Path:

@@ -248,6 +248,21 @@ def _train_loop(config, run_dir, source, learner, optimizer, start, device, resu
     return run_dir
 
 
+def load_learner(run_dir: Path, config: FewShotConfig | None = None):
+    """The task source and the learner of a run directory, with the weights of its last checkpoint."""
+    run_dir = Path(run_dir)
+    config = config or load_config(run_dir)
+    source, learner = build(config)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    if state.get("kind") != "fewshot":
+        raise RunError(f"{run_dir} is not a few-shot run")
+    try:
+        learner.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise RunError(f"checkpoint does not match the config: {str(err).splitlines()[0][:200]}") from None
+    return source, learner
+
+
 def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotConfig | None = None,
                  eval_tasks: int | None = None) -> dict[str, Any]:
     """Evaluate a run's final checkpoint on held-out tasks; writes evaluation.json and adaptation.png."""
@@ -255,14 +270,7 @@ def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotCon
     if config is None:
         config = load_config(run_dir)
     if learner is None:
-        source, learner = build(config)
-        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        if state.get("kind") != "fewshot":
-            raise RunError(f"{run_dir} is not a few-shot run")
-        try:
-            learner.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise RunError(f"checkpoint does not match the config: {str(err).splitlines()[0][:200]}") from None
+        source, learner = load_learner(run_dir, config)
     device = next(learner.parameters()).device
     if getattr(source, "augment", False):  # held-out images are never distorted
         source = copy.copy(source)

@@ -605,3 +605,32 @@ def test_one_shot_test_time_augmentation(runs: OneShotRuns) -> None:
     assert 0 <= augmented["error_rate"] <= 1 and augmented["queries"] == plain["queries"]
     with pytest.raises(ValueError, match="augment_copies"):
         evaluate_one_shot_runs(learner, batch, augment_copies=-1)
+
+
+@pytest.mark.api
+def test_one_shot_score_counts_errors_and_ensembles_average_probabilities() -> None:
+    from metarl.evaluation import one_shot_score, wilson_interval
+
+    labels = torch.tensor([[0, 1, 2, 2], [1, 1, 0, 2]])
+    a = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 0], [1, 0, 0, 2]]), 3).float()  # 2 wrong
+    b = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 2], [1, 1, 2, 2]]), 3).float() * 0.9  # 1 wrong
+    single = one_shot_score(a, labels)
+    assert (single["errors"], single["queries"], single["per_run_error_rate"]) == (2, 8, [0.25, 0.25])
+    assert (single["ci95_low"], single["ci95_high"]) == pytest.approx(wilson_interval(2, 8))
+    # the mean of the two: b is more confident wherever they disagree, so its answers win
+    ensemble = one_shot_score(torch.stack([a * 0.8, b]).mean(dim=0), labels)
+    assert ensemble["errors"] == 1 and ensemble["per_run_error_rate"] == [0.0, 0.25]
+
+
+@needs_runs
+@pytest.mark.api
+def test_one_shot_probabilities_match_the_scored_predictions(runs: OneShotRuns) -> None:
+    from metarl.evaluation import evaluate_one_shot_runs, one_shot_probabilities, one_shot_score
+
+    batch = runs.as_episode_batch()
+    learner = _RecordingNearestNeighbour()
+    probabilities = one_shot_probabilities(learner, batch, augment_copies=2, seed=3)
+    assert probabilities.shape == (batch.num_tasks, batch.query_y.shape[1], batch.ways)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(probabilities.shape[:2]))
+    scored = evaluate_one_shot_runs(learner, batch, augment_copies=2, seed=3)
+    assert one_shot_score(probabilities, batch.query_y)["errors"] == scored["errors"]
