@@ -26,6 +26,7 @@ from metarl.envs.locomotion import (
     HumanoidDirEnv,
     VelocityTask,
 )
+from tests.helpers import rollout
 
 ENVS = [HalfCheetahVelEnv, HalfCheetahDirEnv, AntDirEnv, AntGoalEnv, HumanoidDirEnv]
 IDS = {
@@ -63,18 +64,6 @@ def split_of(env, task) -> str:
     if isinstance(env, AntGoalEnv):
         return checkerboard_split_of(env.split_coordinates(task.goal), [0.0, 0.0], [1.0, 1.0])
     raise AssertionError(f"no split law for {type(env).__name__}")
-
-
-def rollout(env, actions, seed: int):
-    obs, _ = env.reset(seed=seed)
-    observations, rewards = [obs], []
-    for action in actions:
-        obs, reward, terminated, truncated, _ = env.step(action)
-        observations.append(obs)
-        rewards.append(reward)
-        if terminated or truncated:
-            break
-    return np.array(observations), np.array(rewards)
 
 
 # --- API ------------------------------------------------------------------------------------------------------

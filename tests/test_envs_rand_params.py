@@ -19,6 +19,7 @@ from metarl.envs.rand_params import (
     HopperRandParamsEnv,
     Walker2dRandParamsEnv,
 )
+from tests.helpers import rollout
 
 ENVS = [HalfCheetahRandParamsEnv, HopperRandParamsEnv, Walker2dRandParamsEnv]
 IDS = {
@@ -54,18 +55,6 @@ def model_values(env) -> dict[str, np.ndarray]:
         "geom_friction": m.geom_friction.copy(),
         "dof_damping": m.dof_damping.copy(),
     }
-
-
-def rollout(env, actions, seed: int):
-    obs, _ = env.reset(seed=seed)
-    observations, rewards = [obs], []
-    for action in actions:
-        obs, reward, terminated, truncated, _ = env.step(action)
-        observations.append(obs)
-        rewards.append(reward)
-        if terminated or truncated:
-            break
-    return np.array(observations), np.array(rewards)
 
 
 # --- API ------------------------------------------------------------------------------------------------------
