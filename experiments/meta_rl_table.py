@@ -34,7 +34,7 @@ from metarl.training_rl import RLRunConfig, train_meta_rl
 PRESETS = Path(__file__).parent / "presets"
 
 PEARL_CPU = dict(hidden_sizes=[128, 128], encoder_hidden_sizes=[128, 128], meta_batch_size=8, batch_size=128,
-                 gradient_steps=250)
+                 gradient_steps=2000)
 
 
 def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -42,8 +42,9 @@ def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] |
     budget a 2-core CPU trains in minutes, plus MAML-TRPO at 20x that budget.
 
     PEARL and the oracle are CPU-sized (``PEARL_CPU``): the reference networks (3 x 300) and batches (16 tasks x
-    256) run 1.3 gradient steps/s here (RESULTS, bench_pearl), so both use 2 x 128 networks, 8 tasks x 128
-    transitions and 250 gradient steps per iteration; everything else is the reference's (pearl_cheetah_vel.yaml).
+    256) run 1.3 gradient steps/s here (RESULTS, bench_pearl), so both use 2 x 128 networks and 8 tasks x 128
+    transitions, with the reference's 2,000 gradient steps per iteration of 5,000 env steps (with 250 they had not
+    learned at 200k steps); everything else is the reference's (pearl_cheetah_vel.yaml).
     MAML-TRPO uses its preset (100 x 100 ReLU, 20 rollouts per step, inner step 0.1, KL 0.01) with 10 tasks per
     meta-batch; RL² the PPO settings of rl2_cheetah_vel.yaml. The multi-task baseline is SB3's PPO (SB3's SAC runs
     ~75 steps/s here); from-scratch is SB3's SAC on each test task.
