@@ -74,6 +74,9 @@ def main() -> None:
                         help="no training: score these finished (or checkpointed) runs, plain and with --tta")
     parser.add_argument("--ensemble", nargs="+", type=Path, default=None, metavar="RUN_DIR",
                         help="no training: score the mean class probabilities of these runs (plain and with --tta)")
+    parser.add_argument("--tta-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="--ensemble: also score test-time augmentation with these distortion seeds (spread of "
+                             "the result over the random copies)")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/omniglot"))
     args = parser.parse_args()
     runs_path = args.runs or args.data / "one_shot_runs_01-05.zip"
@@ -91,7 +94,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         args.learners = []
     if args.ensemble:
-        rows.append(score_ensemble(args.ensemble, runs_path, args.tta, args.out))
+        rows.append(score_ensemble(args.ensemble, runs_path, args.tta, args.out, args.tta_seeds or []))
         print(json.dumps(rows[-1]), flush=True)
         args.learners = []
     for learner in args.learners:
@@ -151,9 +154,10 @@ def score(run_dir: Path, config: FewShotConfig, tta: int, train_minutes: float |
     return row
 
 
-def score_ensemble(run_dirs: list[Path], runs_path: Path, tta: int, out: Path) -> dict:
+def score_ensemble(run_dirs: list[Path], runs_path: Path, tta: int, out: Path, tta_seeds: list[int]) -> dict:
     """Error rates of the mean class probabilities of several finished runs (each at its own image size and
-    adaptation steps, the same test-time distortions for all), plain and with ``tta``; written to
+    adaptation steps, the same test-time distortions for all), plain and with ``tta`` (distortions drawn from the
+    first run's evaluation seed, and again from each of ``tta_seeds``); written to
     ``OUT/ensemble-<run names>.json``."""
     import torch
 
@@ -168,14 +172,18 @@ def score_ensemble(run_dirs: list[Path], runs_path: Path, tta: int, out: Path) -
         members.append((learner, OneShotRuns(runs_path, image_size=config.image_size).as_episode_batch(), steps))
     row = {"learner": "ensemble: " + " + ".join(Path(r).name for r in run_dirs), "iterations": 0,
            "run_dirs": [str(r) for r in run_dirs]}
-    for key, copies in (("plain", 0), ("tta", tta)):
-        if key == "tta" and not copies:
-            continue
+    def ensemble_score(copies: int, distortion_seed: int) -> dict:
         probabilities = torch.stack([one_shot_probabilities(learner, batch, steps=steps, augment_copies=copies,
-                                                            seed=seed)
+                                                            seed=distortion_seed)
                                      for learner, batch, steps in members]).mean(dim=0)
         result = one_shot_score(probabilities, members[0][1].query_y)
-        row[key] = {k: result[k] for k in ("error_rate", "errors", "queries", "ci95_low", "ci95_high")}
+        return {k: result[k] for k in ("error_rate", "errors", "queries", "ci95_low", "ci95_high")}
+
+    row["plain"] = ensemble_score(0, seed)
+    if tta:
+        row["tta"] = ensemble_score(tta, seed)
+        if tta_seeds:
+            row["tta_by_seed"] = {s: ensemble_score(tta, s)["errors"] for s in tta_seeds}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"ensemble-{'+'.join(Path(r).name for r in run_dirs)}.json", row)
     return row
