@@ -22,6 +22,7 @@ from metarl.envs.navigation import (
     SparseNavigation2DEnv,
     SparseNavigation2DTask,
 )
+from tests.helpers import rollout
 
 IDS = ["metarl/Navigation2D-v0", "metarl/SparseNavigation2D-v0"]
 
@@ -30,16 +31,6 @@ def quiet_check_env(env: gym.Env) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the checker's advice on infinite observation bounds
         check_env(env, skip_render_check=True)
-
-
-def rollout(env: gym.Env, actions: np.ndarray, seed: int = 0):
-    obs, _ = env.reset(seed=seed)
-    observations, rewards = [obs], []
-    for action in actions:
-        obs, reward, terminated, truncated, _ = env.step(action)
-        observations.append(obs)
-        rewards.append(reward)
-    return np.array(observations), np.array(rewards)
 
 
 @pytest.mark.api
@@ -112,8 +103,8 @@ def test_same_seed_same_tasks_and_trajectories(cls):
     actions = np.random.default_rng(0).uniform(-0.2, 0.2, size=(50, 2))
     a.set_task(task)
     b.set_task(task)
-    obs_a, rew_a = rollout(a, actions)
-    obs_b, rew_b = rollout(b, actions)
+    obs_a, rew_a = rollout(a, actions, seed=0)
+    obs_b, rew_b = rollout(b, actions, seed=0)
     np.testing.assert_array_equal(obs_a, obs_b)
     np.testing.assert_array_equal(rew_a, rew_b)
 
@@ -225,7 +216,7 @@ def test_batch_step_matches_step(cls):
         batch_rewards.append(rewards)
     for i, task in enumerate(tasks):
         env.set_task(task)
-        obs, rewards = rollout(env, actions[:, i])
+        obs, rewards = rollout(env, actions[:, i], seed=0)
         np.testing.assert_allclose(np.array(batch_rewards)[:, i], rewards, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="NaN"):
         cls.batch_step(positions, np.full((4, 2), np.nan), goals)
