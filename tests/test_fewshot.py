@@ -49,6 +49,25 @@ def test_classification_learners_run_on_omniglot(tmp_path, omniglot_dir, learner
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in result["results"])
 
 
+@pytest.mark.smoke
+def test_within_alphabet_and_image_size_reach_the_source_model_and_one_shot_runs(tmp_path, omniglot_dir):
+    from metarl.training import build, load_learner
+
+    runs = omniglot_dir / "one_shot_runs_01-05.zip"
+    scoring = dict(eval_tasks=0, one_shot_runs=str(runs)) if runs.exists() else dict(eval_tasks=2, eval_split="train")
+    config = _quick(tmp_path, learner="protonet", source="omniglot", data_root=str(omniglot_dir), ways=20, shots=1,
+                    query_shots=1, iterations=2, meta_batch_size=1, within_alphabet=1.0, image_size=20,
+                    split_fractions=(1.0, 0.0, 0.0), **scoring)
+    source, _ = build(config)
+    assert source.within_alphabet == 1.0 and source.input_shape == (1, 20, 20)
+    run_dir = train_fewshot(config)
+    _, learner = load_learner(run_dir)  # the stored config rebuilds the same 20x20 model
+    assert next(learner.parameters()).shape[0] == 64
+    if runs.exists():
+        result = json.loads((run_dir / "one_shot_runs.json").read_text())
+        assert result["queries"] == 100 and 0 <= result["errors"] <= 100
+
+
 def _rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
