@@ -50,6 +50,9 @@ PLANS: dict[str, dict] = {
     "blackbox": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=3000, outer_lr=3e-4),
 }
 
+#: what the table keeps of a one-shot-runs result
+SCORE_KEYS = ("error_rate", "errors", "queries", "ci95_low", "ci95_high")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,7 +153,7 @@ def score(run_dir: Path, config: FewShotConfig, tta: int, train_minutes: float |
         if fresh or not path.exists():
             evaluate_run(run_dir, config=dataclasses.replace(config, one_shot_augment=copies))
         result = json.loads(path.read_text())
-        row[key] = {k: result[k] for k in ("error_rate", "errors", "queries", "ci95_low", "ci95_high")}
+        row[key] = {k: result[k] for k in SCORE_KEYS}
     return row
 
 
@@ -177,7 +180,7 @@ def score_ensemble(run_dirs: list[Path], runs_path: Path, tta: int, out: Path, t
                                                             seed=distortion_seed)
                                      for learner, batch, steps in members]).mean(dim=0)
         result = one_shot_score(probabilities, members[0][1].query_y)
-        return {k: result[k] for k in ("error_rate", "errors", "queries", "ci95_low", "ci95_high")}
+        return {k: result[k] for k in SCORE_KEYS}
 
     row["plain"] = ensemble_score(0, seed)
     if tta:

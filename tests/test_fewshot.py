@@ -56,13 +56,14 @@ def test_within_alphabet_and_image_size_reach_the_source_model_and_one_shot_runs
     runs = omniglot_dir / "one_shot_runs_01-05.zip"
     scoring = dict(eval_tasks=0, one_shot_runs=str(runs)) if runs.exists() else dict(eval_tasks=2, eval_split="train")
     config = _quick(tmp_path, learner="protonet", source="omniglot", data_root=str(omniglot_dir), ways=20, shots=1,
-                    query_shots=1, iterations=2, meta_batch_size=1, within_alphabet=1.0, image_size=20,
+                    query_shots=1, iterations=2, meta_batch_size=1, within_alphabet=1.0, image_size=32,
                     split_fractions=(1.0, 0.0, 0.0), **scoring)
     source, _ = build(config)
-    assert source.within_alphabet == 1.0 and source.input_shape == (1, 20, 20)
+    assert source.within_alphabet == 1.0 and source.input_shape == (1, 32, 32)
     run_dir = train_fewshot(config)
-    _, learner = load_learner(run_dir)  # the stored config rebuilds the same 20x20 model
-    assert next(learner.parameters()).shape[0] == 64
+    _, learner = load_learner(run_dir)  # the stored config rebuilds the same 32x32 model
+    assert learner.embedding.embedding_dim == 64 * 2 * 2  # 28x28 inputs would give 64
+    assert learner.embedding(torch.zeros(1, 1, 32, 32)).shape == (1, 256)
     if runs.exists():
         result = json.loads((run_dir / "one_shot_runs.json").read_text())
         assert result["queries"] == 100 and 0 <= result["errors"] <= 100

@@ -298,15 +298,6 @@ def test_presets_load_into_the_config(preset):
     probe.close()
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Small matrices: one intra-op thread is faster, and far faster on a busy machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.learning
 def test_learns_to_adapt_on_2d_navigation(one_torch_thread):
     """Post-adaptation return on held-out goals clearly above pre-adaptation after ~30 small meta-iterations."""
