@@ -451,8 +451,11 @@ class HalfCheetahMorphEnv(_MorphologyEnv):
         self._init_task(initial)
         EzPickle.__init__(self, **kwargs)
 
+    def _observation_parts(self) -> tuple[np.ndarray, ...]:
+        return self._qpos[self._obs_start :], self._qvel
+
     def _get_obs(self) -> np.ndarray:
-        return np.concatenate((self._qpos[self._obs_start :], self._qvel))
+        return self._gather_observation()
 
     def _position_for_reward(self) -> float:
         return self._qpos.item(0)

@@ -16,7 +16,9 @@ the suite shares:
 
 Subclasses implement ``_get_obs()`` and ``_reward(action, x_before) -> (reward, terminated, info)`` (``info``
 holds the ``reward_<name>`` terms, in the order they are added up into ``reward``, then any extra entries) and may
-override ``_reset_state()``.
+override ``_reset_state()``. An observation that is a concatenation of slices of ``mjData`` arrays (the planar
+robots' ``(qpos[1:], qvel)``) is best built by implementing ``_observation_parts()`` and returning
+``self._gather_observation()`` from ``_get_obs`` (one fancy-indexing call, see :func:`data_gather`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from .base import TaskEnvMixin, check_finite_action
 
 # the clip ufunc itself (NumPy 2): np.clip's Python wrapper costs ~1 us more per call
 _clip = getattr(getattr(np, "_core", None), "umath", np).clip
+_mj_step = mujoco.mj_step
+# MuJoCo's counters of its own resets after a blow-up (bad qpos, qvel or qacc)
+_BLOW_UP_WARNINGS = (
+    int(mujoco.mjtWarning.mjWARN_BADQPOS),
+    int(mujoco.mjtWarning.mjWARN_BADQVEL),
+    int(mujoco.mjtWarning.mjWARN_BADQACC),
+)
 
 GYMNASIUM_ASSETS = os.path.join(os.path.dirname(gym.__file__), "envs", "mujoco", "assets")
 
@@ -45,6 +54,43 @@ def gymnasium_asset(name: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"Gymnasium MuJoCo asset {name!r} not found at {path}")
     return path
+
+
+def data_gather(parts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(source, index)`` with ``source[index]`` equal to ``np.concatenate(parts)`` at every later moment.
+
+    ``parts`` are 1-D, contiguous float64 views into the arrays of one ``mjData`` (``data.qpos[1:]``,
+    ``data.qvel``, ...). MuJoCo allocates all of them in one arena (``mjData.buffer``), so ``source`` is a read-only
+    1-D view spanning them (padding between arrays included, never indexed) and ``index`` the positions of the
+    parts' elements in it: the copy is then one fancy-indexing call, ~0.1 us against ~0.5 us for
+    ``np.concatenate`` of two 9-element views (2% of a HalfCheetah step). ``source`` keeps the arena alive.
+    Parts that do not share one ``mjData`` owner, or are not contiguous float64, raise ``ValueError``.
+    """
+
+    def owner(array: np.ndarray) -> object:
+        while isinstance(array, np.ndarray) and array.base is not None:
+            array = array.base
+        return array
+
+    if not parts:
+        raise ValueError("data_gather needs at least one array")
+    for part in parts:
+        if part.ndim != 1 or part.dtype != np.float64 or not part.flags.c_contiguous:
+            raise ValueError(f"data_gather takes 1-D contiguous float64 views, got {part.dtype} {part.shape}")
+    root = owner(parts[0])
+    if isinstance(root, np.ndarray) or any(owner(part) is not root for part in parts):
+        raise ValueError("data_gather's arrays must all be views into one mjData")
+    addresses = [part.__array_interface__["data"][0] for part in parts]
+    start = min(addresses)
+    end = max(address + part.nbytes for address, part in zip(addresses, parts))
+    if any((address - start) % 8 for address in addresses):
+        raise ValueError("data_gather's arrays are not 8-byte aligned relative to each other")
+    first = parts[addresses.index(start)]
+    source = np.lib.stride_tricks.as_strided(first, shape=((end - start) // 8,), strides=(8,), writeable=False)
+    index = np.concatenate(
+        [np.arange(part.size, dtype=np.intp) + (address - start) // 8 for address, part in zip(addresses, parts)]
+    )
+    return source, index
 
 
 class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
@@ -76,6 +122,9 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         """Adopt ``model`` (also used by morphology envs that rebuild it at reset)."""
         self.model = model
         self.data = mujoco.MjData(model)
+        self._obs_gather: tuple[np.ndarray, np.ndarray] | None = None
+        # data.time after the last reset or step (reading data.time costs ~0.15 us; see _finish_step)
+        self._time = 0.0
         # views into self.data, cached once: each `self.data.qpos` access builds a new array view (~0.2 us)
         self._qpos, self._qvel, self._ctrl = self.data.qpos, self.data.qvel, self.data.ctrl
         self._action_shape = (model.nu,)
@@ -101,6 +150,17 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
     # --- to implement ------------------------------------------------------------------------------------
     def _get_obs(self) -> np.ndarray:
         raise NotImplementedError
+
+    def _observation_parts(self) -> tuple[np.ndarray, ...]:
+        """Views into ``self.data`` whose concatenation is the observation, for ``_gather_observation``."""
+        raise NotImplementedError
+
+    def _gather_observation(self) -> np.ndarray:
+        """A fresh array equal to ``np.concatenate(self._observation_parts())`` (the gather is built once per model)."""
+        gather = self._obs_gather
+        if gather is None:
+            gather = self._obs_gather = data_gather(self._observation_parts())
+        return gather[0][gather[1]]
 
     def _reward(self, action: np.ndarray, x_before: Any) -> tuple[float, bool, dict[str, Any]]:
         """The reward, whether the episode terminated, and a fresh ``info`` dict.
@@ -141,6 +201,7 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         self._apply_pending_task()
         mujoco.mj_resetData(self.model, self.data)
         self._reset_state()
+        self._time = self.data.time
         obs = self._get_obs()
         self._last_obs = obs
         return obs, {"task": self._task}
@@ -161,23 +222,26 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         # the control cost's ||a||² of the applied action: subclasses read it from self._ctrl_norm2
         self._ctrl_norm2 = float(ctrl.dot(ctrl))
         x_before = self._position_for_reward()
-        data = self.data
-        time_before = data.time
-        mujoco.mj_step(self.model, data, self.frame_skip)
-        return self._finish_step(x_before, time_before)
+        _mj_step(self.model, self.data, self.frame_skip)
+        return self._finish_step(x_before, self._time)
 
     def _finish_step(self, x_before: Any, time_before: float):
         """Everything ``step`` does after the physics: observation, blow-up check, reward terms, ``info``.
 
         Also called by :class:`~metarl.envs.vector.TaskVectorEnv`, which sets ``data.ctrl`` and ``_ctrl_norm2``
-        and runs the physics itself, so both paths share this code.
+        and runs the physics itself, so both paths share this code. ``time_before`` is ``data.time`` before the
+        physics as this env last saw it (``self._time``, kept at each reset and step).
         """
         obs = self._get_obs()
         # MuJoCo checks qpos, qvel and qacc for NaN or |x| > 1e10 before each of its steps and resets mjData on a
         # blow-up (time back to 0), so a blow-up shows as time not advancing by the frame_skip steps; if it did
-        # advance, the state is finite (integrating checked, finite values). A reward that is not finite (a NaN
-        # test that costs no NumPy call: NaN - NaN and inf - inf are NaN) also ends the episode.
-        if self.data.time < time_before + self._min_time_advance:
+        # advance, the state is finite (integrating checked, finite values). Time that did not advance is
+        # confirmed with MuJoCo's blow-up counters (someone may have moved data.time since the last step). A
+        # reward that is not finite (a NaN test that costs no NumPy call: NaN - NaN and inf - inf are NaN) also
+        # ends the episode.
+        time_after = self.data.time
+        self._time = time_after
+        if time_after < time_before + self._min_time_advance and self._physics_was_reset():
             return self._unstable_step()
         reward, terminated, info = self._reward(self._ctrl, x_before)
         if reward - reward != 0.0:
@@ -185,6 +249,11 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         info["task"] = self._task
         self._last_obs = obs
         return obs, reward, terminated, False, info
+
+    def _physics_was_reset(self) -> bool:
+        """Whether MuJoCo reset mjData after a blow-up since the last ``mj_resetData`` (``reset()`` calls it)."""
+        warnings = self.data.warning
+        return any(warnings[i].number > 0 for i in _BLOW_UP_WARNINGS)
 
     def _unstable_step(self):
         """A non-finite state: end the episode, keep the last finite observation, flag it in ``info``."""
@@ -223,15 +292,10 @@ class PlanarRootObservation:
     _qpos: np.ndarray
     _qvel: np.ndarray
 
-    def _install_model(self, model: mujoco.MjModel) -> None:
-        self._obs_parts: tuple[np.ndarray, ...] | None = None
-        super()._install_model(model)  # type: ignore[misc]
+    def _observation_parts(self) -> tuple[np.ndarray, ...]:
+        return self._qpos[1:], self._qvel
 
-    def _get_obs(self) -> np.ndarray:
-        parts = self._obs_parts
-        if parts is None:  # views into the current MjData, built once per model
-            parts = self._obs_parts = (self._qpos[1:], self._qvel)
-        return np.concatenate(parts)
+    _get_obs = MujocoTaskEnv._gather_observation  # one call less per step than a method that calls it
 
     def _position_for_reward(self) -> float:
         return self._qpos.item(0)

@@ -308,8 +308,11 @@ class _PlanarWalkerRandParamsEnv(RandParamsEnv):
         qvel = self.init_qvel + self.np_random.uniform(-s, s, size=self.model.nv)
         self._set_state(qpos, qvel)
 
+    def _observation_parts(self) -> tuple[np.ndarray, ...]:
+        return self._qpos[1:], self._qvel
+
     def _get_obs(self) -> np.ndarray:
-        obs = np.concatenate((self._qpos[1:], self._qvel))
+        obs = self._gather_observation()
         velocity = obs[self._nq - 1 :]
         np.maximum(velocity, -10.0, out=velocity)
         np.minimum(velocity, 10.0, out=velocity)

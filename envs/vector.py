@@ -494,7 +494,7 @@ class TaskVectorEnv(VectorEnv):
         ctrl = env._ctrl
         ctrl[:] = control
         env._ctrl_norm2 = float(ctrl.dot(ctrl))
-        return env._position_for_reward(), env.data.time
+        return env._position_for_reward(), env._time
 
     def _post(self, i: int, env: MujocoTaskEnv, x_before: Any, time_before: float, infos: list) -> None:
         """``MujocoTaskEnv.step`` after ``mj_step``: the env's own ``_finish_step``."""

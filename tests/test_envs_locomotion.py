@@ -439,3 +439,61 @@ def test_humanoid_dir_along_x_equals_gymnasium_humanoid_v5():
         if step is not None:
             for name in ("forward", "ctrl", "contact", "survive"):
                 assert step[4]["reward_" + name] == pytest.approx(ref_step[4]["reward_" + name], rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "env_id", ["metarl/HalfCheetahVel-v0", "metarl/HalfCheetahMorph-v0", "metarl/Walker2dRandParams-v0"]
+)
+def test_gathered_observation_equals_the_concatenation_and_is_a_fresh_copy(env_id):
+    """The one-call gather (``data_gather``) against ``np.concatenate`` of the same views, across resets that
+    rebuild the model (morphology) and steps; the returned array never aliases mjData."""
+    env = gym.make(env_id).unwrapped
+    for seed, task in enumerate(env.sample_tasks(2, split="train", seed=3)):
+        obs, _ = env.reset(seed=seed, options={"task": task})
+        for step in range(5):
+            parts = env._observation_parts()
+            expected = np.concatenate(parts)
+            if env_id.startswith("metarl/Walker2d"):
+                expected[env._nq - 1 :] = np.clip(expected[env._nq - 1 :], -10.0, 10.0)
+            np.testing.assert_array_equal(obs, expected)
+            before = env.data.qvel.copy()
+            obs[:] = 1e6  # writing to an observation must not reach the simulator
+            np.testing.assert_array_equal(env.data.qvel, before)
+            obs = env.step(env.action_space.sample())[0]
+    env.close()
+
+
+def test_data_gather_rejects_arrays_that_are_not_views_of_one_mjdata():
+    import mujoco
+
+    from metarl.envs.mujoco_base import data_gather
+
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><body><freejoint/><geom size='.1'/></body></worldbody></mujoco>")
+    first, second = mujoco.MjData(model), mujoco.MjData(model)
+    source, index = data_gather((first.qvel, first.qpos[3:]))
+    first.qpos[:] = np.arange(7.0)
+    first.qvel[:] = -np.arange(6.0)
+    np.testing.assert_array_equal(source[index], np.concatenate((first.qvel, first.qpos[3:])))
+    with pytest.raises(ValueError, match="one mjData"):
+        data_gather((first.qpos, second.qvel))
+    with pytest.raises(ValueError, match="one mjData"):
+        data_gather((np.zeros(3), np.zeros(2)))
+    with pytest.raises(ValueError, match="contiguous float64"):
+        data_gather((first.qpos[::2],))
+
+
+def test_moving_data_time_between_steps_is_not_mistaken_for_a_blow_up(tmp_path, monkeypatch):
+    """The env keeps data.time from its last step (``_time``); someone moving the clock (restoring a saved state)
+    must not end the episode, and a real blow-up after that must still."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo appends its warning to ./MUJOCO_LOG.TXT
+    env = HalfCheetahVelEnv()
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.zeros(6))
+    env.data.time = 0.0  # backwards
+    _, _, _, truncated, info = env.step(np.zeros(6))
+    assert not truncated and "physics_unstable" not in info
+    env.data.time = 100.0  # forwards, then a blow-up
+    env.data.qvel[:] = 1e308
+    _, reward, _, truncated, info = env.step(np.zeros(6))
+    assert truncated and info["physics_unstable"] is True and reward == 0.0
