@@ -293,7 +293,9 @@ def main() -> None:
         for env_id, cls in available:
             if cls is not None and issubclass(cls, MujocoTaskEnv):
                 log(f"step cost: {env_id}")
-                report["step_cost"][env_id] = step_cost(env_id, steps=400 if quick else 2000, repeats=5 if quick else 15)
+                report["step_cost"][env_id] = step_cost(
+                    env_id, steps=400 if quick else 2000, repeats=5 if quick else 15
+                )
     if "vector" in sections:
         if entry_class(dict((e[0], e[1]) for e in ENVIRONMENTS)[VECTOR_ENV_ID]) is None:
             report["vector"] = {"skipped": f"{VECTOR_ENV_ID} does not import"}

@@ -450,7 +450,7 @@ def test_gathered_observation_equals_the_concatenation_and_is_a_fresh_copy(env_i
     env = gym.make(env_id).unwrapped
     for seed, task in enumerate(env.sample_tasks(2, split="train", seed=3)):
         obs, _ = env.reset(seed=seed, options={"task": task})
-        for step in range(5):
+        for _ in range(5):
             parts = env._observation_parts()
             expected = np.concatenate(parts)
             if env_id.startswith("metarl/Walker2d"):
@@ -468,7 +468,8 @@ def test_data_gather_rejects_arrays_that_are_not_views_of_one_mjdata():
 
     from metarl.envs.mujoco_base import data_gather
 
-    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><body><freejoint/><geom size='.1'/></body></worldbody></mujoco>")
+    xml = "<mujoco><worldbody><body><freejoint/><geom size='.1'/></body></worldbody></mujoco>"
+    model = mujoco.MjModel.from_xml_string(xml)
     first, second = mujoco.MjData(model), mujoco.MjData(model)
     source, index = data_gather((first.qvel, first.qpos[3:]))
     first.qpos[:] = np.arange(7.0)
