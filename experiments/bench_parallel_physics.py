@@ -7,7 +7,15 @@ ways on the same 20 sub-envs (their own ``MjModel``/``MjData``, random controls 
 * ``threads``: the same calls split between the calling thread and one worker thread (``mj_step`` releases the GIL),
   as ``TaskVectorEnv``'s threaded path does;
 * ``rollout``: MuJoCo's own multi-threaded ``mujoco.rollout`` over all 20 envs in one call (2 threads, persistent
-  pool, no GIL at all while it runs), plus the ``mj_getState``/``mj_setState`` copies it needs in and out.
+  pool, no GIL at all while it runs), plus the ``mj_getState``/``mj_setState`` copies it needs in and out;
+* ``two_streams``: the ``threads`` split, but each thread steps its half through the whole block of ``--steps``
+  vector steps with one hand-off per block instead of one per vector step: what the two vCPUs give when nothing
+  synchronises them (a vector env cannot do this: every step waits for the policy's actions);
+* ``two_streams_held``: ``two_streams`` with the controls held through the block (no Python between the
+  ``mj_step`` calls but the loop itself): how much of the two-thread gain the GIL hand-backs between calls take.
+
+Also ``handoff_round_trip_us``: the median time of handing a no-op to the worker thread and waiting for it
+(``ThreadPoolExecutor.submit(...).result()``), the synchronisation each threaded vector step pays once.
 
 Interleaved repeats, medians, JSON on stdout. Run it with the machine otherwise idle:
 
@@ -74,6 +82,22 @@ def main() -> None:
         physics(models[:half], datas[:half])
         worker.result()
 
+    def half_stream(lo: int, hi: int, write_controls: bool = True) -> None:
+        for step in range(args.steps):
+            for k in range(lo, hi):
+                if write_controls:
+                    datas[k].ctrl[:] = controls[step, k]
+                mujoco.mj_step(models[k], datas[k], frame_skip)
+
+    def two_streams(write_controls: bool = True) -> None:
+        worker = pool.submit(half_stream, half, n, write_controls)
+        half_stream(0, half, write_controls)
+        worker.result()
+
+    def two_streams_held() -> None:
+        set_controls(0)
+        two_streams(write_controls=False)
+
     def batched_rollout(step: int) -> None:
         for k in range(n):
             mujoco.mj_getState(models[k], datas[k], start_states[k], full)
@@ -83,7 +107,13 @@ def main() -> None:
         for k in range(n):
             mujoco.mj_setState(models[k], datas[k], rollout_states[k, -1], full)
 
-    variants: dict[str, Callable[[int], None]] = {"loop": loop, "threads": threads, "rollout": batched_rollout}
+    def per_step(function: Callable[[int], None]) -> Callable[[], None]:
+        return lambda: [function(step) for step in range(args.steps)]
+
+    variants: dict[str, Callable[[], None]] = {
+        "loop": per_step(loop), "threads": per_step(threads), "rollout": per_step(batched_rollout),
+        "two_streams": two_streams, "two_streams_held": two_streams_held,
+    }
     snapshot = np.empty((n, nstate))
     for k in range(n):
         mujoco.mj_getState(models[k], datas[k], snapshot[k], full)
@@ -94,10 +124,14 @@ def main() -> None:
             for k in range(n):  # every variant steps the same states with the same controls
                 mujoco.mj_setState(models[k], datas[k], snapshot[k], full)
             t0 = time.perf_counter()
-            for step in range(args.steps):
-                variants[name](step)
+            variants[name]()
             if repeat:  # the first round warms up (thread pools, caches)
                 times[name].append(1e6 * (time.perf_counter() - t0) / (args.steps * n))
+    handoffs = []
+    for _ in range(2000):
+        t0 = time.perf_counter()
+        pool.submit(int).result()
+        handoffs.append(time.perf_counter() - t0)
     rollout.shutdown_persistent_pool()
     pool.shutdown()
     us = {name: round(statistics.median(t), 2) for name, t in times.items()}
@@ -106,6 +140,7 @@ def main() -> None:
         "cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "physics_us_per_env_step_median": us,
         "speedup_over_loop": {name: round(us["loop"] / value, 3) for name, value in us.items()},
+        "handoff_round_trip_us": round(1e6 * statistics.median(handoffs), 1),
         "versions": {"mujoco": mujoco.__version__, "gymnasium": gym.__version__},
     }, indent=2))
 
