@@ -30,7 +30,9 @@ Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :
 gauss_newton_fvp`); each costs about ten forward passes over the support and query steps, and CG needs eleven.
 ``fisher_subsample`` (the presets use 0.2) computes them on a random fifth of the tasks: the learner's share of a
 HalfCheetah iteration drops from 50-60% to 18-25% (``experiments/bench_maml_trpo.py``); the gradient and the line
-search (surrogate and KL) always use every task.
+search (surrogate and KL) always use every task. Too few tasks misjudge the KL: with 2 of 10 HalfCheetahDir tasks the
+line search backtracked 5-9 times per step and training stalled near 100 (125.6 held out; 285.3 with all 10 tasks,
+experiments/RESULTS.md), so a config whose subsample leaves fewer than ``MIN_FISHER_TASKS`` tasks gets a warning.
 
 Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
 undiscounted return of the ``adapt_episodes`` rollouts per task collected with the policy after k adaptation
@@ -43,6 +45,7 @@ drives: at each stage it renders one more episode of the policy of that stage (`
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -68,6 +71,10 @@ from metarl.envs.recording import make_recording_envs
 from metarl.envs.vector import TaskVectorEnv
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+MIN_FISHER_TASKS = 4
+"""Below this many tasks in the Fisher-vector products (``fisher_subsample`` x ``meta_batch_size``) a config warns."""
 
 
 @dataclass
@@ -140,6 +147,15 @@ class MAMLTRPOConfig(AgentConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 < self.fisher_subsample <= 1:
             raise ValueError(f"fisher_subsample must be in (0, 1], got {self.fisher_subsample!r}")
+        fisher_tasks = max(1, round(self.fisher_subsample * self.meta_batch_size))
+        if fisher_tasks < min(MIN_FISHER_TASKS, self.meta_batch_size):
+            warnings.warn(
+                f"fisher_subsample={self.fisher_subsample} x meta_batch_size={self.meta_batch_size} leaves "
+                f"{fisher_tasks} task(s) for the Fisher-vector products: the natural step may misjudge the KL "
+                f"(raise fisher_subsample to keep at least {MIN_FISHER_TASKS})",
+                UserWarning,
+                stacklevel=3,
+            )
         if not 0 < self.backtrack_ratio < 1:
             raise ValueError(f"backtrack_ratio must be in (0, 1), got {self.backtrack_ratio!r}")
         for name in ("discount", "gae_lambda"):

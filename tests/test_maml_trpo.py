@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -267,6 +268,17 @@ def test_bad_config_values_raise_one_line_errors(overrides, message):
     with pytest.raises(ValueError, match=message) as info:
         MAMLTRPOConfig(**overrides)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.api
+def test_a_fisher_subsample_leaving_too_few_tasks_warns():
+    with pytest.warns(UserWarning, match="leaves 2 task"):
+        MAMLTRPOConfig(meta_batch_size=10, fisher_subsample=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MAMLTRPOConfig(meta_batch_size=10, fisher_subsample=1.0)  # all 10 tasks
+        MAMLTRPOConfig(meta_batch_size=40, fisher_subsample=0.2)  # the presets: 8 tasks
+        MAMLTRPOConfig(meta_batch_size=2, fisher_subsample=1.0)  # a meta-batch smaller than the minimum
 
 
 @pytest.mark.api
