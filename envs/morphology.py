@@ -454,9 +454,6 @@ class HalfCheetahMorphEnv(_MorphologyEnv):
     def _observation_parts(self) -> tuple[np.ndarray, ...]:
         return self._qpos[self._obs_start :], self._qvel
 
-    def _get_obs(self) -> np.ndarray:
-        return self._gather_observation()
-
     def _position_for_reward(self) -> float:
         return self._qpos.item(0)
 

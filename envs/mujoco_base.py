@@ -17,8 +17,8 @@ the suite shares:
 Subclasses implement ``_get_obs()`` and ``_reward(action, x_before) -> (reward, terminated, info)`` (``info``
 holds the ``reward_<name>`` terms, in the order they are added up into ``reward``, then any extra entries) and may
 override ``_reset_state()``. An observation that is a concatenation of slices of ``mjData`` arrays (the planar
-robots' ``(qpos[1:], qvel)``) is best built by implementing ``_observation_parts()`` and returning
-``self._gather_observation()`` from ``_get_obs`` (one fancy-indexing call, see :func:`data_gather`).
+robots' ``(qpos[1:], qvel)``) needs only ``_observation_parts()``: the default ``_get_obs`` gathers them in one
+fancy-indexing call (see :func:`data_gather`).
 """
 
 from __future__ import annotations
@@ -148,15 +148,13 @@ class MujocoTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         return float(self.model.opt.timestep) * self.frame_skip
 
     # --- to implement ------------------------------------------------------------------------------------
-    def _get_obs(self) -> np.ndarray:
-        raise NotImplementedError
-
     def _observation_parts(self) -> tuple[np.ndarray, ...]:
-        """Views into ``self.data`` whose concatenation is the observation, for ``_gather_observation``."""
+        """Views into ``self.data`` whose concatenation is the observation (for the default ``_get_obs``)."""
         raise NotImplementedError
 
-    def _gather_observation(self) -> np.ndarray:
-        """A fresh array equal to ``np.concatenate(self._observation_parts())`` (the gather is built once per model)."""
+    def _get_obs(self) -> np.ndarray:
+        """A fresh array equal to ``np.concatenate(self._observation_parts())`` (the gather is built once per model);
+        envs whose observation is more than slices of ``mjData`` override this."""
         gather = self._obs_gather
         if gather is None:
             gather = self._obs_gather = data_gather(self._observation_parts())
@@ -294,8 +292,6 @@ class PlanarRootObservation:
 
     def _observation_parts(self) -> tuple[np.ndarray, ...]:
         return self._qpos[1:], self._qvel
-
-    _get_obs = MujocoTaskEnv._gather_observation  # one call less per step than a method that calls it
 
     def _position_for_reward(self) -> float:
         return self._qpos.item(0)

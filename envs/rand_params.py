@@ -312,7 +312,7 @@ class _PlanarWalkerRandParamsEnv(RandParamsEnv):
         return self._qpos[1:], self._qvel
 
     def _get_obs(self) -> np.ndarray:
-        obs = self._gather_observation()
+        obs = super()._get_obs()
         velocity = obs[self._nq - 1 :]
         np.maximum(velocity, -10.0, out=velocity)
         np.minimum(velocity, 10.0, out=velocity)

@@ -15,6 +15,10 @@ repeats), because on a shared 2-core machine absolute timings from different sit
    are reported too, and which one auto picked.
 3. ``steps_per_second``: every registered environment as users get it (``gymnasium.make``), random actions from
    its seeded action space, resets included when episodes end.
+4. ``python_overhead``: the Python a HalfCheetahVel step adds, with the physics taken out (``frame_skip`` 0): the
+   env's ``step`` against the raw loop's control write + ``mj_step(model, data, 0)``; and its pieces, timed alone:
+   ``np.concatenate`` of ``(qpos[1:], qvel)`` against the one-call gather (``data_gather``), and ``mj_step`` called
+   with ``nstep`` as a keyword against positionally. Minimum over repeats of ``timeit`` loops.
 
 Usage::
 
@@ -153,6 +157,38 @@ def step_cost(env_id: str, steps: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def python_overhead(env_id: str = VECTOR_ENV_ID, number: int = 50_000, repeats: int = 9) -> dict[str, Any]:
+    """Microseconds per call of the pieces described in the module docstring (4.), best of ``repeats``."""
+    import timeit
+
+    from metarl.envs.mujoco_base import data_gather
+
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=0)
+    env.frame_skip = 0
+    env._min_time_advance = -1.0  # with no physics time does not advance: not a blow-up here
+    model, data = env.model, env.data
+    action = env.action_space.sample()
+    ctrl, step = data.ctrl, mujoco.mj_step
+    parts = (data.qpos[1:], data.qvel)
+    source, index = data_gather(parts)
+
+    def raw() -> None:
+        ctrl[:] = action
+        step(model, data, 0)
+
+    pieces = {
+        "env_step": lambda: env.step(action), "raw_ctrl_write_and_mj_step": raw,
+        "concatenate": lambda: np.concatenate(parts), "gather": lambda: source[index],
+        "mj_step_keyword": lambda: step(model, data, nstep=0), "mj_step_positional": lambda: step(model, data, 0),
+    }
+    us = {name: round(1e6 * min(timeit.repeat(f, number=number, repeat=repeats)) / number, 3)
+          for name, f in pieces.items()}
+    env.close()
+    us["env_python_over_raw"] = round(us["env_step"] - us["raw_ctrl_write_and_mj_step"], 3)
+    return {"env_id": env_id, "us_per_call": us}
+
+
 # --- 2. TaskVectorEnv vs SyncVectorEnv -----------------------------------------------------------------------
 def make_policy(obs_dim: int, act_dim: int) -> Callable[[np.ndarray], np.ndarray]:
     torch.manual_seed(0)
@@ -259,7 +295,8 @@ def steps_per_second(env_id: str, steps: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps; skips Meta-World ML10/ML45")
-    parser.add_argument("--only", choices=["step_cost", "vector", "steps_per_second"], action="append")
+    parser.add_argument("--only", choices=["step_cost", "vector", "steps_per_second", "python_overhead"],
+                        action="append")
     parser.add_argument("--out", help="also write the JSON to this file")
     parser.add_argument("--envs", nargs="+", metavar="ID", help="only these env ids (step_cost and steps_per_second)")
     parser.add_argument(
@@ -267,7 +304,7 @@ def main() -> None:
         help="before each vector repeat, wait up to this long for the machine to be 90%% idle (shared machines)",
     )
     args = parser.parse_args()
-    sections = set(args.only or ["step_cost", "vector", "steps_per_second"])
+    sections = set(args.only or ["step_cost", "vector", "steps_per_second", "python_overhead"])
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)  # Gymnasium's checker on Meta-World's zero goal box
     quick = args.quick
@@ -315,6 +352,9 @@ def main() -> None:
                 continue
             log(f"steps/s: {env_id}")
             report["steps_per_second"][env_id] = steps_per_second(env_id, steps=1000 if quick else 3000)
+    if "python_overhead" in sections:
+        log("python overhead: HalfCheetahVel step without physics")
+        report["python_overhead"] = python_overhead()
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(report, indent=2)
     print(text)
