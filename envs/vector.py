@@ -23,13 +23,17 @@ faster than ``AsyncVectorEnv`` on HalfCheetah. This class is faster still:
   subclasses (and keep its ``step``) are stepped without the per-env action checks (done once for the batch: one
   clip of all actions, one NaN test), running the env's own ``_position_for_reward`` before and ``_finish_step``
   after the physics, exactly as ``MujocoTaskEnv.step`` does.
-* **Physics on several threads**, when that is faster. ``mujoco.mj_step`` releases the GIL while it runs
-  (measured here with MuJoCo 3.3: two threads stepping two HalfCheetahs take ~0.6x the time of one thread doing
-  both), so worker threads call ``mj_step`` on their share of sub-envs while the calling thread does all the
-  Python (which the GIL serialises anyway) and the physics of its own share, sized step by step so both finish
-  together. Each sub-env's physics is the very ``mj_step(model, data, nstep=frame_skip)`` call its own ``step``
-  makes, on its own ``MjData``, so trajectories (blow-ups included) are bit-identical to stepping the envs one by
-  one (tested). By default (``physics_threads=None``) the vector env times both paths for a few steps every 2000
+* **Physics on several threads**, when that is faster. The calling thread does all the Python and the physics of
+  its own share of sub-envs; each extra thread steps a block of the others, sized step by step so that both finish
+  together. By default the extra threads are a small compiled worker (``envs/_physics_worker.c``, built at
+  install): a C thread that steps its whole block with MuJoCo's ``mj_step`` without touching Python or the GIL,
+  and spins for up to half a millisecond waiting for the next block instead of sleeping, because on these 2-core
+  VMs a kernel wake-up of a sleeping thread costs ~30 us and a Python worker needs the GIL back between its
+  ``mj_step`` calls (Python threads gave ~1.2x SyncVectorEnv, the compiled worker ~1.6x; experiments/RESULTS.md).
+  Without a C compiler at install the worker is not built and Python threads are used (``native_worker``). Each
+  sub-env's physics is the very ``mj_step`` its own ``step`` makes (the same function of the same libmujoco), on
+  its own ``MjData``, so trajectories (blow-ups included) are bit-identical to stepping the envs one by one
+  (tested). By default (``physics_threads=None``) the vector env times both paths for a few steps every 2000
   steps and uses the faster: on a busy 2-core machine threads lose (the second core is taken), on an idle one
   they win.
 
@@ -51,7 +55,11 @@ Bad input
 from __future__ import annotations
 
 import copy as _copy
+import ctypes
+import glob
+import importlib.machinery
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
@@ -69,6 +77,85 @@ from .base import TaskError
 from .mujoco_base import MujocoTaskEnv
 
 _PASS_THROUGH_WRAPPERS = (TimeLimit, OrderEnforcing, PassiveEnvChecker)
+
+
+class _NativeWorkerLibrary:
+    """The compiled physics worker (``envs/_physics_worker.c``, built by ``setup.py``) with MuJoCo's ``mj_step``.
+
+    ``load()`` gives ``None`` when the library was not built (no C compiler at install) or cannot be loaded; the
+    vector env then uses Python threads. ``METARL_NATIVE_WORKER=0`` turns it off (to compare the two).
+    """
+
+    _cache: _NativeWorkerLibrary | None | bool = False
+
+    def __init__(self, worker: ctypes.CDLL, mujoco_lib: ctypes.CDLL) -> None:
+        self.lib = worker
+        worker.metarl_worker_new.restype = ctypes.c_void_p
+        worker.metarl_worker_new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+        worker.metarl_worker_submit.restype = None
+        worker.metarl_worker_submit.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
+        worker.metarl_worker_wait.restype = ctypes.c_int
+        worker.metarl_worker_wait.argtypes = [ctypes.c_void_p]
+        worker.metarl_worker_message.restype = ctypes.c_char_p
+        worker.metarl_worker_message.argtypes = [ctypes.c_void_p]
+        worker.metarl_worker_free.restype = None
+        worker.metarl_worker_free.argtypes = [ctypes.c_void_p]
+        # the very mj_step the Python bindings call (the same loaded libmujoco), and its thread-local error hook
+        self.mj_step = ctypes.cast(mujoco_lib.mj_step, ctypes.c_void_p).value
+        self.set_error_handler = ctypes.cast(mujoco_lib._mjPRIVATE__set_tls_error_fn, ctypes.c_void_p).value
+
+    @classmethod
+    def load(cls) -> _NativeWorkerLibrary | None:
+        if cls._cache is False:
+            cls._cache = None
+            if os.environ.get("METARL_NATIVE_WORKER", "1") != "0":
+                here = os.path.dirname(os.path.abspath(__file__))
+                paths = [os.path.join(here, "_physics_worker" + suffix)
+                         for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+                mujoco_libs = glob.glob(os.path.join(os.path.dirname(mujoco.__file__), "libmujoco.so*"))
+                found = [p for p in paths if os.path.exists(p)]
+                if found and mujoco_libs:
+                    try:
+                        cls._cache = cls(ctypes.CDLL(found[0]), ctypes.CDLL(mujoco_libs[0]))
+                    except (OSError, AttributeError):
+                        cls._cache = None
+        return cls._cache  # type: ignore[return-value]
+
+
+class _NativeWorker:
+    """One C worker thread stepping blocks of (model, data, nstep) with ``mj_step``, GIL released (see the .c file)."""
+
+    SPIN_NS = 500_000
+    """How long the worker (and a caller waiting for it) spins before sleeping: longer than a policy forward pass
+    between two vector steps, so a running sampler never pays a kernel wake-up (~30 us on these VMs)."""
+
+    def __init__(self, library: _NativeWorkerLibrary, capacity: int) -> None:
+        self._lib = library.lib
+        handle = self._lib.metarl_worker_new(library.mj_step, library.set_error_handler, self.SPIN_NS)
+        if not handle:
+            raise OSError("could not start the physics worker thread")
+        self._handle = handle
+        self.models = np.zeros(capacity, dtype=np.uintp)
+        self.datas = np.zeros(capacity, dtype=np.uintp)
+        self.nsteps = np.zeros(capacity, dtype=np.int32)
+        self._pointers = (self.models.ctypes.data, self.datas.ctypes.data, self.nsteps.ctypes.data)
+
+    def submit(self, count: int) -> None:
+        """Step the first ``count`` entries of ``models``/``datas``/``nsteps``; returns at once."""
+        self._lib.metarl_worker_submit(self._handle, count, *self._pointers)
+
+    def wait(self) -> bool:
+        """Wait for the block; True if it was already done (the worker had less to do than the caller)."""
+        status = self._lib.metarl_worker_wait(self._handle)
+        if status & 1:
+            message = self._lib.metarl_worker_message(self._handle).decode(errors="replace")
+            raise mujoco.FatalError(f"MuJoCo error in the physics worker: {message}")
+        return not status & 2
+
+    def close(self) -> None:
+        if self._handle:
+            self._lib.metarl_worker_free(self._handle)
+            self._handle = None
 
 
 def _is_scalar(value: Any) -> bool:
@@ -166,6 +253,10 @@ class TaskVectorEnv(VectorEnv):
         physics_threads: threads for the MuJoCo physics of fast-path sub-envs. ``None`` (default): as many as the
             CPUs this process may use (at most ``num_envs``), used only while timing shows they are faster than
             plain ``mj_step`` calls in the calling thread. ``1``: always ``mj_step``; ``k > 1``: always threads.
+        native_worker: run the physics threads as the compiled worker (``envs/_physics_worker.c``: C threads that
+            step a whole block without the GIL and spin briefly between steps instead of sleeping) rather than
+            Python threads. ``None`` (default): the compiled worker when it was built at install, else Python
+            threads; ``False``: Python threads; ``True``: the compiled worker or an error. Same results either way.
         copy: return a copy of the observation batch (default, as ``SyncVectorEnv``); ``False`` returns the
             internal buffer, overwritten by the next call.
     """
@@ -179,6 +270,7 @@ class TaskVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         physics_threads: int | None = None,
+        native_worker: bool | None = None,
         copy: bool = True,
     ) -> None:
         super().__init__()
@@ -256,15 +348,33 @@ class TaskVectorEnv(VectorEnv):
             raise ValueError(f"physics_threads must be a positive integer or None (auto), got {physics_threads!r}")
         self.physics_threads = max(1, min(int(physics_threads), n_fast))
         self._pool: ThreadPoolExecutor | None = None
+        self._workers: list[_NativeWorker] = []
+        if native_worker not in (None, True, False):
+            raise ValueError(f"native_worker must be None, True or False, got {native_worker!r}")
+        library = _NativeWorkerLibrary.load() if native_worker is not False else None
+        if native_worker and library is None:
+            raise ValueError("native_worker=True but the compiled physics worker is not built (reinstall metarl "
+                             "with a C compiler: pip install -e .) or METARL_NATIVE_WORKER=0 is set")
         if self.physics_threads > 1:
-            self._pool = ThreadPoolExecutor(self.physics_threads - 1, thread_name_prefix="metarl-physics")
+            if library is not None:
+                self._workers = [_NativeWorker(library, n_fast) for _ in range(self.physics_threads - 1)]
+                # stop the C threads even if close() is never called
+                self._finalizer = weakref.finalize(self, _close_workers, list(self._workers))
+            else:
+                self._pool = ThreadPoolExecutor(self.physics_threads - 1, thread_name_prefix="metarl-physics")
+        self.native_physics = bool(self._workers)
+        """Whether the physics threads are the compiled worker (``envs/_physics_worker.c``) or Python threads."""
         self._main_share = n_fast // max(1, self.physics_threads)
         self._bound_models: list[Any] = [None] * self.num_envs
+        self._bound_datas: list[Any] = [None] * self.num_envs
+        self._model_addresses = [0] * self.num_envs
+        self._data_addresses = [0] * self.num_envs
         nu = self.single_action_space.shape[0] if self._box_act and self.single_action_space.shape else 0
         self._ctrl_low = np.zeros((self.num_envs, nu))
         self._ctrl_high = np.zeros((self.num_envs, nu))
         # auto mode: both physics paths give identical results, so time them now and then and use the faster
-        self._use_threads = self._pool is not None
+        self._threads_available = self._pool is not None or bool(self._workers)
+        self._use_threads = self._threads_available
         self._physics_calls = 0
         self._timings: dict[bool, list[float]] = {False: [], True: []}
 
@@ -455,9 +565,10 @@ class TaskVectorEnv(VectorEnv):
         """``MujocoTaskEnv.step`` for the sub-envs in ``indices`` (see the module docstring for the two paths)."""
         envs = self.envs
         for i in indices:
-            if envs[i].model is not self._bound_models[i]:
-                env = envs[i]
-                self._bound_models[i] = env.model
+            env = envs[i]
+            if env.model is not self._bound_models[i] or env.data is not self._bound_datas[i]:
+                self._bound_models[i], self._bound_datas[i] = env.model, env.data
+                self._model_addresses[i], self._data_addresses[i] = env.model._address, env.data._address
                 self._ctrl_low[i], self._ctrl_high[i] = env._ctrl_low, env._ctrl_high
         if len(indices) == self.num_envs:
             controls = actions.astype(np.float64)
@@ -467,14 +578,16 @@ class TaskVectorEnv(VectorEnv):
             np.clip(controls, self._ctrl_low[indices], self._ctrl_high[indices], out=controls)
 
         use_threads, tuning = self._use_threads and len(indices) > 1, False
-        if self.physics_mode == "auto" and self._pool is not None and len(indices) > 1:
+        if self.physics_mode == "auto" and self._threads_available and len(indices) > 1:
             phase = self._physics_calls % self._TUNE_EVERY
             self._physics_calls += 1
             tuning = phase < 2 * self._TUNE_SAMPLES
             if tuning:
                 use_threads = bool(phase % 2)
         start = perf_counter() if tuning else 0.0
-        if use_threads:
+        if use_threads and self._workers:
+            self._step_native(indices, controls, infos)
+        elif use_threads:
             self._step_threaded(indices, controls, infos)
         else:
             for row, i in enumerate(indices):
@@ -536,6 +649,44 @@ class TaskVectorEnv(VectorEnv):
         for row in range(main, n):
             self._post(indices[row], envs[indices[row]], *befores[row], infos)
 
+    def _step_native(self, indices: list[int], controls: np.ndarray, infos: list) -> None:
+        """``_step_threaded`` with the compiled workers: each gets its block of sub-envs in one hand-off and steps
+        it in C, without the GIL, while the calling thread does its own share and every sub-env's Python."""
+        envs, n, workers = self.envs, len(indices), self._workers
+        main = min(max(1, self._main_share), n - 1)
+        cuts = np.linspace(main, n, len(workers) + 1).round().astype(int).tolist()
+        befores: list[tuple[Any, float]] = [None] * n  # type: ignore[list-item]
+        models, datas = self._model_addresses, self._data_addresses
+        for w, worker in enumerate(workers):
+            for k, row in enumerate(range(cuts[w], cuts[w + 1])):
+                i = indices[row]
+                env = envs[i]
+                befores[row] = self._pre(env, controls[row])
+                worker.models[k], worker.datas[k], worker.nsteps[k] = models[i], datas[i], env.frame_skip
+            worker.submit(cuts[w + 1] - cuts[w])
+        step = mujoco.mj_step
+        try:
+            for row in range(main):
+                i = indices[row]
+                env = envs[i]
+                x_before, time_before = self._pre(env, controls[row])
+                step(env.model, env.data, env.frame_skip)
+                self._post(i, env, x_before, time_before, infos)
+        finally:
+            # every worker is waited for before anything else happens (they read the blocks until they are done)
+            errors, done_first = [], True
+            for worker in workers:
+                try:
+                    done_first = worker.wait() and done_first
+                except mujoco.FatalError as err:
+                    errors.append(err)
+        if errors:
+            raise errors[0]
+        # balance: if the workers were done before we needed them, take fewer envs here next time, else more
+        self._main_share = main - 1 if done_first else main + 1
+        for row in range(main, n):
+            self._post(indices[row], envs[indices[row]], *befores[row], infos)
+
     # --- helpers -----------------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Call method ``name`` of every sub-env (or read attribute ``name``); one result per sub-env."""
@@ -562,6 +713,9 @@ class TaskVectorEnv(VectorEnv):
         return tuple(sub.render() for sub in self.envs)
 
     def close_extras(self, **kwargs: Any) -> None:
+        if self._workers:
+            self._finalizer()
+            self._workers = []
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -571,6 +725,11 @@ class TaskVectorEnv(VectorEnv):
     def __repr__(self) -> str:
         name = self.spec.id if self.spec is not None else type(self.envs[0]).__name__
         return f"TaskVectorEnv({name}, num_envs={self.num_envs})"
+
+
+def _close_workers(workers: list[_NativeWorker]) -> None:
+    for worker in workers:
+        worker.close()
 
 
 def _run_physics(jobs: list[tuple[mujoco.MjModel, mujoco.MjData, int]]) -> float:

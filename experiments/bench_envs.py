@@ -12,7 +12,7 @@ repeats), because on a shared 2-core machine absolute timings from different sit
    ``SyncVectorEnv`` over the same 20 ``metarl/HalfCheetahVel-v0`` tasks (each built with ``gymnasium.make``),
    driven by a batched policy (a 17-64-64-6 tanh MLP in torch, one thread, on the batched observation). Ratio
    target: at least 1.5. TaskVectorEnv runs in its default (auto) mode; its two physics paths (loop and threads)
-   are reported too, and which one auto picked.
+   are reported too, and which one auto picked, and the threads as Python threads (``native_worker=False``).
 3. ``steps_per_second``: every registered environment as users get it (``gymnasium.make``), random actions from
    its seeded action space, resets included when episodes end.
 4. ``python_overhead``: the Python a HalfCheetahVel step adds, with the physics taken out (``frame_skip`` 0): the
@@ -211,6 +211,8 @@ def vector_benchmark(steps: int, repeats: int, wait_quiet_s: float) -> dict[str,
         "task_vector_auto": TaskVectorEnv(VECTOR_ENV_ID, n),
         "task_vector_loop": TaskVectorEnv(VECTOR_ENV_ID, n, physics_threads=1),
         "task_vector_threads": TaskVectorEnv(VECTOR_ENV_ID, n, physics_threads=2),
+        # the same two threads as Python threads (what runs where the compiled worker was not built)
+        "task_vector_python_threads": TaskVectorEnv(VECTOR_ENV_ID, n, physics_threads=2, native_worker=False),
     }
     tasks = candidates["task_vector_auto"].single_task_env.sample_tasks(n, split="train", seed=0)
     for env, task in zip(sync.envs, tasks):
@@ -256,6 +258,7 @@ def vector_benchmark(steps: int, repeats: int, wait_quiet_s: float) -> dict[str,
         "ratio_vs_sync_median": {name: round(statistics.median(r), 3) for name, r in ratios.items()},
         "ratio_vs_sync_all": {name: [round(x, 3) for x in r] for name, r in ratios.items()},
         "auto_uses_threads_at_end": bool(candidates["task_vector_auto"]._use_threads),
+        "native_worker": candidates["task_vector_threads"].native_physics,
         "cpu_idle_before_each_repeat": [None if x is None else round(x, 2) for x in idle_before],
         # CPU time of the whole process per env step: less disturbed by other jobs than wall time, comparable
         # between the single-threaded variants (sync, loop); the threaded ones add up both threads

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import itertools
+import shutil
 
 import gymnasium as gym
 import mujoco
@@ -21,6 +22,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import TimeLimit
 
 import metarl.envs  # noqa: F401  (registers the ids)
+from metarl.envs import vector as vector_module
 from metarl.envs.base import TaskError, check_task_fields, checkerboard_uniform
 from metarl.envs.mujoco_base import MujocoTaskEnv, gymnasium_asset
 from metarl.envs.registration import ENVIRONMENTS
@@ -191,9 +193,14 @@ def run_side_by_side(fast: TaskVectorEnv, reference: OneByOne, steps: int, seed:
 # --- equality with stepping the envs one by one --------------------------------------------------------------
 @pytest.mark.math
 @pytest.mark.parametrize("autoreset_mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
-@pytest.mark.parametrize("physics_threads", [1, 2, None], ids=["loop", "threads", "auto"])
-def test_matches_stepping_the_envs_one_by_one(autoreset_mode, physics_threads) -> None:
-    fast = TaskVectorEnv(cycling_factory(4), 4, physics_threads=physics_threads, autoreset_mode=autoreset_mode)
+@pytest.mark.parametrize(
+    "physics_threads, native_worker",
+    [(1, None), (2, None), (2, False), (3, None), (None, None)],
+    ids=["loop", "threads", "python-threads", "two-workers", "auto"],
+)
+def test_matches_stepping_the_envs_one_by_one(autoreset_mode, physics_threads, native_worker) -> None:
+    fast = TaskVectorEnv(cycling_factory(4), 4, physics_threads=physics_threads, autoreset_mode=autoreset_mode,
+                         native_worker=native_worker)
     reference = OneByOne(cheetah_factories(4), autoreset_mode)
     assert fast.max_episode_steps == TIME_LIMIT and fast._fast.all()
     ends = run_side_by_side(fast, reference, steps=150, seed=3, new_tasks_at=70)
@@ -403,10 +410,11 @@ def test_bad_input_raises_before_touching_any_sub_env() -> None:
 
 
 @pytest.mark.api
-@pytest.mark.parametrize("physics_threads", [1, 2], ids=["loop", "threads"])
-def test_physics_blow_up_stays_in_its_sub_env(physics_threads) -> None:
+@pytest.mark.parametrize("physics_threads, native_worker", [(1, None), (2, None), (2, False)],
+                         ids=["loop", "threads", "python-threads"])
+def test_physics_blow_up_stays_in_its_sub_env(physics_threads, native_worker) -> None:
     """Sub-env 1 blows up (NaN velocities): it alone is truncated and flagged, exactly as its own step would."""
-    fast = TaskVectorEnv(cycling_factory(4), 4, physics_threads=physics_threads)
+    fast = TaskVectorEnv(cycling_factory(4), 4, physics_threads=physics_threads, native_worker=native_worker)
     reference = OneByOne(cheetah_factories(4))
     fast.reset(seed=0)
     reference.reset(seed=0)
@@ -467,3 +475,71 @@ def test_gymnasium_sync_vector_env_merges_task_infos_across_autoresets(env_id: s
         _, _, _, _, infos = envs.step(envs.action_space.sample())
         assert list(infos["task"]) == tasks
     envs.close()
+
+
+# --- the compiled physics worker ---------------------------------------------------------------------------------
+@pytest.mark.api
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler to build it")
+def test_compiled_worker_is_built_and_used() -> None:
+    """With a C compiler at install (`pip install -e .` runs setup.py) the threads are the compiled worker."""
+    envs = TaskVectorEnv(CheetahSpeedEnv, 2, physics_threads=2)
+    assert envs.native_physics, "envs/_physics_worker.c was not built: reinstall with `pip install -e .`"
+    envs.close()
+    python = TaskVectorEnv(CheetahSpeedEnv, 2, physics_threads=2, native_worker=False)
+    assert not python.native_physics and python._pool is not None
+    python.close()
+
+
+def _overflowing_model() -> mujoco.MjModel:
+    """Thirty spheres dropped on each other in a 32 KB arena: the first mj_step overflows MuJoCo's stack."""
+    bodies = "".join(f'<body pos="0 0 {0.02 * i}"><freejoint/><geom size=".1"/></body>' for i in range(30))
+    xml = f'<mujoco><size memory="32K"/><worldbody><geom type="plane" size="5 5 .1"/>{bodies}</worldbody></mujoco>'
+    return mujoco.MjModel.from_xml_string(xml)
+
+
+@pytest.mark.api
+def test_compiled_worker_turns_a_mujoco_error_into_an_exception() -> None:
+    """A MuJoCo error (mju_error) in the worker's mj_step raises mujoco.FatalError, as a direct call does, instead
+    of ending the process; the worker then steps the next block normally."""
+    library = vector_module._NativeWorkerLibrary.load()
+    if library is None:
+        pytest.skip("the compiled physics worker is not built")
+    bad = _overflowing_model()
+    bad_data = mujoco.MjData(bad)
+    with pytest.raises(mujoco.FatalError, match="stack"):
+        mujoco.mj_step(bad, mujoco.MjData(bad))  # what the Python bindings do
+    good = CheetahSpeedEnv()
+    good.reset(seed=0)
+    twin = CheetahSpeedEnv()
+    twin.reset(seed=0)
+    worker = vector_module._NativeWorker(library, 2)
+    try:
+        worker.models[:2] = [good.model._address, bad._address]
+        worker.datas[:2] = [good.data._address, bad_data._address]
+        worker.nsteps[:2] = [3, 1]
+        worker.submit(2)
+        with pytest.raises(mujoco.FatalError, match="MuJoCo error in the physics worker: .*stack"):
+            worker.wait()
+        mujoco.mj_step(twin.model, twin.data, 3)
+        np.testing.assert_array_equal(good.data.qpos, twin.data.qpos)  # the block's first model was stepped
+        worker.models[0], worker.datas[0], worker.nsteps[0] = good.model._address, good.data._address, 5
+        worker.submit(1)
+        worker.wait()
+        mujoco.mj_step(twin.model, twin.data, 5)
+        np.testing.assert_array_equal(good.data.qpos, twin.data.qpos)
+        np.testing.assert_array_equal(good.data.qvel, twin.data.qvel)
+    finally:
+        worker.close()
+
+
+@pytest.mark.api
+def test_native_worker_argument(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="native_worker"):
+        TaskVectorEnv(CheetahSpeedEnv, 2, native_worker="yes")
+    # not built (no C compiler at install): Python threads by default, a clear error when asked for
+    monkeypatch.setattr(vector_module._NativeWorkerLibrary, "_cache", None)
+    envs = TaskVectorEnv(CheetahSpeedEnv, 2, physics_threads=2)
+    assert not envs.native_physics and envs._pool is not None
+    envs.close()
+    with pytest.raises(ValueError, match="not built"):
+        TaskVectorEnv(CheetahSpeedEnv, 2, physics_threads=2, native_worker=True)
