@@ -38,6 +38,7 @@ typedef struct {
     pthread_cond_t wake;      /* the worker sleeps on it waiting for a job */
     pthread_cond_t finished;  /* the caller sleeps on it waiting for the job's end */
     atomic_int state;
+    atomic_int progress;  /* entries of the current job stepped so far */
     int worker_sleeping, caller_sleeping;
     long spin_ns;
     /* the job: arrays owned by the caller, valid until metarl_worker_wait returns */
@@ -46,6 +47,7 @@ typedef struct {
     void *const *datas;
     const int32_t *nsteps;
     int failed;
+    long job_ns; /* how long the last job's physics took (diagnostics) */
     char message[512];
 } Worker;
 
@@ -93,6 +95,7 @@ static void run_job(Worker *w) {
     if (setjmp(here) == 0) {
         for (int i = 0; i < w->count; i++) {
             for (int k = 0; k < w->nsteps[i]; k++) w->step(w->models[i], w->datas[i]);
+            atomic_store_explicit(&w->progress, i + 1, memory_order_release);
         }
     } else {
         w->failed = 1;
@@ -113,7 +116,9 @@ static void *worker_main(void *arg) {
             pthread_mutex_unlock(&w->lock);
         }
         if (atomic_load(&w->state) == QUIT) break;
+        long start = now_ns();
         run_job(w);
+        w->job_ns = now_ns() - start;
         pthread_mutex_lock(&w->lock);
         atomic_store_explicit(&w->state, DONE, memory_order_release);
         if (w->caller_sleeping) pthread_cond_signal(&w->finished);
@@ -147,10 +152,40 @@ void metarl_worker_submit(void *handle, int count, void *const *models, void *co
     w->models = models;
     w->datas = datas;
     w->nsteps = nsteps;
+    atomic_store_explicit(&w->progress, 0, memory_order_relaxed);
     pthread_mutex_lock(&w->lock);
     atomic_store_explicit(&w->state, POSTED, memory_order_release);
     if (w->worker_sleeping) pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
+}
+
+static void sleep_until_done(Worker *w) {
+    pthread_mutex_lock(&w->lock);
+    while (atomic_load(&w->state) != DONE) {
+        w->caller_sleeping = 1;
+        pthread_cond_wait(&w->finished, &w->lock);
+        w->caller_sleeping = 0;
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Wait until entry `index` of the current job has been stepped, so the caller can read that mjData while the
+ * worker steps the next ones. Bit 0 of the result: the entry was not stepped (the job failed before it; the
+ * error comes with metarl_worker_wait); bit 1: the caller had to wait for it. */
+int metarl_worker_wait_entry(void *handle, int index) {
+    Worker *w = (Worker *)handle;
+    if (atomic_load_explicit(&w->progress, memory_order_acquire) > index) return 0;
+    long deadline = now_ns() + w->spin_ns;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(&w->progress, memory_order_acquire) > index) return 2;
+        if (atomic_load_explicit(&w->state, memory_order_acquire) == DONE) break;
+        cpu_relax();
+        if ((i & 63) == 0 && now_ns() > deadline) {
+            sleep_until_done(w);
+            break;
+        }
+    }
+    return (atomic_load_explicit(&w->progress, memory_order_acquire) > index ? 0 : 1) | 2;
 }
 
 /* Wait for the job submitted last. Bit 0 of the result: MuJoCo raised an error (see metarl_worker_message);
@@ -158,20 +193,15 @@ void metarl_worker_submit(void *handle, int count, void *const *models, void *co
 int metarl_worker_wait(void *handle) {
     Worker *w = (Worker *)handle;
     int waited = atomic_load_explicit(&w->state, memory_order_acquire) != DONE;
-    if (waited && !spin_for(w, DONE, DONE)) {
-        pthread_mutex_lock(&w->lock);
-        while (atomic_load(&w->state) != DONE) {
-            w->caller_sleeping = 1;
-            pthread_cond_wait(&w->finished, &w->lock);
-            w->caller_sleeping = 0;
-        }
-        pthread_mutex_unlock(&w->lock);
-    }
+    if (waited && !spin_for(w, DONE, DONE)) sleep_until_done(w);
     atomic_store_explicit(&w->state, IDLE, memory_order_relaxed);
     return w->failed | (waited << 1);
 }
 
 const char *metarl_worker_message(void *handle) { return ((Worker *)handle)->message; }
+
+/* Nanoseconds the last job's physics took on the worker (after metarl_worker_wait). */
+long metarl_worker_job_ns(void *handle) { return ((Worker *)handle)->job_ns; }
 
 /* Stop and free the worker (after the last wait). */
 void metarl_worker_free(void *handle) {

@@ -95,6 +95,10 @@ class _NativeWorkerLibrary:
         worker.metarl_worker_submit.restype = None
         worker.metarl_worker_submit.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
         worker.metarl_worker_wait.restype = ctypes.c_int
+        worker.metarl_worker_wait_entry.restype = ctypes.c_int
+        worker.metarl_worker_wait_entry.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        worker.metarl_worker_job_ns.restype = ctypes.c_long
+        worker.metarl_worker_job_ns.argtypes = [ctypes.c_void_p]
         worker.metarl_worker_wait.argtypes = [ctypes.c_void_p]
         worker.metarl_worker_message.restype = ctypes.c_char_p
         worker.metarl_worker_message.argtypes = [ctypes.c_void_p]
@@ -143,6 +147,15 @@ class _NativeWorker:
     def submit(self, count: int) -> None:
         """Step the first ``count`` entries of ``models``/``datas``/``nsteps``; returns at once."""
         self._lib.metarl_worker_submit(self._handle, count, *self._pointers)
+
+    def wait_entry(self, index: int) -> int:
+        """Wait until entry ``index`` of the block has been stepped. Bit 0: it was not (the block failed before it;
+        ``wait`` raises the error); bit 1: it was not ready yet when asked."""
+        return self._lib.metarl_worker_wait_entry(self._handle, index)
+
+    def job_seconds(self) -> float:
+        """How long the last block's physics took on the worker."""
+        return self._lib.metarl_worker_job_ns(self._handle) * 1e-9
 
     def wait(self) -> bool:
         """Wait for the block; True if it was already done (the worker had less to do than the caller)."""
@@ -560,6 +573,8 @@ class TaskVectorEnv(VectorEnv):
     """Auto mode: steps timed per physics path in each tuning round."""
     _TUNE_EVERY = 2000
     """Auto mode: steps between tuning rounds (the machine's load changes)."""
+    _THREADS_MARGIN = 0.95
+    """Auto mode: threads are used only when their median step time is below this fraction of the loop's."""
 
     def _step_fast(self, indices: list[int], actions: np.ndarray, infos: list[dict[str, Any] | None]) -> None:
         """``MujocoTaskEnv.step`` for the sub-envs in ``indices`` (see the module docstring for the two paths)."""
@@ -599,7 +614,9 @@ class TaskVectorEnv(VectorEnv):
             self._timings[use_threads].append(perf_counter() - start)
             if phase == 2 * self._TUNE_SAMPLES - 1:
                 loop, threads = (float(np.median(self._timings[k])) for k in (False, True))
-                self._use_threads = threads < loop
+                # threads must win clearly: on a loaded machine a near tie is noise, and the loop leaves the other
+                # core to whoever else needs it
+                self._use_threads = threads < self._THREADS_MARGIN * loop
                 self._timings = {False: [], True: []}
 
     def _pre(self, env: MujocoTaskEnv, control: np.ndarray) -> tuple[Any, float]:
@@ -665,6 +682,7 @@ class TaskVectorEnv(VectorEnv):
                 worker.models[k], worker.datas[k], worker.nsteps[k] = models[i], datas[i], env.frame_skip
             worker.submit(cuts[w + 1] - cuts[w])
         step = mujoco.mj_step
+        waited = False
         try:
             for row in range(main):
                 i = indices[row]
@@ -672,20 +690,26 @@ class TaskVectorEnv(VectorEnv):
                 x_before, time_before = self._pre(env, controls[row])
                 step(env.model, env.data, env.frame_skip)
                 self._post(i, env, x_before, time_before, infos)
+            # the workers' sub-envs, each as soon as its worker has stepped it: this Python overlaps their physics
+            for w, worker in enumerate(workers):
+                for k, row in enumerate(range(cuts[w], cuts[w + 1])):
+                    status = worker.wait_entry(k)
+                    if status & 1:
+                        break  # the block failed: its wait() below raises
+                    waited = waited or bool(status & 2)
+                    self._post(indices[row], envs[indices[row]], *befores[row], infos)
         finally:
             # every worker is waited for before anything else happens (they read the blocks until they are done)
-            errors, done_first = [], True
+            errors = []
             for worker in workers:
                 try:
-                    done_first = worker.wait() and done_first
+                    worker.wait()
                 except mujoco.FatalError as err:
                     errors.append(err)
         if errors:
             raise errors[0]
-        # balance: if the workers were done before we needed them, take fewer envs here next time, else more
-        self._main_share = main - 1 if done_first else main + 1
-        for row in range(main, n):
-            self._post(indices[row], envs[indices[row]], *befores[row], infos)
+        # balance: if a worker's sub-env was not ready when needed, step more here next time, else fewer
+        self._main_share = main + 1 if waited else main - 1
 
     # --- helpers -----------------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:

@@ -83,6 +83,17 @@ def cpu_idle_fraction(interval: float = 0.5) -> float | None:
     return (idle1 - idle0) / max(1, total1 - total0)
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(all CPU time, steal time) so far, in clock ticks (Linux ``/proc/stat``; None elsewhere). Steal is time the
+    hypervisor gave this VM's vCPUs to someone else: on a shared host it takes the second core from the threads."""
+    try:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:9]]
+    except OSError:
+        return None
+    return sum(values), values[7]
+
+
 def wait_until_quiet(limit_s: float, idle_needed: float = 0.9) -> float | None:
     """Wait (at most ``limit_s``) until the machine is at least ``idle_needed`` idle; return the last idle reading."""
     deadline = time.monotonic() + limit_s
@@ -239,11 +250,16 @@ def vector_benchmark(steps: int, repeats: int, wait_quiet_s: float) -> dict[str,
     rates: dict[str, list[float]] = {name: [] for name in envs}
     ratios: dict[str, list[float]] = {name: [] for name in candidates}
     idle_before: list[float | None] = []
+    steal: list[float] = []
     order = list(envs)
     for repeat in range(repeats):
         idle_before.append(wait_until_quiet(wait_quiet_s) if wait_quiet_s > 0 else None)
         current = order if repeat % 2 == 0 else order[::-1]
+        before = cpu_times()
         measured = {name: run(name, steps) for name in current}
+        after = cpu_times()
+        if before and after:
+            steal.append((after[1] - before[1]) / max(1, after[0] - before[0]))
         for name, rate in measured.items():
             rates[name].append(rate)
         for name in candidates:
@@ -260,6 +276,8 @@ def vector_benchmark(steps: int, repeats: int, wait_quiet_s: float) -> dict[str,
         "auto_uses_threads_at_end": bool(candidates["task_vector_auto"]._use_threads),
         "native_worker": candidates["task_vector_threads"].native_physics,
         "cpu_idle_before_each_repeat": [None if x is None else round(x, 2) for x in idle_before],
+        # share of the VM's CPU time the host took during each repeat (threads lose the second core then)
+        "cpu_steal_each_repeat": [round(x, 3) for x in steal],
         # CPU time of the whole process per env step: less disturbed by other jobs than wall time, comparable
         # between the single-threaded variants (sync, loop); the threaded ones add up both threads
         "process_cpu_us_per_env_step_median": {name: round(statistics.median(c), 2) for name, c in cpu_us.items()},
