@@ -443,6 +443,12 @@ class MAMLTRPO:
         self.total_env_steps = int(state["total_env_steps"])
         self.rejected_updates = int(state["rejected_updates"])
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Warm start (``metarl train --init-from RUN``): only the policy of another run's ``state_dict``."""
+        if state.get("name") != self.name:
+            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
+        self.policy.load_state_dict(state["policy"])
+
     def close(self) -> None:
         self.envs.close()
         for envs in self._test_envs.values():

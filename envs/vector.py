@@ -370,9 +370,8 @@ class TaskVectorEnv(VectorEnv):
                              "with a C compiler: pip install -e .) or METARL_NATIVE_WORKER=0 is set")
         if self.physics_threads > 1:
             if library is not None:
-                self._workers = [_NativeWorker(library, n_fast) for _ in range(self.physics_threads - 1)]
-                # stop the C threads even if close() is never called
-                self._finalizer = weakref.finalize(self, _close_workers, list(self._workers))
+                self._native_library, self._native_capacity = library, n_fast
+                self._start_workers()
             else:
                 self._pool = ThreadPoolExecutor(self.physics_threads - 1, thread_name_prefix="metarl-physics")
         self.native_physics = bool(self._workers)
@@ -666,9 +665,19 @@ class TaskVectorEnv(VectorEnv):
         for row in range(main, n):
             self._post(indices[row], envs[indices[row]], *befores[row], infos)
 
+    def _start_workers(self) -> None:
+        self._workers = [_NativeWorker(self._native_library, self._native_capacity)
+                         for _ in range(self.physics_threads - 1)]
+        self._worker_pid = os.getpid()
+        # stop the C threads even if close() is never called
+        self._finalizer = weakref.finalize(self, _close_workers, list(self._workers), self._worker_pid)
+
     def _step_native(self, indices: list[int], controls: np.ndarray, infos: list) -> None:
         """``_step_threaded`` with the compiled workers: each gets its block of sub-envs in one hand-off and steps
         it in C, without the GIL, while the calling thread does its own share and every sub-env's Python."""
+        if self._worker_pid != os.getpid():  # a forked child has the workers' memory but not their threads
+            self._finalizer.detach()
+            self._start_workers()
         envs, n, workers = self.envs, len(indices), self._workers
         main = min(max(1, self._main_share), n - 1)
         cuts = np.linspace(main, n, len(workers) + 1).round().astype(int).tolist()
@@ -751,7 +760,9 @@ class TaskVectorEnv(VectorEnv):
         return f"TaskVectorEnv({name}, num_envs={self.num_envs})"
 
 
-def _close_workers(workers: list[_NativeWorker]) -> None:
+def _close_workers(workers: list[_NativeWorker], pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked child: those threads live in the parent
     for worker in workers:
         worker.close()
 

@@ -66,6 +66,9 @@ class RLRunConfig:
     """seed of the held-out tasks (the same for every agent)"""
     checkpoint_every: int = 10
     """iterations between checkpoints (and at the end)"""
+    init_from: str | None = None
+    """warm start: a run directory of the same agent whose last checkpoint's policy weights start this run (e.g.
+    fine-tune with a larger meta-batch); the iteration count, seeds and env steps of this run start from zero"""
     threads: int | None = None
     """torch intra-op threads (default: torch's)"""
     run_dir: str | None = None
@@ -184,6 +187,8 @@ def train_meta_rl(run: RLRunConfig, *, resume_dir: Path | None = None) -> Path:
     start = 0
     if resume_dir is None:
         record = {**dataclasses.asdict(run), "agent_config": dataclasses.asdict(agent_config)}
+        if run.init_from:
+            record["init_from_checkpoint"] = _warm_start(agent, run)
         run_dir = create_run_dir(Path(run.run_dir) if run.run_dir else None,
                                  f"{run.agent}-{run.env.split('/')[-1]}", record)
     else:
@@ -205,6 +210,26 @@ def train_meta_rl(run: RLRunConfig, *, resume_dir: Path | None = None) -> Path:
     finally:
         agent.close()
     return run_dir
+
+
+def _warm_start(agent: Any, run: RLRunConfig) -> dict[str, Any]:
+    """Load ``run.init_from``'s last policy weights into ``agent``; return where they came from (for config.json)."""
+    path = Path(run.init_from) / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise RunError(f"--init-from {run.init_from}: no checkpoint there (checkpoints/last.pt)")
+    state = load_checkpoint(path)
+    if state.get("kind") != "meta-rl" or state.get("agent") != run.agent:
+        raise RunError(f"--init-from {run.init_from}: not a {run.agent} run")
+    load_weights = getattr(agent, "load_weights", None)
+    if load_weights is None:
+        raise RunError(f"--init-from is not supported by {run.agent} (it has no load_weights)")
+    try:
+        load_weights(state["agent_state"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise RunError(f"--init-from {run.init_from}: weights do not fit this config: "
+                       f"{str(err).splitlines()[0][:200]}") from None
+    return {"run_dir": str(run.init_from), "iteration": int(state.get("iteration", 0)),
+            "env_steps": int(state.get("env_steps", 0))}
 
 
 def _train_loop(run: RLRunConfig, agent: Any, run_dir: Path, start: int, resumed: bool) -> None:
@@ -268,6 +293,7 @@ def evaluate_rl_run(run_dir: Path, *, agent: Any = None, run: RLRunConfig | None
 def load_rl_config(run_dir: Path) -> RLRunConfig:
     raw = dict(read_config(run_dir))
     raw.pop("agent_config", None)
+    raw.pop("init_from_checkpoint", None)  # provenance of a warm start (the weights are in this run's checkpoint)
     names = {f.name for f in dataclasses.fields(RLRunConfig)}
     unknown = set(raw) - names
     if unknown:

@@ -202,6 +202,7 @@ def test_meta_test_shape_determinism_and_no_side_effects():
 
 
 @pytest.mark.smoke
+@pytest.mark.filterwarnings("ignore:fisher_subsample")  # a Fisher from 2 tasks on purpose (the subsampling path)
 @pytest.mark.parametrize("env_id, overrides", [
     ("metarl/CartPoleContext-v0", {"max_episode_steps": 20}),  # discrete actions, episodes of varying length
     ("metarl/HalfCheetahVel-v0", {"env_kwargs": {"velocity_range": [0.0, 2.0]}, "max_episode_steps": 5}),
@@ -324,3 +325,34 @@ def test_learns_to_adapt_on_2d_navigation(one_torch_thread):
     assert post > pre + 2.0, (untrained, trained)  # returns are about -8 (pre) and -4 (post)
     assert post > untrained[1] + 2.0, (untrained, trained)
     agent.close()
+
+
+@pytest.mark.api
+def test_warm_start_from_another_run(tmp_path):
+    """`metarl train --init-from RUN`: the new run starts from RUN's policy (a different meta-batch here), counts its
+    own iterations from zero and records where the weights came from; a run of another architecture is refused."""
+    from metarl.runs import RunError, load_checkpoint
+    from metarl.training_rl import RLRunConfig, train_meta_rl
+
+    def run(name: str, iterations: int, **extra) -> Path:
+        config = RLRunConfig(agent="maml-trpo", env="metarl/Navigation2D-v0", iterations=iterations,
+                             overrides={**SMALL, **extra.pop("overrides", {})}, eval_tasks=2, eval_episodes=2,
+                             eval_splits=("test",), progress=False, run_dir=str(tmp_path / name), **extra)
+        return train_meta_rl(config)
+
+    source = run("source", 2)
+    source_state = load_checkpoint(source / "checkpoints" / "last.pt")
+    warm = run("warm", 0, init_from=str(source), overrides={"meta_batch_size": 4})
+    warm_state = load_checkpoint(warm / "checkpoints" / "last.pt")
+    for key, value in source_state["agent_state"]["policy"].items():
+        assert torch.equal(warm_state["agent_state"]["policy"][key], value), key
+    assert warm_state["iteration"] == 0
+    record = yaml.safe_load((warm / "config.json").read_text())
+    assert record["init_from_checkpoint"]["iteration"] == 2 and record["init_from"] == str(source)
+    cold = load_checkpoint(run("cold", 0) / "checkpoints" / "last.pt")["agent_state"]["policy"]
+    assert any(not torch.equal(cold[key], value) for key, value in source_state["agent_state"]["policy"].items())
+    with pytest.raises(RunError, match="weights do not fit"):
+        run("other", 0, init_from=str(source), overrides={"hidden_sizes": [7]})
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(RunError, match="no checkpoint"):
+        run("nowhere", 0, init_from=str(tmp_path / "missing"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import itertools
+import os
 import shutil
 
 import gymnasium as gym
@@ -543,3 +544,31 @@ def test_native_worker_argument(monkeypatch) -> None:
     envs.close()
     with pytest.raises(ValueError, match="not built"):
         TaskVectorEnv(CheetahSpeedEnv, 2, physics_threads=2, native_worker=True)
+
+
+@pytest.mark.api
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_compiled_worker_survives_a_fork() -> None:
+    """A forked child (multiprocessing's fork start method) gets new worker threads instead of hanging on the
+    parent's, and gets the same trajectory as the parent."""
+    envs = TaskVectorEnv(cycling_factory(4), 4, physics_threads=2)
+    envs.reset(seed=0)
+    actions = np.full((4, 6), 0.3, dtype=np.float32)
+    envs.step(actions)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: step, send the observations, leave without running the parent's cleanup
+        try:
+            obs = envs.step(actions)[0]
+            os.write(write, obs.astype(np.float64).tobytes())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = b""
+    while chunk := os.read(read, 1 << 16):
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    obs = envs.step(actions)[0]
+    np.testing.assert_array_equal(np.frombuffer(child, dtype=np.float64).reshape(obs.shape), obs)
+    envs.close()
