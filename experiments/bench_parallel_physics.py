@@ -6,6 +6,8 @@ ways on the same 20 sub-envs (their own ``MjModel``/``MjData``, random controls 
 * ``loop``: ``mj_step(model, data, nstep=frame_skip)`` for each env in turn, one thread;
 * ``threads``: the same calls split between the calling thread and one worker thread (``mj_step`` releases the GIL),
   as ``TaskVectorEnv``'s threaded path does;
+* ``native``: the same split with ``TaskVectorEnv``'s compiled worker (``envs/_physics_worker.c``) as the worker:
+  one ctypes call hands it its block, it steps it in C without the GIL and spins between blocks;
 * ``rollout``: MuJoCo's own multi-threaded ``mujoco.rollout`` over all 20 envs in one call (2 threads, persistent
   pool, no GIL at all while it runs), plus the ``mj_getState``/``mj_setState`` copies it needs in and out;
 * ``two_streams``: the ``threads`` split, but each thread steps its half through the whole block of ``--steps``
@@ -15,7 +17,8 @@ ways on the same 20 sub-envs (their own ``MjModel``/``MjData``, random controls 
   ``mj_step`` calls but the loop itself): how much of the two-thread gain the GIL hand-backs between calls take.
 
 Also ``handoff_round_trip_us``: the median time of handing a no-op to the worker thread and waiting for it
-(``ThreadPoolExecutor.submit(...).result()``), the synchronisation each threaded vector step pays once.
+(``ThreadPoolExecutor.submit(...).result()``), the synchronisation each threaded vector step pays once, and
+``native_handoff_round_trip_us``, the same for the compiled worker (an empty block, submit + wait).
 
 Interleaved repeats, medians, JSON on stdout. Run it with the machine otherwise idle:
 
@@ -38,6 +41,7 @@ import numpy as np
 from mujoco import rollout
 
 import metarl.envs  # noqa: F401  (registers the ids)
+from metarl.envs import vector
 
 ENV_ID = "metarl/HalfCheetahVel-v0"
 
@@ -63,6 +67,12 @@ def main() -> None:
     scratch = [mujoco.MjData(models[0]) for _ in range(2)]
     pool = ThreadPoolExecutor(1)
     half = n // 2
+    library = vector._NativeWorkerLibrary.load()
+    native_worker = vector._NativeWorker(library, n) if library is not None else None
+    if native_worker is not None:
+        for k in range(half, n):
+            native_worker.models[k - half], native_worker.datas[k - half] = models[k]._address, datas[k]._address
+            native_worker.nsteps[k - half] = frame_skip
 
     def set_controls(step: int) -> None:
         for data, control in zip(datas, controls[step]):
@@ -81,6 +91,12 @@ def main() -> None:
         worker = pool.submit(physics, models[half:], datas[half:])
         physics(models[:half], datas[:half])
         worker.result()
+
+    def native(step: int) -> None:
+        set_controls(step)
+        native_worker.submit(n - half)
+        physics(models[:half], datas[:half])
+        native_worker.wait()
 
     def half_stream(lo: int, hi: int, write_controls: bool = True) -> None:
         for step in range(args.steps):
@@ -114,6 +130,8 @@ def main() -> None:
         "loop": per_step(loop), "threads": per_step(threads), "rollout": per_step(batched_rollout),
         "two_streams": two_streams, "two_streams_held": two_streams_held,
     }
+    if native_worker is not None:
+        variants["native"] = per_step(native)
     snapshot = np.empty((n, nstate))
     for k in range(n):
         mujoco.mj_getState(models[k], datas[k], snapshot[k], full)
@@ -132,6 +150,14 @@ def main() -> None:
         t0 = time.perf_counter()
         pool.submit(int).result()
         handoffs.append(time.perf_counter() - t0)
+    native_handoffs = []
+    if native_worker is not None:
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            native_worker.submit(0)
+            native_worker.wait()
+            native_handoffs.append(time.perf_counter() - t0)
+        native_worker.close()
     rollout.shutdown_persistent_pool()
     pool.shutdown()
     us = {name: round(statistics.median(t), 2) for name, t in times.items()}
@@ -141,6 +167,7 @@ def main() -> None:
         "physics_us_per_env_step_median": us,
         "speedup_over_loop": {name: round(us["loop"] / value, 3) for name, value in us.items()},
         "handoff_round_trip_us": round(1e6 * statistics.median(handoffs), 1),
+        "native_handoff_round_trip_us": round(1e6 * statistics.median(native_handoffs), 1) if native_handoffs else None,
         "versions": {"mujoco": mujoco.__version__, "gymnasium": gym.__version__},
     }, indent=2))
 
