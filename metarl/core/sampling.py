@@ -19,8 +19,9 @@ returns and advantages treat both as the end of the episode (no bootstrapping, a
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -79,6 +80,26 @@ def _same_tasks(current: Sequence[Any], wanted: Sequence[Any]) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def torch_threads_for_rollouts(envs: Any, device: torch.device) -> Iterator[None]:
+    """One torch thread while a vector env that steps its physics on a second thread is rolled out on the CPU.
+
+    torch's intra-op threads take the core that :class:`~metarl.envs.vector.TaskVectorEnv`'s physics worker needs,
+    and the policy's forward pass on one batch of observations is too small to gain from them: on 2 cores a
+    MAML-TRPO iteration's sampling ran at ~26k env-steps/s with 2 torch threads and ~38k with 1
+    (``experiments/bench_maml_trpo.py``, RESULTS). The caller's thread count is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or getattr(envs, "physics_threads", 1) < 2:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def collect_episodes(
     envs: Any,
     policy: Policy,
@@ -114,44 +135,46 @@ def collect_episodes(
     env_tasks = [tasks[i // per_task] for i in range(num_envs)]
 
     round_data = []
-    for _ in range(rounds):
-        seeds = rng.integers(0, 2**31 - 1, size=num_envs)
-        start = perf_counter()
-        if not _same_tasks(envs.get_tasks(), env_tasks):  # re-setting a task can rebuild a model (morphologies)
-            envs.set_tasks(env_tasks)
-        obs, _ = envs.reset(seed=[int(s) for s in seeds])
-        env_seconds += perf_counter() - start
-        active = np.ones(num_envs, dtype=np.bool_)
-        terminated = np.zeros(num_envs, dtype=np.bool_)
-        steps_obs, steps_act, steps_rew, steps_mask = [], [], [], []
-        for _ in range(limit):
+    with torch_threads_for_rollouts(envs, device):
+        for _ in range(rounds):
+            seeds = rng.integers(0, 2**31 - 1, size=num_envs)
             start = perf_counter()
-            obs_t = torch.as_tensor(obs, dtype=dtype).to(device).reshape(num_tasks, per_task, -1)
-            with torch.no_grad():
-                action = policy.sample(policy.distribution(params, obs_t), generator)
-            action_np = policy.env_action(action).reshape(num_envs, *action.shape[2:]).cpu().numpy()
-            mid = perf_counter()
-            obs, reward, term, trunc, _ = envs.step(action_np)
-            env_seconds += perf_counter() - mid
-            policy_seconds += mid - start
-            steps_obs.append(obs_t)
-            steps_act.append(action)
-            steps_rew.append(reward * active)
-            steps_mask.append(active.copy())
-            terminated |= active & term
-            active &= ~(term | trunc)
-            if not active.any():
-                break
-        if active.any():
-            raise RuntimeError(f"episodes ran past {limit} steps: give the env a time limit (max_episode_steps)")
-        mask = torch.as_tensor(np.stack(steps_mask, axis=-1), dtype=dtype).reshape(num_tasks, per_task, -1)
-        observations = torch.stack(steps_obs, dim=2) * mask.unsqueeze(-1).to(device)
-        actions = torch.stack(steps_act, dim=2)
-        actions = actions * (mask.to(device) if policy.discrete else mask.unsqueeze(-1).to(device)).to(actions.dtype)
-        rewards = torch.as_tensor(np.stack(steps_rew, axis=-1), dtype=dtype).reshape(num_tasks, per_task, -1)
-        terminated_t = torch.as_tensor(terminated).reshape(num_tasks, per_task)
-        round_data.append((observations, actions, rewards.to(device), mask.to(device), terminated_t,
-                           seeds.reshape(num_tasks, per_task)))
+            if not _same_tasks(envs.get_tasks(), env_tasks):  # re-setting a task can rebuild a model (morphologies)
+                envs.set_tasks(env_tasks)
+            obs, _ = envs.reset(seed=[int(s) for s in seeds])
+            env_seconds += perf_counter() - start
+            active = np.ones(num_envs, dtype=np.bool_)
+            terminated = np.zeros(num_envs, dtype=np.bool_)
+            steps_obs, steps_act, steps_rew, steps_mask = [], [], [], []
+            for _ in range(limit):
+                start = perf_counter()
+                obs_t = torch.as_tensor(obs, dtype=dtype).to(device).reshape(num_tasks, per_task, -1)
+                with torch.no_grad():
+                    action = policy.sample(policy.distribution(params, obs_t), generator)
+                action_np = policy.env_action(action).reshape(num_envs, *action.shape[2:]).cpu().numpy()
+                mid = perf_counter()
+                obs, reward, term, trunc, _ = envs.step(action_np)
+                env_seconds += perf_counter() - mid
+                policy_seconds += mid - start
+                steps_obs.append(obs_t)
+                steps_act.append(action)
+                steps_rew.append(reward * active)
+                steps_mask.append(active.copy())
+                terminated |= active & term
+                active &= ~(term | trunc)
+                if not active.any():
+                    break
+            if active.any():
+                raise RuntimeError(f"episodes ran past {limit} steps: give the env a time limit (max_episode_steps)")
+            mask = torch.as_tensor(np.stack(steps_mask, axis=-1), dtype=dtype).reshape(num_tasks, per_task, -1)
+            observations = torch.stack(steps_obs, dim=2) * mask.unsqueeze(-1).to(device)
+            actions = torch.stack(steps_act, dim=2)
+            action_mask = mask.to(device) if policy.discrete else mask.unsqueeze(-1).to(device)
+            actions = actions * action_mask.to(actions.dtype)
+            rewards = torch.as_tensor(np.stack(steps_rew, axis=-1), dtype=dtype).reshape(num_tasks, per_task, -1)
+            terminated_t = torch.as_tensor(terminated).reshape(num_tasks, per_task)
+            round_data.append((observations, actions, rewards.to(device), mask.to(device), terminated_t,
+                               seeds.reshape(num_tasks, per_task)))
 
     horizon = max(d[0].shape[2] for d in round_data)
 
