@@ -604,11 +604,7 @@ class TaskVectorEnv(VectorEnv):
         elif use_threads:
             self._step_threaded(indices, controls, infos)
         else:
-            for row, i in enumerate(indices):
-                env = envs[i]
-                x_before, time_before = self._pre(env, controls[row])
-                mujoco.mj_step(env.model, env.data, env.frame_skip)  # positional: ~0.3 us less than nstep=
-                self._post(i, env, x_before, time_before, infos)
+            self._step_here(indices, controls, infos, len(indices))
         if tuning:
             self._timings[use_threads].append(perf_counter() - start)
             if phase == 2 * self._TUNE_SAMPLES - 1:
@@ -617,6 +613,17 @@ class TaskVectorEnv(VectorEnv):
                 # core to whoever else needs it
                 self._use_threads = threads < self._THREADS_MARGIN * loop
                 self._timings = {False: [], True: []}
+
+    def _step_here(self, indices: list[int], controls: np.ndarray, infos: list, count: int) -> None:
+        """Step the first ``count`` sub-envs of ``indices`` in the calling thread, one at a time (Python, physics,
+        Python); ``mj_step`` releases the GIL meanwhile."""
+        envs, step = self.envs, mujoco.mj_step
+        for row in range(count):
+            i = indices[row]
+            env = envs[i]
+            x_before, time_before = self._pre(env, controls[row])
+            step(env.model, env.data, env.frame_skip)  # positional: ~0.3 us less than nstep=
+            self._post(i, env, x_before, time_before, infos)
 
     def _pre(self, env: MujocoTaskEnv, control: np.ndarray) -> tuple[Any, float]:
         """``MujocoTaskEnv.step`` before ``mj_step``: the clipped control into ``data.ctrl``, ``x_before``, time."""
@@ -651,13 +658,7 @@ class TaskVectorEnv(VectorEnv):
                 befores[row] = self._pre(env, controls[row])
                 jobs.append((env.model, env.data, env.frame_skip))
             futures.append(self._pool.submit(_run_physics, jobs))
-        step = mujoco.mj_step
-        for row in range(main):
-            i = indices[row]
-            env = envs[i]
-            x_before, time_before = self._pre(env, controls[row])
-            step(env.model, env.data, env.frame_skip)
-            self._post(i, env, x_before, time_before, infos)
+        self._step_here(indices, controls, infos, main)
         waiting = perf_counter()
         workers_done = max(future.result() for future in futures)
         # balance: if the workers were done before we needed them, take fewer envs here next time, else more
@@ -690,15 +691,9 @@ class TaskVectorEnv(VectorEnv):
                 befores[row] = self._pre(env, controls[row])
                 worker.models[k], worker.datas[k], worker.nsteps[k] = models[i], datas[i], env.frame_skip
             worker.submit(cuts[w + 1] - cuts[w])
-        step = mujoco.mj_step
         waited = False
         try:
-            for row in range(main):
-                i = indices[row]
-                env = envs[i]
-                x_before, time_before = self._pre(env, controls[row])
-                step(env.model, env.data, env.frame_skip)
-                self._post(i, env, x_before, time_before, infos)
+            self._step_here(indices, controls, infos, main)
             # the workers' sub-envs, each as soon as its worker has stepped it: this Python overlaps their physics
             for w, worker in enumerate(workers):
                 for k, row in enumerate(range(cuts[w], cuts[w + 1])):
