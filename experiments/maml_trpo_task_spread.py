@@ -11,7 +11,8 @@ stages). For each stage this reports the mean return of those sampled rollouts (
 ``--mean-episodes`` rollouts per task with the same fast weights acting with their mean action (the log std set to
 the policy's floor), per task and over tasks. A wide spread over tasks says the inner step is unreliable (some
 tasks adapt the wrong way); a large gap between sampled and mean-action returns says the remaining exploration noise
-costs return. Prints one JSON object.
+costs return. With ``--pitch-index`` (HalfCheetah: 1, the root's pitch in the observation) it also says how often the
+robot ended up on its back. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--stages", type=int, default=2, help="adaptation stages (stage k = after k steps)")
     parser.add_argument("--mean-episodes", type=int, default=5)
+    parser.add_argument("--pitch-index", type=int, default=None,
+                        help="observation entry holding the root's pitch angle (HalfCheetah: 1); adds, per task, "
+                             "the fraction of sampled rollouts that ever pitched past 90 degrees (on its back)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -63,6 +67,11 @@ def main() -> None:
         )
         sampled = episodes.returns.mean(1).cpu().numpy()
         mean_action = mean_rollouts.returns.mean(1).cpu().numpy()
+        flipped = {}
+        if args.pitch_index is not None:
+            pitch = episodes.observations[..., args.pitch_index].abs() * episodes.mask
+            flipped = {"flipped_fraction_per_task": np.round(
+                (pitch.amax(dim=-1) > np.pi / 2).float().mean(1).cpu().numpy(), 2).tolist()}
         report["stages"].append({
             "stage": stage,
             "policy_std_mean": round(float(fast["log_std"].detach().exp().mean()), 3),
@@ -70,6 +79,7 @@ def main() -> None:
             "mean_action_return": {k: round(v, 2) for k, v in mean_confidence_interval(mean_action).items()},
             "sampled_per_task": np.round(sampled, 1).tolist(),
             "mean_action_per_task": np.round(mean_action, 1).tolist(),
+            **flipped,
         })
     mean_envs.close()
     print(json.dumps(report, indent=1))
