@@ -219,6 +219,10 @@ def test_conjugate_gradient_solves_an_spd_system():
     assert residual < 1e-15
     x10, residual10 = conjugate_gradient(lambda v: matrix @ v, b, iters=3)
     assert residual10 > residual  # fewer iterations, a rougher solution
+    # what trpo_step relies on for its step size: every iterate from 0 has xᵀAx = xᵀb, converged or not
+    for iters in (1, 3, 6):
+        xk, _ = conjugate_gradient(lambda v: matrix @ v, b, iters=iters)
+        assert float(xk @ matrix @ xk) == pytest.approx(float(xk @ b), rel=1e-10)
 
 
 def kl_of_flat(policy, obs, old_dist, weight):

@@ -156,7 +156,9 @@ def trpo_step(params: Sequence[torch.Tensor], objective: Objective, *, max_kl: f
         return reject("non-finite gradient")
     fvp = fisher_vector_product(kl, params, damping) if fisher is None else fisher()
     direction, residual = conjugate_gradient(fvp, -grad, cg_iters)
-    curvature = float(torch.dot(direction, fvp(direction)))
+    # dᵀ F d without an 11th Fisher-vector product: conjugate gradient started at 0 leaves its residual b − F d
+    # orthogonal to d (d lies in the Krylov space the residual is orthogonal to), so dᵀ F d = dᵀ b, b = −grad
+    curvature = float(torch.dot(direction, -grad))
     if not (math.isfinite(curvature) and curvature > 0 and bool(torch.isfinite(direction).all())):
         return reject("non-finite direction", grad_norm, residual=residual)
     step_size = math.sqrt(2 * max_kl / curvature)
