@@ -47,7 +47,6 @@ typedef struct {
     void *const *datas;
     const int32_t *nsteps;
     int failed;
-    long job_ns; /* how long the last job's physics took (diagnostics) */
     char message[512];
 } Worker;
 
@@ -116,9 +115,7 @@ static void *worker_main(void *arg) {
             pthread_mutex_unlock(&w->lock);
         }
         if (atomic_load(&w->state) == QUIT) break;
-        long start = now_ns();
         run_job(w);
-        w->job_ns = now_ns() - start;
         pthread_mutex_lock(&w->lock);
         atomic_store_explicit(&w->state, DONE, memory_order_release);
         if (w->caller_sleeping) pthread_cond_signal(&w->finished);
@@ -199,9 +196,6 @@ int metarl_worker_wait(void *handle) {
 }
 
 const char *metarl_worker_message(void *handle) { return ((Worker *)handle)->message; }
-
-/* Nanoseconds the last job's physics took on the worker (after metarl_worker_wait). */
-long metarl_worker_job_ns(void *handle) { return ((Worker *)handle)->job_ns; }
 
 /* Stop and free the worker (after the last wait). */
 void metarl_worker_free(void *handle) {

@@ -29,7 +29,7 @@ faster than ``AsyncVectorEnv`` on HalfCheetah. This class is faster still:
   install): a C thread that steps its whole block with MuJoCo's ``mj_step`` without touching Python or the GIL,
   and spins for up to half a millisecond waiting for the next block instead of sleeping, because on these 2-core
   VMs a kernel wake-up of a sleeping thread costs ~30 us and a Python worker needs the GIL back between its
-  ``mj_step`` calls (Python threads gave ~1.2x SyncVectorEnv, the compiled worker ~1.6x; experiments/RESULTS.md).
+  ``mj_step`` calls (Python threads gave 1.2-1.4x SyncVectorEnv, the compiled worker 1.5-1.7x; experiments/RESULTS.md).
   Without a C compiler at install the worker is not built and Python threads are used (``native_worker``). Each
   sub-env's physics is the very ``mj_step`` its own ``step`` makes (the same function of the same libmujoco), on
   its own ``MjData``, so trajectories (blow-ups included) are bit-identical to stepping the envs one by one
@@ -95,11 +95,9 @@ class _NativeWorkerLibrary:
         worker.metarl_worker_submit.restype = None
         worker.metarl_worker_submit.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
         worker.metarl_worker_wait.restype = ctypes.c_int
+        worker.metarl_worker_wait.argtypes = [ctypes.c_void_p]
         worker.metarl_worker_wait_entry.restype = ctypes.c_int
         worker.metarl_worker_wait_entry.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        worker.metarl_worker_job_ns.restype = ctypes.c_long
-        worker.metarl_worker_job_ns.argtypes = [ctypes.c_void_p]
-        worker.metarl_worker_wait.argtypes = [ctypes.c_void_p]
         worker.metarl_worker_message.restype = ctypes.c_char_p
         worker.metarl_worker_message.argtypes = [ctypes.c_void_p]
         worker.metarl_worker_free.restype = None
@@ -153,17 +151,11 @@ class _NativeWorker:
         ``wait`` raises the error); bit 1: it was not ready yet when asked."""
         return self._lib.metarl_worker_wait_entry(self._handle, index)
 
-    def job_seconds(self) -> float:
-        """How long the last block's physics took on the worker."""
-        return self._lib.metarl_worker_job_ns(self._handle) * 1e-9
-
-    def wait(self) -> bool:
-        """Wait for the block; True if it was already done (the worker had less to do than the caller)."""
-        status = self._lib.metarl_worker_wait(self._handle)
-        if status & 1:
+    def wait(self) -> None:
+        """Wait for the whole block; ``mujoco.FatalError`` if MuJoCo raised an error inside it."""
+        if self._lib.metarl_worker_wait(self._handle) & 1:
             message = self._lib.metarl_worker_message(self._handle).decode(errors="replace")
             raise mujoco.FatalError(f"MuJoCo error in the physics worker: {message}")
-        return not status & 2
 
     def close(self) -> None:
         if self._handle:

@@ -86,7 +86,7 @@ def torch_threads_for_rollouts(envs: Any, device: torch.device) -> Iterator[None
 
     torch's intra-op threads take the core that :class:`~metarl.envs.vector.TaskVectorEnv`'s physics worker needs,
     and the policy's forward pass on one batch of observations is too small to gain from them: on 2 cores a
-    MAML-TRPO iteration's sampling ran at ~26k env-steps/s with 2 torch threads and ~38k with 1
+    MAML-TRPO iteration's env stepping ran at ~26k env-steps/s with 2 torch threads and 46-51k with 1
     (``experiments/bench_maml_trpo.py``, RESULTS). The caller's thread count is restored afterwards.
     """
     threads = torch.get_num_threads()
