@@ -215,11 +215,14 @@ def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAM
 
 
 def meta_objective(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
-                   config: MAMLTRPOConfig, differentiable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   config: MAMLTRPOConfig, differentiable: bool = True,
+                   fast: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(−surrogate, mean KL)`` of the post-adaptation policies adapt(params) on the query steps, against the
-    distributions ``old_dist`` of the policies that collected them."""
+    distributions ``old_dist`` of the policies that collected them. ``fast``: adapt(params) already built (with
+    its graph, when ``differentiable``), e.g. the adaptation that chose the query policies."""
     # ALGO LOGIC: re-adapt from the support episodes so the outer gradient flows through the inner step
-    fast = adapt_policy(policy, params, support, config, first_order=config.first_order or not differentiable)
+    if fast is None:
+        fast = adapt_policy(policy, params, support, config, first_order=config.first_order or not differentiable)
     dist = policy.distribution(fast, query.observations)
     ratio = torch.exp(policy.log_prob(dist, query.actions) - policy.log_prob(old_dist, query.actions))
     steps = query.mask.sum(-1).clamp(min=1)
@@ -310,8 +313,11 @@ class MAMLTRPO:
                                             generator=self._generator("support", iteration))
         learner_start = perf_counter()
         support = process_episodes(support_episodes, cfg)
-        with torch.no_grad():
-            old_fast = {k: v.detach() for k, v in adapt_policy(policy, theta, support, cfg, first_order=True).items()}
+        params = self._params()
+        # the adaptation at θ, with the graph the meta-gradient needs: it picks the query policies now and is the
+        # TRPO step's differentiable objective at θ later (built once instead of twice)
+        fast_at_theta = adapt_policy(policy, params, support, cfg, first_order=cfg.first_order)
+        old_fast = {k: v.detach() for k, v in fast_at_theta.items()}
         learner_seconds = perf_counter() - learner_start
         query_episodes = collect_episodes(self.envs, policy, old_fast, tasks, cfg.episodes_per_task,
                                           seed=derive_seed(cfg.seed, "query", iteration),
@@ -322,12 +328,19 @@ class MAMLTRPO:
         query = process_episodes(query_episodes, cfg)
         with torch.no_grad():
             old_dist = tuple(t.detach() for t in policy.distribution(old_fast, query.observations))
-        params = self._params()
         count = max(1, round(cfg.fisher_subsample * len(tasks)))
         index = torch.randperm(len(tasks), generator=self._generator("fisher", iteration), device=self.device)[:count]
+
+        def objective(differentiable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            # trpo_step asks for the differentiable objective once, at θ: hand it the adaptation built above, then
+            # let its graph go (the line search's candidates re-adapt)
+            nonlocal fast_at_theta
+            fast = fast_at_theta if differentiable else None
+            fast_at_theta = None
+            return meta_objective(policy, params, support, query, old_dist, cfg, differentiable, fast)
+
         stats = trpo_step(
-            list(params.values()),
-            lambda differentiable: meta_objective(policy, params, support, query, old_dist, cfg, differentiable),
+            list(params.values()), objective,
             max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, damping=cfg.cg_damping,
             backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
             fisher=lambda: meta_fisher(policy, params, _subset(support, index), _subset(query, index),

@@ -11,18 +11,27 @@ Measures, in one process (timings on a shared machine are noisy: compare the rat
 * per meta-iteration: wall time; ``env_seconds`` (inside ``envs.reset``/``envs.step``); ``policy_inference_seconds``
   (computing and sampling actions during rollouts); ``learner_seconds`` = everything else (baselines, advantages,
   inner loop, TRPO with its conjugate gradient and line search, and the sampler's own bookkeeping), and
-  ``learner_fraction`` = learner_seconds / iteration seconds (target: at most 0.25);
+  ``learner_fraction`` = learner_seconds / iteration seconds (target: at most 0.25); learner_seconds split into
+  the agent's learner code (``time/learner_seconds``: advantages, inner loop, TRPO) and the rest (the sampler's
+  reset/stacking/padding around the env and policy calls, ``time/other_seconds``);
   ``env_steps_per_s`` of the whole iteration and its ratio to the raw throughput.
 
 The first iteration pays one-off costs (allocator warm-up, first calls); the summary uses the later ones.
 Prints one JSON object.
+
+``--compare-huge-pages R`` runs the benchmark ``2 R`` times in fresh processes, alternating
+``THP_MEM_ALLOC_ENABLE=0`` and ``=1`` (PyTorch's CPU allocator with 4 KB pages or with transparent huge pages for
+buffers of 2 MB or more; importing metarl turns the latter on, see ``metarl/__init__.py``), and prints each run's
+summary and the per-pair ratios of learner seconds and of iteration seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from time import perf_counter
@@ -65,7 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=YAML",
                         help="override config fields, e.g. fisher_subsample=0.2 meta_batch_size=20")
+    parser.add_argument("--compare-huge-pages", type=int, default=0, metavar="R",
+                        help="R pairs of runs in fresh processes, THP_MEM_ALLOC_ENABLE=0 then =1 (see above)")
     args = parser.parse_args(argv)
+    if args.compare_huge_pages:
+        return compare_huge_pages(args.compare_huge_pages, list(sys.argv[1:] if argv is None else argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = yaml.safe_load(args.preset.read_text()) if args.preset else {}
@@ -90,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
             "policy_inference_seconds": round(m["time/policy_inference_seconds"], 3),
             "learner_seconds": round(learner, 3),
             "learner_fraction": round(learner / seconds, 3),
+            "of_which_learner_code_seconds": round(m["time/learner_seconds"], 3),
+            "of_which_sampler_bookkeeping_seconds": round(m["time/other_seconds"], 3),
             "env_steps": int(m["env_steps"]),
             "env_steps_per_s": round(m["env_steps"] / seconds, 1),
             "backtracks": int(m["charts/backtracks"]),
@@ -113,11 +128,38 @@ def main(argv: list[str] | None = None) -> dict:
         "num_envs": agent.envs.num_envs,
         "torch_threads": torch.get_num_threads(),
         "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "cpu": platform.processor()},
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "agent_build_seconds": round(build_seconds, 2),
         "raw_env_steps_per_s": {"before": round(raw_before, 1), "after": round(raw_after, 1), "mean": round(raw, 1)},
         "iterations": iterations,
         "summary (iterations after the first)": {k: round(v, 3) for k, v in summary.items()},
     }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def compare_huge_pages(pairs: int, argv: list[str]) -> dict:
+    """The benchmark ``argv`` in fresh processes, 4 KB pages then huge pages, ``pairs`` times; prints one JSON."""
+    flag = "--compare-huge-pages"
+    argv = [a for i, a in enumerate(argv)
+            if not (a == flag or a.startswith(flag + "=") or (i > 0 and argv[i - 1] == flag))]
+    runs = []
+    for pair in range(pairs):
+        for flag in ("0", "1"):
+            done = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True,
+                                  env=dict(os.environ, THP_MEM_ALLOC_ENABLE=flag))
+            result = json.loads(done.stdout)
+            steady = result["iterations"][1:] or result["iterations"]
+            runs.append({
+                "pair": pair,
+                "huge_pages": flag == "1",
+                "learner_seconds": round(float(np.mean([it["learner_seconds"] for it in steady])), 3),
+                **result["summary (iterations after the first)"],
+            })
+    ratios = [{key: round(runs[2 * p + 1][key] / runs[2 * p][key], 3) for key in ("learner_seconds",
+                                                                                   "iteration_seconds")}
+              for p in range(pairs)]
+    result = {"runs": runs, "huge_pages_over_4kb_pages": ratios}
     print(json.dumps(result, indent=2))
     return result
 
