@@ -24,7 +24,10 @@ Defaults are the paper's (rllab's): 40 tasks, 20 episodes per task for support a
 δ = 0.01, γ = 0.99, λ = 1, 64x64 tanh Gaussian policy with state-independent log std (init std 1); CG 10 iterations,
 damping 1e-5, backtracking ratio 0.8, at most 15 backtracks; the Gaussian policy acts in ``[-1, 1]`` scaled to the
 action bounds (rllab's ``normalize(env)``). ``adapt_head_only`` adapts only the policy's output layer in the inner
-loop (an ANIL-style variant, Raghu et al. 2020). Box and Discrete action spaces.
+loop (an ANIL-style variant, Raghu et al. 2020). ``learn_inner_lr`` learns a step size per adapted parameter element
+(Meta-SGD, Li et al. 2017, whose section 4.2 meta-trains it with TRPO too): α becomes a tensor shaped like θ,
+initialised to ``inner_lr`` and updated by the same TRPO step as θ (it is part of the parameter vector whose
+post-adaptation KL is limited). Box and Discrete action spaces.
 
 Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :func:`metarl.core.trpo.
 gauss_newton_fvp`); each costs about ten forward passes over the support and query steps, and CG needs eleven.
@@ -74,6 +77,8 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 MIN_FISHER_TASKS = 4
+INNER_LR_PREFIX = "inner_lr:"
+"""Learned step sizes (``learn_inner_lr``) travel in the parameter dict under this prefix + the parameter's name."""
 """Below this many tasks in the Fisher-vector products (``fisher_subsample`` x ``meta_batch_size``) a config warns."""
 
 
@@ -95,6 +100,8 @@ class MAMLTRPOConfig(AgentConfig):
     """drop the second-order terms of the meta-gradient (first-order MAML)"""
     adapt_head_only: bool = False
     """adapt only the policy's output layer in the inner loop (ANIL-style)"""
+    learn_inner_lr: bool = False
+    """learn a step size per adapted parameter element, initialised to inner_lr (Meta-SGD)"""
     max_kl: float = 0.01
     """TRPO's KL limit δ on the post-adaptation policies"""
     cg_iters: int = 10
@@ -202,13 +209,23 @@ def inner_loss(policy: Policy, params: Params, data: TaskBatch) -> torch.Tensor:
     return -(log_prob * data.advantages * data.mask).sum(-1) / data.mask.sum(-1).clamp(min=1)
 
 
+def split_step_sizes(params: Params, config: MAMLTRPOConfig) -> tuple[Params, float | Params]:
+    """``(policy weights, step size)``: the learned per-parameter step sizes of ``params`` (``INNER_LR_PREFIX``
+    entries, with ``learn_inner_lr``) or ``config.inner_lr``."""
+    weights = {k: v for k, v in params.items() if not k.startswith(INNER_LR_PREFIX)}
+    learned = {k[len(INNER_LR_PREFIX):]: v for k, v in params.items() if k.startswith(INNER_LR_PREFIX)}
+    return weights, learned or config.inner_lr
+
+
 def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig,
                  first_order: bool, batched_params: bool = False) -> Params:
     """The inner loop: ``config.inner_steps`` policy-gradient steps per task from ``params``, the shared
-    initialisation or (``batched_params``) fast weights to continue from; returns batched fast weights."""
+    initialisation or (``batched_params``) fast weights to continue from, with the learned step sizes ``params``
+    carries if any; returns batched fast weights (policy weights only)."""
+    weights, step_size = split_step_sizes(params, config)
     return adapt(
-        lambda p, d: inner_loss(policy, p, d), params, support, steps=config.inner_steps,
-        step_size=config.inner_lr, first_order=first_order,
+        lambda p, d: inner_loss(policy, p, d), weights, support, steps=config.inner_steps,
+        step_size=step_size, first_order=first_order,
         adapt_keys=policy.head_keys if config.adapt_head_only else None, vectorized=True,
         batched_params=batched_params,
     )
@@ -278,6 +295,11 @@ class MAMLTRPO:
                                           config.init_std, ACTIVATIONS[config.activation],
                                           config.normalize_actions).to(self.device)
             self.continuous = not self.policy.discrete
+            adapted = self.policy.head_keys if config.adapt_head_only else list(dict(self.policy.named_parameters()))
+            self.inner_lrs: Params = {
+                name: torch.full_like(p, config.inner_lr).requires_grad_(True)
+                for name, p in self.policy.named_parameters() if name in adapted
+            } if config.learn_inner_lr else {}
         finally:
             probe.close()
         self.envs_per_task = config.envs_per_task or config.episodes_per_task
@@ -293,7 +315,9 @@ class MAMLTRPO:
                              max_episode_steps=self.config.max_episode_steps)
 
     def _params(self) -> Params:
-        return dict(self.policy.named_parameters())
+        """The meta-parameters TRPO updates: the policy's weights and, with ``learn_inner_lr``, the step sizes."""
+        return {**dict(self.policy.named_parameters()),
+                **{INNER_LR_PREFIX + name: lr for name, lr in self.inner_lrs.items()}}
 
     def _generator(self, *stream: int | str) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(derive_seed(self.config.seed, *stream))
@@ -307,7 +331,7 @@ class MAMLTRPO:
                                            seed=derive_seed(cfg.seed, "tasks", iteration))
 
         # ALGO LOGIC: support episodes with θ, adapted policies, query episodes with θ'
-        theta = {k: v.detach() for k, v in self._params().items()}
+        theta = {k: v.detach() for k, v in self.policy.named_parameters()}
         support_episodes = collect_episodes(self.envs, policy, theta, tasks, cfg.episodes_per_task,
                                             seed=derive_seed(cfg.seed, "support", iteration),
                                             generator=self._generator("support", iteration))
@@ -367,6 +391,8 @@ class MAMLTRPO:
             "charts/backtracks": float(stats.backtracks),
             "charts/SPS": env_steps / seconds,
             "charts/policy_std": float(self.policy.log_std.detach().exp().mean()) if self.continuous else 0.0,
+            "charts/inner_lr_mean": (float(torch.cat([lr.detach().reshape(-1) for lr in self.inner_lrs.values()])
+                                           .mean()) if self.inner_lrs else cfg.inner_lr),
             "losses/surrogate_before": -stats.loss_before,
             "losses/surrogate_after": -stats.loss_after,
             "losses/kl": stats.kl_after,
@@ -397,8 +423,10 @@ class MAMLTRPO:
         envs = self._test_envs.get(len(tasks))
         if envs is None:
             envs = self._test_envs[len(tasks)] = self._make_envs(len(tasks) * per_task)
-        keys = policy.head_keys if cfg.adapt_head_only else list(self._params())
-        fast = expand_for_tasks({k: v.detach() for k, v in self._params().items()}, len(tasks), keys)
+        weights = {k: v.detach() for k, v in self.policy.named_parameters()}
+        step_sizes = {INNER_LR_PREFIX + k: v.detach() for k, v in self.inner_lrs.items()}
+        keys = policy.head_keys if cfg.adapt_head_only else list(weights)
+        fast = expand_for_tasks(weights, len(tasks), keys)
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "actions"))
         for stage in range(num_stages):
             episodes = collect_episodes(envs, policy, fast, tasks, rollouts,
@@ -406,8 +434,8 @@ class MAMLTRPO:
             yield fast, episodes
             if stage + 1 < num_stages:
                 # ALGO LOGIC: continue adapting from the current fast weights on this stage's rollouts
-                adapted = adapt_policy(policy, fast, process_episodes(episodes, cfg), cfg, first_order=True,
-                                       batched_params=True)
+                adapted = adapt_policy(policy, {**fast, **step_sizes}, process_episodes(episodes, cfg), cfg,
+                                       first_order=True, batched_params=True)
                 fast = {k: v.detach() for k, v in adapted.items()}
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
@@ -442,6 +470,7 @@ class MAMLTRPO:
         return {
             "name": self.name,
             "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+            "inner_lrs": {k: v.detach().clone() for k, v in self.inner_lrs.items()},
             "iteration": self.iteration,
             "total_env_steps": self.total_env_steps,
             "rejected_updates": self.rejected_updates,
@@ -452,6 +481,7 @@ class MAMLTRPO:
         if state.get("name") != self.name:
             raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
         self.policy.load_state_dict(state["policy"])
+        self._load_inner_lrs(state, required=True)
         self.iteration = int(state["iteration"])
         self.total_env_steps = int(state["total_env_steps"])
         self.rejected_updates = int(state["rejected_updates"])
@@ -461,6 +491,21 @@ class MAMLTRPO:
         if state.get("name") != self.name:
             raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
         self.policy.load_state_dict(state["policy"])
+        self._load_inner_lrs(state, required=False)
+
+    def _load_inner_lrs(self, state: dict[str, Any], required: bool) -> None:
+        """Copy the checkpoint's learned step sizes in (a warm start from a fixed-step run keeps ``inner_lr``)."""
+        stored = state.get("inner_lrs") or {}
+        if not self.inner_lrs:
+            return
+        if set(stored) != set(self.inner_lrs):
+            if required or stored:
+                raise ValueError(f"the checkpoint's learned step sizes {sorted(stored)} do not match this agent's "
+                                 f"{sorted(self.inner_lrs)} (learn_inner_lr / adapt_head_only differ)")
+            return
+        with torch.no_grad():
+            for name, lr in self.inner_lrs.items():
+                lr.copy_(stored[name])
 
     def close(self) -> None:
         self.envs.close()

@@ -96,6 +96,37 @@ def test_meta_gradient_matches_finite_differences(kind, inner_steps, head_only):
 
 
 @pytest.mark.math
+@pytest.mark.parametrize("head_only", [False, True])
+def test_learned_step_sizes_get_the_finite_difference_meta_gradient(head_only):
+    """Meta-SGD variant: the meta-gradient wrt the per-parameter step sizes matches finite differences, and step
+    sizes all equal to inner_lr give exactly the fixed-step objective."""
+    policy, support, query = tiny_problem("gaussian", seed=2)
+    config = MAMLTRPOConfig(inner_lr=0.1, learn_inner_lr=True, adapt_head_only=head_only)
+    old = old_distribution(policy, support, query, config)
+    weights = dict(policy.named_parameters())
+    adapted = policy.head_keys if head_only else list(weights)
+    sizes = [weights[name].numel() for name in adapted]
+    g = torch.Generator().manual_seed(3)
+    start = 0.1 * (1 + 0.5 * torch.rand(sum(sizes), generator=g, dtype=torch.float64))
+
+    def loss_at(flat):
+        lrs = dict(zip(adapted, (chunk.view_as(weights[name]) for name, chunk in zip(adapted, flat.split(sizes)))))
+        params = {**weights, **{maml_trpo.INNER_LR_PREFIX + name: lr for name, lr in lrs.items()}}
+        return meta_objective(policy, params, support, query, old, config)[0]
+
+    point = start.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_at(point), point)
+    eps = 1e-6
+    numeric = torch.stack([(loss_at(start + eps * e) - loss_at(start - eps * e)) / (2 * eps)
+                           for e in torch.eye(len(start), dtype=torch.float64)]).detach()
+    torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+    assert grad.abs().max() > 1e-4  # the step sizes do get a gradient
+    fixed = dataclasses.replace(config, learn_inner_lr=False)
+    torch.testing.assert_close(loss_at(torch.full_like(start, 0.1)),
+                               meta_objective(policy, weights, support, query, old, fixed)[0])
+
+
+@pytest.mark.math
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
 def test_fisher_products_through_the_inner_loop_match_the_explicit_kl_hessian(kind):
     policy, support, query = tiny_problem(kind, seed=1)
@@ -163,25 +194,48 @@ def test_same_seed_same_training_and_different_seed_differs():
 
 
 @pytest.mark.determinism
-def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run():
-    straight = make_agent()
+@pytest.mark.parametrize("overrides", [{}, {"learn_inner_lr": True}])
+def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run(overrides):
+    straight = make_agent(**overrides)
     for i in range(3):
         last = without_times(straight.train_iteration(i))
-    first = make_agent()
+    first = make_agent(**overrides)
     first.train_iteration(0)
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     first.close()
     buffer.seek(0)
-    resumed = make_agent()
+    resumed = make_agent(**overrides)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert resumed.iteration == 1
     for i in range(1, 3):
         resumed_last = without_times(resumed.train_iteration(i))
     assert torch.equal(parameters(straight), parameters(resumed))
     assert resumed_last == last and resumed.total_env_steps == straight.total_env_steps
+    for name, lr in straight.inner_lrs.items():
+        assert torch.equal(lr, resumed.inner_lrs[name])
+        assert not torch.equal(lr, torch.full_like(lr, straight.config.inner_lr))  # TRPO moved the step sizes
+    assert bool(straight.inner_lrs) == bool(overrides)
     straight.close()
     resumed.close()
+
+
+@pytest.mark.api
+def test_learned_step_sizes_are_used_at_meta_test_and_checked_on_load():
+    agent = make_agent(learn_inner_lr=True, adapt_episodes=2)
+    tasks = agent.task_api.sample_tasks(2, split="test", seed=0)
+    fixed = agent.meta_test(tasks, 2, seed=0)
+    with torch.no_grad():
+        for lr in agent.inner_lrs.values():
+            lr.mul_(3.0)
+    scaled = agent.meta_test(tasks, 2, seed=0)
+    assert np.array_equal(fixed[:, 0], scaled[:, 0]) and not np.array_equal(fixed[:, 1], scaled[:, 1])
+    plain = make_agent()
+    with pytest.raises(ValueError, match="learned step sizes"):
+        agent.load_state_dict(plain.state_dict())
+    agent.load_weights(plain.state_dict())  # a warm start from a fixed-step run keeps the step sizes
+    agent.close()
+    plain.close()
 
 
 @pytest.mark.api
@@ -208,6 +262,7 @@ def test_meta_test_shape_determinism_and_no_side_effects():
     ("metarl/HalfCheetahVel-v0", {"env_kwargs": {"velocity_range": [0.0, 2.0]}, "max_episode_steps": 5}),
     ("metarl/Navigation2D-v0", {"adapt_head_only": True, "first_order": True, "fisher_subsample": 0.5,
                                 "envs_per_task": 1}),
+    ("metarl/Navigation2D-v0", {"adapt_head_only": True, "learn_inner_lr": True, "inner_steps": 2}),
 ])
 def test_smoke_other_spaces_and_variants(env_id, overrides):
     agent = make_agent(env_id, **overrides)
