@@ -19,6 +19,13 @@ Measures, in one process (timings on a shared machine are noisy: compare the rat
 The first iteration pays one-off costs (allocator warm-up, first calls); the summary uses the later ones.
 Prints one JSON object.
 
+``--count-flops`` runs one more iteration under ``torch.utils.flop_counter.FlopCounterMode`` and reports the
+learner's floating-point work (the iteration's counted FLOPs minus the policy's forward passes during rollouts,
+``2 Σ in·out`` per env step), the rate it runs at (those FLOPs over the mean learner-code seconds of the timed
+iterations) and the rate of one batched matrix product of the learner's own shape (``[tasks, steps, hidden]`` ×
+``[tasks, hidden, hidden]``, the bulk of its work) timed in the same process: how close the learner is to what the
+CPU can do.
+
 ``--compare-huge-pages R`` runs the benchmark ``2 R`` times in fresh processes, alternating
 ``THP_MEM_ALLOC_ENABLE=0`` and ``=1`` (PyTorch's CPU allocator with 4 KB pages or with transparent huge pages for
 buffers of 2 MB or more; importing metarl turns the latter on, see ``metarl/__init__.py``), and prints each run's
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=YAML",
                         help="override config fields, e.g. fisher_subsample=0.2 meta_batch_size=20")
+    parser.add_argument("--count-flops", action="store_true",
+                        help="count the learner's FLOPs in one more iteration and compare its rate with a bmm's")
     parser.add_argument("--compare-huge-pages", type=int, default=0, metavar="R",
                         help="R pairs of runs in fresh processes, THP_MEM_ALLOC_ENABLE=0 then =1 (see above)")
     args = parser.parse_args(argv)
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
             "accepted": bool(m["charts/update_accepted"]),
             "post_adaptation_return": round(m["charts/post_adaptation_return"], 3),
         })
+    flops = learner_flops(agent, args.iterations, iterations) if args.count_flops else None
     raw_after = raw_throughput(agent, args.raw_steps, seed=1)
     agent.close()
     raw = (raw_before + raw_after) / 2
@@ -134,8 +144,43 @@ def main(argv: list[str] | None = None) -> dict:
         "iterations": iterations,
         "summary (iterations after the first)": {k: round(v, 3) for k, v in summary.items()},
     }
+    if flops:
+        result["learner_flops"] = flops
     print(json.dumps(result, indent=2))
     return result
+
+
+def learner_flops(agent: MAMLTRPO, iteration: int, timed: list[dict]) -> dict:
+    """FLOPs of one more iteration's learner (see the module docstring) and its rate against a bmm's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        metrics = agent.train_iteration(iteration)
+    layers = [m for m in agent.policy.modules() if isinstance(m, torch.nn.Linear)]
+    inference = 2 * sum(m.in_features * m.out_features for m in layers) * metrics["env_steps"]
+    flops = counter.get_total_flops() - inference
+    steady = timed[1:] or timed
+    seconds = float(np.mean([it["of_which_learner_code_seconds"] for it in steady]))
+    cfg = agent.config
+    tasks, steps = cfg.meta_batch_size, cfg.episodes_per_task * (cfg.max_episode_steps or 200)
+    hidden = max(cfg.hidden_sizes)
+    a, b = torch.randn(tasks, steps, hidden), torch.randn(tasks, hidden, hidden)
+    out = torch.bmm(a, b)
+    rates = []
+    for _ in range(5):
+        start = perf_counter()
+        torch.bmm(a, b, out=out)
+        rates.append(2 * tasks * steps * hidden * hidden / (perf_counter() - start))
+    bmm_rate = float(np.median(rates))
+    return {
+        "learner_flops_per_iteration": int(flops),
+        "learner_gflop_per_iteration": round(flops / 1e9, 1),
+        "rollout_inference_gflop": round(inference / 1e9, 1),
+        "learner_code_seconds": round(seconds, 3),
+        "learner_gflop_per_s": round(flops / seconds / 1e9, 1),
+        "bmm_gflop_per_s": round(bmm_rate / 1e9, 1),
+        "learner_rate_over_bmm_rate": round(flops / seconds / bmm_rate, 3),
+    }
 
 
 def compare_huge_pages(pairs: int, argv: list[str]) -> dict:

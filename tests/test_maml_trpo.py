@@ -411,3 +411,29 @@ def test_warm_start_from_another_run(tmp_path):
     assert not (tmp_path / "other").exists()
     with pytest.raises(RunError, match="no checkpoint"):
         run("nowhere", 0, init_from=str(tmp_path / "missing"))
+
+
+@pytest.mark.smoke
+def test_iteration_benchmark_counts_learner_flops_and_compares_page_sizes(capsys):
+    """experiments/bench_maml_trpo.py on a tiny config: the learner split, the FLOP count, and the huge-pages
+    comparison in fresh processes (its argv handling strips the flag and its value)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_maml_trpo.py"
+    spec = importlib.util.spec_from_file_location("bench_maml_trpo", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = ["--env", "metarl/Navigation2D-v0", "--preset", str(PRESETS / "maml_trpo_navigation.yaml"),
+            "--raw-steps", "5", "--set", "meta_batch_size=2", "fisher_subsample=1.0", "episodes_per_task=2",
+            "max_episode_steps=5",
+            "hidden_sizes=[8]", "--iterations", "2"]
+    result = bench.main([*tiny, "--count-flops"])
+    first = result["iterations"][0]
+    assert first["of_which_learner_code_seconds"] + first["of_which_sampler_bookkeeping_seconds"] == \
+        pytest.approx(first["learner_seconds"], abs=2e-3)
+    flops = result["learner_flops"]
+    assert flops["learner_flops_per_iteration"] > 0 and flops["bmm_gflop_per_s"] > 0
+    compared = bench.main([*tiny[:-2], "--compare-huge-pages", "1", "--iterations", "1"])
+    assert [run["huge_pages"] for run in compared["runs"]] == [False, True]
+    assert set(compared["huge_pages_over_4kb_pages"][0]) == {"learner_seconds", "iteration_seconds"}
+    capsys.readouterr()
