@@ -30,10 +30,11 @@ initialised to ``inner_lr`` and updated by the same TRPO step as θ (it is part 
 post-adaptation KL is limited). Box and Discrete action spaces.
 
 Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :func:`metarl.core.trpo.
-gauss_newton_fvp`); each costs about ten forward passes over the support and query steps, and CG needs eleven.
-``fisher_subsample`` (the presets use 0.2) computes them on a random fifth of the tasks: the learner's share of a
-HalfCheetah iteration drops from 50-60% to 18-25% (``experiments/bench_maml_trpo.py``); the gradient and the line
-search (surrogate and KL) always use every task. Too few tasks misjudge the KL: with 2 of 10 HalfCheetahDir tasks the
+gauss_newton_fvp`); each costs about three forward-and-backward passes over the support and query steps, and CG
+needs ten (the step size comes from CG's own dᵀFd = dᵀb). ``fisher_subsample`` (the presets use 0.2) computes them
+on a random fifth of the tasks: with 8 of 40 HalfCheetah tasks they are still 115 of the learner's 203 GFLOP per
+iteration, and the learner 28% of it (``experiments/bench_maml_trpo.py --count-flops``, RESULTS.md); the gradient
+and the line search (surrogate and KL) always use every task. Too few tasks misjudge the KL: with 2 of 10 HalfCheetahDir tasks the
 line search backtracked 5-9 times per step and training stalled near 100 (125.6 held out; 285.3 with all 10 tasks,
 experiments/RESULTS.md), so a config whose subsample leaves fewer than ``MIN_FISHER_TASKS`` tasks gets a warning.
 
