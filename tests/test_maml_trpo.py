@@ -65,6 +65,15 @@ def unflatten(policy, flat):
     return params
 
 
+def autograd_and_central_differences(loss_at, x, eps=1e-6):
+    """(∇ loss_at(x) by autograd, the same by central differences of step ``eps``), for a float64 vector ``x``."""
+    point = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_at(point), point)
+    numeric = torch.stack([(loss_at(x + eps * e) - loss_at(x - eps * e)) / (2 * eps)
+                           for e in torch.eye(len(x), dtype=torch.float64)]).detach()
+    return grad, numeric
+
+
 def old_distribution(policy, support, query, config):
     theta = {k: v.detach() for k, v in policy.named_parameters()}
     fast = adapt_policy(policy, theta, support, config, first_order=True)
@@ -84,10 +93,7 @@ def test_meta_gradient_matches_finite_differences(kind, inner_steps, head_only):
         return meta_objective(policy, unflatten(policy, flat), support, query, old, cfg, differentiable=True)[0]
 
     point = theta.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(loss_at(point), point)
-    eps = 1e-6
-    numeric = torch.stack([(loss_at(theta + eps * e) - loss_at(theta - eps * e)) / (2 * eps)
-                           for e in torch.eye(len(theta), dtype=torch.float64)]).detach()
+    grad, numeric = autograd_and_central_differences(loss_at, theta)
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
     # the second-order terms matter: the first-order meta-gradient is visibly different
     first_order = dataclasses.replace(config, first_order=True)
@@ -114,11 +120,7 @@ def test_learned_step_sizes_get_the_finite_difference_meta_gradient(head_only):
         params = {**weights, **{maml_trpo.INNER_LR_PREFIX + name: lr for name, lr in lrs.items()}}
         return meta_objective(policy, params, support, query, old, config)[0]
 
-    point = start.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(loss_at(point), point)
-    eps = 1e-6
-    numeric = torch.stack([(loss_at(start + eps * e) - loss_at(start - eps * e)) / (2 * eps)
-                           for e in torch.eye(len(start), dtype=torch.float64)]).detach()
+    grad, numeric = autograd_and_central_differences(loss_at, start)
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
     assert grad.abs().max() > 1e-4  # the step sizes do get a gradient
     fixed = dataclasses.replace(config, learn_inner_lr=False)
