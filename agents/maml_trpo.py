@@ -25,18 +25,19 @@ Defaults are the paper's (rllab's): 40 tasks, 20 episodes per task for support a
 damping 1e-5, backtracking ratio 0.8, at most 15 backtracks; the Gaussian policy acts in ``[-1, 1]`` scaled to the
 action bounds (rllab's ``normalize(env)``). ``adapt_head_only`` adapts only the policy's output layer in the inner
 loop (an ANIL-style variant, Raghu et al. 2020). ``learn_inner_lr`` learns a step size per adapted parameter element
-(Meta-SGD, Li et al. 2017, whose section 4.2 meta-trains it with TRPO too): α becomes a tensor shaped like θ,
+(Meta-SGD, Li et al. 2017): α becomes a tensor shaped like θ,
 initialised to ``inner_lr`` and updated by the same TRPO step as θ (it is part of the parameter vector whose
 post-adaptation KL is limited). Box and Discrete action spaces.
 
 Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :func:`metarl.core.trpo.
-gauss_newton_fvp`); each costs about three forward-and-backward passes over the support and query steps, and CG
-needs ten (the step size comes from CG's own dᵀFd = dᵀb). ``fisher_subsample`` (the presets use 0.2) computes them
-on a random fifth of the tasks: with 8 of 40 HalfCheetah tasks they are still 115 of the learner's 203 GFLOP per
-iteration, and the learner 28% of it (``experiments/bench_maml_trpo.py --count-flops``, RESULTS.md); the gradient
-and the line search (surrogate and KL) always use every task. Too few tasks misjudge the KL: with 2 of 10 HalfCheetahDir tasks the
-line search backtracked 5-9 times per step and training stalled near 100 (125.6 held out; 285.3 with all 10 tasks,
-experiments/RESULTS.md), so a config whose subsample leaves fewer than ``MIN_FISHER_TASKS`` tasks gets a warning.
+gauss_newton_fvp`); each costs about seven forward passes over the support and query steps (about 1.5 GFLOP per
+HalfCheetah task), and CG needs ten (the step size comes from CG's own dᵀFd = dᵀb). ``fisher_subsample`` (the
+presets use 0.2) computes them on a random fifth of the tasks: with 8 of 40 HalfCheetah tasks they are still over
+half of the learner's 203 GFLOP per iteration, and the learner 28% of it (``experiments/bench_maml_trpo.py
+--count-flops``, RESULTS.md); the gradient and the line search (surrogate and KL) always use every task. Too few
+tasks misjudge the KL: with 2 of 10 HalfCheetahDir tasks the line search backtracked 5-9 times per step and training
+stalled near 100 (125.6 held out; 285.3 with all 10 tasks, experiments/RESULTS.md), so a config whose subsample
+leaves fewer than ``MIN_FISHER_TASKS`` tasks gets a warning.
 
 Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
 undiscounted return of the ``adapt_episodes`` rollouts per task collected with the policy after k adaptation
@@ -78,9 +79,9 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 MIN_FISHER_TASKS = 4
+"""Below this many tasks in the Fisher-vector products (``fisher_subsample`` x ``meta_batch_size``) a config warns."""
 INNER_LR_PREFIX = "inner_lr:"
 """Learned step sizes (``learn_inner_lr``) travel in the parameter dict under this prefix + the parameter's name."""
-"""Below this many tasks in the Fisher-vector products (``fisher_subsample`` x ``meta_batch_size``) a config warns."""
 
 
 @dataclass

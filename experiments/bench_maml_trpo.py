@@ -190,14 +190,14 @@ def compare_huge_pages(pairs: int, argv: list[str]) -> dict:
             if not (a == flag or a.startswith(flag + "=") or (i > 0 and argv[i - 1] == flag))]
     runs = []
     for pair in range(pairs):
-        for flag in ("0", "1"):
+        for setting in ("0", "1"):
             done = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True,
-                                  env=dict(os.environ, THP_MEM_ALLOC_ENABLE=flag))
+                                  env=dict(os.environ, THP_MEM_ALLOC_ENABLE=setting))
             result = json.loads(done.stdout)
             steady = result["iterations"][1:] or result["iterations"]
             runs.append({
                 "pair": pair,
-                "huge_pages": flag == "1",
+                "huge_pages": setting == "1",
                 "learner_seconds": round(float(np.mean([it["learner_seconds"] for it in steady])), 3),
                 **result["summary (iterations after the first)"],
             })
