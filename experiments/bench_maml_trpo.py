@@ -29,7 +29,10 @@ CPU can do.
 ``--compare-huge-pages R`` runs the benchmark ``2 R`` times in fresh processes, alternating
 ``THP_MEM_ALLOC_ENABLE=0`` and ``=1`` (PyTorch's CPU allocator with 4 KB pages or with transparent huge pages for
 buffers of 2 MB or more; importing metarl turns the latter on, see ``metarl/__init__.py``), and prints each run's
-summary and the per-pair ratios of learner seconds and of iteration seconds.
+summary and the per-pair ratios of learner seconds and of iteration seconds. ``--compare-heap R`` does the same with
+``METARL_KEEP_FREED_MEMORY=0`` and ``=1`` (freed memory handed back to the kernel, or kept in the heap:
+``metarl/core/host_memory.py``; the benchmark, like ``metarl train``, keeps it unless told not to) and also reports
+each run's peak resident memory.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +52,7 @@ import torch
 import yaml
 
 from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
+from metarl.core.host_memory import ENV_SWITCH, keep_freed_memory
 from metarl.envs.vector import TaskVectorEnv
 
 
@@ -85,9 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="count the learner's FLOPs in one more iteration and compare its rate with a bmm's")
     parser.add_argument("--compare-huge-pages", type=int, default=0, metavar="R",
                         help="R pairs of runs in fresh processes, THP_MEM_ALLOC_ENABLE=0 then =1 (see above)")
+    parser.add_argument("--compare-heap", type=int, default=0, metavar="R",
+                        help="R pairs of runs in fresh processes, METARL_KEEP_FREED_MEMORY=0 then =1 (see above)")
     args = parser.parse_args(argv)
-    if args.compare_huge_pages:
-        return compare_huge_pages(args.compare_huge_pages, list(sys.argv[1:] if argv is None else argv))
+    for flag, variable in (("--compare-huge-pages", "THP_MEM_ALLOC_ENABLE"), ("--compare-heap", ENV_SWITCH)):
+        pairs = getattr(args, flag[2:].replace("-", "_"))
+        if pairs:
+            return compare_setting(pairs, list(sys.argv[1:] if argv is None else argv), flag, variable)
+    keeps_freed_memory = keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = yaml.safe_load(args.preset.read_text()) if args.preset else {}
@@ -139,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "cpu": platform.processor()},
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "keeps_freed_memory": keeps_freed_memory,
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "agent_build_seconds": round(build_seconds, 2),
         "raw_env_steps_per_s": {"before": round(raw_before, 1), "after": round(raw_after, 1), "mean": round(raw, 1)},
         "iterations": iterations,
@@ -177,34 +189,35 @@ def learner_flops(agent: MAMLTRPO, iteration: int, timed: list[dict]) -> dict:
         "learner_gflop_per_iteration": round(flops / 1e9, 1),
         "rollout_inference_gflop": round(inference / 1e9, 1),
         "learner_code_seconds": round(seconds, 3),
-        "learner_gflop_per_s": round(flops / seconds / 1e9, 1),
-        "bmm_gflop_per_s": round(bmm_rate / 1e9, 1),
+        "learner_gflop_per_s": float(f"{flops / seconds / 1e9:.4g}"),  # significant digits: tiny configs run slowly
+        "bmm_gflop_per_s": float(f"{bmm_rate / 1e9:.4g}"),
         "learner_rate_over_bmm_rate": round(flops / seconds / bmm_rate, 3),
     }
 
 
-def compare_huge_pages(pairs: int, argv: list[str]) -> dict:
-    """The benchmark ``argv`` in fresh processes, 4 KB pages then huge pages, ``pairs`` times; prints one JSON."""
-    flag = "--compare-huge-pages"
+def compare_setting(pairs: int, argv: list[str], flag: str, variable: str) -> dict:
+    """The benchmark ``argv`` (without ``flag R``) in fresh processes with ``variable=0`` then ``=1``, ``pairs``
+    times; prints one JSON with each run's summary and the per-pair ratios (=1 over =0)."""
     argv = [a for i, a in enumerate(argv)
             if not (a == flag or a.startswith(flag + "=") or (i > 0 and argv[i - 1] == flag))]
     runs = []
     for pair in range(pairs):
         for setting in ("0", "1"):
             done = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True,
-                                  env=dict(os.environ, THP_MEM_ALLOC_ENABLE=setting))
+                                  env=dict(os.environ, **{variable: setting}))
             result = json.loads(done.stdout)
             steady = result["iterations"][1:] or result["iterations"]
             runs.append({
                 "pair": pair,
-                "huge_pages": setting == "1",
+                variable: setting,
                 "learner_seconds": round(float(np.mean([it["learner_seconds"] for it in steady])), 3),
+                "max_rss_mb": result["max_rss_mb"],
                 **result["summary (iterations after the first)"],
             })
-    ratios = [{key: round(runs[2 * p + 1][key] / runs[2 * p][key], 3) for key in ("learner_seconds",
-                                                                                   "iteration_seconds")}
+    ratios = [{key: round(runs[2 * p + 1][key] / runs[2 * p][key], 3)
+               for key in ("learner_seconds", "iteration_seconds", "max_rss_mb")}
               for p in range(pairs)]
-    result = {"runs": runs, "huge_pages_over_4kb_pages": ratios}
+    result = {"runs": runs, f"{variable}=1 over =0": ratios}
     print(json.dumps(result, indent=2))
     return result
 

@@ -23,6 +23,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from metarl.core.host_memory import keep_freed_memory
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (no usage dump) and exit 2."""
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     from metarl.runs import RunError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("train", "resume", "evaluate"):
+        keep_freed_memory()  # a training process keeps the memory it frees (metarl/core/host_memory.py)
     try:
         if len(argv) >= 2 and argv[0] == "train" and argv[1] in RL_AGENTS:
             return _cmd_train_rl(argv[1:])

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from metarl.core.host_memory import keep_freed_memory
+
 
 def fewshot_demo(out: Path, iterations: int) -> Path:
     from metarl.training import FewShotConfig, train_fewshot
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the demo runs go")
     parser.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     args = parser.parse_args()
+    keep_freed_memory()  # a training process keeps the memory it frees (metarl/core/host_memory.py)
     fewshot_demo(args.out, iterations=200 if args.quick else 3000)
     meta_rl_demo(args.out, iterations=3 if args.quick else 30)
 

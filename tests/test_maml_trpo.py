@@ -21,10 +21,12 @@ from metarl.agents.maml_trpo import (
     MAMLTRPO,
     MAMLTRPOConfig,
     TaskBatch,
+    adapt_in_chunks,
     adapt_policy,
     inner_loss,
     meta_fisher,
     meta_objective,
+    task_chunks,
 )
 from metarl.core.adaptation import adapt
 from metarl.core.agent import MetaRLAgent
@@ -166,6 +168,44 @@ def parameters(agent: MAMLTRPO) -> torch.Tensor:
 
 def without_times(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not (k.startswith("time/") or k == "charts/SPS")}
+
+
+@pytest.mark.math
+@pytest.mark.parametrize("head_only", [False, True])
+def test_chunked_objective_and_iteration_match_the_whole_meta_batch(head_only):
+    """task_chunk: the surrogate, KL and meta-gradient over chunks of tasks (3 tasks in chunks of 2 + 1, with and
+    without the adaptation handed in) equal those over all tasks at once; so does a whole training iteration."""
+    policy, support, query = tiny_problem("gaussian", seed=3)
+    whole = MAMLTRPOConfig(inner_lr=0.1, adapt_head_only=head_only, task_chunk=0)
+    chunked = dataclasses.replace(whole, task_chunk=2)
+    assert task_chunks(3, 2) == [slice(0, 2), slice(2, 3)] and task_chunks(3, 0) == [slice(0, 3)]
+    old = old_distribution(policy, support, query, whole)
+    params = dict(policy.named_parameters())
+    results = [meta_objective(policy, params, support, query, old, whole),
+               meta_objective(policy, params, support, query, old, chunked),
+               meta_objective(policy, params, support, query, old, chunked,
+                              fast=adapt_in_chunks(policy, params, support, chunked, first_order=False))]
+    grads = [flatten(torch.autograd.grad(loss, list(params.values()))) for loss, _ in results]
+    for (loss, kl), grad in zip(results[1:], grads[1:]):
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(kl, results[0][1], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grad, grads[0], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError):  # handed-in chunks must match the config's chunking
+        meta_objective(policy, params, support, query, old, whole,
+                       fast=adapt_in_chunks(policy, params, support, chunked, first_order=False))
+
+    # a training iteration in chunks of 2 + 1 tasks takes the same step: the float32 gradient agrees to rounding,
+    # and conjugate gradient on this tiny, ill-conditioned Fisher amplifies rounding to ~1e-3 of the step
+    steps, metrics = [], []
+    for task_chunk in (0, 2):
+        agent = make_agent(adapt_head_only=head_only, task_chunk=task_chunk)
+        start = parameters(agent)
+        metrics.append(agent.train_iteration(0))
+        steps.append(parameters(agent) - start)
+        agent.close()
+    assert metrics[1]["losses/grad_norm"] == pytest.approx(metrics[0]["losses/grad_norm"], rel=1e-5)
+    assert metrics[1]["charts/backtracks"] == metrics[0]["charts/backtracks"]
+    assert (steps[1] - steps[0]).norm() < 0.02 * steps[0].norm()
 
 
 @pytest.mark.api
@@ -321,6 +361,7 @@ class _MultiBinaryTaskEnv(gym.Env):
     ({"discount": 1.5}, "discount"), ({"gae_lambda": -0.1}, "gae_lambda"), ({"hidden_sizes": []}, "hidden_sizes"),
     ({"fisher_subsample": 0}, "fisher_subsample"), ({"device": "tpu"}, "device"), ({"cg_damping": -1}, "cg_damping"),
     ({"max_episode_steps": 0}, "max_episode_steps"), ({"env_kwargs": [1]}, "env_kwargs"),
+    ({"task_chunk": -1}, "task_chunk"), ({"task_chunk": 2.0}, "task_chunk"),
 ])
 def test_bad_config_values_raise_one_line_errors(overrides, message):
     with pytest.raises(ValueError, match=message) as info:
@@ -416,9 +457,9 @@ def test_warm_start_from_another_run(tmp_path):
 
 
 @pytest.mark.smoke
-def test_iteration_benchmark_counts_learner_flops_and_compares_page_sizes(capsys):
-    """experiments/bench_maml_trpo.py on a tiny config: the learner split, the FLOP count, and the huge-pages
-    comparison in fresh processes (its argv handling strips the flag and its value)."""
+def test_iteration_benchmark_counts_learner_flops_and_compares_allocator_settings(capsys):
+    """experiments/bench_maml_trpo.py on a tiny config: the learner split, the FLOP count, and the huge-pages and
+    heap comparisons in fresh processes (its argv handling strips the flag and its value)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "bench_maml_trpo.py"
@@ -435,7 +476,9 @@ def test_iteration_benchmark_counts_learner_flops_and_compares_page_sizes(capsys
         pytest.approx(first["learner_seconds"], abs=2e-3)
     flops = result["learner_flops"]
     assert flops["learner_flops_per_iteration"] > 0 and flops["bmm_gflop_per_s"] > 0
-    compared = bench.main([*tiny[:-2], "--compare-huge-pages", "1", "--iterations", "1"])
-    assert [run["huge_pages"] for run in compared["runs"]] == [False, True]
-    assert set(compared["huge_pages_over_4kb_pages"][0]) == {"learner_seconds", "iteration_seconds"}
+    for flag, variable in (("--compare-huge-pages", "THP_MEM_ALLOC_ENABLE"),
+                           ("--compare-heap", "METARL_KEEP_FREED_MEMORY")):
+        compared = bench.main([*tiny[:-2], flag, "1", "--iterations", "1"])
+        assert [run[variable] for run in compared["runs"]] == ["0", "1"]
+        assert set(compared[f"{variable}=1 over =0"][0]) == {"learner_seconds", "iteration_seconds", "max_rss_mb"}
     capsys.readouterr()
