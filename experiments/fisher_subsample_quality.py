@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--tasks must lie in 1..{tasks} (the meta-batch)")
 
     agent = MAMLTRPO(args.env, config)
+    init_iteration = 0
     if args.init_from is not None:
-        agent.load_weights(load_checkpoint(args.init_from / "checkpoints" / "last.pt")["agent_state"])
+        state = load_checkpoint(args.init_from / "checkpoints" / "last.pt")["agent_state"]
+        agent.load_weights(state)
+        init_iteration = int(state["iteration"])
     start_state = agent.state_dict()
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             "learner_seconds_mean": round(float(np.mean([r["learner_seconds"] for r in chosen])), 2),
         }
     result = {"env": args.env, "preset": str(args.preset), "init_from": str(args.init_from),
+              "init_iteration": init_iteration,
               "meta_batch_size": tasks, "torch_threads": torch.get_num_threads(),
               "summary": summary, "steps": rows}
     print(json.dumps(result, indent=2))

@@ -482,3 +482,24 @@ def test_iteration_benchmark_counts_learner_flops_and_compares_allocator_setting
         assert [run[variable] for run in compared["runs"]] == ["0", "1"]
         assert set(compared[f"{variable}=1 over =0"][0]) == {"learner_seconds", "iteration_seconds", "max_rss_mb"}
     capsys.readouterr()
+
+
+@pytest.mark.smoke
+def test_fisher_subsample_quality_experiment_runs_on_a_tiny_config(capsys):
+    """experiments/fisher_subsample_quality.py: every subset size is tried on the same data as the all-task step."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "fisher_subsample_quality.py"
+    spec = importlib.util.spec_from_file_location("fisher_subsample_quality", path)
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    result = quality.main(["--env", "metarl/Navigation2D-v0", "--preset", str(PRESETS / "maml_trpo_navigation.yaml"),
+                           "--set", "meta_batch_size=4", "episodes_per_task=2", "max_episode_steps=5",
+                           "hidden_sizes=[8]", "--data-iterations", "2", "--tasks", "1", "2", "--repeats", "2"])
+    summary = result["summary"]
+    assert set(summary) == {"all", "1", "2"} and summary["all"]["gain_over_all_task_gain"]["mean"] == 1.0
+    assert [summary[k]["steps"] for k in ("all", "1", "2")] == [2, 4, 4] and len(result["steps"]) == 10
+    with pytest.raises(SystemExit):
+        quality.main(["--env", "metarl/Navigation2D-v0", "--preset", str(PRESETS / "maml_trpo_navigation.yaml"),
+                      "--set", "meta_batch_size=4", "--tasks", "5"])
+    capsys.readouterr()
