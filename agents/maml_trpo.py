@@ -243,6 +243,11 @@ def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAM
     )
 
 
+def adapted_keys(policy: Policy, config: MAMLTRPOConfig) -> list[str]:
+    """Names of the parameters the inner loop adapts: the output layer's with ``adapt_head_only``, else all."""
+    return list(policy.head_keys) if config.adapt_head_only else [name for name, _ in policy.named_parameters()]
+
+
 def task_chunks(num_tasks: int, size: int) -> list[slice]:
     """Consecutive slices of at most ``size`` tasks covering ``range(num_tasks)`` (one slice if ``size`` is 0)."""
     size = size or num_tasks
@@ -329,7 +334,7 @@ class MAMLTRPO:
                                           config.init_std, ACTIVATIONS[config.activation],
                                           config.normalize_actions).to(self.device)
             self.continuous = not self.policy.discrete
-            adapted = self.policy.head_keys if config.adapt_head_only else list(dict(self.policy.named_parameters()))
+            adapted = adapted_keys(self.policy, config)
             self.inner_lrs: Params = {
                 name: torch.full_like(p, config.inner_lr).requires_grad_(True)
                 for name, p in self.policy.named_parameters() if name in adapted
@@ -382,7 +387,7 @@ class MAMLTRPO:
         # the adaptation at θ, with the graph the meta-gradient needs: it picks the query policies now and is the
         # TRPO step's differentiable objective at θ later (built once instead of twice)
         fast_at_theta = adapt_in_chunks(policy, params, support, cfg, first_order=cfg.first_order)
-        adapted = policy.head_keys if cfg.adapt_head_only else list(fast_at_theta[0])
+        adapted = adapted_keys(policy, cfg)  # batched per task in each chunk; the rest is θ's, shared
         old_fast = {k: torch.cat([part[k] for part in fast_at_theta]).detach() if k in adapted else v.detach()
                     for k, v in fast_at_theta[0].items()}
         learner_seconds = perf_counter() - learner_start
@@ -394,9 +399,9 @@ class MAMLTRPO:
         learner_start = perf_counter()
         query = process_episodes(query_episodes, cfg)
         with torch.no_grad():
-            old_dist = tuple(torch.cat(parts) for parts in zip(*(
-                policy.distribution(fast, query.observations[part])
-                for part, fast in zip(task_chunks(len(tasks), cfg.task_chunk), fast_at_theta, strict=True))))
+            chunk_dists = [policy.distribution(fast, query.observations[part])
+                           for part, fast in zip(task_chunks(len(tasks), cfg.task_chunk), fast_at_theta, strict=True)]
+        old_dist = tuple(torch.cat(pieces) for pieces in zip(*chunk_dists))
         index = self.fisher_tasks(iteration, len(tasks))
 
         def objective(differentiable: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,8 +474,7 @@ class MAMLTRPO:
             envs = self._test_envs[len(tasks)] = self._make_envs(len(tasks) * per_task)
         weights = {k: v.detach() for k, v in self.policy.named_parameters()}
         step_sizes = {INNER_LR_PREFIX + k: v.detach() for k, v in self.inner_lrs.items()}
-        keys = policy.head_keys if cfg.adapt_head_only else list(weights)
-        fast = expand_for_tasks(weights, len(tasks), keys)
+        fast = expand_for_tasks(weights, len(tasks), adapted_keys(policy, cfg))
         generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "actions"))
         for stage in range(num_stages):
             episodes = collect_episodes(envs, policy, fast, tasks, rollouts,

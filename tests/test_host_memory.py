@@ -1,5 +1,6 @@
 """metarl.core.host_memory: with the setting on, a freed 64 MB buffer is reused without new page faults."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,6 @@ print(int(applied), sum(faults[2:]))
 
 
 def _probe(**env: str) -> tuple[bool, int]:
-    import os
-
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
                           env=dict(os.environ, THP_MEM_ALLOC_ENABLE="1", **env))
     applied, faults = done.stdout.split()
