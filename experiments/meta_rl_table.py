@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from metarl.evaluation import mean_confidence_interval, save_figure
+from metarl.evaluation import save_figure, seed_statistics
 from metarl.runs import atomic_write_json
 from metarl.training_rl import RLRunConfig, train_meta_rl
 
@@ -154,17 +154,11 @@ def read_cell(run_dir: Path) -> dict[str, Any]:
 
 def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± 95% CI per adaptation episode: over seeds (each seed's task mean), or over tasks for one seed."""
-    per_seed = np.stack([c["returns"].mean(axis=0) for c in cells])  # [seeds, episodes]
-    episodes = per_seed.shape[1]
-    if len(cells) > 1:
-        stats = [mean_confidence_interval(per_seed[:, k]) for k in range(episodes)]
-        over = "seeds"
-    else:
-        stats = [mean_confidence_interval(cells[0]["returns"][:, k]) for k in range(episodes)]
-        over = "tasks"
-    return {"seeds": len(cells), "seed_list": [c.get("seed") for c in cells], "ci_over": over,
+    stats = seed_statistics([c["returns"] for c in cells])
+    return {"seeds": len(cells), "seed_list": [c.get("seed") for c in cells],
+            "ci_over": "seeds" if len(cells) > 1 else "tasks",
             "env_steps": int(np.mean([c["env_steps"] for c in cells])),
-            "mean": [s["mean"] for s in stats], "ci95": [s["ci95"] for s in stats]}
+            "mean": [s["return"] for s in stats], "ci95": [s["ci95"] for s in stats]}
 
 
 def plot(env_key: str, rows: dict[str, dict[str, Any]], path: Path) -> None:

@@ -3,6 +3,7 @@
     metarl train LEARNER [--source sinusoid|omniglot] [options]     meta-train, then evaluate on held-out tasks
     metarl evaluate RUN_DIR [--tasks N] [--one-shot-runs PATH]      evaluate a run again (or on the one-shot runs)
     metarl resume RUN_DIR                                           continue a killed run from its last checkpoint
+    metarl aggregate RUN_DIR RUN_DIR ... [--out DIR]                meta-RL: mean ± 95% CI over seeds' evaluations
     metarl list                                                     learners, task sources and environments
 
 Options of ``train`` are the fields of the config dataclass, documented by their docstrings (``--help``).
@@ -124,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train on to N iterations in all (extends a finished run; recorded in config.json); "
                              "same result as a run started with N")
 
+    aggregate = commands.add_parser(
+        "aggregate", help="meta-RL: combine several runs' (seeds') held-out evaluations",
+        description="Mean ± 95%% Student-t interval over seeds of the held-out return per adaptation episode, from "
+                    "the evaluations of several meta-RL runs (one per seed) of the same agent, env and held-out "
+                    "tasks.")
+    aggregate.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    aggregate.add_argument("--file", default="evaluation.json",
+                           help="the evaluation file in each run directory (default: evaluation.json)")
+    aggregate.add_argument("--out", type=Path, default=None, metavar="DIR",
+                           help="also write DIR/evaluation_seeds.json and DIR/adaptation_seeds.png")
     commands.add_parser("list", help="list learners, task sources and environments")
     return parser
 
@@ -259,6 +270,37 @@ def _extend_run(run_dir: Path, iterations: int) -> None:
     atomic_write_json(run_dir / "config.json", record)
 
 
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from metarl.evaluation import combine_meta_rl_seeds, plot_meta_rl, save_json
+
+    results = []
+    for run_dir in args.run_dirs:
+        path = Path(run_dir) / args.file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such evaluation (run `metarl evaluate {run_dir}` first)")
+        try:
+            results.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON ({err})") from None
+    combined = combine_meta_rl_seeds(results)
+    combined["runs"] = [str(Path(d) / args.file) for d in args.run_dirs]
+    print(f"held-out return of {combined['agent']} on {combined['env']}: {combined['num_seeds']} seeds x "
+          f"{combined['num_tasks']} tasks per split (mean of the seed means ± 95% CI over seeds; pooled: the "
+          f"interval over every task and seed; episode 0 = before adaptation):")
+    for split, data in combined["splits"].items():
+        for e in data["episodes"]:
+            seeds = ", ".join(f"{x:.1f}" for x in e["per_seed"])
+            print(f"  {split:>5} ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}  (pooled ± "
+                  f"{e['pooled_ci95']:.2f}; seeds: {seeds})")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_json(args.out / "evaluation_seeds.json", combined)
+        plot_meta_rl(combined, args.out / "adaptation_seeds.png",
+                     title=f"{combined['agent']} on {combined['env']}, {combined['num_seeds']} seeds")
+        print(f"wrote {args.out / 'evaluation_seeds.json'} and {args.out / 'adaptation_seeds.png'}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from metarl.agents import LEARNERS, RL_AGENTS
     from metarl.envs import ENVIRONMENTS
@@ -302,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) >= 2 and argv[0] == "train" and argv[1] in RL_AGENTS:
             return _cmd_train_rl(argv[1:])
         args = build_parser().parse_args(argv)
-        handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume, "list": _cmd_list}
+        handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume, "list": _cmd_list,
+                    "aggregate": _cmd_aggregate}
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("metarl: interrupted (a run with a checkpoint continues with `metarl resume RUN_DIR`)", file=sys.stderr)

@@ -19,6 +19,7 @@ Results go to JSON (``save_json``) and a PNG (``plot_adaptation``).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -264,6 +265,57 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
             "num_tasks": num_tasks, "num_episodes": num_episodes, "seed": seed, "splits": by_split}
 
 
+def seed_statistics(per_task_returns: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """Per adaptation episode, the return over several seeds' ``[tasks, episodes]`` arrays (the same held-out tasks):
+    ``return``/``ci95``: mean of the seed means ± the Student-t interval over seeds (over tasks for one seed);
+    ``pooled_ci95``: the interval over every (task, seed) pair, which ignores that a seed's tasks share a policy."""
+    arrays = [np.asarray(r, dtype=np.float64) for r in per_task_returns]
+    if not arrays:
+        raise ValueError("no seeds to summarise")
+    if any(a.ndim != 2 or a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"per-task returns differ in shape across seeds: {[a.shape for a in arrays]}")
+    seed_means = np.stack([a.mean(axis=0) for a in arrays])  # [seeds, episodes]
+    pooled = np.concatenate(arrays)  # [seeds * tasks, episodes]
+    rows = []
+    for k in range(seed_means.shape[1]):
+        over = seed_means[:, k] if len(arrays) > 1 else arrays[0][:, k]
+        stats, pooled_stats = mean_confidence_interval(over), mean_confidence_interval(pooled[:, k])
+        rows.append({"episode": k, "return": stats["mean"], "ci95": stats["ci95"],
+                     "pooled_ci95": pooled_stats["ci95"], "per_seed": seed_means[:, k].tolist()})
+    return rows
+
+
+def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One :func:`evaluate_meta_rl`-shaped result from several runs' (seeds') evaluations of the same agent and
+    env on the same held-out tasks: each split's episodes hold :func:`seed_statistics`. ``ValueError`` when the
+    evaluations are not comparable (another env, agent, evaluation seed, task or episode count)."""
+    if not results:
+        raise ValueError("no evaluations to combine")
+    first = results[0]
+    if first.get("protocol") != "meta-rl":
+        raise ValueError("not a meta-RL evaluation (protocol != 'meta-rl')")
+    for key in ("protocol", "agent", "env", "num_tasks", "num_episodes", "seed"):
+        values = {json.dumps(r.get(key)) for r in results}
+        if len(values) > 1:
+            raise ValueError(f"evaluations differ in {key}: {sorted(values)}; seeds can only be combined on the "
+                             "same held-out tasks")
+    env_kwargs = {json.dumps(((r.get("config") or {}).get("agent_config") or {}).get("env_kwargs"), sort_keys=True)
+                  for r in results}
+    if len(env_kwargs) > 1:
+        raise ValueError(f"evaluations differ in the env's kwargs: {sorted(env_kwargs)}")
+    splits = [s for s in first["splits"] if all(s in r["splits"] for r in results)]
+    if not splits:
+        raise ValueError("the evaluations share no split")
+    combined = {key: first[key] for key in ("protocol", "agent", "env", "num_tasks", "num_episodes", "seed")}
+    combined["num_seeds"] = len(results)
+    combined["splits"] = {}
+    for split in splits:
+        episodes = seed_statistics([r["splits"][split]["per_task_returns"] for r in results])
+        combined["splits"][split] = {"episodes": episodes, "pre_adaptation_return": episodes[0]["return"],
+                                     "post_adaptation_return": episodes[-1]["return"]}
+    return combined
+
+
 def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
     """PNG adaptation curve: return per adaptation episode (0 = before adaptation), one line per split."""
 
@@ -280,7 +332,8 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{split} tasks")
         ax.set_xticks(xs)
     ax.set_xlabel("adaptation episode (0 = before adaptation)")
-    ax.set_ylabel("return (mean over tasks, 95% CI)")
+    seeds = result.get("num_seeds")
+    ax.set_ylabel(f"return (mean of {seeds} seeds, 95% CI over seeds)" if seeds else "return (mean over tasks, 95% CI)")
     ax.set_title(title or f"{result['agent']} on {result['env']}")
     ax.grid(alpha=0.3)
     ax.legend()

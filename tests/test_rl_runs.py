@@ -125,3 +125,64 @@ def test_resume_with_more_iterations_extends_a_finished_run(tmp_path):
     assert a["iteration"] == b["iteration"] == 6 and a["env_steps"] == b["env_steps"]
     assert json.loads((short / "evaluation.json").read_text())["splits"] == \
         json.loads((full / "evaluation.json").read_text())["splits"]
+
+
+def _evaluation(returns, env="metarl/Navigation2D-v0", seed=12345, env_kwargs=None) -> dict:
+    """An evaluation.json's content with these per-task returns ``[tasks, episodes]`` on the test split."""
+    return {"protocol": "meta-rl", "agent": "maml-trpo", "env": env, "num_tasks": len(returns),
+            "num_episodes": len(returns[0]), "seed": seed, "config": {"agent_config": {"env_kwargs": env_kwargs or {}}},
+            "splits": {"test": {"per_task_returns": returns}}}
+
+
+def test_seed_statistics_against_a_hand_computed_interval():
+    """Mean of the seed means ± t(0.975, seeds − 1) s / √seeds; pooled over every (task, seed); one seed: tasks."""
+    import numpy as np
+    from scipy import stats
+
+    from metarl.evaluation import seed_statistics
+
+    rng = np.random.default_rng(0)
+    runs = [rng.normal(size=(5, 3)) + s for s in range(3)]
+    rows = seed_statistics(runs)
+    for k, row in enumerate(rows):
+        means = np.array([r[:, k].mean() for r in runs])
+        assert row["return"] == pytest.approx(means.mean())
+        assert row["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * means.std(ddof=1) / np.sqrt(3))
+        pooled = np.concatenate([r[:, k] for r in runs])
+        assert row["pooled_ci95"] == pytest.approx(stats.t.ppf(0.975, 14) * pooled.std(ddof=1) / np.sqrt(15))
+        assert row["per_seed"] == pytest.approx(means.tolist())
+    single = seed_statistics(runs[:1])[0]
+    assert single["ci95"] == pytest.approx(stats.t.ppf(0.975, 4) * runs[0][:, 0].std(ddof=1) / np.sqrt(5))
+    with pytest.raises(ValueError, match="shape"):
+        seed_statistics([runs[0], runs[1][:4]])
+
+
+def test_combine_meta_rl_seeds_refuses_evaluations_on_other_tasks():
+    from metarl.evaluation import combine_meta_rl_seeds
+
+    a, b = _evaluation([[0.0, 1.0], [2.0, 3.0]]), _evaluation([[1.0, 2.0], [3.0, 6.0]])
+    combined = combine_meta_rl_seeds([a, b])
+    assert combined["num_seeds"] == 2
+    assert combined["splits"]["test"]["post_adaptation_return"] == pytest.approx(3.0)
+    for other in (_evaluation([[0.0, 1.0], [2.0, 3.0]], env="metarl/HalfCheetahVel-v0"),
+                  _evaluation([[0.0, 1.0], [2.0, 3.0]], seed=1),
+                  _evaluation([[0.0, 1.0], [2.0, 3.0]], env_kwargs={"velocity_range": [0, 2]}),
+                  _evaluation([[0.0, 1.0, 2.0], [2.0, 3.0, 4.0]])):
+        with pytest.raises(ValueError, match="differ"):
+            combine_meta_rl_seeds([a, other])
+
+
+def test_cli_aggregate_writes_the_combined_evaluation_and_plot(tmp_path, capsys):
+    for seed, returns in enumerate([[[0.0, 1.0], [2.0, 3.0]], [[1.0, 2.0], [3.0, 6.0]]]):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "evaluation.json").write_text(json.dumps(_evaluation(returns)))
+    out = tmp_path / "combined"
+    assert cli_main(["aggregate", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 seeds" in printed and "ep1: 3.00" in printed
+    combined = json.loads((out / "evaluation_seeds.json").read_text())
+    assert combined["splits"]["test"]["episodes"][1]["per_seed"] == [2.0, 4.0]
+    assert (out / "adaptation_seeds.png").stat().st_size > 0
+    assert cli_main(["aggregate", str(tmp_path / "seed0"), str(tmp_path / "missing")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("metarl: error:") and error.count("\n") == 1
