@@ -116,6 +116,10 @@ class MAMLTRPOConfig(AgentConfig):
     fisher_subsample: float = 1.0
     """fraction of the meta-batch's tasks (drawn at random) whose KL curvature the Fisher-vector products use
     (rllab's subsample_factor); 1: all tasks, exact"""
+    fisher_step_subsample: float = 1.0
+    """fraction of each Fisher task's support and query steps (random positions, the same in every task, drawn per
+    iteration) the Fisher-vector products use; the adaptation inside them then sees those support steps only, a
+    noisier estimate of how θ' moves with θ. 1: all steps, exact"""
     backtrack_ratio: float = 0.8
     """line-search step shrink factor"""
     max_backtracks: int = 15
@@ -164,8 +168,9 @@ class MAMLTRPOConfig(AgentConfig):
         for name in ("cg_damping", "baseline_reg"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 < self.fisher_subsample <= 1:
-            raise ValueError(f"fisher_subsample must be in (0, 1], got {self.fisher_subsample!r}")
+        for name in ("fisher_subsample", "fisher_step_subsample"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
         fisher_tasks = max(1, round(self.fisher_subsample * self.meta_batch_size))
         if fisher_tasks < min(MIN_FISHER_TASKS, self.meta_batch_size):
             warnings.warn(
@@ -305,9 +310,9 @@ def _check_test_request(tasks: list[Any], num_episodes: int) -> None:
         raise ValueError("meta_test needs at least one task")
 
 
-def _subset(batch: tuple, index: torch.Tensor | slice) -> Any:
-    """The tasks ``index`` of a TaskBatch or a distribution tuple."""
-    parts = [t[index] for t in batch]
+def _subset(batch: tuple, index: torch.Tensor | slice, steps: torch.Tensor | slice | None = None) -> Any:
+    """The tasks ``index`` (and of those, the steps ``steps``, second axis) of a TaskBatch or a distribution tuple."""
+    parts = [t[index] if steps is None else t[index][:, steps] for t in batch]
     return TaskBatch(*parts) if isinstance(batch, TaskBatch) else tuple(parts)
 
 
@@ -368,6 +373,17 @@ class MAMLTRPO:
         generator = self._generator("fisher", iteration)
         return torch.randperm(num_tasks, generator=generator, device=self.device)[:count]
 
+    def fisher_steps(self, iteration: int, num_steps: int, phase: str) -> torch.Tensor | slice:
+        """Positions (along the flattened episodes x time axis, the same in every task) of the ``phase``
+        ("support" or "query") steps iteration ``iteration``'s Fisher-vector products use: a random
+        ``fisher_step_subsample`` fraction in increasing order, drawn from (seed, iteration, phase); all of them
+        (``slice(None)``) at 1."""
+        if self.config.fisher_step_subsample >= 1:
+            return slice(None)
+        count = max(1, round(self.config.fisher_step_subsample * num_steps))
+        generator = self._generator("fisher-steps", phase, iteration)
+        return torch.randperm(num_steps, generator=generator, device=self.device)[:count].sort().values
+
     # --- meta-training ---------------------------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:
         """One meta-iteration (see the module docstring); everything random derives from (seed, iteration)."""
@@ -403,6 +419,8 @@ class MAMLTRPO:
                            for part, fast in zip(task_chunks(len(tasks), cfg.task_chunk), fast_at_theta, strict=True)]
         old_dist = tuple(torch.cat(pieces) for pieces in zip(*chunk_dists))
         index = self.fisher_tasks(iteration, len(tasks))
+        support_steps = self.fisher_steps(iteration, support.observations.shape[1], "support")
+        query_steps = self.fisher_steps(iteration, query.observations.shape[1], "query")
 
         def objective(differentiable: bool) -> tuple[torch.Tensor, torch.Tensor]:
             # trpo_step asks for the differentiable objective once, at θ: hand it the adaptation built above, then
@@ -416,8 +434,9 @@ class MAMLTRPO:
             list(params.values()), objective,
             max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, damping=cfg.cg_damping,
             backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
-            fisher=lambda: meta_fisher(policy, params, _subset(support, index), _subset(query, index),
-                                       _subset(old_dist, index), cfg),
+            fisher=lambda: meta_fisher(policy, params, _subset(support, index, support_steps),
+                                       _subset(query, index, query_steps), _subset(old_dist, index, query_steps),
+                                       cfg),
         )
         learner_seconds += perf_counter() - learner_start
         if not stats.accepted:

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="take θ from this MAML-TRPO run's last checkpoint (default: the preset's init)")
     parser.add_argument("--data-iterations", type=int, default=3, help="batches of data (iterations 0..N-1)")
     parser.add_argument("--tasks", type=int, nargs="+", default=[4, 6, 8], help="Fisher subset sizes to try")
+    parser.add_argument("--step-fractions", type=float, nargs="*", default=[], metavar="F",
+                        help="also: the Fisher on all tasks but a random fraction F of each task's support and query "
+                             "steps (fisher_step_subsample)")
     parser.add_argument("--repeats", type=int, default=3, help="random subsets per size and batch of data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = config.meta_batch_size
     if not all(0 < m <= tasks for m in args.tasks):
         parser.error(f"--tasks must lie in 1..{tasks} (the meta-batch)")
+    if not all(0 < f <= 1 for f in args.step_fractions):
+        parser.error("--step-fractions must lie in (0, 1]")
 
     agent = MAMLTRPO(args.env, config)
     init_iteration = 0
@@ -69,12 +74,18 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     try:
         for iteration in range(args.data_iterations):
-            subsets = [("all", torch.arange(tasks))]
-            subsets += [(str(m), torch.randperm(tasks, generator=generator)[:m])
+            subsets = [("all", torch.arange(tasks), 1.0)]
+            subsets += [(str(m), torch.randperm(tasks, generator=generator)[:m], 1.0)
                         for m in args.tasks for _ in range(args.repeats)]
-            for label, index in subsets:
+            subsets += [(f"steps {f:g}", torch.arange(tasks), f)
+                        for f in args.step_fractions for _ in range(args.repeats)]
+            for label, index, fraction in subsets:
                 agent.load_state_dict(start_state)
                 agent.fisher_tasks = lambda _iteration, _num, chosen=index: chosen  # this step's Fisher tasks
+                # this step's Fisher steps: a fresh random fraction of each phase's steps (all of them at 1)
+                agent.fisher_steps = lambda _iteration, num, _phase, f=fraction: (
+                    slice(None) if f >= 1 else
+                    torch.randperm(num, generator=generator)[:max(1, round(f * num))].sort().values)
                 metrics = agent.train_iteration(iteration)
                 rows.append({
                     "data_iteration": iteration,
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     full = {r["data_iteration"]: r["surrogate_gain"] for r in rows if r["fisher_tasks"] == "all"}
     summary = {}
-    for label in ["all", *map(str, args.tasks)]:
+    for label in ["all", *map(str, args.tasks), *(f"steps {f:g}" for f in args.step_fractions)]:
         chosen = [r for r in rows if r["fisher_tasks"] == label]
         ratios = [r["surrogate_gain"] / full[r["data_iteration"]] for r in chosen]
         summary[label] = {

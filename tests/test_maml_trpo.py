@@ -208,6 +208,40 @@ def test_chunked_objective_and_iteration_match_the_whole_meta_batch(head_only):
     assert (steps[1] - steps[0]).norm() < 0.02 * steps[0].norm()
 
 
+@pytest.mark.math
+def test_fisher_step_subsample_draws_seeded_positions_and_uses_them_alike_for_query_and_old_policy():
+    """fisher_step_subsample: sorted distinct positions from (seed, iteration, phase); the steps are summed in the
+    Fisher, so all steps in another order give the exact step (the query data and the old policy's distributions are
+    indexed alike), and half of them a different, still accepted one."""
+    agent = make_agent(fisher_step_subsample=0.25)
+    steps = agent.fisher_steps(3, 40, "support")
+    assert len(steps) == 10 and bool((steps[1:] > steps[:-1]).all()) and 0 <= int(steps[0]) and int(steps[-1]) < 40
+    assert torch.equal(steps, agent.fisher_steps(3, 40, "support"))
+    assert not torch.equal(steps, agent.fisher_steps(3, 40, "query"))
+    assert not torch.equal(steps, agent.fisher_steps(4, 40, "support"))
+    agent.close()
+    assert make_agent(fisher_step_subsample=1.0).fisher_steps(3, 40, "support") == slice(None)
+
+    def step_of(agent: MAMLTRPO) -> tuple[torch.Tensor, dict]:
+        start = parameters(agent)
+        metrics = agent.train_iteration(0)
+        agent.close()
+        return parameters(agent) - start, metrics
+
+    # discrete actions: the Fisher's metric depends on the old policy's probabilities at each step (a Gaussian
+    # policy's only on its state-independent std)
+    cartpole = dict(env_id="metarl/CartPoleContext-v0", max_episode_steps=20)
+    exact, _ = step_of(make_agent(**cartpole))
+    reordered = make_agent(**cartpole, fisher_step_subsample=0.5)  # the positions come from the method below
+    reordered.fisher_steps = lambda _iteration, num, phase: torch.arange(num).flip(0) if phase == "query" \
+        else torch.randperm(num, generator=torch.Generator().manual_seed(1))
+    same, _ = step_of(reordered)
+    assert (same - exact).norm() < 0.02 * exact.norm()  # CG on the tiny Fisher amplifies float32 rounding
+    half, metrics = step_of(make_agent(**cartpole, fisher_step_subsample=0.5))
+    assert (half - exact).norm() > 0.05 * exact.norm()
+    assert metrics["charts/update_accepted"] == 1 and metrics["losses/kl"] <= MAMLTRPOConfig().max_kl
+
+
 @pytest.mark.api
 def test_agent_contract_and_registry():
     agent_class, config_class = rl_agent_classes("maml-trpo")
@@ -362,6 +396,7 @@ class _MultiBinaryTaskEnv(gym.Env):
     ({"fisher_subsample": 0}, "fisher_subsample"), ({"device": "tpu"}, "device"), ({"cg_damping": -1}, "cg_damping"),
     ({"max_episode_steps": 0}, "max_episode_steps"), ({"env_kwargs": [1]}, "env_kwargs"),
     ({"task_chunk": -1}, "task_chunk"), ({"task_chunk": 2.0}, "task_chunk"),
+    ({"fisher_step_subsample": 0}, "fisher_step_subsample"), ({"fisher_step_subsample": 1.5}, "fisher_step_subsample"),
 ])
 def test_bad_config_values_raise_one_line_errors(overrides, message):
     with pytest.raises(ValueError, match=message) as info:
