@@ -37,7 +37,11 @@ half of the learner's 203 GFLOP per iteration, and the learner 26-29% of it (``e
 --count-flops``, RESULTS.md); the gradient and the line search (surrogate and KL) always use every task. A subsample
 costs step quality: on a trained HalfCheetahVel policy a step with the Fisher on 8 of 40 tasks gained ~0.72 of the
 all-task step's surrogate and backtracked ~4.7 times instead of ~1.7 (``experiments/fisher_subsample_quality.py``).
-Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same maths). Too few tasks misjudge the KL:
+``fisher_step_subsample`` keeps every task and gives the products a random fraction of each task's support and query
+steps instead: with all 40 tasks and 10% of their steps the learner is ~0.21 of a HalfCheetahVel iteration (the
+presets' 8 tasks: ~0.30) for ~0.64 of the exact step's progress (8 tasks: ~0.76), and the line search backtracks
+about once (RESULTS.md). Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same maths). Too few
+tasks misjudge the KL:
 with 2 of 10 HalfCheetahDir tasks the line search backtracked 5-9 times per step and training
 stalled near 100 (125.6 held out; 285.3 with all 10 tasks, experiments/RESULTS.md), so a config whose subsample
 leaves fewer than ``MIN_FISHER_TASKS`` tasks gets a warning.
