@@ -41,8 +41,7 @@ all-task step's surrogate and backtracked ~4.7 times instead of ~1.7 (``experime
 steps instead: with all 40 tasks and 10% of their steps the learner is ~0.21 of a HalfCheetahVel iteration (the
 presets' 8 tasks: ~0.30) for ~0.64 of the exact step's progress (8 tasks: ~0.76), and the line search backtracks
 about once (RESULTS.md). Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same maths). Too few
-tasks misjudge the KL:
-with 2 of 10 HalfCheetahDir tasks the line search backtracked 5-9 times per step and training
+tasks misjudge the KL: with 2 of 10 HalfCheetahDir tasks the line search backtracked 5-9 times per step and training
 stalled near 100 (125.6 held out; 285.3 with all 10 tasks, experiments/RESULTS.md), so a config whose subsample
 leaves fewer than ``MIN_FISHER_TASKS`` tasks gets a warning.
 
