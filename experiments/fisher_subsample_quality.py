@@ -10,8 +10,10 @@ every task. So the cost of a subsample shows in one step, measured here directly
 same support and query episodes: :meth:`MAMLTRPO.train_iteration` derives them from (seed, iteration)), the TRPO step
 is taken with the Fisher on all tasks and on random subsets of ``--tasks`` tasks, and for each the JSON reports the
 surrogate improvement of the accepted step relative to the all-task step's, the KL, the backtracks, whether the step
-was accepted, and the learner's seconds. θ is the preset's initialisation or, with ``--init-from RUN_DIR``, the
-policy of that run's last checkpoint (a trained policy: the curvature that matters late in training).
+was accepted, and the learner's seconds. ``--step-fractions F ...`` adds steps with the Fisher on every task but a
+random fraction F of each task's support and query steps (``fisher_step_subsample``), labelled ``steps F``. θ is
+the preset's initialisation or, with ``--init-from RUN_DIR``, the policy of that run's last checkpoint (a trained
+policy: the curvature that matters late in training).
 
 It does not replace a learning curve (the steps compound), but it isolates what the subsample changes. Prints one
 JSON object.
