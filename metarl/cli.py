@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     aggregate = commands.add_parser(
         "aggregate", help="meta-RL: combine several runs' (seeds') held-out evaluations",
-        description="Mean ± 95%% Student-t interval over seeds of the held-out return per adaptation episode, from "
+        description="Mean ± 95% Student-t interval over seeds of the held-out return per adaptation episode, from "
                     "the evaluations of several meta-RL runs (one per seed) of the same agent, env and held-out "
                     "tasks.")
     aggregate.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
