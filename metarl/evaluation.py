@@ -291,9 +291,9 @@ def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     evaluations are not comparable (another env, agent, evaluation seed, task or episode count)."""
     if not results:
         raise ValueError("no evaluations to combine")
+    if any(r.get("protocol") != "meta-rl" or not isinstance(r.get("splits"), dict) for r in results):
+        raise ValueError("not a meta-RL evaluation (protocol 'meta-rl' with per-split returns)")
     first = results[0]
-    if first.get("protocol") != "meta-rl":
-        raise ValueError("not a meta-RL evaluation (protocol != 'meta-rl')")
     for key in ("protocol", "agent", "env", "num_tasks", "num_episodes", "seed"):
         values = {json.dumps(r.get(key)) for r in results}
         if len(values) > 1:
@@ -310,6 +310,8 @@ def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     combined["num_seeds"] = len(results)
     combined["splits"] = {}
     for split in splits:
+        if any("per_task_returns" not in r["splits"][split] for r in results):
+            raise ValueError(f"an evaluation has no per-task returns for the {split} split")
         episodes = seed_statistics([r["splits"][split]["per_task_returns"] for r in results])
         combined["splits"][split] = {"episodes": episodes, "pre_adaptation_return": episodes[0]["return"],
                                      "post_adaptation_return": episodes[-1]["return"]}

@@ -170,6 +170,10 @@ def test_combine_meta_rl_seeds_refuses_evaluations_on_other_tasks():
                   _evaluation([[0.0, 1.0, 2.0], [2.0, 3.0, 4.0]])):
         with pytest.raises(ValueError, match="differ"):
             combine_meta_rl_seeds([a, other])
+    with pytest.raises(ValueError, match="meta-RL"):
+        combine_meta_rl_seeds([a, {"protocol": "few-shot"}])
+    with pytest.raises(ValueError, match="per-task"):
+        combine_meta_rl_seeds([a, {**b, "splits": {"test": {}}}])
 
 
 def test_cli_aggregate_writes_the_combined_evaluation_and_plot(tmp_path, capsys):
