@@ -33,7 +33,7 @@ Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :
 gauss_newton_fvp`); each costs about seven forward passes over the support and query steps (about 1.5 GFLOP per
 HalfCheetah task), and CG needs ten (the step size comes from CG's own dᵀFd = dᵀb). ``fisher_subsample`` (the
 presets use 0.2) computes them on a random fifth of the tasks: with 8 of 40 HalfCheetah tasks they are still over
-half of the learner's 203 GFLOP per iteration, and the learner 26-29% of it (``experiments/bench_maml_trpo.py
+half of the learner's 203 GFLOP per iteration, and the learner 26-31% of it (``experiments/bench_maml_trpo.py
 --count-flops``, RESULTS.md); the gradient and the line search (surrogate and KL) always use every task. A subsample
 costs step quality: on a trained HalfCheetahVel policy a step with the Fisher on 8 of 40 tasks gained ~0.72 of the
 all-task step's surrogate and backtracked ~4.7 times instead of ~1.7 (``experiments/fisher_subsample_quality.py``).
