@@ -7,8 +7,8 @@ forks the global state, seeds it, and restores it afterwards: the caller's globa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,31 +23,17 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def derive_seed(seed: int, *stream: int | str) -> int:
-    """An independent 63-bit seed for a named sub-stream (e.g. ``derive_seed(seed, "eval", 3)``)."""
-    words = [seed] + [int.from_bytes(s.encode(), "little") % (2**32) if isinstance(s, str) else int(s) for s in stream]
+    """An independent 63-bit seed for a named sub-stream (e.g. ``derive_seed(seed, "eval", 3)``).
+
+    Every element of ``stream`` counts in full: a string is hashed (BLAKE2b over its UTF-8 bytes, tagged as a string)
+    and an integer is taken as it is (tagged as an integer), so ``"video"`` and ``"video-rollouts"``, or ``"1"`` and
+    ``1``, give different seeds. The words go through numpy's ``SeedSequence``.
+    """
+    words = [int(seed) % 2**64]
+    for part in stream:
+        if isinstance(part, str):
+            digest = hashlib.blake2b(part.encode(), digest_size=16).digest()
+            words += [1, *(int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4))]
+        else:
+            words += [2, int(part) % 2**64]
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-@dataclass
-class Generators:
-    """The generators a run uses, all from one seed: task sampling, torch sampling and numpy sampling."""
-
-    seed: int
-    torch: torch.Generator
-    numpy: np.random.Generator
-
-    @classmethod
-    def from_seed(cls, seed: int) -> Generators:
-        return cls(
-            seed=seed,
-            torch=torch.Generator().manual_seed(derive_seed(seed, "torch")),
-            numpy=np.random.default_rng(derive_seed(seed, "numpy")),
-        )
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "torch": self.torch.get_state(), "numpy": self.numpy.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.torch.set_state(state["torch"])
-        self.numpy.bit_generator.state = state["numpy"]
