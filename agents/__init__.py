@@ -1,4 +1,6 @@
-"""Learners, supervised and RL, one readable file each; :func:`make_learner` builds a supervised one by name.
+"""Learners and agents, supervised and RL, one readable file each, and the registry that names them.
+
+Few-shot supervised learners (``domain="fewshot"``; :func:`make_learner` builds one for a task source):
 
 =========== ============================================ =============================================
 name        learner                                       adapts by
@@ -12,40 +14,131 @@ protonet    Prototypical Networks (Snell et al. 2017)     class prototypes of th
 matching    Matching Networks (Vinyals et al. 2016)       cosine attention over the support set
 blackbox    Transformer over the support set              one forward pass (a sequence model)
 =========== ============================================ =============================================
+
+Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,
+``pearl``, ``oracle``, ``multitask``, ``scratch``.
+
+Every entry names its module, class and config dataclass; modules are imported when first used. A new learner or
+agent is one file here plus one :func:`register` call below (or in the user's own code): ``metarl list``,
+``metarl train NAME --help``, the run loop and the meta-test protocol pick it up.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
+from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
-
-from metarl.core.learner import FewShotLearner
-from metarl.core.networks import MLP, Conv4
-from metarl.core.seeding import seeded
-
-from .anil import ANIL
-from .blackbox import BlackBoxLearner
-from .maml import MAML, MAMLConfig
-from .matching import MatchingNetwork
-from .meta_sgd import MetaSGD
-from .protonet import PrototypicalNetwork
-from .reptile import Reptile, ReptileConfig
-
-GRADIENT_LEARNERS = {"maml": MAML, "fomaml": MAML, "meta-sgd": MetaSGD, "anil": ANIL, "reptile": Reptile}
-METRIC_LEARNERS = {"protonet": PrototypicalNetwork, "matching": MatchingNetwork}
-LEARNERS = (*GRADIENT_LEARNERS, *METRIC_LEARNERS, "blackbox")
-CLASSIFICATION_ONLY = tuple(METRIC_LEARNERS)
+DOMAINS = ("fewshot", "meta-rl")
 
 
-def _backbone(source: Any, out_features: int | None, running_stats: bool) -> tuple[nn.Module, int]:
+@dataclass(frozen=True)
+class Entry:
+    """Where a learner or agent lives: ``module.cls`` built from ``module.config`` in ``domain``."""
+
+    name: str
+    module: str
+    cls: str
+    config: str
+    domain: str
+    summary: str = ""
+
+    def load(self) -> tuple[type, type]:
+        """``(learner or agent class, config class)``."""
+        loaded = importlib.import_module(self.module)
+        if ":" in self.config:  # a config defined in another module: "module:Name"
+            module, config = self.config.split(":")
+            return getattr(loaded, self.cls), getattr(importlib.import_module(module), config)
+        return getattr(loaded, self.cls), getattr(loaded, self.config)
+
+    @property
+    def config_type(self) -> type:
+        return self.load()[1]
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, module: str, cls: str, config: str, domain: str, summary: str = "") -> Entry:
+    """Add (or replace) a learner or agent under ``name``."""
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    REGISTRY[name] = Entry(name, module, cls, config, domain, summary)
+    return REGISTRY[name]
+
+
+for _name, _module, _cls, _config, _summary in [
+    ("maml", "maml", "MAML", "MAMLConfig", "second-order gradient steps on the support set"),
+    ("fomaml", "maml", "MAML", "FOMAMLConfig", "gradient steps, second-order terms dropped"),
+    ("meta-sgd", "meta_sgd", "MetaSGD", "metarl.agents.maml:MAMLConfig", "gradient steps with learned per-parameter step sizes"),
+    ("anil", "anil", "ANIL", "metarl.agents.maml:MAMLConfig", "gradient steps on the head only"),
+    ("reptile", "reptile", "Reptile", "ReptileConfig", "SGD steps; outer update towards the adapted weights"),
+    ("protonet", "protonet", "PrototypicalNetwork", "ProtoNetConfig", "class prototypes, squared Euclidean distance"),
+    ("matching", "matching", "MatchingNetwork", "MatchingConfig", "cosine attention over the support set"),
+    ("blackbox", "blackbox", "BlackBoxLearner", "BlackBoxConfig", "a Transformer reads the support set"),
+]:
+    register(_name, f"metarl.agents.{_module}", _cls, _config, "fewshot", _summary)
+for _name, _module, _cls, _config, _summary in [
+    ("maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
+    ("rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
+    ("pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
+    ("oracle", "oracle", "Oracle", "OracleConfig", "SAC conditioned on the true task (upper bound)"),
+    ("multitask", "sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig", "one SB3 policy for all tasks (lower bound)"),
+    ("scratch", "sb3_baselines", "FromScratchBaseline", "FromScratchConfig", "SB3 from scratch on each held-out task"),
+]:
+    register(_name, f"metarl.agents.{_module}", _cls, _config, "meta-rl", _summary)
+
+
+def names(domain: str | None = None) -> tuple[str, ...]:
+    """Registered names, all or of one domain, in registration order."""
+    return tuple(n for n, e in REGISTRY.items() if domain is None or e.domain == domain)
+
+
+def entry(name: str) -> Entry:
+    """The registry entry of ``name``; an unknown name is a one-line ValueError with the closest names."""
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown learner or agent {name!r}{hint}; few-shot learners: {', '.join(names('fewshot'))}; "
+                         f"meta-RL agents: {', '.join(names('meta-rl'))}")
+    return REGISTRY[name]
+
+
+def rl_agent_classes(name: str) -> tuple[type, type]:
+    """``(agent class, config class)`` of a meta-RL agent by name; unknown names give a one-line ValueError."""
+    found = entry(name)
+    if found.domain != "meta-rl":
+        raise ValueError(f"{name} is a few-shot learner, not a meta-RL agent")
+    return found.load()
+
+
+def __getattr__(attribute: str) -> Any:
+    # LEARNERS / RL_AGENTS are views of the registry (so a registered entry shows up everywhere)
+    if attribute == "LEARNERS":
+        return names("fewshot")
+    if attribute == "RL_AGENTS":
+        return names("meta-rl")
+    raise AttributeError(f"module 'metarl.agents' has no attribute {attribute!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Few-shot learners: the standard backbone of a task source, and the learner built on it
+
+GRADIENT_LEARNER_CLASSES = ("MAML", "MetaSGD", "ANIL", "Reptile")
+"""Learners with a fixed output layer that adapts by gradient steps (their ways are fixed when they are built)."""
+
+
+def _backbone(source: Any, out_features: int | None, running_stats: bool):
     """The standard backbone for a source: MLP 40-40 for vectors (MAML's sinusoid net), Conv-4 for images."""
+    from metarl.core.networks import MLP, Conv4
+
     shape = tuple(source.input_shape)
     if len(shape) == 1:
-        hidden = [40, 40]
         if out_features is None:  # an encoder for metric / black-box learners
             return MLP(shape[0], [64], 64), 64
-        return MLP(shape[0], hidden, out_features), out_features
+        return MLP(shape[0], [40, 40], out_features), out_features
     if len(shape) == 3:
         net = Conv4(in_channels=shape[0], out_features=out_features, running_stats=running_stats,
                     image_size=shape[1])
@@ -53,72 +146,43 @@ def _backbone(source: Any, out_features: int | None, running_stats: bool) -> tup
     raise ValueError(f"no standard backbone for inputs of shape {shape}")
 
 
-def make_learner(
-    name: str,
-    source: Any,
-    *,
-    ways: int | None = None,
-    seed: int = 0,
-    inner_lr: float | None = None,
-    inner_steps: int | None = None,
-    first_order: bool = False,
-    meta_step_size: float | None = None,
-) -> FewShotLearner:
-    """Build learner ``name`` with the standard backbone for ``source`` (initialised from ``seed``).
+def make_learner(name: str, source: Any, config: Any = None, *, ways: int | None = None, **fields: Any):
+    """Build few-shot learner ``name`` with the standard backbone for ``source``, initialised from the config's seed.
 
-    ``ways`` is the number of classes per task for classification learners with a fixed output layer (MAML family,
-    black-box); ``inner_lr``/``inner_steps``/``first_order`` configure the gradient learners (None: defaults).
+    ``config`` is the learner's config dataclass (default: its defaults); ``fields`` set config fields on top
+    (``make_learner("maml", source, seed=0, inner_steps=5)``). ``ways`` is the number of classes per task for
+    learners with a fixed output layer (MAML family, black-box; default: the source's ways).
     """
-    if name not in LEARNERS:
-        raise ValueError(f"unknown learner {name!r}; choose one of: {', '.join(LEARNERS)}")
+    from metarl.core.seeding import seeded
+
+    found = entry(name)
+    if found.domain != "fewshot":
+        raise ValueError(f"{name} is a meta-RL agent: train it on an environment (--env), not a task source")
+    learner_type, config_type = found.load()
+    if config is None:
+        config = config_type()
+    elif not isinstance(config, config_type):
+        raise ValueError(f"{name} takes a {config_type.__name__}, got {type(config).__name__}")
+    if fields:
+        from metarl.core.config import config_from_dict
+
+        config = config_from_dict(config_type, {**dataclasses.asdict(config), **fields})
     kind = source.kind
-    if name in CLASSIFICATION_ONLY and kind != "classification":
-        raise ValueError(f"learner {name!r} needs a classification task source, not {kind}")
     outputs = (ways or getattr(source, "ways", None)) if kind == "classification" else source.output_dim
-    with seeded(seed):
-        if name in GRADIENT_LEARNERS:
-            config_type = ReptileConfig if name == "reptile" else MAMLConfig
-            options: dict[str, Any] = {"first_order": first_order or name == "fomaml"}
-            if inner_lr is not None:
-                options["inner_lr"] = inner_lr
-            if inner_steps is not None:
-                options["inner_steps"] = inner_steps
-            if name == "reptile" and meta_step_size is not None:
-                options["meta_step_size"] = meta_step_size
+    with seeded(config.seed):
+        if found.cls in GRADIENT_LEARNER_CLASSES:
             model, _ = _backbone(source, outputs, running_stats=False)
-            learner = GRADIENT_LEARNERS[name](model, kind, config_type(**options))
-        elif name in METRIC_LEARNERS:
-            embedding, _ = _backbone(source, None, running_stats=True)
-            learner = METRIC_LEARNERS[name](embedding, kind)
-        else:
+            learner = learner_type(model, kind, config)
+        elif found.cls == "BlackBoxLearner":
             encoder, feature_dim = _backbone(source, None, running_stats=True)
-            learner = BlackBoxLearner(encoder, feature_dim, kind, outputs)
+            learner = learner_type(encoder, feature_dim, kind, outputs, config)
+        else:  # metric learners: an embedding
+            if kind != "classification":
+                raise ValueError(f"learner {name!r} needs a classification task source, not {kind}")
+            embedding, _ = _backbone(source, None, running_stats=True)
+            learner = learner_type(embedding, kind, config)
     learner.name = name
     return learner
 
 
-# Meta-RL agents (imported lazily: each pulls in its own dependencies). Constructor: Agent(env_id, config).
-RL_AGENTS: dict[str, tuple[str, str, str]] = {
-    # name: (module, agent class, config class)
-    "maml-trpo": ("metarl.agents.maml_trpo", "MAMLTRPO", "MAMLTRPOConfig"),
-    "rl2": ("metarl.agents.rl2", "RL2", "RL2Config"),
-    "pearl": ("metarl.agents.pearl", "PEARL", "PEARLConfig"),
-    "oracle": ("metarl.agents.oracle", "Oracle", "OracleConfig"),
-    "multitask": ("metarl.agents.sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig"),
-    "scratch": ("metarl.agents.sb3_baselines", "FromScratchBaseline", "FromScratchConfig"),
-}
-
-
-def rl_agent_classes(name: str) -> tuple[type, type]:
-    """``(agent class, config class)`` of a meta-RL agent by name; unknown names give a one-line ValueError."""
-    import importlib
-
-    if name not in RL_AGENTS:
-        raise ValueError(f"unknown agent {name!r}; choose one of: {', '.join([*RL_AGENTS, *LEARNERS])}")
-    module, agent, config = RL_AGENTS[name]
-    loaded = importlib.import_module(module)
-    return getattr(loaded, agent), getattr(loaded, config)
-
-
-__all__ = ["LEARNERS", "make_learner", "MAML", "MAMLConfig", "MetaSGD", "ANIL", "Reptile", "ReptileConfig",
-           "PrototypicalNetwork", "MatchingNetwork", "BlackBoxLearner"]
+__all__ = ["REGISTRY", "Entry", "register", "entry", "names", "make_learner", "rl_agent_classes", "DOMAINS"]

@@ -18,9 +18,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarl.core.learner import FewShotLearner
+from dataclasses import dataclass
+
+from metarl.core.config import ConfigError, check_int
+from metarl.core.learner import FewShotLearner, FewShotLearnerConfig
 
 from .protonet import embed_tasks
+
+
+@dataclass
+class BlackBoxConfig(FewShotLearnerConfig):
+    """Settings of the black-box learner's Transformer."""
+
+    d_model: int = 128
+    """width of the tokens"""
+    layers: int = 3
+    """Transformer encoder layers"""
+    heads: int = 4
+    """attention heads (must divide d_model)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("d_model", "layers", "heads"):
+            check_int(getattr(self, name), name, minimum=1)
+        if self.d_model % self.heads:
+            raise ConfigError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
 
 
 class BlackBoxLearner(FewShotLearner):
@@ -34,11 +56,11 @@ class BlackBoxLearner(FewShotLearner):
         feature_dim: int,
         kind: str,
         output_dim: int,
-        d_model: int = 128,
-        layers: int = 3,
-        heads: int = 4,
+        config: BlackBoxConfig | None = None,
     ) -> None:
         super().__init__(kind)
+        self.config = config or BlackBoxConfig()
+        d_model, layers, heads = self.config.d_model, self.config.layers, self.config.heads
         self.encoder = encoder
         self.output_dim = output_dim
         self.x_projection = nn.Linear(feature_dim, d_model)

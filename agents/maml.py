@@ -20,13 +20,14 @@ from torch import nn
 from torch.func import functional_call
 
 from metarl.core.adaptation import Params, adapt, batched_forward, parameters_of
-from metarl.core.learner import FewShotLearner, single_task_loss, task_losses
+from metarl.core.config import check_int, check_positive
+from metarl.core.learner import FewShotLearner, FewShotLearnerConfig, single_task_loss, task_losses
 from metarl.core.networks import MLP
 
 
 @dataclass
-class MAMLConfig:
-    """Inner-loop settings of MAML and its family."""
+class MAMLConfig(FewShotLearnerConfig):
+    """Settings of MAML and its family (defaults: the MAML paper's sinusoid settings)."""
 
     inner_lr: float = 0.01
     """step size α of the inner SGD steps"""
@@ -36,10 +37,17 @@ class MAMLConfig:
     """drop second-order terms (FOMAML)"""
 
     def __post_init__(self) -> None:
-        if not self.inner_lr > 0:
-            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
-        if self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        super().__post_init__()
+        check_positive(self.inner_lr, "inner_lr")
+        check_int(self.inner_steps, "inner_steps", minimum=1)
+
+
+@dataclass
+class FOMAMLConfig(MAMLConfig):
+    """First-order MAML: MAML's settings with the second-order terms dropped."""
+
+    first_order: bool = True
+    """drop second-order terms (FOMAML)"""
 
 
 class MAML(FewShotLearner):

@@ -15,9 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarl.core.learner import FewShotLearner
+from dataclasses import dataclass
+
+from metarl.core.config import check_positive
+from metarl.core.learner import FewShotLearner, FewShotLearnerConfig
 
 from .protonet import embed_tasks
+
+
+@dataclass
+class MatchingConfig(FewShotLearnerConfig):
+    """Settings of Matching Networks."""
+
+    temperature: float = 10.0
+    """initial scale of the cosine similarities before the softmax (learned in the outer loop)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self.temperature, "temperature")
 
 
 class MatchingNetwork(FewShotLearner):
@@ -25,12 +40,13 @@ class MatchingNetwork(FewShotLearner):
 
     name = "matching"
 
-    def __init__(self, embedding: nn.Module, kind: str = "classification", temperature: float = 10.0) -> None:
+    def __init__(self, embedding: nn.Module, kind: str = "classification", config: MatchingConfig | None = None) -> None:
         if kind != "classification":
             raise ValueError("Matching Networks need a classification task source (e.g. omniglot)")
         super().__init__(kind)
+        self.config = config or MatchingConfig()
         self.embedding = embedding
-        self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
+        self.log_temperature = nn.Parameter(torch.tensor(float(self.config.temperature)).log())
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *, steps: int | None = None):
         ways = int(support_y.max()) + 1

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarl.core.learner import FewShotLearner
+from dataclasses import dataclass
+
+from metarl.core.learner import FewShotLearner, FewShotLearnerConfig
 
 
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
@@ -30,15 +32,22 @@ def embed_tasks(embedding: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return embedding(x.reshape(tasks * n, *x.shape[2:])).reshape(tasks, n, -1)
 
 
+@dataclass
+class ProtoNetConfig(FewShotLearnerConfig):
+    """Settings of Prototypical Networks: the outer loop's only (the embedding is the source's standard backbone;
+    the ways of training episodes, 60 in the paper for Omniglot, are the task source's ``train_ways``)."""
+
+
 class PrototypicalNetwork(FewShotLearner):
     """Adapt = compute class prototypes of the support set; predict = negative squared distances as logits."""
 
     name = "protonet"
 
-    def __init__(self, embedding: nn.Module, kind: str = "classification") -> None:
+    def __init__(self, embedding: nn.Module, kind: str = "classification", config: ProtoNetConfig | None = None) -> None:
         if kind != "classification":
             raise ValueError("Prototypical Networks need a classification task source (e.g. omniglot)")
         super().__init__(kind)
+        self.config = config or ProtoNetConfig()
         self.embedding = embedding
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:

@@ -1,30 +1,338 @@
-"""The ``metarl`` command: a thin layer over the Python API.
+"""The ``metarl`` command: a thin layer over :mod:`metarl.training`, generated from the config dataclasses (tyro).
 
-    metarl train LEARNER [--source sinusoid|omniglot] [options]     meta-train, then evaluate on held-out tasks
-    metarl evaluate RUN_DIR [--tasks N] [--one-shot-runs PATH]      evaluate a run again (or on the one-shot runs)
-    metarl resume RUN_DIR                                           continue a killed run from its last checkpoint
-    metarl aggregate RUN_DIR RUN_DIR ... [--out DIR]                meta-RL: mean ± 95% CI over seeds' evaluations
-    metarl list                                                     learners, task sources and environments
+    metarl train NAME [--preset FILE] [--set KEY=VALUE ...] [--FIELD VALUE ...]   meta-train, then evaluate
+    metarl evaluate RUN_DIR [--eval-tasks N ...] [--threads N] [--video]        evaluate a run again
+    metarl resume RUN_DIR [--iterations N]                                      continue a killed run
+    metarl aggregate RUN_DIR RUN_DIR ... [--out DIR]                            meta-RL: mean ± 95% CI over seeds
+    metarl list                                                                 learners, agents, sources, envs
 
-Options of ``train`` are the fields of the config dataclass, documented by their docstrings (``--help``).
+``metarl train NAME --help`` lists every field of the run, of NAME's config, of its task source or env and of its
+evaluation, with defaults (a preset's values when ``--preset`` is given) and docstrings. Values come from the
+defaults, then the preset (YAML), then ``--set key=value`` (YAML values; ``a.b=v`` sets one key of a mapping such
+as ``env_kwargs``), then ``--field value`` flags.
+
 Bad input prints one line ``metarl: error: ...`` and exits with status 2; nothing half-written is left behind.
+
+Process settings (the only place metarl changes process-wide state, and only when run as this command; each has an
+opt-out): :func:`configure_process` asks PyTorch's CPU allocator for transparent huge pages
+(``THP_MEM_ALLOC_ENABLE=1`` unless set; ``THP_MEM_ALLOC_ENABLE=0`` opts out) and keeps freed memory in the heap
+(:mod:`metarl.core.host_memory`; ``METARL_KEEP_FREED_MEMORY=0`` opts out). Thread counts are the run's ``threads``
+field (applied for the duration of a run by :func:`metarl.training.torch_threads`). docs/performance.md says why.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
+import contextlib
 import dataclasses
-import inspect
+import io
 import json
+import os
 import sys
-import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from metarl.core.host_memory import keep_freed_memory
+COMMANDS = ("train", "evaluate", "resume", "aggregate", "list")
+
+
+class CommandError(ValueError):
+    """Bad command-line input (printed as one line, exit status 2)."""
+
+
+def configure_process(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the ``metarl`` command turns on for a training process (see the module docstring); returns what it did.
+    Not called on import: a program that imports metarl keeps its own settings."""
+    from metarl.core.host_memory import keep_freed_memory
+
+    environ = os.environ if environ is None else environ
+    environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read by torch at its first allocation of 2 MB or more
+    return {"huge_pages": environ["THP_MEM_ALLOC_ENABLE"], "keep_freed_memory": keep_freed_memory()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# From dataclasses to a command line
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass and its bases (the string literal right after each field)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+_SCALARS = (int, float, str, bool, Path)
+
+
+def _cli_type(annotation: Any) -> bool:
+    """Whether a field's type has a command-line form (scalars, X | None, tuple[X, ...], list[X])."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return all(a is type(None) or _cli_type(a) for a in typing.get_args(annotation))
+    if origin in (tuple, list):
+        return all(a is Ellipsis or a in _SCALARS for a in typing.get_args(annotation))
+    return annotation in _SCALARS
+
+
+def _section_class(title: str, cls: type, values: dict[str, Any], skip: set[str],
+                   resolved: tuple[str, ...] = ()) -> tuple[type, dict[str, Any]]:
+    """A dataclass for tyro holding ``cls``'s command-line fields (minus ``skip``) with ``values`` as defaults;
+    ``resolved`` fields are ``X | None`` in ``cls`` but always set by now (shown as ``X``)."""
+    import tyro
+
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    fields, defaults = [], {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in skip or not _cli_type(hints[f.name]):
+            continue
+        value, annotation = values[f.name], hints[f.name]
+        if f.name in resolved and value is not None:
+            annotation = type(value)
+        fields.append((f.name, Annotated[annotation, tyro.conf.arg(help=docs.get(f.name, ""))],
+                       dataclasses.field(default=value if not isinstance(value, list) else None)))
+        defaults[f.name] = value
+    made = dataclasses.make_dataclass(title, fields)
+    return made, defaults
+
+
+def _parse_with_tyro(cls: type, default: Any, args: list[str], prog: str, description: str,
+                     flag_pairs: bool = True) -> Any:
+    """``tyro.cli`` with its errors turned into one :class:`CommandError` line (help still goes to stdout)."""
+    import tyro
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(cls, default=default, args=args, prog=prog, description=description,
+                            config=(tyro.conf.OmitArgPrefixes,) + (() if flag_pairs else (tyro.conf.FlagCreatePairsOff,)))
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            raise
+        lines = [line.strip(" │╭╮╰╯─-") for line in captured.getvalue().splitlines()]
+        lines = [line for line in lines if line.strip()]
+        message = (lines[1] if len(lines) > 1 else (lines[0] if lines else "bad arguments")).strip()
+        raise CommandError(f"{_explain_unrecognized(message, cls)} (see `{prog} --help`)") from None
+
+
+def _explain_unrecognized(message: str, cls: type) -> str:
+    """Name the closest valid flag, or the source an option belongs to, for tyro's "Unrecognized options"."""
+    if not message.startswith("Unrecognized options:"):
+        return message
+    import difflib
+
+    from metarl.envs.fewshot.sources import SOURCE_CONFIGS
+
+    flag = message.split(":", 1)[1].split(",")[0].strip()
+    valid = []
+    for section in dataclasses.fields(cls):
+        inner = typing.get_args(section.type)[0] if typing.get_origin(section.type) is Annotated else section.type
+        if dataclasses.is_dataclass(inner):
+            valid += ["--" + f.name.replace("_", "-") for f in dataclasses.fields(inner)]
+    for source, config in SOURCE_CONFIGS.items():
+        if flag not in valid and flag in ["--" + f.name.replace("_", "-") for f in dataclasses.fields(config)]:
+            return f"{flag} applies to the {source} source only (--source {source})"
+    close = difflib.get_close_matches(flag, valid, n=1, cutoff=0.6)
+    return f"unrecognized option {flag}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _take_option(argv: list[str], flag: str, repeatable: bool = False) -> tuple[list[str], list[str]]:
+    """Remove ``flag VALUE`` / ``flag=VALUE`` from ``argv``; returns (the values, the rest)."""
+    values, rest, index = [], [], 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == flag:
+            if index + 1 >= len(argv):
+                raise CommandError(f"{flag} expects a value")
+            values.append(argv[index + 1])
+            index += 2
+            continue
+        if arg.startswith(flag + "="):
+            values.append(arg[len(flag) + 1:])
+        else:
+            rest.append(arg)
+        index += 1
+    if len(values) > 1 and not repeatable:
+        raise CommandError(f"{flag} given {len(values)} times")
+    return values, rest
+
+
+def _peek_option(argv: list[str], flag: str) -> str | None:
+    values, _ = _take_option(list(argv), flag, repeatable=True)
+    return values[-1] if values else None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _cmd_train(argv: list[str]) -> int:
+    from metarl.agents import entry, names
+    from metarl.core.config import parse_overrides
+    from metarl.training import RUN_FIELDS, make_run_config, section_types, train
+
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print("usage: metarl train NAME [--preset FILE] [--set KEY=VALUE ...] [--FIELD VALUE ...]\n\n"
+                  f"few-shot learners: {', '.join(names('fewshot'))}\nmeta-RL agents: {', '.join(names('meta-rl'))}"
+                  "\n\n`metarl train NAME --help` lists NAME's fields.")
+            return 0
+        raise CommandError("train needs a learner or agent name (see `metarl list`)")
+    name, rest = argv[0], argv[1:]
+    found = entry(name)
+    overrides, rest = _take_option(rest, "--set", repeatable=True)
+    preset = _peek_option(rest, "--preset")
+    values = parse_overrides(overrides)
+    source = _peek_option(rest, "--source") or values.get("source")
+    if source is None and preset is not None:
+        from metarl.core.config import load_yaml_mapping
+
+        source = load_yaml_mapping(preset).get("source")
+    if source is not None:
+        values["source"] = source
+    # the defaults shown and used: the learner's, then the preset's, then --set
+    base = make_run_config(name, values, preset=preset)
+    record = base.to_dict()
+    sections = section_types(name, base.task.source if found.domain == "fewshot" else None)
+    learner_title = "learner" if found.domain == "fewshot" else "agent"
+    titles = {"learner": learner_title, "task": "task source" if found.domain == "fewshot" else "task env",
+              "evaluation": "evaluation"}
+    parts, defaults = [], {}
+    run_cls, run_defaults = _section_class("run", type(base), {k: record[k] for k in RUN_FIELDS},
+                                             {"name", "learner", "task", "evaluation"},
+                                             resolved=("iterations", "checkpoint_every", "log_every"))
+    parts.append(("run", run_cls))
+    defaults["run"] = run_cls(**run_defaults)
+    for section, cls in sections.items():
+        current = {f.name: getattr(getattr(base, section), f.name) for f in dataclasses.fields(cls)}
+        made, section_defaults = _section_class(titles[section].replace(" ", "_"), cls, current, skip=set(RUN_FIELDS))
+        parts.append((section, made))
+        defaults[section] = made(**section_defaults)
+    command_type = dataclasses.make_dataclass(
+        "train", [(section, Annotated[cls, _group(titles.get(section, "run"))],
+                   dataclasses.field(default_factory=lambda d=defaults[section]: d)) for section, cls in parts])
+    prog = f"metarl train {name}"
+    parsed = _parse_with_tyro(command_type, command_type(**defaults), rest, prog,
+                              f"Meta-train {name} ({found.summary}), then evaluate it on held-out tasks. Options "
+                              "not given keep the defaults shown (a preset's where --preset is given); fields "
+                              "without a flag (mappings such as env_kwargs) take --set key=value.")
+    flat = {**values}
+    for section, _ in parts:
+        flat.update(dataclasses.asdict(getattr(parsed, section)))
+    flat.pop("preset", None)
+    run = make_run_config(name, flat, preset=preset)
+    run_dir = train(run)
+    print_result(run_dir)
+    return 0
+
+
+def _group(title: str) -> Any:
+    import tyro
+
+    return tyro.conf.arg(name=title.replace(" ", "-"))
+
+
+def _cmd_evaluate(argv: list[str]) -> int:
+    from metarl.training import evaluate, evaluation_fields, load_run
+
+    positional = [a for a in argv if not a.startswith("-")]
+    if argv and argv[0] in ("-h", "--help") or not positional:
+        if not positional and not (argv and argv[0] in ("-h", "--help")):
+            raise CommandError("evaluate needs a run directory (see `metarl evaluate --help`)")
+        print("usage: metarl evaluate RUN_DIR [--threads N] [--video] [evaluation fields]\n\n"
+              "Evaluate RUN_DIR's last checkpoint on held-out tasks again (evaluation.json, adaptation.png).\n"
+              "`metarl evaluate RUN_DIR --help` lists the evaluation fields of that run, with its values as defaults.")
+        return 0
+    run_dir = Path(argv[argv.index(positional[0])])
+    rest = [a for i, a in enumerate(argv) if i != argv.index(positional[0])]
+    if not (run_dir / "config.json").is_file():
+        raise CommandError(f"{run_dir} is not a metarl run directory (no config.json)")
+    run = load_run(run_dir)
+    fields = evaluation_fields(run)
+    current = {name: getattr(run.evaluation, name, None) if hasattr(run.evaluation, name) else getattr(run.task, name)
+               for name in fields}
+
+    @dataclasses.dataclass
+    class Extra:
+        threads: int | None = None
+        """torch intra-op threads for the evaluation (default: the run's threads)"""
+        video: bool = False
+        """meta-RL: also render a held-out task's episodes before and after adaptation (adaptation.gif)"""
+
+    made_eval, eval_defaults = _section_class("evaluation", type(run.evaluation), current,
+                                              skip=set(fields) - {f.name for f in dataclasses.fields(run.evaluation)})
+    extra_task = [n for n in fields if n not in eval_defaults]
+    made_task, task_defaults = _section_class("source_evaluation", type(run.task), _task_values(run),
+                                              skip={f.name for f in dataclasses.fields(run.task)} - set(extra_task))
+    command_type = dataclasses.make_dataclass("evaluate", [
+        ("run", Annotated[Extra, _group("run")], dataclasses.field(default_factory=Extra)),
+        ("evaluation", Annotated[made_eval, _group("evaluation")],
+         dataclasses.field(default_factory=lambda: made_eval(**eval_defaults))),
+        ("source", Annotated[made_task, _group("source evaluation")],
+         dataclasses.field(default_factory=lambda: made_task(**task_defaults))),
+    ])
+    prog = "metarl evaluate RUN_DIR"
+    parsed = _parse_with_tyro(command_type, command_type(), rest, prog,
+                              f"Evaluate {run_dir} ({run.name}) on held-out tasks again; defaults: the run's.")
+    given = {**dataclasses.asdict(parsed.evaluation), **dataclasses.asdict(parsed.source)}
+    overrides = {k: v for k, v in given.items() if v != current.get(k)}
+    if parsed.run.video:
+        if run.domain != "meta-rl":
+            raise CommandError("--video is for meta-RL runs")
+        from metarl.runs import RunError
+        from metarl.video import choose_gl_backend
+
+        try:  # MuJoCo reads MUJOCO_GL once, at import: choose it before anything imports mujoco
+            choose_gl_backend()
+        except RunError:
+            pass  # said again by record_adaptation_video if the env needs OpenGL (2D navigation does not)
+    evaluate(run_dir, threads=parsed.run.threads, **overrides)
+    if parsed.run.video:
+        from metarl.video import record_adaptation_video
+
+        print(f"video: {record_adaptation_video(run_dir)}")
+    print_result(run_dir)
+    return 0
+
+
+def _task_values(run: Any) -> dict[str, Any]:
+    return {f.name: getattr(run.task, f.name) for f in dataclasses.fields(run.task)}
+
+
+def _cmd_resume(argv: list[str]) -> int:
+    from metarl.training import resume
+
+    @dataclasses.dataclass
+    class Resume:
+        run_dir: Annotated[Path, __import__("tyro").conf.Positional]
+        """the run directory to continue"""
+        iterations: int | None = None
+        """train on to this many iterations in all (extends a finished run; recorded in config.json); the same
+        result as a run started with it"""
+        no_progress: bool = False
+        """hide the progress bar"""
+
+    parsed = _parse_with_tyro(Resume, None, argv, "metarl resume",
+                              "Continue RUN_DIR from its last checkpoint: the same result as an uninterrupted run "
+                              "(CPU).", flag_pairs=False)
+    resume(parsed.run_dir, iterations=parsed.iterations, progress=False if parsed.no_progress else None)
+    print_result(parsed.run_dir)
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,245 +342,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"metarl: error: {message} (see `{self.prog} --help`)\n")
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass (the string literal right after each field)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant):
-                docs[node.target.id] = str(following.value.value)
-    return docs
-
-
-def _base_type(annotation: Any) -> tuple[Any, bool]:
-    """(scalar type, is_tuple) of a field annotation such as ``int | None`` or ``tuple[int, ...]``."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _base_type(args[0])
-    if origin is tuple:
-        return typing.get_args(annotation)[0], True
-    return annotation, False
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One ``--option`` per field of ``cls``, typed, with its default and docstring as help."""
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.name == "extra":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        scalar, is_tuple = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
-        if scalar is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif is_tuple:
-            parser.add_argument(flag, dest=f.name, type=scalar, nargs="+", default=None, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=scalar, default=None, help=help_text)
-
-
-def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if getattr(args, f.name, None) is not None}
-    for key, value in values.items():
-        if isinstance(value, list):
-            values[key] = tuple(value)
-    values.update(fixed)
-    return cls(**values)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from metarl.agents import LEARNERS
-    from metarl.training import FewShotConfig
-
-    parser = _Parser(prog="metarl", description="Meta-learning for PyTorch: train, evaluate and resume runs.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    from metarl.agents import RL_AGENTS
-
-    train = commands.add_parser(
-        "train", help="meta-train a learner or agent, then evaluate it on held-out tasks",
-        description="Meta-train LEARNER on a task source (or a meta-RL AGENT on --env) and evaluate it on held-out "
-                    "tasks. Meta-RL agents take other options: see `metarl train maml-trpo --help`.")
-    train.add_argument("learner", help=f"few-shot learner ({', '.join(LEARNERS)}) or meta-RL agent "
-                                       f"({', '.join(RL_AGENTS)})")
-    add_dataclass_arguments(train, FewShotConfig, skip=("learner",))
-
-    evaluate = commands.add_parser("evaluate", help="evaluate a run on held-out tasks",
-                                   description="Evaluate RUN_DIR's last checkpoint on held-out tasks.")
-    evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--tasks", type=int, default=None, help="held-out tasks per cell (default: the run's)")
-    evaluate.add_argument("--video", action="store_true",
-                          help="meta-RL: render a held-out task's rollouts before and after adaptation to a GIF")
-    evaluate.add_argument("--one-shot-runs", type=Path, default=None,
-                          help="a zip or folder of Omniglot one-shot runs (runNN/...): report the error rate on them")
-    evaluate.add_argument("--one-shot-augment", type=int, default=None, metavar="K",
-                          help="one-shot runs: test-time augmentation with K distorted copies of each drawing")
-
-    resume = commands.add_parser("resume", help="continue a run from its last checkpoint",
-                                 description="Continue RUN_DIR from its last checkpoint (same result as no kill).")
-    resume.add_argument("run_dir", type=Path)
-    resume.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    resume.add_argument("--iterations", type=int, default=None, metavar="N",
-                        help="train on to N iterations in all (extends a finished run; recorded in config.json); "
-                             "same result as a run started with N")
-
-    aggregate = commands.add_parser(
-        "aggregate", help="meta-RL: combine several runs' (seeds') held-out evaluations",
-        description="Mean ± 95% Student-t interval over seeds of the held-out return per adaptation episode, from "
-                    "the evaluations of several meta-RL runs (one per seed) of the same agent, env and held-out "
-                    "tasks.")
-    aggregate.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
-    aggregate.add_argument("--file", default="evaluation.json",
-                           help="the evaluation file in each run directory (default: evaluation.json)")
-    aggregate.add_argument("--out", type=Path, default=None, metavar="DIR",
-                           help="also write DIR/evaluation_seeds.json and DIR/adaptation_seeds.png")
-    commands.add_parser("list", help="list learners, task sources and environments")
-    return parser
-
-
-def build_rl_train_parser() -> argparse.ArgumentParser:
-    from metarl.agents import RL_AGENTS
-    from metarl.training_rl import RLRunConfig
-
-    parser = _Parser(prog="metarl train", description="Meta-train a meta-RL AGENT on a task distribution (--env), "
-                     "then evaluate it on held-out tasks (test, and ood where the env has it).")
-    parser.add_argument("agent", choices=list(RL_AGENTS), help="meta-RL agent")
-    add_dataclass_arguments(parser, RLRunConfig, skip=("agent", "overrides"))
-    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                        help="an agent config field on top of the preset (repeatable), e.g. --set inner_lr=0.05")
-    return parser
-
-
-def _cmd_train_rl(argv: list[str]) -> int:
-    from metarl.training_rl import RLRunConfig, parse_overrides, train_meta_rl
-
-    args = build_rl_train_parser().parse_args(argv)
-    overrides = parse_overrides(args.overrides)
-    args.overrides = None
-    config = config_from_args(RLRunConfig, args, agent=args.agent, overrides=overrides)
-    run_dir = train_meta_rl(config)
-    _print_rl_result(run_dir)
-    return 0
-
-
-def _print_rl_result(run_dir: Path) -> None:
-    result = json.loads((Path(run_dir) / "evaluation.json").read_text())
-    print(f"held-out return of {result['agent']} on {result['env']} ({result['num_tasks']} tasks per split, "
-          f"mean ± 95% CI; episode 0 = before adaptation):")
-    for split, data in result["splits"].items():
-        cells = "  ".join(f"ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}" for e in data["episodes"])
-        print(f"  {split:>5}: {cells}")
-    print(f"run directory: {run_dir}  (evaluation.json, adaptation.png, metrics.csv, tb/, checkpoints/)")
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from metarl.training import FewShotConfig, train_fewshot
-
-    config = config_from_args(FewShotConfig, args, learner=args.learner)
-    run_dir = train_fewshot(config)
-    _print_result(run_dir)
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from metarl.runs import RunError
-    from metarl.training import evaluate_run
-
-    if args.tasks is not None and args.tasks < 1:
-        raise ValueError(f"--tasks must be >= 1, got {args.tasks}")
-    if args.one_shot_augment is not None and args.one_shot_runs is None:
-        raise ValueError("--one-shot-augment needs --one-shot-runs")
-    if args.one_shot_runs is not None:
-        return _evaluate_one_shot(args.run_dir, args.one_shot_runs, args.one_shot_augment)
-    if not (Path(args.run_dir) / "config.json").is_file():
-        raise RunError(f"{args.run_dir} is not a metarl run directory (no config.json)")
-    if args.video:  # MuJoCo reads MUJOCO_GL once, at import: choose it before anything imports mujoco
-        from metarl.video import choose_gl_backend
-
-        try:
-            choose_gl_backend()
-        except RunError:
-            pass  # said again by record_adaptation_video if the env needs OpenGL (2D navigation does not)
-    from metarl.training_rl import evaluate_rl_run, is_rl_run
-
-    if is_rl_run(args.run_dir):
-        evaluate_rl_run(args.run_dir, eval_tasks=args.tasks)
-        if args.video:
-            from metarl.video import record_adaptation_video
-
-            print(f"video: {record_adaptation_video(args.run_dir)}")
-        _print_rl_result(args.run_dir)
-        return 0
-    if args.video:
-        raise RunError("--video is for meta-RL runs")
-    evaluate_run(args.run_dir, eval_tasks=args.tasks)
-    _print_result(args.run_dir)
-    return 0
-
-
-def _evaluate_one_shot(run_dir: Path, runs_path: Path, augment_copies: int | None = None) -> int:
-    from metarl.runs import RunError
-    from metarl.training import evaluate_run, load_config
-
-    config = load_config(run_dir)
-    if config.source != "omniglot":
-        raise RunError(f"{run_dir} was trained on {config.source}, not omniglot")
-    if augment_copies is not None:
-        config = dataclasses.replace(config, one_shot_augment=augment_copies)
-    evaluate_run(run_dir, config=dataclasses.replace(config, one_shot_runs=str(runs_path), eval_tasks=0))
-    _print_result(run_dir)
-    return 0
-
-
-def _cmd_resume(args: argparse.Namespace) -> int:
-    from metarl.runs import RunError
-    from metarl.training import load_config, train_fewshot
-
-    if not (Path(args.run_dir) / "checkpoints" / "last.pt").is_file():
-        raise RunError(f"{args.run_dir} has no checkpoint to resume from (checkpoints/last.pt)")
-    from metarl.training_rl import is_rl_run, load_rl_config, train_meta_rl
-
-    if args.iterations is not None:
-        _extend_run(Path(args.run_dir), args.iterations)
-    if is_rl_run(args.run_dir):
-        run = load_rl_config(args.run_dir)
-        if args.no_progress:
-            run.progress = False
-        train_meta_rl(run, resume_dir=Path(args.run_dir))
-        _print_rl_result(args.run_dir)
-        return 0
-    config = load_config(args.run_dir)
-    if args.no_progress:
-        config.progress = False
-    train_fewshot(config, resume_dir=Path(args.run_dir))
-    _print_result(args.run_dir)
-    return 0
-
-
-def _extend_run(run_dir: Path, iterations: int) -> None:
-    """Set a run's total iterations to ``iterations`` (>= its checkpoint's) in its config.json, atomically."""
-    from metarl.runs import RunError, atomic_write_json, load_checkpoint, read_config
-
-    done = int(load_checkpoint(run_dir / "checkpoints" / "last.pt").get("iteration", 0))
-    if iterations < done:
-        raise RunError(f"--iterations {iterations} is below the {done} iterations {run_dir} has already done")
-    record = read_config(run_dir)
-    record["iterations"] = iterations
-    atomic_write_json(run_dir / "config.json", record)
-
-
-def _cmd_aggregate(args: argparse.Namespace) -> int:
+def _cmd_aggregate(argv: list[str]) -> int:
     from metarl.evaluation import combine_meta_rl_seeds, plot_meta_rl, save_json
 
+    parser = _Parser(prog="metarl aggregate", description=(
+        "Mean ± 95%% Student-t interval over seeds of the held-out return per adaptation episode, from the "
+        "evaluations of several meta-RL runs (one per seed) of the same agent, env and held-out tasks."))
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--file", default="evaluation.json",
+                        help="the evaluation file in each run directory (default: evaluation.json)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="also write DIR/evaluation_seeds.json and DIR/adaptation_seeds.png")
+    args = parser.parse_args(argv)
     results = []
     for run_dir in args.run_dirs:
         path = Path(run_dir) / args.file
@@ -301,56 +382,88 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from metarl.agents import LEARNERS, RL_AGENTS
+def _cmd_list(argv: list[str]) -> int:
+    from metarl.agents import REGISTRY
     from metarl.envs import ENVIRONMENTS
-    from metarl.envs.fewshot import SOURCES
+    from metarl.envs.fewshot.sources import SOURCE_CONFIGS
 
-    print("learners:     " + ", ".join(LEARNERS))
-    print("agents:       " + ", ".join(RL_AGENTS))
-    print("task sources: " + ", ".join(SOURCES))
+    _Parser(prog="metarl list", description="List learners, agents, task sources and environments.").parse_args(argv)
+    for domain, title in (("fewshot", "few-shot learners (--source)"), ("meta-rl", "meta-RL agents (--env)")):
+        print(f"{title}:")
+        for name, found in REGISTRY.items():
+            if found.domain == domain:
+                print(f"  {name:<10} {found.summary}")
+    print("task sources: " + ", ".join(SOURCE_CONFIGS))
     print("environments: " + ", ".join(env_id for env_id, *_ in ENVIRONMENTS))
     return 0
 
 
-def _print_result(run_dir: Path) -> None:
-    for one_shot_path in sorted(Path(run_dir).glob("one_shot_runs*.json")):
-        r = json.loads(one_shot_path.read_text())
-        tta = f", test-time augmentation x{r['augment_copies']}" if r.get("augment_copies") else ""
-        print(f"Omniglot one-shot runs{tta}: {r['errors']}/{r['queries']} wrong = {100 * r['error_rate']:.1f}% "
-              f"error (95% CI {100 * r['ci95_low']:.1f}-{100 * r['ci95_high']:.1f}%) on {r['runs']} runs")
-    if not (Path(run_dir) / "evaluation.json").exists():
+def print_result(run_dir: Path) -> None:
+    """The held-out results a run directory holds, as a short table."""
+    from metarl.training import load_run
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    if run.domain == "fewshot":
+        for path in sorted(run_dir.glob("*.json")):
+            if path.name not in ("config.json", "evaluation.json"):
+                line = run.task.describe(path.name, json.loads(path.read_text()))
+                if line:
+                    print(line)
+    path = run_dir / "evaluation.json"
+    if not path.exists():
         print(f"run directory: {run_dir}")
         return
-    result = json.loads((Path(run_dir) / "evaluation.json").read_text())
-    metric = result["metric"]
-    print(f"held-out {metric} ({result['split']} split, {result['num_tasks']} tasks, mean ± 95% CI):")
-    for row in result["results"]:
-        if row[metric] is None:
-            print(f"  shots={row['shots']:>3} steps={row['steps']:>3}  diverged on {row['diverged_tasks']} tasks")
-            continue
-        print(f"  shots={row['shots']:>3} steps={row['steps']:>3}  {metric}={row[metric]:.4f} ± {row['ci95']:.4f}")
+    result = json.loads(path.read_text())
+    if result.get("protocol") == "meta-rl":
+        print(f"held-out return of {result['agent']} on {result['env']} ({result['num_tasks']} tasks per split, "
+              f"mean ± 95% CI; episode 0 = before adaptation):")
+        for split, data in result["splits"].items():
+            cells = "  ".join(f"ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}" for e in data["episodes"])
+            print(f"  {split:>5}: {cells}")
+    else:
+        metric = result["metric"]
+        print(f"held-out {metric} ({result['split']} split, {result['num_tasks']} tasks, mean ± 95% CI):")
+        for row in result["results"]:
+            if row[metric] is None:
+                print(f"  shots={row['shots']:>3} steps={row['steps']:>3}  diverged on {row['diverged_tasks']} tasks")
+                continue
+            print(f"  shots={row['shots']:>3} steps={row['steps']:>3}  {metric}={row[metric]:.4f} ± "
+                  f"{row['ci95']:.4f}")
     print(f"run directory: {run_dir}  (evaluation.json, adaptation.png, metrics.csv, tb/, checkpoints/)")
 
 
+USAGE = __doc__.split("\n\n")[1]
+
+
 def main(argv: list[str] | None = None) -> int:
-    from metarl.agents import RL_AGENTS
+    from metarl.core.config import ConfigError
     from metarl.runs import RunError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("train", "resume", "evaluate"):
-        keep_freed_memory()  # a training process keeps the memory it frees (metarl/core/host_memory.py)
     try:
-        if len(argv) >= 2 and argv[0] == "train" and argv[1] in RL_AGENTS:
-            return _cmd_train_rl(argv[1:])
-        args = build_parser().parse_args(argv)
-        handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume, "list": _cmd_list,
-                    "aggregate": _cmd_aggregate}
-        return handlers[args.command](args)
+        if not argv or argv[0] in ("-h", "--help"):
+            print("usage: metarl COMMAND ...\n\nMeta-learning for PyTorch: train, evaluate and resume runs.\n\n"
+                  f"{USAGE}\n\nEvery command has --help.")
+            return 0 if argv else 2
+        command, rest = argv[0], argv[1:]
+        if command not in COMMANDS:
+            import difflib
+
+            close = difflib.get_close_matches(command, COMMANDS, n=1)
+            raise CommandError(f"unknown command {command!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                               f"commands: {', '.join(COMMANDS)}")
+        if command in ("train", "resume", "evaluate") and not any(a in ("-h", "--help") for a in rest):
+            configure_process()
+        handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume,
+                    "aggregate": _cmd_aggregate, "list": _cmd_list}
+        return handlers[command](rest)
     except KeyboardInterrupt:
         print("metarl: interrupted (a run with a checkpoint continues with `metarl resume RUN_DIR`)", file=sys.stderr)
         return 130
-    except (ValueError, RunError, FileNotFoundError, OSError) as err:
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    except (ValueError, ConfigError, RunError, FileNotFoundError, OSError, MemoryError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"metarl: error: {message}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ Layout of a run directory::
       checkpoints/last.pt    latest checkpoint (write to a temp file, fsync, rename: never half-written)
       evaluation.json        the held-out evaluation (metarl.evaluation)
       adaptation.png         its plot
+      .lock                  held by the one process writing the run (train, resume, evaluate)
 
 A run directory is created only after the config validated; if setting it up fails, the directory is removed,
 so bad input never leaves a half-written run behind. Checkpoints are loaded with ``torch.load(weights_only=True)``
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -92,16 +94,66 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-class MetricsLogger:
-    """Appends metrics to ``metrics.csv`` and TensorBoard; namespaced keys (``train/loss``) as in CleanRL."""
+class RunLock:
+    """An exclusive lock on a run directory (``RUN_DIR/.lock``, ``flock``): one writer per run. A second process gets
+    a one-line :class:`RunError`; the lock goes with the process that holds it, even when it is killed."""
 
-    def __init__(self, run_dir: Path, resume_from_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> RunLock:
+        if self._depth == 0:
+            import fcntl
+
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunError(f"{self.path.parent} is in use by another metarl process (pid {holder}): wait "
+                                   "for it to finish or stop it") from None
+                raise
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a kill during an atomic write left behind (``.NAME.*.tmp``); returns them."""
+    stale = [p for folder in (Path(run_dir), Path(run_dir) / "checkpoints") if folder.is_dir()
+             for p in folder.glob(".*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class MetricsLogger:
+    """Appends metrics to ``metrics.csv`` and TensorBoard; namespaced keys (``train/loss``) as in CleanRL.
+
+    ``resume_from_step``: the run continues after that step, so rows after it are dropped (they are logged again);
+    with ``keep_row_at_start=False`` the row at that step goes too (it was the final row of a shorter run, outside
+    the regular ``log_every`` grid, and its iterations are re-logged in the next regular row)."""
+
+    def __init__(self, run_dir: Path, resume_from_step: int | None = None, keep_row_at_start: bool = True) -> None:
         self.path = Path(run_dir) / "metrics.csv"
         self.tb_dir = Path(run_dir) / "tb"
         self._writer = None
         self._columns: list[str] | None = None
-        if resume_from_step is not None and self.path.exists():
-            self._truncate_after(resume_from_step)
+        self._last_kept = None if resume_from_step is None else resume_from_step - (0 if keep_row_at_start else 1)
+        if self._last_kept is not None and self.path.exists():
+            self._truncate_after(self._last_kept)
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint so the CSV matches an uninterrupted run."""
@@ -110,8 +162,13 @@ class MetricsLogger:
         kept = [r for r in rows if int(float(r["step"])) <= step]
         columns = list(rows[0].keys()) if rows else None
         if columns:
-            buffer = [",".join(columns)] + [",".join(r[c] for c in columns) for r in kept]
-            atomic_write_bytes(self.path, ("\n".join(buffer) + "\n").encode())
+            import io
+
+            buffer = io.StringIO(newline="")
+            writer = csv.writer(buffer)  # the same dialect as log(), so a resumed file equals an uninterrupted one
+            writer.writerow(columns)
+            writer.writerows([r[c] for c in columns] for r in kept)
+            atomic_write_bytes(self.path, buffer.getvalue().encode())
             self._columns = columns
 
     @property
@@ -119,7 +176,9 @@ class MetricsLogger:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.tb_dir))
+            # on resume, TensorBoard drops the events after the checkpoint's step (they are logged again)
+            purge = self._last_kept + 1 if self._last_kept is not None else None
+            self._writer = SummaryWriter(str(self.tb_dir), purge_step=purge)
         return self._writer
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:

@@ -16,22 +16,22 @@ from metarl.cli import main as cli_main
 from metarl.envs.fewshot import Sinusoid, make_source
 from metarl.evaluation import evaluate_fewshot, mean_confidence_interval
 from metarl.runs import CHECKPOINT_FORMAT, RunError, load_checkpoint
-from metarl.training import FewShotConfig, train_fewshot
+from metarl.training import RunConfig, load_session, make_run_config, train
 
 REGRESSION_LEARNERS = [name for name in LEARNERS if name not in ("protonet", "matching")]
 
 
-def _quick(tmp_path: Path, **overrides) -> FewShotConfig:
+def _quick(tmp_path: Path, **overrides) -> RunConfig:
     options = dict(iterations=6, meta_batch_size=4, eval_tasks=8, eval_steps=(0, 1), log_every=2,
                    checkpoint_every=3, progress=False, run_dir=str(tmp_path / "run"))
     options.update(overrides)
-    return FewShotConfig(**options)
+    return make_run_config(options.pop("learner", "maml"), options)
 
 
 @pytest.mark.smoke
 @pytest.mark.parametrize("learner", REGRESSION_LEARNERS)
 def test_every_learner_trains_and_evaluates_on_sinusoid(tmp_path, learner):
-    run_dir = train_fewshot(_quick(tmp_path, learner=learner))
+    run_dir = train(_quick(tmp_path, learner=learner))
     for name in ("config.json", "metrics.csv", "evaluation.json", "adaptation.png", "checkpoints/last.pt"):
         assert (run_dir / name).is_file(), name
     result = json.loads((run_dir / "evaluation.json").read_text())
@@ -44,24 +44,22 @@ def test_every_learner_trains_and_evaluates_on_sinusoid(tmp_path, learner):
 def test_classification_learners_run_on_omniglot(tmp_path, omniglot_dir, learner):
     config = _quick(tmp_path, learner=learner, source="omniglot", data_root=str(omniglot_dir), ways=3, shots=1,
                     query_shots=2, iterations=2, meta_batch_size=2, eval_tasks=4)
-    result = json.loads((train_fewshot(config) / "evaluation.json").read_text())
+    result = json.loads((train(config) / "evaluation.json").read_text())
     assert result["metric"] == "accuracy"
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in result["results"])
 
 
 @pytest.mark.smoke
 def test_within_alphabet_and_image_size_reach_the_source_model_and_one_shot_runs(tmp_path, omniglot_dir):
-    from metarl.training import build, load_learner
-
     runs = omniglot_dir / "one_shot_runs_01-05.zip"
     scoring = dict(eval_tasks=0, one_shot_runs=str(runs)) if runs.exists() else dict(eval_tasks=2, eval_split="train")
     config = _quick(tmp_path, learner="protonet", source="omniglot", data_root=str(omniglot_dir), ways=20, shots=1,
                     query_shots=1, iterations=2, meta_batch_size=1, within_alphabet=1.0, image_size=32,
                     split_fractions=(1.0, 0.0, 0.0), **scoring)
-    source, _ = build(config)
+    source = config.task.build()
     assert source.within_alphabet == 1.0 and source.input_shape == (1, 32, 32)
-    run_dir = train_fewshot(config)
-    _, learner = load_learner(run_dir)  # the stored config rebuilds the same 32x32 model
+    run_dir = train(config)
+    learner = load_session(run_dir).learner  # the stored config rebuilds the same 32x32 model
     assert learner.embedding.embedding_dim == 64 * 2 * 2  # 28x28 inputs would give 64
     assert learner.embedding(torch.zeros(1, 1, 32, 32)).shape == (1, 256)
     if runs.exists():
@@ -80,9 +78,9 @@ def _rows(run_dir: Path) -> list[dict]:
 
 @pytest.mark.determinism
 def test_same_seed_same_run_and_different_seed_differs(tmp_path):
-    a = train_fewshot(_quick(tmp_path / "a", seed=3))
-    b = train_fewshot(_quick(tmp_path / "b", seed=3))
-    c = train_fewshot(_quick(tmp_path / "c", seed=4))
+    a = train(_quick(tmp_path / "a", seed=3))
+    b = train(_quick(tmp_path / "b", seed=3))
+    c = train(_quick(tmp_path / "c", seed=4))
     assert _rows(a) == _rows(b)
     assert _rows(a) != _rows(c)
     ea, eb = (json.loads((d / "evaluation.json").read_text())["results"] for d in (a, b))
@@ -92,7 +90,7 @@ def test_same_seed_same_run_and_different_seed_differs(tmp_path):
 @pytest.mark.determinism
 @pytest.mark.parametrize("learner", ["maml", "reptile"])
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, learner):
-    full = train_fewshot(_quick(tmp_path / "full", learner=learner, iterations=8, checkpoint_every=3))
+    full = train(_quick(tmp_path / "full", learner=learner, iterations=8, checkpoint_every=3))
     # a run killed after its iteration-6 checkpoint (the 7th outer step raises)
     config = _quick(tmp_path / "killed", learner=learner, iterations=8, checkpoint_every=3)
     from metarl.core.learner import FewShotLearner
@@ -109,13 +107,13 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
     owner = FewShotLearner if learner == "maml" else type(make_learner(learner, Sinusoid()))
     monkeypatch.setattr(owner, "outer_step", dying_outer_step)
     with pytest.raises(KeyboardInterrupt):
-        train_fewshot(config)
+        train(config)
     killed_dir = Path(config.run_dir)
     assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["iteration"] == 6
     monkeypatch.setattr(owner, "outer_step", original)
     assert cli_main(["resume", str(killed_dir), "--no-progress"]) == 0
-    final_a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
-    final_b = load_checkpoint(killed_dir / "checkpoints" / "last.pt")["model"]
+    final_a = load_checkpoint(full / "checkpoints" / "last.pt")["state"]["model"]
+    final_b = load_checkpoint(killed_dir / "checkpoints" / "last.pt")["state"]["model"]
     for key in final_a:
         assert torch.equal(final_a[key], final_b[key]), key
     assert _rows(full) == _rows(killed_dir)
@@ -123,8 +121,8 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
 
 @pytest.mark.smoke
 def test_resume_with_more_iterations_equals_a_longer_run(tmp_path, capsys):
-    longer = train_fewshot(_quick(tmp_path / "longer", iterations=8, checkpoint_every=4))
-    short = train_fewshot(_quick(tmp_path / "short", iterations=4, checkpoint_every=4))
+    longer = train(_quick(tmp_path / "longer", iterations=8, checkpoint_every=4))
+    short = train(_quick(tmp_path / "short", iterations=4, checkpoint_every=4))
     assert cli_main(["resume", str(short), "--iterations", "2", "--no-progress"]) == 2  # below what is done
     assert "below the 4 iterations" in capsys.readouterr().err
     assert cli_main(["resume", str(short), "--iterations", "8", "--no-progress"]) == 0
@@ -132,8 +130,8 @@ def test_resume_with_more_iterations_equals_a_longer_run(tmp_path, capsys):
     final_a = load_checkpoint(longer / "checkpoints" / "last.pt")
     final_b = load_checkpoint(short / "checkpoints" / "last.pt")
     assert final_b["iteration"] == 8
-    for key in final_a["model"]:
-        assert torch.equal(final_a["model"][key], final_b["model"][key]), key
+    for key in final_a["state"]["model"]:
+        assert torch.equal(final_a["state"]["model"][key], final_b["state"]["model"][key]), key
     assert _rows(longer) == _rows(short)
 
 
@@ -147,17 +145,17 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     [
         (["train", "nosuchlearner"], "unknown learner"),
         (["train", "maml", "--source", "nosuchsource"], "unknown task source"),
-        (["train", "maml", "--shots", "0"], "shots must be >= 1"),
+        (["train", "maml", "--shots", "0"], "shots must be an integer >= 1"),
         (["train", "maml", "--outer-lr", "-1"], "outer_lr must be"),
-        (["train", "maml", "--iterations", "abc"], "invalid int value"),
+        (["train", "maml", "--iterations", "abc"], "Error parsing --iterations"),
         (["train", "protonet"], "needs a classification task source"),
         (["train", "protonet", "--source", "omniglot", "--data-root", "/nonexistent"], "expected"),
         (["train", "maml", "--device", "tpu"], "device must be"),
-        (["train", "maml", "--within-alphabet", "0.5"], "apply to the omniglot source only"),
+        (["train", "maml", "--within-alphabet", "0.5"], "applies to the omniglot source only"),
         (["train", "protonet", "--source", "omniglot", "--within-alphabet", "2"], "within_alphabet must be"),
-        (["train", "protonet", "--source", "omniglot", "--image-size", "8"], "image_size must be in"),
+        (["train", "protonet", "--source", "omniglot", "--image-size", "8"], "image_size must be an integer in"),
         (["evaluate", "/nonexistent/run"], "not a metarl run directory"),
-        (["resume", "/nonexistent/run"], "no checkpoint"),
+        (["resume", "/nonexistent/run"], "not a metarl run directory"),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit_and_no_run_dir(tmp_path, args, message):
@@ -181,7 +179,7 @@ def test_impossible_episode_shapes_on_omniglot(tmp_path, omniglot_dir):
 
 @pytest.mark.api
 def test_corrupt_missing_and_foreign_checkpoints_are_refused(tmp_path):
-    run_dir = train_fewshot(_quick(tmp_path))
+    run_dir = train(_quick(tmp_path))
     checkpoint = run_dir / "checkpoints" / "last.pt"
     state = load_checkpoint(checkpoint)
     assert state["format"] == CHECKPOINT_FORMAT
@@ -208,7 +206,7 @@ def test_corrupt_missing_and_foreign_checkpoints_are_refused(tmp_path):
 
 @pytest.mark.api
 def test_run_directory_is_not_overwritten(tmp_path):
-    train_fewshot(_quick(tmp_path))
+    train(_quick(tmp_path))
     result = _cli(["train", "maml", "--run-dir", str(tmp_path / "run")], tmp_path)
     assert result.returncode == 2 and "already exists" in result.stderr
 
@@ -223,9 +221,9 @@ def test_confidence_interval_matches_the_t_formula():
 @pytest.mark.learning
 def test_maml_on_sinusoid_adapts_well_below_the_unadapted_error(tmp_path):
     """After 1,500 meta-iterations, one step on 10 shots must cut held-out MSE to below 40% of the unadapted MSE."""
-    config = FewShotConfig(learner="maml", iterations=1500, progress=False, run_dir=str(tmp_path / "maml"),
-                           eval_steps=(0, 1, 10), eval_tasks=200, threads=1)
-    result = json.loads((train_fewshot(config) / "evaluation.json").read_text())
+    config = make_run_config("maml", iterations=1500, progress=False, run_dir=str(tmp_path / "maml"),
+                             eval_steps=(0, 1, 10), eval_tasks=200, threads=1)
+    result = json.loads((train(config) / "evaluation.json").read_text())
     mse = {row["steps"]: row["mse"] for row in result["results"]}
     assert mse[1] < 0.4 * mse[0], mse
     assert mse[10] < 0.25 * mse[0], mse
@@ -272,7 +270,7 @@ def test_evaluate_on_the_original_one_shot_runs(tmp_path, omniglot_dir, capsys):
         pytest.skip("one_shot_runs_01-05.zip not in the data folder")
     config = _quick(tmp_path, learner="protonet", source="omniglot", data_root=str(omniglot_dir), ways=3, shots=1,
                     query_shots=2, iterations=2, meta_batch_size=2, eval_tasks=4)
-    run_dir = train_fewshot(config)
+    run_dir = train(config)
     assert cli_main(["evaluate", str(run_dir), "--one-shot-runs", str(runs)]) == 0
     result = json.loads((run_dir / "one_shot_runs.json").read_text())
     assert result["queries"] == 100 and result["runs"] == 5 and 0 <= result["errors"] <= 100
@@ -285,7 +283,7 @@ def test_evaluate_on_the_original_one_shot_runs(tmp_path, omniglot_dir, capsys):
     assert "test-time augmentation x2" in capsys.readouterr().out
     assert cli_main(["evaluate", str(run_dir), "--one-shot-augment", "2"]) == 2
     assert "--one-shot-runs" in capsys.readouterr().err
-    maml = train_fewshot(_quick(tmp_path / "maml", learner="maml", source="omniglot", data_root=str(omniglot_dir),
+    maml = train(_quick(tmp_path / "maml", learner="maml", source="omniglot", data_root=str(omniglot_dir),
                                 ways=3, shots=1, query_shots=2, iterations=1, meta_batch_size=1, eval_tasks=2))
     assert cli_main(["evaluate", str(maml), "--one-shot-runs", str(runs)]) == 2
     assert "20-way" in capsys.readouterr().err

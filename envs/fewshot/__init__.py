@@ -1,6 +1,7 @@
 """Few-shot supervised task sources: ``sample(n, *, split, seed, shots=None) -> EpisodeBatch``.
 
-``make_source("sinusoid", ...)`` or ``make_source("omniglot", root=..., ways=..., shots=...)``.
+``make_source("sinusoid", shots=5)`` or ``make_source("omniglot", data_root=..., ways=..., shots=...)``: the
+options are the fields of the source's config dataclass (:mod:`metarl.envs.fewshot.sources`).
 """
 
 from __future__ import annotations
@@ -8,22 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from .sinusoid import Sinusoid
+from .sources import SOURCE_CONFIGS, OmniglotConfig, SinusoidConfig, source_config_type
 
-SOURCES = ("sinusoid", "omniglot")
+SOURCES = tuple(SOURCE_CONFIGS)
 
 
 def make_source(name: str, **options: Any) -> Any:
-    """Build a task source by name; unknown names and bad options give a one-line ``ValueError``."""
-    if name == "sinusoid":
-        allowed = {"shots", "query_shots"}
-        return Sinusoid(**{k: v for k, v in options.items() if k in allowed and v is not None})
-    if name == "omniglot":
-        from .omniglot import OmniglotFewShot
+    """Build a task source by name from its config fields; unknown names and bad options give a one-line
+    ``ValueError``."""
+    from metarl.core.config import config_from_dict
 
-        allowed = {"root", "ways", "shots", "query_shots", "seed", "augment", "split_fractions", "within_alphabet",
-                   "image_size"}
-        return OmniglotFewShot(**{k: v for k, v in options.items() if k in allowed and v is not None})
-    raise ValueError(f"unknown task source {name!r}; choose one of: {', '.join(SOURCES)}")
+    if "root" in options:  # the source classes' own name for it
+        options["data_root"] = options.pop("root")
+    return config_from_dict(source_config_type(name), {"source": name, **options}).build()
 
 
-__all__ = ["Sinusoid", "SOURCES", "make_source"]
+__all__ = ["Sinusoid", "SOURCES", "make_source", "SinusoidConfig", "OmniglotConfig", "source_config_type"]

@@ -36,6 +36,11 @@ class EpisodeBatch:
     def num_tasks(self) -> int:
         return int(self.support_x.shape[0])
 
+    def nbytes(self) -> int:
+        """Bytes of the four tensors."""
+        return sum(t.element_size() * t.nelement() for t in (self.support_x, self.support_y, self.query_x,
+                                                              self.query_y))
+
     @property
     def is_classification(self) -> bool:
         return self.ways is not None

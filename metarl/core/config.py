@@ -36,12 +36,15 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     """``value`` is an integer in ``[minimum, maximum]`` (or None when ``optional``)."""
     if value is None and optional:
         return
-    bounds = []
-    if minimum is not None:
-        bounds.append(f">= {minimum}")
-    if maximum is not None:
-        bounds.append(f"<= {maximum}")
-    wanted = "an integer" + (" " + " and ".join(bounds) if bounds else "") + (" or None" if optional else "")
+    if minimum is not None and maximum is not None:
+        bounds = f" in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        bounds = f" >= {minimum}"
+    elif maximum is not None:
+        bounds = f" <= {maximum}"
+    else:
+        bounds = ""
+    wanted = "an integer" + bounds + (" or None" if optional else "")
     if not _is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ConfigError(f"{name} must be {wanted}, got {value!r}")
 

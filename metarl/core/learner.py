@@ -9,6 +9,7 @@ for MAML, class prototypes for Prototypical Networks, a support-set summary for 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batch import EpisodeBatch
+from .config import SeededConfig, check_int, check_positive
 
 TASK_KINDS = ("regression", "classification")
 
@@ -39,6 +41,22 @@ def task_scores(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> torc
     if kind == "regression":
         return ((outputs - targets) ** 2).flatten(1).mean(dim=1)
     return (outputs.argmax(dim=-1) == targets).float().mean(dim=1)
+
+
+@dataclass
+class FewShotLearnerConfig(SeededConfig):
+    """The outer-loop settings every few-shot learner's config starts with (subclass it; call
+    ``super().__post_init__()``): the seed also draws the training tasks of every iteration."""
+
+    meta_batch_size: int = 25
+    """tasks per meta-iteration"""
+    outer_lr: float = 1e-3
+    """outer-loop (Adam) learning rate"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self.meta_batch_size, "meta_batch_size", minimum=1)
+        check_positive(self.outer_lr, "outer_lr")
 
 
 class FewShotLearner(nn.Module):
