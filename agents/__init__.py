@@ -72,10 +72,10 @@ def register(name: str, module: str, cls: str, config: str, domain: str, summary
 for _name, _module, _cls, _config, _summary in [
     ("maml", "maml", "MAML", "MAMLConfig", "second-order gradient steps on the support set"),
     ("fomaml", "maml", "MAML", "FOMAMLConfig", "gradient steps, second-order terms dropped"),
-    ("meta-sgd", "meta_sgd", "MetaSGD", "metarl.agents.maml:MAMLConfig", "gradient steps with learned per-parameter step sizes"),
+    ("meta-sgd", "meta_sgd", "MetaSGD", "metarl.agents.maml:MAMLConfig", "gradient steps, learned step sizes"),
     ("anil", "anil", "ANIL", "metarl.agents.maml:MAMLConfig", "gradient steps on the head only"),
     ("reptile", "reptile", "Reptile", "ReptileConfig", "SGD steps; outer update towards the adapted weights"),
-    ("protonet", "protonet", "PrototypicalNetwork", "ProtoNetConfig", "class prototypes, squared Euclidean distance"),
+    ("protonet", "protonet", "PrototypicalNetwork", "ProtoNetConfig", "class prototypes, squared Euclidean distances"),
     ("matching", "matching", "MatchingNetwork", "MatchingConfig", "cosine attention over the support set"),
     ("blackbox", "blackbox", "BlackBoxLearner", "BlackBoxConfig", "a Transformer reads the support set"),
 ]:
@@ -85,7 +85,7 @@ for _name, _module, _cls, _config, _summary in [
     ("rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
     ("pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
     ("oracle", "oracle", "Oracle", "OracleConfig", "SAC conditioned on the true task (upper bound)"),
-    ("multitask", "sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig", "one SB3 policy for all tasks (lower bound)"),
+    ("multitask", "sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig", "one SB3 policy for all tasks"),
     ("scratch", "sb3_baselines", "FromScratchBaseline", "FromScratchConfig", "SB3 from scratch on each held-out task"),
 ]:
     register(_name, f"metarl.agents.{_module}", _cls, _config, "meta-rl", _summary)

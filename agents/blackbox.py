@@ -14,11 +14,11 @@ the prediction. Trained by the query loss, like every learner here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dataclasses import dataclass
 
 from metarl.core.config import ConfigError, check_int
 from metarl.core.learner import FewShotLearner, FewShotLearnerConfig

@@ -11,11 +11,11 @@ Outputs are log-probabilities (so cross-entropy on them is the negative log-like
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dataclasses import dataclass
 
 from metarl.core.config import check_positive
 from metarl.core.learner import FewShotLearner, FewShotLearnerConfig
@@ -40,7 +40,8 @@ class MatchingNetwork(FewShotLearner):
 
     name = "matching"
 
-    def __init__(self, embedding: nn.Module, kind: str = "classification", config: MatchingConfig | None = None) -> None:
+    def __init__(self, embedding: nn.Module, kind: str = "classification",
+                 config: MatchingConfig | None = None) -> None:
         if kind != "classification":
             raise ValueError("Matching Networks need a classification task source (e.g. omniglot)")
         super().__init__(kind)

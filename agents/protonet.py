@@ -10,11 +10,11 @@ trains Omniglot with 60-way episodes and tests at 5/20 ways; the ways of trainin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dataclasses import dataclass
 
 from metarl.core.learner import FewShotLearner, FewShotLearnerConfig
 
@@ -43,7 +43,8 @@ class PrototypicalNetwork(FewShotLearner):
 
     name = "protonet"
 
-    def __init__(self, embedding: nn.Module, kind: str = "classification", config: ProtoNetConfig | None = None) -> None:
+    def __init__(self, embedding: nn.Module, kind: str = "classification",
+                 config: ProtoNetConfig | None = None) -> None:
         if kind != "classification":
             raise ValueError("Prototypical Networks need a classification task source (e.g. omniglot)")
         super().__init__(kind)

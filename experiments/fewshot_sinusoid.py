@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from metarl.training import FewShotConfig, train_fewshot
+from metarl.training import make_run_config, train
 
 LEARNERS = ("maml", "fomaml", "meta-sgd", "anil", "reptile", "blackbox")
 
@@ -33,11 +33,11 @@ def main() -> None:
     for learner in args.learners:
         for shots in args.shots:
             iterations = args.blackbox_iterations if learner == "blackbox" else args.iterations
-            config = FewShotConfig(learner=learner, shots=shots, iterations=iterations, seed=args.seed, threads=1,
-                                   eval_shots=(shots,), eval_steps=(0, 1, 10), eval_tasks=200, progress=False,
-                                   run_dir=str(args.out / f"{learner}-k{shots}-{time.strftime('%H%M%S')}"))
+            config = make_run_config(learner, shots=shots, iterations=iterations, seed=args.seed, threads=1,
+                                     eval_shots=(shots,), eval_steps=(0, 1, 10), eval_tasks=200, progress=False,
+                                     run_dir=str(args.out / f"{learner}-k{shots}-{time.strftime('%H%M%S')}"))
             start = time.perf_counter()
-            result = json.loads((train_fewshot(config) / "evaluation.json").read_text())
+            result = json.loads((train(config) / "evaluation.json").read_text())
             row = {"learner": learner, "shots": shots, "iterations": iterations, "seed": args.seed,
                    "train_seconds": round(time.perf_counter() - start, 1),
                    "mse": {r["steps"]: (r["mse"], r["ci95"]) for r in result["results"]}}

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     agent = MAMLTRPO(args.env, config)
     init_iteration = 0
     if args.init_from is not None:
-        state = load_checkpoint(args.init_from / "checkpoints" / "last.pt")["agent_state"]
+        state = load_checkpoint(args.init_from / "checkpoints" / "last.pt")["state"]
         agent.load_weights(state)
         init_iteration = int(state["iteration"])
     start_state = agent.state_dict()

@@ -29,8 +29,7 @@ import metarl.envs  # noqa: F401  (registers the ids)
 from metarl.core.sampling import collect_episodes
 from metarl.core.seeding import derive_seed
 from metarl.evaluation import mean_confidence_interval
-from metarl.runs import load_checkpoint, read_config
-from metarl.training_rl import build_agent, load_rl_config, resolve_agent_config
+from metarl.training import load_run, load_session
 
 
 def main() -> None:
@@ -46,18 +45,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    run = load_rl_config(args.run_dir)
-    if run.agent != "maml-trpo":
-        parser.error(f"{args.run_dir} is a {run.agent} run; this diagnostic reads MAML-TRPO fast weights")
-    agent = build_agent(run, resolve_agent_config(run, stored=read_config(args.run_dir).get("agent_config", {})))
-    agent.load_state_dict(load_checkpoint(args.run_dir / "checkpoints" / "last.pt")["agent_state"])
-    env = gym.make(run.env, **agent.config.env_kwargs).unwrapped
-    tasks = env.sample_tasks(args.tasks, split=args.split, seed=derive_seed(run.eval_seed, "tasks", args.split))
-    seed = derive_seed(run.eval_seed, "meta-test", args.split)
+    run = load_run(args.run_dir)
+    if run.name != "maml-trpo":
+        parser.error(f"{args.run_dir} is a {run.name} run; this diagnostic reads MAML-TRPO fast weights")
+    agent = load_session(args.run_dir).agent
+    env = gym.make(run.task.env, **agent.config.env_kwargs).unwrapped
+    eval_seed = run.evaluation.eval_seed
+    tasks = env.sample_tasks(args.tasks, split=args.split, seed=derive_seed(eval_seed, "tasks", args.split))
+    seed = derive_seed(eval_seed, "meta-test", args.split)
     env.close()
     mean_envs = agent._make_envs(len(tasks) * min(args.mean_episodes, agent.envs_per_task))
     floor = float(agent.policy.min_log_std)
-    report: dict = {"run_dir": str(args.run_dir), "env": run.env, "split": args.split, "tasks": [str(t) for t in tasks],
+    report: dict = {"run_dir": str(args.run_dir), "env": run.task.env, "split": args.split,
+                    "tasks": [str(t) for t in tasks],
                     "stages": []}
     for stage, (fast, episodes) in enumerate(agent.adaptation_stages(tasks, args.stages, seed=seed)):
         mean_weights = dict(fast, log_std=torch.full_like(fast["log_std"], floor))

@@ -1,6 +1,6 @@
 """RESULTS table: every meta-RL agent on the same task distributions, same env-step budgets, several seeds.
 
-For each (env, agent, seed) in the plan this trains the agent with ``metarl.training_rl.train_meta_rl`` (one run
+For each (env, agent, seed) in the plan this trains the agent with ``metarl.training.train`` (one run
 directory per cell under ``--out``), meta-tests it on the env's held-out ``test`` tasks (the same tasks for every
 agent: evaluation seed 12345) and reports the return per adaptation episode (episode 0 = before adaptation / prior
 context). Aggregation: each seed's mean over its test tasks, then the mean over seeds ± the 95% Student-t
@@ -29,7 +29,7 @@ import numpy as np
 
 from metarl.evaluation import save_figure, seed_statistics
 from metarl.runs import atomic_write_json
-from metarl.training_rl import RLRunConfig, train_meta_rl
+from metarl.training import make_run_config, train
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -130,12 +130,12 @@ def run_cell(plan: dict[str, Any], agent: str, seed: int, scale: float, run_dir:
     spec = plan["agents"][agent]
     iterations = spec["iterations"] if spec["iterations"] == 0 else max(1, round(spec["iterations"] * scale))
     preset = str(PRESETS / spec["preset"]) if spec.get("preset") else None
-    config = RLRunConfig(agent=spec.get("agent", agent), env=plan["env"], iterations=iterations, preset=preset,
-                         overrides=dict(spec.get("overrides", {})), seed=seed, eval_tasks=plan["eval_tasks"],
-                         eval_episodes=plan["eval_episodes"], eval_splits=("test",), threads=threads,
-                         run_dir=str(run_dir), progress=False, checkpoint_every=max(1, iterations))
+    config = make_run_config(spec.get("agent", agent), dict(spec.get("overrides", {})), preset=preset,
+                             env=plan["env"], iterations=iterations, seed=seed, eval_tasks=plan["eval_tasks"],
+                             eval_episodes=plan["eval_episodes"], eval_splits=("test",), threads=threads,
+                             run_dir=str(run_dir), progress=False, checkpoint_every=max(1, iterations))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    return train_meta_rl(config)
+    return train(config)
 
 
 def read_cell(run_dir: Path) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from metarl.envs.fewshot.omniglot import (
     modified_hausdorff_error,
     pixel_nearest_neighbour_error,
 )
+from metarl.envs.fewshot.sources import one_shot_result_name
 from metarl.runs import atomic_write_json
-from metarl.training import FewShotConfig, evaluate_run, load_config, one_shot_result_name, train_fewshot
+from metarl.training import RunConfig, evaluate, load_run, load_session, make_run_config, train
 
 # Training episodes: metric learners as Snell et al. (60-way, 5 queries per class); the MAML family and the
 # black-box learner need a 20-way output layer, so they train on 20-way 1-shot episodes (Finn et al. 2017: inner
@@ -92,7 +93,8 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     if args.evaluate:
         for run_dir in args.evaluate:
-            config = dataclasses.replace(load_config(run_dir), one_shot_runs=str(runs_path), eval_tasks=0)
+            run = load_run(run_dir)
+            config = dataclasses.replace(run, task=dataclasses.replace(run.task, one_shot_runs=str(runs_path)))
             rows.append(score(run_dir, config, args.tta, train_minutes=None, fresh=True))
             print(json.dumps(rows[-1]), flush=True)
         args.learners = []
@@ -107,15 +109,14 @@ def main() -> None:
             plan["train_ways"] = args.train_ways
         if args.query_shots is not None:
             plan["query_shots"] = args.query_shots
-        config = FewShotConfig(learner=learner, source="omniglot", data_root=str(args.data), shots=1,
-                               augment=not args.no_augment, split_fractions=(1.0, 0.0, 0.0), eval_tasks=0,
-                               within_alphabet=args.within_alphabet, image_size=args.image_size,
-                               one_shot_runs=str(runs_path), seed=args.seed, threads=args.threads, progress=False,
-                               log_every=50,
-                               checkpoint_every=250, run_dir=str(args.out / f"{learner}-{time.strftime('%H%M%S')}"),
-                               **plan)
+        config = make_run_config(learner, source="omniglot", data_root=str(args.data), shots=1,
+                                 augment=not args.no_augment, split_fractions=(1.0, 0.0, 0.0), eval_tasks=0,
+                                 within_alphabet=args.within_alphabet, image_size=args.image_size,
+                                 one_shot_runs=str(runs_path), seed=args.seed, threads=args.threads, progress=False,
+                                 log_every=50, checkpoint_every=250,
+                                 run_dir=str(args.out / f"{learner}-{time.strftime('%H%M%S')}"), **plan)
         start = time.perf_counter()
-        run_dir = train_fewshot(config)
+        run_dir = train(config)
         rows.append(score(run_dir, config, args.tta, train_minutes=round((time.perf_counter() - start) / 60, 1)))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n| learner | training | error on the one-shot runs (95% CI) | with test-time augmentation x{args.tta} |")
@@ -140,18 +141,19 @@ def main() -> None:
         print(f"| {row['learner']} | {budget} | {cells[0]} | {cells[1]} |")
 
 
-def score(run_dir: Path, config: FewShotConfig, tta: int, train_minutes: float | None, fresh: bool = False) -> dict:
+def score(run_dir: Path, config: RunConfig, tta: int, train_minutes: float | None, fresh: bool = False) -> dict:
     """Error rates of a run's last checkpoint on the one-shot runs: plain (written at training) and with ``tta``;
     ``fresh`` scores both again (a run scored while it was still training)."""
-    row = {"learner": config.learner, "run_dir": str(run_dir), "iterations": checkpoint_iteration(run_dir),
-           "train_ways": config.train_ways or config.ways, "train_minutes": train_minutes,
-           "within_alphabet": config.within_alphabet, "image_size": config.image_size}
+    task = config.task
+    row = {"learner": config.name, "run_dir": str(run_dir), "iterations": checkpoint_iteration(run_dir),
+           "train_ways": task.train_ways or task.ways, "train_minutes": train_minutes,
+           "within_alphabet": task.within_alphabet, "image_size": task.image_size}
     for key, copies in (("plain", 0), ("tta", tta)):
         if key == "tta" and not copies:
             continue
         path = Path(run_dir) / one_shot_result_name(copies)
         if fresh or not path.exists():
-            evaluate_run(run_dir, config=dataclasses.replace(config, one_shot_augment=copies))
+            evaluate(run_dir, one_shot_runs=task.one_shot_runs, one_shot_augment=copies)
         result = json.loads(path.read_text())
         row[key] = {k: result[k] for k in SCORE_KEYS}
     return row
@@ -165,14 +167,13 @@ def score_ensemble(run_dirs: list[Path], runs_path: Path, tta: int, out: Path, t
     import torch
 
     from metarl.evaluation import one_shot_probabilities, one_shot_score
-    from metarl.training import load_learner
-
-    members, seed = [], load_config(run_dirs[0]).eval_seed
+    members, seed = [], load_run(run_dirs[0]).evaluation.eval_seed
     for run_dir in run_dirs:
-        config = load_config(run_dir)
-        _, learner = load_learner(run_dir, config)
-        steps = max(config.eval_steps) if learner.uses_gradient_steps else None
-        members.append((learner, OneShotRuns(runs_path, image_size=config.image_size).as_episode_batch(), steps))
+        config = load_run(run_dir)
+        learner = load_session(run_dir).learner
+        steps = max(config.evaluation.eval_steps) if learner.uses_gradient_steps else None
+        members.append((learner, OneShotRuns(runs_path, image_size=config.task.image_size).as_episode_batch(),
+                        steps))
     row = {"learner": "ensemble: " + " + ".join(Path(r).name for r in run_dirs), "iterations": 0,
            "run_dirs": [str(r) for r in run_dirs]}
     def ensemble_score(copies: int, distortion_seed: int) -> dict:

@@ -120,7 +120,8 @@ def _parse_with_tyro(cls: type, default: Any, args: list[str], prog: str, descri
     try:
         with contextlib.redirect_stderr(captured):
             return tyro.cli(cls, default=default, args=args, prog=prog, description=description,
-                            config=(tyro.conf.OmitArgPrefixes,) + (() if flag_pairs else (tyro.conf.FlagCreatePairsOff,)))
+                            config=(tyro.conf.OmitArgPrefixes,)
+                            + (() if flag_pairs else (tyro.conf.FlagCreatePairsOff,)))
     except SystemExit as exit_:
         if exit_.code in (0, None):
             raise

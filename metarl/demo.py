@@ -15,16 +15,14 @@ import json
 import time
 from pathlib import Path
 
-from metarl.core.host_memory import keep_freed_memory
-
 
 def fewshot_demo(out: Path, iterations: int) -> Path:
-    from metarl.training import FewShotConfig, train_fewshot
+    from metarl.training import make_run_config, train
 
-    config = FewShotConfig(learner="maml", source="sinusoid", shots=10, iterations=iterations, threads=1,
-                           eval_shots=(5, 10, 20), eval_steps=(0, 1, 10), eval_tasks=200,
-                           run_dir=str(out / f"maml-sinusoid-{time.strftime('%Y%m%d-%H%M%S')}"))
-    run_dir = train_fewshot(config)
+    config = make_run_config("maml", source="sinusoid", shots=10, iterations=iterations, threads=1,
+                             eval_shots=(5, 10, 20), eval_steps=(0, 1, 10), eval_tasks=200,
+                             run_dir=str(out / f"maml-sinusoid-{time.strftime('%Y%m%d-%H%M%S')}"))
+    run_dir = train(config)
     result = json.loads((run_dir / "evaluation.json").read_text())
     print(f"\nMAML on sinusoid, {iterations} meta-iterations x 25 tasks; held-out test tasks "
           f"({result['num_tasks']} per cell), query MSE, mean ± 95% CI:")
@@ -39,13 +37,13 @@ def fewshot_demo(out: Path, iterations: int) -> Path:
 
 def meta_rl_demo(out: Path, iterations: int) -> Path:
     """MAML-TRPO on 2D navigation (goals held out by construction), short episodes so it fits in minutes."""
-    from metarl.training_rl import RLRunConfig, train_meta_rl
+    from metarl.training import make_run_config, train
 
-    run = RLRunConfig(agent="maml-trpo", env="metarl/Navigation2D-v0", iterations=iterations, eval_tasks=40,
-                      eval_episodes=3, eval_splits=("test", "ood"), checkpoint_every=10,
-                      overrides={"meta_batch_size": 10, "episodes_per_task": 10, "max_episode_steps": 20},
-                      run_dir=str(out / f"maml-trpo-navigation-{time.strftime('%Y%m%d-%H%M%S')}"))
-    run_dir = train_meta_rl(run)
+    run = make_run_config("maml-trpo", env="metarl/Navigation2D-v0", iterations=iterations, eval_tasks=40,
+                          eval_episodes=3, eval_splits=("test", "ood"), checkpoint_every=10, meta_batch_size=10,
+                          episodes_per_task=10, max_episode_steps=20,
+                          run_dir=str(out / f"maml-trpo-navigation-{time.strftime('%Y%m%d-%H%M%S')}"))
+    run_dir = train(run)
     result = json.loads((run_dir / "evaluation.json").read_text())
     print(f"\nMAML-TRPO on 2D navigation (20-step episodes), {iterations} meta-iterations x 10 tasks x 10 episodes; "
           f"{result['num_tasks']} held-out goals per split, return per adaptation episode, mean ± 95% CI:")
@@ -66,7 +64,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the demo runs go")
     parser.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     args = parser.parse_args()
-    keep_freed_memory()  # a training process keeps the memory it frees (metarl/core/host_memory.py)
+    from metarl.cli import configure_process
+
+    configure_process()  # what the metarl command turns on for a training process (huge pages, freed memory kept)
     fewshot_demo(args.out, iterations=200 if args.quick else 3000)
     meta_rl_demo(args.out, iterations=3 if args.quick else 30)
 

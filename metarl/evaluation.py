@@ -299,7 +299,7 @@ def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if len(values) > 1:
             raise ValueError(f"evaluations differ in {key}: {sorted(values)}; seeds can only be combined on the "
                              "same held-out tasks")
-    env_kwargs = {json.dumps(((r.get("config") or {}).get("agent_config") or {}).get("env_kwargs"), sort_keys=True)
+    env_kwargs = {json.dumps(((r.get("config") or {}).get("learner") or {}).get("env_kwargs"), sort_keys=True)
                   for r in results}
     if len(env_kwargs) > 1:
         raise ValueError(f"evaluations differ in the env's kwargs: {sorted(env_kwargs)}")

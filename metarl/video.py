@@ -105,21 +105,23 @@ def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, s
 
     import metarl.envs  # noqa: F401
     from metarl.core.seeding import derive_seed
-    from metarl.runs import load_checkpoint, read_config
-    from metarl.training_rl import build_agent, load_rl_config, resolve_agent_config
+    from metarl.training import load_session
 
     run_dir = Path(run_dir)
-    run = load_rl_config(run_dir)
-    agent: Any = build_agent(run, resolve_agent_config(run, stored=read_config(run_dir).get("agent_config", {})))
-    agent.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["agent_state"])
+    session = load_session(run_dir)
+    run = session.run
+    if run.domain != "meta-rl":
+        session.close()
+        raise RunError(f"{run_dir} is a few-shot run: videos are of meta-RL agents")
+    agent: Any = session.agent
     if not hasattr(agent, "render_episodes"):
         agent.close()
-        raise RunError(f"agent {run.agent} cannot render episodes")
-    env = gym.make(run.env, **getattr(agent.config, "env_kwargs", {}))
+        raise RunError(f"agent {run.name} cannot render episodes")
+    env = gym.make(run.task.env, **getattr(agent.config, "env_kwargs", {}))
     task = env.unwrapped.sample_tasks(1, split=split, seed=derive_seed(seed, "video"))[0]
     env.close()
     try:
-        episodes = agent.render_episodes(task, num_episodes or run.eval_episodes or 3,
+        episodes = agent.render_episodes(task, num_episodes or run.evaluation.eval_episodes or 3,
                                          derive_seed(seed, "video-rollouts"))
     except Exception as err:
         if gl_problem is None:

@@ -465,25 +465,25 @@ def test_warm_start_from_another_run(tmp_path):
     """`metarl train --init-from RUN`: the new run starts from RUN's policy (a different meta-batch here), counts its
     own iterations from zero and records where the weights came from; a run of another architecture is refused."""
     from metarl.runs import RunError, load_checkpoint
-    from metarl.training_rl import RLRunConfig, train_meta_rl
+    from metarl.training import make_run_config, train
 
     def run(name: str, iterations: int, **extra) -> Path:
-        config = RLRunConfig(agent="maml-trpo", env="metarl/Navigation2D-v0", iterations=iterations,
-                             overrides={**SMALL, **extra.pop("overrides", {})}, eval_tasks=2, eval_episodes=2,
-                             eval_splits=("test",), progress=False, run_dir=str(tmp_path / name), **extra)
-        return train_meta_rl(config)
+        config = make_run_config("maml-trpo", {**SMALL, **extra.pop("overrides", {})}, env="metarl/Navigation2D-v0",
+                                 iterations=iterations, eval_tasks=2, eval_episodes=2, eval_splits=("test",),
+                                 progress=False, run_dir=str(tmp_path / name), **extra)
+        return train(config)
 
     source = run("source", 2)
     source_state = load_checkpoint(source / "checkpoints" / "last.pt")
     warm = run("warm", 0, init_from=str(source), overrides={"meta_batch_size": 4})
     warm_state = load_checkpoint(warm / "checkpoints" / "last.pt")
-    for key, value in source_state["agent_state"]["policy"].items():
-        assert torch.equal(warm_state["agent_state"]["policy"][key], value), key
+    for key, value in source_state["state"]["policy"].items():
+        assert torch.equal(warm_state["state"]["policy"][key], value), key
     assert warm_state["iteration"] == 0
     record = yaml.safe_load((warm / "config.json").read_text())
     assert record["init_from_checkpoint"]["iteration"] == 2 and record["init_from"] == str(source)
-    cold = load_checkpoint(run("cold", 0) / "checkpoints" / "last.pt")["agent_state"]["policy"]
-    assert any(not torch.equal(cold[key], value) for key, value in source_state["agent_state"]["policy"].items())
+    cold = load_checkpoint(run("cold", 0) / "checkpoints" / "last.pt")["state"]["policy"]
+    assert any(not torch.equal(cold[key], value) for key, value in source_state["state"]["policy"].items())
     with pytest.raises(RunError, match="weights do not fit"):
         run("other", 0, init_from=str(source), overrides={"hidden_sizes": [7]})
     assert not (tmp_path / "other").exists()

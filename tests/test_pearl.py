@@ -288,15 +288,15 @@ def test_presets_load_into_the_config(preset):
 @pytest.mark.smoke
 @pytest.mark.parametrize("agent", ["pearl", "oracle"])
 def test_run_loop_trains_checkpoints_and_evaluates(agent, tmp_path):
-    from metarl.training_rl import RLRunConfig, train_meta_rl
+    from metarl.training import make_run_config, train
 
-    run = RLRunConfig(agent=agent, env=NAV, iterations=2, overrides=dict(TINY), eval_tasks=2, eval_episodes=2,
-                      run_dir=str(tmp_path / agent), progress=False, checkpoint_every=1)
-    run_dir = train_meta_rl(run)
+    run = make_run_config(agent, dict(TINY), env=NAV, iterations=2, eval_tasks=2, eval_episodes=2,
+                          run_dir=str(tmp_path / agent), progress=False, checkpoint_every=1)
+    run_dir = train(run)
     evaluation = (run_dir / "evaluation.json").read_text()
     assert '"post_adaptation_return"' in evaluation and (run_dir / "checkpoints" / "last.pt").is_file()
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert state["agent_state"]["iteration"] == 2
+    assert state["state"]["iteration"] == 2
     assert dataclasses.asdict(PEARLConfig(**TINY))["hidden_sizes"] == [16]
 
 

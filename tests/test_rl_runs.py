@@ -10,24 +10,25 @@ import torch
 import metarl.agents as agents
 from metarl.cli import main as cli_main
 from metarl.runs import load_checkpoint
-from metarl.training_rl import RLRunConfig, train_meta_rl
+from metarl.training import RunConfig, make_run_config, train
 
 
 @pytest.fixture(autouse=True)
 def dummy_registered(monkeypatch):
-    monkeypatch.setitem(agents.RL_AGENTS, "dummy", ("tests.dummy_agent", "DummyAgent", "DummyConfig"))
+    monkeypatch.setitem(agents.REGISTRY, "dummy", agents.Entry("dummy", "tests.dummy_agent", "DummyAgent",
+                                                               "DummyConfig", "meta-rl"))
 
 
-def _run(tmp_path, name="run", **overrides) -> RLRunConfig:
-    options = dict(agent="dummy", env="metarl/Navigation2D-v0", iterations=5, checkpoint_every=2, eval_tasks=4,
+def _run(tmp_path, name="run", **overrides) -> RunConfig:
+    options = dict(env="metarl/Navigation2D-v0", iterations=5, checkpoint_every=2, eval_tasks=4,
                    eval_episodes=3, progress=False, run_dir=str(tmp_path / name))
     options.update(overrides)
-    return RLRunConfig(**options)
+    return make_run_config("dummy", options)
 
 
 @pytest.mark.smoke
 def test_run_directory_and_evaluation(tmp_path):
-    run_dir = train_meta_rl(_run(tmp_path))
+    run_dir = train(_run(tmp_path))
     for name in ("config.json", "metrics.csv", "evaluation.json", "adaptation.png", "checkpoints/last.pt"):
         assert (run_dir / name).is_file(), name
     result = json.loads((run_dir / "evaluation.json").read_text())
@@ -35,12 +36,12 @@ def test_run_directory_and_evaluation(tmp_path):
     test = result["splits"]["test"]
     assert len(test["episodes"]) == 3 and test["post_adaptation_return"] > test["pre_adaptation_return"]
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["agent_config"]["step_size"] == 0.1
+    assert config["learner"]["step_size"] == 0.1
 
 
 @pytest.mark.determinism
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    full = train_meta_rl(_run(tmp_path, "full", iterations=6))
+    full = train(_run(tmp_path, "full", iterations=6))
     from tests.dummy_agent import DummyAgent
 
     original = DummyAgent.train_iteration
@@ -52,13 +53,13 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
 
     monkeypatch.setattr(DummyAgent, "train_iteration", dying)
     with pytest.raises(KeyboardInterrupt):
-        train_meta_rl(_run(tmp_path, "killed", iterations=6))
+        train(_run(tmp_path, "killed", iterations=6))
     monkeypatch.setattr(DummyAgent, "train_iteration", original)
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 4
     assert cli_main(["resume", str(tmp_path / "killed"), "--no-progress"]) == 0
     a = load_checkpoint(full / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
-    assert torch.equal(a["agent_state"]["value"], b["agent_state"]["value"])
+    assert torch.equal(a["state"]["value"], b["state"]["value"])
     assert a["env_steps"] == b["env_steps"] == 60
     rows = [(tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("full", "killed")]
     strip = [[",".join(line.split(",")[i] for i in (0, 2)) for line in r] for r in rows]  # step, return
@@ -72,10 +73,11 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypa
         (["train", "dummy", "--env", "NoSuchEnv-v0"], "cannot make environment"),
         (["train", "dummy", "--env", "CartPole-v1"], "is not a task environment"),
         (["train", "dummy", "--set", "step_size=-1"], "step_size must be > 0"),
+        (["train", "dummy", "--step-size", "-1"], "step_size must be > 0"),
         (["train", "dummy", "--set", "nonsense=3"], "unknown dummy config field"),
         (["train", "dummy", "--set", "novalue"], "key=value"),
         (["train", "dummy", "--preset", "/nonexistent.yaml"], "preset not found"),
-        (["train", "dummy", "--eval-episodes", "0"], "eval_episodes must be >= 1"),
+        (["train", "dummy", "--eval-episodes", "0"], "eval_episodes must be an integer >= 1"),
         (["train", "dummy", "--env", "nosuchmodule:Thing-v0"], "cannot make environment"),
     ],
 )
@@ -89,7 +91,7 @@ def test_bad_input_one_line_no_run_dir(tmp_path, capsys, argv, message):
 @pytest.mark.api
 def test_unknown_agent_is_refused(tmp_path, capsys):
     assert cli_main(["train", "nosuchagent", "--run-dir", str(tmp_path / "r")]) == 2
-    assert "unknown learner" in capsys.readouterr().err
+    assert "unknown learner or agent" in capsys.readouterr().err
 
 
 def test_held_out_tasks_come_from_the_agents_env_kwargs():
@@ -117,8 +119,8 @@ def test_held_out_tasks_come_from_the_agents_env_kwargs():
 
 @pytest.mark.determinism
 def test_resume_with_more_iterations_extends_a_finished_run(tmp_path):
-    full = train_meta_rl(_run(tmp_path, "full", iterations=6))
-    short = train_meta_rl(_run(tmp_path, "short", iterations=4))
+    full = train(_run(tmp_path, "full", iterations=6))
+    short = train(_run(tmp_path, "short", iterations=4))
     assert cli_main(["resume", str(short), "--iterations", "6", "--no-progress"]) == 0
     a = load_checkpoint(full / "checkpoints" / "last.pt")
     b = load_checkpoint(short / "checkpoints" / "last.pt")
@@ -130,7 +132,7 @@ def test_resume_with_more_iterations_extends_a_finished_run(tmp_path):
 def _evaluation(returns, env="metarl/Navigation2D-v0", seed=12345, env_kwargs=None) -> dict:
     """An evaluation.json's content with these per-task returns ``[tasks, episodes]`` on the test split."""
     return {"protocol": "meta-rl", "agent": "maml-trpo", "env": env, "num_tasks": len(returns),
-            "num_episodes": len(returns[0]), "seed": seed, "config": {"agent_config": {"env_kwargs": env_kwargs or {}}},
+            "num_episodes": len(returns[0]), "seed": seed, "config": {"learner": {"env_kwargs": env_kwargs or {}}},
             "splits": {"test": {"per_task_returns": returns}}}
 
 

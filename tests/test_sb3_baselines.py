@@ -119,7 +119,7 @@ def test_multitask_uses_ppo_for_discrete_actions():
 
 @pytest.mark.api
 def test_from_scratch_records_the_episodes_of_a_fresh_learner_and_runs_with_zero_iterations(tmp_path):
-    from metarl.training_rl import RLRunConfig, train_meta_rl
+    from metarl.training import make_run_config, train
 
     assert rl_agent_classes("scratch") == (FromScratchBaseline, FromScratchConfig)
     config = FromScratchConfig(max_episode_steps=10, algorithm_kwargs=SMALL_SAC)
@@ -130,10 +130,10 @@ def test_from_scratch_records_the_episodes_of_a_fresh_learner_and_runs_with_zero
     assert returns.shape == (2, 3) and (returns < 0).all()
     assert np.array_equal(returns, agent.meta_test(tasks, 3, seed=5))
     assert not np.array_equal(returns, agent.meta_test(tasks, 3, seed=6))
-    run = RLRunConfig(agent="scratch", env=NAV, iterations=0, eval_tasks=2, eval_episodes=2, eval_splits=("test",),
-                      overrides={"max_episode_steps": 10, "algorithm_kwargs": SMALL_SAC},
-                      run_dir=str(tmp_path / "scratch"), progress=False)
-    run_dir = train_meta_rl(run)
+    run = make_run_config("scratch", env=NAV, iterations=0, eval_tasks=2, eval_episodes=2, eval_splits=("test",),
+                          max_episode_steps=10, algorithm_kwargs=SMALL_SAC, run_dir=str(tmp_path / "scratch"),
+                          progress=False)
+    run_dir = train(run)
     assert '"post_adaptation_return"' in (run_dir / "evaluation.json").read_text()
 
 

@@ -23,7 +23,7 @@ from metarl.agents.rl2 import RL2, RL2Config
 from metarl.cli import main as cli_main
 from metarl.core.agent import RendersEpisodes
 from metarl.envs.recording import FrameRecorder, make_recording_envs
-from metarl.training_rl import RLRunConfig, train_meta_rl
+from metarl.training import make_run_config, train
 
 NAV = "metarl/Navigation2D-v0"
 STEPS = 6  # episode length: the point stays inside the drawn square, so consecutive frames always differ
@@ -50,18 +50,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_run(run_dir: Path, env: str = NAV, **overrides) -> Path:
     """A one-iteration MAML-TRPO run directory (checkpoint, config, evaluation) in a few seconds."""
-    run = RLRunConfig(
-        agent="maml-trpo",
+    run = make_run_config(
+        "maml-trpo",
+        {**MAML_TINY, **overrides},
         env=env,
         iterations=1,
-        overrides={**MAML_TINY, **overrides},
         eval_tasks=2,
         eval_episodes=2,
         eval_splits=("test",),
         progress=False,
         run_dir=str(run_dir),
     )
-    return train_meta_rl(run)
+    return train(run)
 
 
 @pytest.fixture(scope="module")
