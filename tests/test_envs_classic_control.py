@@ -1,4 +1,5 @@
-"""Classic-control context envs and the generic AttributeTaskWrapper: contract, task law, fidelity to Gymnasium."""
+"""Classic-control context envs and the generic AttributeTaskWrapper: task law, fidelity to Gymnasium (the task-env
+contract every id meets: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
