@@ -57,7 +57,7 @@ def base(request) -> Any:
         patch.syspath_prepend(str(REPO_ROOT))  # `tests.user_env_example` imports from the repository root
         try:
             env = make(env_id)
-            env.reset(seed=0)  # Meta-World is imported lazily, when its goals are first needed
+            env.reset(seed=0)  # an optional dependency may be needed only once the first task is built
         except ImportError as err:
             pytest.skip(f"{env_id} needs an optional dependency that is not installed: {err}")
         yield env
