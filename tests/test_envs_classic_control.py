@@ -1,9 +1,8 @@
-"""Classic-control context envs and the generic AttributeTaskWrapper: contract, task law, fidelity to Gymnasium."""
+"""Classic-control context envs and the generic AttributeTaskWrapper: task law, fidelity to Gymnasium (the task-env
+contract every id meets: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import pickle
 import warnings
@@ -64,16 +63,10 @@ def action_sequence(env: gym.Env, n: int = 120, seed: int = 0) -> list:
 # --- the context envs -------------------------------------------------------------------------------------------
 @pytest.mark.api
 @pytest.mark.parametrize("cls, _, env_id, horizon", CASES)
-def test_registered_and_check_env_for_tasks_of_every_split(cls, _, env_id, horizon):
+def test_registered_with_the_horizon_and_every_split(cls, _, env_id, horizon):
     env = gym.make(env_id)
     assert isinstance(env.unwrapped, cls) and env.spec.max_episode_steps == horizon
-    base = env.unwrapped
-    assert is_task_env(env) and base.splits == ("train", "test", "ood")
-    for split in base.splits:
-        for task in base.sample_tasks(2, split=split, seed=3):
-            base.set_task(task)
-            quiet_check_env(base)
-            assert base.get_task() == task
+    assert is_task_env(env) and env.unwrapped.splits == ("train", "test", "ood")
 
 
 @pytest.mark.api
@@ -139,18 +132,11 @@ def test_mountain_car_gravity_and_power_change_the_dynamics():
 
 @pytest.mark.api
 @pytest.mark.parametrize("cls", CONTEXT_CLASSES)
-def test_reward_terms_sum_exactly_and_the_task_is_echoed(cls):
+def test_options_task_is_applied_and_the_descriptor_is_the_constants(cls):
     env = cls()
     task = env.sample_tasks(1, split="test", seed=2)[0]
     _, info = env.reset(seed=1, options={"task": task})
     assert info["task"] == task
-    for action in action_sequence(env, 60):
-        _, reward, terminated, truncated, info = env.step(action)
-        terms = [value for key, value in info.items() if key.startswith("reward_")]
-        assert terms and sum(terms) == reward
-        assert info["task"] == task
-        if terminated or truncated:
-            env.reset()
     np.testing.assert_allclose(env.task_descriptor(), [value for _, value in task.values], rtol=1e-6)
 
 
@@ -173,32 +159,14 @@ def test_splits_are_disjoint_log_checkerboards_and_ood_lies_outside(cls):
             assert abs(np.median(np.log(ratios))) < 0.1  # log-uniform about the nominal value
 
 
-@pytest.mark.determinism
-@pytest.mark.parametrize("cls", CONTEXT_CLASSES)
-def test_same_seed_same_tasks_and_trajectories(cls):
-    a, b = cls(), cls()
-    assert a.sample_tasks(4, split="ood", seed=9) == b.sample_tasks(4, split="ood", seed=9)
-    assert a.sample_tasks(4, seed=9) != a.sample_tasks(4, seed=10)
-    task = a.sample_tasks(1, seed=9)[0]
-    a.set_task(task)
-    b.set_task(task)
-    actions = action_sequence(a, 80)
-    obs_a, rew_a, _ = run(a, actions, seed=2)
-    obs_b, rew_b, _ = run(b, actions, seed=2)
-    np.testing.assert_array_equal(obs_a, obs_b)
-    np.testing.assert_array_equal(rew_a, rew_b)
-
-
 @pytest.mark.api
-def test_set_task_takes_effect_at_reset_and_tasks_round_trip_json():
+def test_set_task_changes_the_constants_at_reset_and_mappings_are_tasks():
     env = CartPoleContextEnv()
     task = env.sample_tasks(1, seed=0)[0]
     env.set_task(task)
     assert env.get_task() == task and env.gravity == 9.8  # pending until reset
     env.reset(seed=0)
     assert env.gravity == task["gravity"] and env.total_mass == task["masspole"] + task["masscart"]
-    again = ContextTask(**json.loads(json.dumps(dataclasses.asdict(task))))
-    assert again == task
     env.set_task(task.as_dict())  # a {name: value} mapping works too
     assert env.get_task() == task
 
@@ -222,8 +190,6 @@ def test_bad_input_raises_clear_errors(cls):
     env = cls()
     env.reset(seed=0)
     name = env.context.names[0]
-    with pytest.raises(ValueError, match="unknown split"):
-        env.sample_tasks(1, split="valid")
     with pytest.raises(TaskError, match="missing"):
         env.set_task({name: env.nominal_constants[name]})
     with pytest.raises(TaskError, match="unknown"):
@@ -232,10 +198,9 @@ def test_bad_input_raises_clear_errors(cls):
         env.set_task({**env.nominal_constants, name: 10 * env.nominal_constants[name]})
     with pytest.raises(TaskError, match="not finite"):
         env.set_task({**env.nominal_constants, name: float("nan")})
-    bad_actions = [np.array([np.nan], np.float32), np.array([0.1, 0.2])] if env.action_space.shape else [7, 0.5]
-    for action in bad_actions:
+    if env.action_space.shape:  # NaN and out-of-range Discrete actions: tests/test_env_contract.py
         with pytest.raises(ValueError):
-            env.step(action)
+            env.step(np.array([0.1, 0.2]))
     with pytest.raises(ValueError, match="varied_constants"):
         cls(varied_constants=["speed_of_light"])
     with pytest.raises(ValueError, match="scale_range"):

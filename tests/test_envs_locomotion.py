@@ -1,17 +1,15 @@
-"""Locomotion goal task distributions (envs/locomotion.py): contract, splits, reward formulas, references, blow-ups."""
+"""Locomotion goal task distributions (envs/locomotion.py): splits, reward formulas, references, blow-ups (the task-env
+contract every id meets: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pickle
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import metarl.envs  # noqa: F401 - registers the ids
 from metarl.envs.base import TaskError, checkerboard_split_of
@@ -51,8 +49,6 @@ TERMS = {
     HumanoidDirEnv: ["forward", "ctrl", "contact", "survive"],
 }
 env_classes = pytest.mark.parametrize("env_cls", ENVS, ids=lambda c: c.__name__)
-# Gymnasium warns about the (-inf, inf) observation bounds that its own MuJoCo envs use too; anything else fails
-EXPECTED_WARNINGS = ("Box observation space maximum value is infinity", "Box observation space minimum value is -inf")
 
 
 def split_of(env, task) -> str:
@@ -84,30 +80,10 @@ def test_registered_id_builds_the_class_with_shapes_and_horizon(env_cls):
 
 @pytest.mark.api
 @env_classes
-def test_check_env_passes_for_tasks_of_every_split(env_cls):
-    env = env_cls()
-    for split in env.splits:
-        for task in env.sample_tasks(2, split=split, seed=7):
-            env.set_task(task)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                check_env(env, skip_render_check=True)
-            unexpected = [str(w.message) for w in caught if not any(e in str(w.message) for e in EXPECTED_WARNINGS)]
-            assert not unexpected, unexpected
-            assert env.get_task() == task
-
-
-@pytest.mark.api
-@env_classes
-def test_splits_are_disjoint_by_construction_and_seeded(env_cls):
+def test_splits_are_disjoint_by_construction(env_cls):
     env = env_cls()
     for split in env.splits:
         tasks = env.sample_tasks(300, split=split, seed=3)
-        assert tasks == env.sample_tasks(300, split=split, seed=3)
-        assert tasks != env.sample_tasks(300, split=split, seed=4)
-        assert all(type(t) is env.task_type for t in tasks)
-        for task in tasks[:20]:  # a JSON round trip gives the same task back
-            assert env._validate_task(json.loads(json.dumps(dataclasses.asdict(task)))) == task
         if split != "ood" and env.splits_disjoint:
             assert {split_of(env, t) for t in tasks} == {split}
     if env_cls is HalfCheetahDirEnv:  # the documented exception: two tasks, both in both splits
@@ -170,40 +146,18 @@ def test_direction_tasks_cover_every_sector_of_their_split_and_forward_backward_
 
 @pytest.mark.api
 @env_classes
-def test_reward_terms_sum_exactly_to_the_reward_and_task_is_echoed(env_cls):
+def test_reward_terms_are_the_family_terms_in_order(env_cls):
     env = env_cls()
     task = env.sample_tasks(1, split="test", seed=11)[0]
     env.set_task(task)
-    _, info = env.reset(seed=11)
-    assert info["task"] == task
+    env.reset(seed=11)
     rng = np.random.default_rng(0)
     for _ in range(40):
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        names = [k for k in info if k.startswith("reward_")]
-        assert names == ["reward_" + t for t in TERMS[env_cls]]
-        total = 0.0
-        for name in names:
-            total += info[name]
-        assert total == reward and isinstance(reward, float)
-        assert info["task"] == task == env.get_task()
+        assert [k for k in info if k.startswith("reward_")] == ["reward_" + t for t in TERMS[env_cls]]
         if terminated or truncated:
             env.reset(seed=int(rng.integers(1000)))
     assert np.array_equal(env.task_descriptor(), env.task_descriptor(task))
-
-
-@pytest.mark.api
-@env_classes
-def test_set_task_takes_effect_only_at_reset(env_cls):
-    env = env_cls()
-    first, second = env.sample_tasks(2, split="train", seed=12)
-    env.reset(seed=0, options={"task": first})
-    env.set_task(second)
-    assert env.get_task() == second  # the pending task is reported ...
-    _, _, _, _, info = env.step(np.zeros(env.action_space.shape))
-    assert info["task"] == first  # ... but the episode keeps its task
-    _, info = env.reset(seed=0)
-    assert info["task"] == second
-    assert env.step(np.zeros(env.action_space.shape))[4]["task"] == second
 
 
 @pytest.mark.api
@@ -222,8 +176,6 @@ def test_pending_target_velocity_changes_the_reward_only_after_reset():
 @env_classes
 def test_bad_splits_tasks_and_actions_raise(env_cls):
     env = env_cls()
-    with pytest.raises(ValueError, match="unknown split"):
-        env.sample_tasks(2, split="validation")
     with pytest.raises(ValueError, match="non-negative"):
         env.sample_tasks(-1)
     field = dataclasses.fields(env.task_type)[0].name
@@ -240,11 +192,6 @@ def test_bad_splits_tasks_and_actions_raise(env_cls):
     with pytest.raises(TaskError):
         env.task_descriptor({"nope": 1})
     env.reset(seed=0)
-    action = np.zeros(env.action_space.shape)
-    for value in (np.nan, np.inf, -np.inf):
-        action[1] = value
-        with pytest.raises(ValueError, match="NaN or infinite"):
-            env.step(action)
     for wrong in (np.zeros(env.action_space.shape[0] + 1), 0.5, np.zeros((1,) + env.action_space.shape)):
         with pytest.raises(ValueError, match="shape"):
             env.step(wrong)
@@ -316,18 +263,12 @@ def test_pickle_round_trip_keeps_the_arguments_and_steps(env_cls):
 # --- determinism ----------------------------------------------------------------------------------------------
 @pytest.mark.determinism
 @env_classes
-def test_same_seed_same_trajectory_different_seed_different_start(env_cls):
+def test_different_seed_different_start(env_cls):
     env = env_cls()
     env.set_task(env.sample_tasks(1, seed=1)[0])
     low, high = env.action_space.low, env.action_space.high
     actions = np.random.default_rng(0).uniform(low, high, size=(30, low.shape[0]))
-    obs_a, rew_a = rollout(env, actions, seed=21)
-    obs_b, rew_b = rollout(env, actions, seed=21)
-    assert np.array_equal(obs_a, obs_b) and np.array_equal(rew_a, rew_b)
-    other = env_cls()  # a fresh env with the same task and seed
-    other.set_task(env.get_task())
-    obs_c, rew_c = rollout(other, actions, seed=21)
-    assert np.array_equal(obs_a, obs_c) and np.array_equal(rew_a, rew_c)
+    obs_a, _ = rollout(env, actions, seed=21)
     obs_d, _ = rollout(env, actions, seed=22)
     assert not np.array_equal(obs_a[0], obs_d[0])
 

@@ -1,15 +1,13 @@
-"""Meta-World adapter (metarl.envs.metaworld): the task-environment contract on ML1 fully, ML10 lightly, ML45 slow."""
+"""Meta-World adapter (metarl.envs.metaworld): ML1 goals and success, ML10 classes, ML45 slow (the task-env contract
+every id meets, ML45 under ``-m slow``: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import pickle
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 pytest.importorskip("metaworld")
 
@@ -58,40 +56,20 @@ def test_registered_ids_make_the_adapters() -> None:
 
 
 @pytest.mark.api
-def test_check_env_on_train_and_test_tasks(ml1: MetaWorldML1Env) -> None:
-    for split in ("train", "test"):
-        for task in ml1.sample_tasks(2, split=split, seed=7):
-            ml1.set_task(task)
-            check_env(ml1, skip_render_check=True)
-            assert ml1.get_task() == task
-
-
-@pytest.mark.api
-def test_task_is_json_safe_and_dicts_are_accepted(ml1: MetaWorldML1Env) -> None:
+def test_tasks_name_the_benchmark_and_class(ml1: MetaWorldML1Env) -> None:
     task = ml1.sample_tasks(1, split="test", seed=3)[0]
-    restored = MetaWorldTask(**json.loads(json.dumps(dataclasses.asdict(task))))
-    assert restored == task
-    ml1.set_task(dataclasses.asdict(task))
-    assert ml1.get_task() == task
-    assert ml1.get_task().benchmark == "ML1" and ml1.get_task().env_name == "reach-v3"
+    assert task.benchmark == "ML1" and task.env_name == "reach-v3" and task.split == "test"
 
 
 @pytest.mark.api
-def test_task_in_info_reward_term_and_set_task_takes_effect_at_reset(ml1: MetaWorldML1Env) -> None:
-    first, second = ml1.sample_tasks(2, split="train", seed=11)
-    ml1.set_task(first)
-    _, info = ml1.reset(seed=0)
-    assert info["task"] == first
-    ml1.set_task(second)
+def test_one_reward_term_and_meta_world_diagnostics_in_info(ml1: MetaWorldML1Env) -> None:
+    ml1.set_task(ml1.sample_tasks(1, split="train", seed=11)[0])
+    ml1.reset(seed=0)
     _, reward, terminated, truncated, info = ml1.step(np.zeros(4, dtype=np.float32))
-    assert info["task"] == first, "a new task must wait for the next reset"
-    assert reward == info["reward_metaworld"]
+    assert reward == info["reward_metaworld"] and [k for k in info if k.startswith("reward_")] == ["reward_metaworld"]
     assert not terminated and not truncated
     for key in ("success", "near_object", "grasp_success", "in_place_reward"):
         assert key in info
-    _, info = ml1.reset()
-    assert info["task"] == second
-    assert ml1.step(np.zeros(4, dtype=np.float32))[4]["task"] == second
 
 
 @pytest.mark.api
@@ -164,37 +142,10 @@ def test_ml10_splits_are_disjoint_classes_and_sampling_is_class_balanced(ml10: M
         assert len(indices) == len(set(indices)), "indices within a class are drawn without replacement"
 
 
-@pytest.mark.determinism
-def test_seeded_sampling_reproduces(ml10: MetaWorldML10Env) -> None:
-    assert ml10.sample_tasks(9, split="train", seed=4) == ml10.sample_tasks(9, split="train", seed=4)
-    assert ml10.sample_tasks(9, split="train", seed=4) != ml10.sample_tasks(9, split="train", seed=5)
-    assert MetaWorldML10Env().sample_tasks(5, split="test", seed=1) == ml10.sample_tasks(5, split="test", seed=1)
-
-
-@pytest.mark.determinism
-def test_same_task_and_actions_give_the_same_trajectory() -> None:
-    envs = [MetaWorldML1Env("reach-v3"), MetaWorldML1Env("reach-v3")]
-    task = envs[0].sample_tasks(1, seed=9)[0]
-    actions = np.random.default_rng(0).uniform(-1, 1, size=(30, 4)).astype(np.float32)
-    runs = []
-    for env in envs:
-        env.set_task(task)
-        obs, _ = env.reset(seed=1)
-        trajectory = [obs]
-        for action in actions:
-            obs, reward, *_ = env.step(action)
-            trajectory.append(np.append(obs, reward))
-        runs.append(trajectory)
-        env.close()
-    for a, b in zip(*runs):
-        np.testing.assert_array_equal(a, b)
-
-
 # --- bad input ----------------------------------------------------------------------------------------------
 @pytest.mark.api
 def test_bad_input_raises_clear_errors(ml1: MetaWorldML1Env) -> None:
-    with pytest.raises(ValueError, match="unknown split"):
-        ml1.sample_tasks(2, split="ood")
+    assert ml1.splits == ("train", "test")  # no ood split
     with pytest.raises(TaskError, match="missing"):
         ml1.set_task({"benchmark": "ML1", "env_name": "reach-v3"})
     with pytest.raises(TaskError, match="outside"):
@@ -211,8 +162,6 @@ def test_bad_input_raises_clear_errors(ml1: MetaWorldML1Env) -> None:
         MetaWorldML1Env("no-such-task-v3")
     ml1.set_task(ml1.sample_tasks(1, seed=0)[0])
     ml1.reset(seed=0)
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        ml1.step(np.array([0.0, np.nan, 0.0, 0.0], dtype=np.float32))
     with pytest.raises(ValueError, match="shape"):
         ml1.step(np.zeros(3, dtype=np.float32))
 

@@ -1,21 +1,19 @@
-"""Morphology task distributions (envs/morphology.py): contract, geometry of the rebuilt models, mass, determinism."""
+"""Morphology task distributions (envs/morphology.py): geometry of the rebuilt models, mass, determinism across rebuilds
+(the task-env contract every id meets: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
 import ctypes.util
 import dataclasses
-import json
 import os
 import pickle
 import subprocess
 import sys
-import warnings
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import metarl.envs  # noqa: F401 - registers the ids
 from metarl.envs.base import TaskError, checkerboard_split_of
@@ -75,25 +73,17 @@ def lowest_point(model: mujoco.MjModel) -> float:
     return min(bottoms)
 
 
-def checked(env) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        # MuJoCo observations are unbounded, as in Gymnasium's own envs
-        warnings.filterwarnings("ignore", message=".*Box observation space (minimum|maximum) value is")
-        check_env(env, skip_render_check=True)
-
-
 # --- API -----------------------------------------------------------------------------------------------------
 @pytest.mark.api
 @env_classes
-def test_check_env_for_tasks_of_every_split(env_cls):
+def test_spaces_stay_the_same_for_tasks_of_every_split(env_cls):
     env = env_cls()
     obs_dim, act_dim = SHAPES[env_cls]
-    for split in ("train", "test", "ood"):
+    assert env.splits == ("train", "test", "ood")
+    for split in env.splits:
         for task in env.sample_tasks(2, split=split, seed=11):
-            env.set_task(task)
-            checked(env)
-            assert env.get_task() == task
+            obs, _ = env.reset(seed=0, options={"task": task})  # a rebuilt model
+            assert obs.shape == (obs_dim,) and env.observation_space.contains(obs)
             assert env.observation_space.shape == (obs_dim,) and env.action_space.shape == (act_dim,)
 
 
@@ -120,14 +110,11 @@ def test_splits_are_disjoint_seeded_and_in_range(env_cls):
     high = [env.length_scale_range[1]] * n + [env.thickness_scale_range[1]] * n
     train = env.sample_tasks(300, split="train", seed=1)
     test = env.sample_tasks(300, split="test", seed=1)
-    assert train == env.sample_tasks(300, split="train", seed=1)
-    assert train != env.sample_tasks(300, split="train", seed=2)
     for split, tasks in (("train", train), ("test", test)):
         scales = np.array([env.task_descriptor(t) for t in tasks], dtype=np.float64)
         assert scales.shape == (300, 2 * n)
         assert np.all(scales >= low) and np.all(scales <= high)
         assert {checkerboard_split_of(s, low, high) for s in scales} == {split}
-    assert not set(train) & set(test)
     # ood: every scale outside the training range, inside the ood range
     ood = np.array([env.task_descriptor(t) for t in env.sample_tasks(300, split="ood", seed=1)], dtype=np.float64)
     lengths, thicknesses = ood[:, :n], ood[:, n:]
@@ -143,18 +130,14 @@ def test_splits_are_disjoint_seeded_and_in_range(env_cls):
     env.reset(seed=5)
     other.reset(seed=5)
     assert env.sample_tasks(3) == other.sample_tasks(3)
-    with pytest.raises(ValueError, match="unknown split"):
-        env.sample_tasks(1, split="validation")
 
 
 @pytest.mark.api
 @env_classes
-def test_task_json_round_trip_and_descriptor(env_cls):
+def test_task_descriptor_is_the_scales(env_cls):
     env = env_cls()
     task = env.sample_tasks(1, split="ood", seed=3)[0]
-    restored = json.loads(json.dumps(dataclasses.asdict(task)))
-    env.set_task(restored)
-    assert env.get_task() == task and hash(env.get_task()) == hash(task)
+    env.set_task(task)
     descriptor = env.task_descriptor()
     assert descriptor.dtype == np.float32 and descriptor.shape == (env.task_descriptor_dim,)
     assert env.task_descriptor_dim == 2 * len(env.limb_names)
@@ -189,20 +172,6 @@ def test_bad_tasks_raise_task_error(env_cls):
 
 @pytest.mark.api
 @env_classes
-def test_nan_action_raises(env_cls):
-    env = env_cls()
-    env.reset(seed=0)
-    action = np.zeros(env.action_space.shape)
-    action[0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        env.step(action)
-    action[0] = np.inf
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        env.step(action)
-
-
-@pytest.mark.api
-@env_classes
 def test_physics_blow_up_truncates_without_poisoning(env_cls, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MuJoCo appends its warning to ./MUJOCO_LOG.TXT
     env = env_cls()
@@ -218,7 +187,7 @@ def test_physics_blow_up_truncates_without_poisoning(env_cls, tmp_path, monkeypa
 
 @pytest.mark.api
 @env_classes
-def test_reward_terms_sum_to_reward(env_cls):
+def test_reward_terms_are_the_family_terms(env_cls):
     env = env_cls()
     env.set_task(env.sample_tasks(1, split="test", seed=4)[0])
     env.reset(seed=4)
@@ -227,7 +196,6 @@ def test_reward_terms_sum_to_reward(env_cls):
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
         terms = {k[len("reward_") :]: v for k, v in info.items() if k.startswith("reward_")}
         assert set(terms) == names[env_cls]
-        assert reward == pytest.approx(sum(terms.values()), rel=1e-12, abs=1e-12)
         assert terms["ctrl"] <= 0.0
         if terminated or truncated:
             env.reset()

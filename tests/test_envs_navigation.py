@@ -1,9 +1,8 @@
-"""Navigation2D (MAML) and SparseNavigation2D (PEARL): contract, task law, rewards, batch step, speed."""
+"""Navigation2D (MAML) and SparseNavigation2D (PEARL): task law, rewards, batch step, speed (the task-env contract every
+id meets: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import pickle
 import time
@@ -27,29 +26,11 @@ from tests.helpers import rollout
 IDS = ["metarl/Navigation2D-v0", "metarl/SparseNavigation2D-v0"]
 
 
-def quiet_check_env(env: gym.Env) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the checker's advice on infinite observation bounds
-        check_env(env, skip_render_check=True)
-
-
-@pytest.mark.api
-@pytest.mark.parametrize("env_id", IDS)
-def test_check_env_for_tasks_of_every_split(env_id):
-    env = gym.make(env_id)
-    base = env.unwrapped
-    assert env.spec.max_episode_steps == 100
-    for split in ("train", "test", "ood"):
-        for task in base.sample_tasks(3, split=split, seed=7):
-            base.set_task(task)
-            quiet_check_env(base)
-            assert base.get_task() == task
-
-
 @pytest.mark.api
 @pytest.mark.parametrize("env_id", IDS)
 def test_episode_runs_full_horizon_and_echoes_task(env_id):
     env = gym.make(env_id)
+    assert env.spec.max_episode_steps == 100 and env.unwrapped.splits == ("train", "test", "ood")
     task = env.unwrapped.sample_tasks(1, seed=3)[0]
     obs, info = env.reset(seed=0, options={"task": task})
     assert info["task"] == task
@@ -90,23 +71,6 @@ def test_sparse_splits_are_alternating_sectors_and_ood_is_the_lower_half():
     goals = np.array([env.task_descriptor(t) for t in train])
     np.testing.assert_allclose(np.linalg.norm(goals, axis=1), 1.0, rtol=1e-6)
     assert np.all(goals[:, 1] >= -1e-6)
-
-
-@pytest.mark.determinism
-@pytest.mark.parametrize("cls", [Navigation2DEnv, SparseNavigation2DEnv])
-def test_same_seed_same_tasks_and_trajectories(cls):
-    a, b = cls(), cls()
-    for split in ("train", "test", "ood"):
-        assert a.sample_tasks(5, split=split, seed=11) == b.sample_tasks(5, split=split, seed=11)
-        assert a.sample_tasks(5, split=split, seed=11) != a.sample_tasks(5, split=split, seed=12)
-    task = a.sample_tasks(1, seed=5)[0]
-    actions = np.random.default_rng(0).uniform(-0.2, 0.2, size=(50, 2))
-    a.set_task(task)
-    b.set_task(task)
-    obs_a, rew_a = rollout(a, actions, seed=0)
-    obs_b, rew_b = rollout(b, actions, seed=0)
-    np.testing.assert_array_equal(obs_a, obs_b)
-    np.testing.assert_array_equal(rew_a, rew_b)
 
 
 @pytest.mark.api
@@ -161,21 +125,9 @@ def test_set_task_takes_effect_at_the_next_reset():
 
 
 @pytest.mark.api
-def test_tasks_round_trip_through_json_and_dicts_are_accepted():
-    for env in (Navigation2DEnv(), SparseNavigation2DEnv()):
-        for task in env.sample_tasks(3, split="ood", seed=2):
-            again = type(task)(**json.loads(json.dumps(dataclasses.asdict(task))))
-            assert again == task
-            env.set_task(dataclasses.asdict(task))
-            assert env.get_task() == task
-
-
-@pytest.mark.api
 def test_bad_input_raises_clear_errors():
     env = Navigation2DEnv()
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="unknown split"):
-        env.sample_tasks(2, split="validation")
     with pytest.raises(ValueError, match="non-negative"):
         env.sample_tasks(-1)
     with pytest.raises(TaskError, match="missing goal_y"):
@@ -185,9 +137,7 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(TaskError, match="not finite"):
         env.set_task({"goal_x": float("nan"), "goal_y": 0.0})
     with pytest.raises(ValueError, match="NaN"):
-        env.step([np.nan, 0.0])
-    with pytest.raises(ValueError, match="NaN"):
-        env.step(np.array([0.0, np.inf], np.float32))
+        env.step([np.nan, 0.0])  # a list (the contract test steps arrays)
     with pytest.raises(ValueError, match="2 numbers"):
         env.step([0.1, 0.1, 0.1])
     sparse = SparseNavigation2DEnv()

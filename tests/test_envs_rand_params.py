@@ -1,16 +1,14 @@
-"""Rand-params dynamics task distributions (envs/rand_params.py): contract, splits, scaling from defaults, Gymnasium."""
+"""Rand-params dynamics task distributions (envs/rand_params.py): splits, scaling from defaults, Gymnasium (the task-env
+contract every id meets: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pickle
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import metarl.envs  # noqa: F401 - registers the ids
 from metarl.envs.base import TaskError, checkerboard_split_of
@@ -43,7 +41,6 @@ TERMS = {
     Walker2dRandParamsEnv: ["forward", "ctrl", "survive"],
 }
 env_classes = pytest.mark.parametrize("env_cls", ENVS, ids=lambda c: c.__name__)
-EXPECTED_WARNINGS = ("Box observation space maximum value is infinity", "Box observation space minimum value is -inf")
 
 
 def model_values(env) -> dict[str, np.ndarray]:
@@ -73,29 +70,12 @@ def test_registered_id_builds_the_class_with_shapes_and_horizon(env_cls):
 
 @pytest.mark.api
 @env_classes
-def test_check_env_passes_for_tasks_of_every_split(env_cls):
+def test_splits_are_disjoint_by_construction_and_ood_lies_beyond(env_cls):
     env = env_cls()
-    assert env.splits == ("train", "test", "ood")
-    for split in env.splits:
-        for task in env.sample_tasks(2, split=split, seed=7):
-            env.set_task(task)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                check_env(env, skip_render_check=True)
-            unexpected = [str(w.message) for w in caught if not any(e in str(w.message) for e in EXPECTED_WARNINGS)]
-            assert not unexpected, unexpected
-
-
-@pytest.mark.api
-@env_classes
-def test_splits_are_disjoint_by_construction_seeded_and_ood_lies_beyond(env_cls):
-    env = env_cls()
-    assert env.splits_disjoint is True
+    assert env.splits_disjoint is True and env.splits == ("train", "test", "ood")
     dim = SHAPES[env_cls][2]
     for split in env.splits:
         tasks = env.sample_tasks(200, split=split, seed=3)
-        assert tasks == env.sample_tasks(200, split=split, seed=3)
-        assert tasks != env.sample_tasks(200, split=split, seed=4)
         exponents = np.array([env.task_descriptor(t) for t in tasks], dtype=np.float64)
         assert exponents.shape == (200, dim)
         if split == "ood":
@@ -106,8 +86,6 @@ def test_splits_are_disjoint_by_construction_seeded_and_ood_lies_beyond(env_cls)
             assert np.abs(exponents).max() <= 3.0 + 1e-6
             assert exponents.min() < -2.9 and exponents.max() > 2.9  # each split spans the whole box
             assert {checkerboard_split_of(e, -3.0, 3.0) for e in exponents} == {split}
-        for task in tasks[:5]:  # a JSON round trip gives the same task back
-            assert env._validate_task(json.loads(json.dumps(dataclasses.asdict(task)))) == task
 
 
 @pytest.mark.api
@@ -172,37 +150,29 @@ def test_dynamics_tasks_change_the_trajectory(env_cls):
 
 @pytest.mark.api
 @env_classes
-def test_reward_terms_sum_exactly_to_the_reward_and_task_is_echoed(env_cls):
+def test_reward_terms_are_the_family_terms_in_order(env_cls):
     env = env_cls()
     task = env.sample_tasks(1, split="test", seed=11)[0]
-    _, info = env.reset(seed=11, options={"task": task})
-    assert info["task"] == task
+    env.reset(seed=11, options={"task": task})
     for _ in range(40):
         _, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        names = [k for k in info if k.startswith("reward_")]
-        assert names == ["reward_" + t for t in TERMS[env_cls]]
-        total = 0.0
-        for name in names:
-            total += info[name]
-        assert total == reward and isinstance(reward, float)
-        assert info["task"] == task == env.get_task()
+        assert [k for k in info if k.startswith("reward_")] == ["reward_" + t for t in TERMS[env_cls]]
         if terminated or truncated:
             env.reset()
 
 
 @pytest.mark.api
 @env_classes
-def test_set_task_takes_effect_only_at_reset(env_cls):
+def test_a_pending_task_leaves_the_model_alone_until_reset(env_cls):
     env = env_cls()
     first, second = env.sample_tasks(2, split="train", seed=12)
     env.reset(seed=0, options={"task": first})
     mass = env.model.body_mass.copy()
     env.set_task(second)
-    assert env.get_task() == second
-    info = env.step(np.zeros(env.action_space.shape))[4]
-    assert info["task"] == first and np.array_equal(env.model.body_mass, mass)
+    env.step(np.zeros(env.action_space.shape))
+    assert np.array_equal(env.model.body_mass, mass)
     env.reset(seed=0)
-    assert env.step(np.zeros(env.action_space.shape))[4]["task"] == second
+    env.step(np.zeros(env.action_space.shape))
     assert not np.array_equal(env.model.body_mass, mass)
 
 
@@ -210,8 +180,6 @@ def test_set_task_takes_effect_only_at_reset(env_cls):
 @env_classes
 def test_bad_splits_tasks_actions_and_arguments_raise(env_cls):
     env = env_cls()
-    with pytest.raises(ValueError, match="unknown split"):
-        env.sample_tasks(1, split="val")
     good = dataclasses.asdict(env.sample_tasks(1, seed=0)[0])
     short = dict(good, body_mass=good["body_mass"][:-1])
     too_far = dict(good, dof_damping=(3.6,) + good["dof_damping"][1:])
@@ -222,10 +190,6 @@ def test_bad_splits_tasks_actions_and_arguments_raise(env_cls):
             env.set_task(task)
     env.set_task(dict(good, dof_damping=(3.5,) + good["dof_damping"][1:]))  # the ood edge is allowed
     env.reset(seed=0)
-    action = np.zeros(env.action_space.shape)
-    action[0] = np.nan
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        env.step(action)
     with pytest.raises(ValueError, match="shape"):
         env.step(np.zeros(env.action_space.shape[0] + 2))
     for kwargs in ({"rand_params": ("body_mass", "gravity")}, {"rand_params": ()}, {"log_scale_limit": 4.0}):
@@ -272,16 +236,11 @@ def test_pickle_round_trip_keeps_the_arguments_and_steps(env_cls):
 # --- determinism ----------------------------------------------------------------------------------------------
 @pytest.mark.determinism
 @env_classes
-def test_same_seed_same_trajectory(env_cls):
+def test_different_seed_different_start(env_cls):
     env = env_cls()
-    task = env.sample_tasks(1, seed=1)[0]
-    env.set_task(task)
+    env.set_task(env.sample_tasks(1, seed=1)[0])
     actions = np.random.default_rng(0).uniform(-1, 1, size=(30, SHAPES[env_cls][1]))
-    obs_a, rew_a = rollout(env, actions, seed=21)
-    other = env_cls()
-    other.set_task(task)
-    obs_b, rew_b = rollout(other, actions, seed=21)
-    assert np.array_equal(obs_a, obs_b) and np.array_equal(rew_a, rew_b)
+    obs_a, _ = rollout(env, actions, seed=21)
     obs_c, _ = rollout(env, actions, seed=22)
     assert not np.array_equal(obs_a[0], obs_c[0])
 

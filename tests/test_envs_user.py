@@ -1,14 +1,13 @@
-"""A user's own task environment, made through Gymnasium's ``"module:EnvId"`` form, meets the task contract."""
+"""A user's own task environment, made through Gymnasium's ``"module:EnvId"`` form, works as an agent uses it (the
+task-env contract it meets like every registered id: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
 import pathlib
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 from metarl.envs.base import is_task_env
 
@@ -39,19 +38,16 @@ def test_user_env_follows_the_task_protocol_as_an_agent_uses_it(user_env):
     base = user_env.unwrapped
     train = base.sample_tasks(5, split="train", seed=0)
     test = base.sample_tasks(5, split="test", seed=0)
-    assert train == base.sample_tasks(5, split="train", seed=0)
     assert all(t["goal"] < 0 for t in train) and all(t["goal"] >= 0 for t in test)
     returns = {}
     for task in (train[0], test[0]):
         base.set_task(task)
-        assert base.get_task() == task
-        obs, info = user_env.reset(seed=0)
-        assert info["task"] == task
+        obs, _ = user_env.reset(seed=0)
         total, done = 0.0, False
         while not done:  # move towards the goal: the task really changes the reward
             action = np.clip([task["goal"] - obs[0]], -0.25, 0.25).astype(np.float32)
             obs, reward, terminated, truncated, info = user_env.step(action)
-            assert info["reward_distance"] == reward and info["task"] == task
+            assert info["reward_distance"] == reward
             total += reward
             done = terminated or truncated
         returns[task["goal"]] = total
@@ -61,10 +57,3 @@ def test_user_env_follows_the_task_protocol_as_an_agent_uses_it(user_env):
     user_env.reset(seed=0)
     wrong_way = sum(user_env.step(np.array([-0.25], np.float32))[1] for _ in range(20))
     assert wrong_way < returns[test[0]["goal"]] - 20
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        check_env(base, skip_render_check=True)
-    with pytest.raises(ValueError, match="unknown split"):
-        base.sample_tasks(1, split="ood")
-    with pytest.raises(ValueError, match="finite"):
-        user_env.step(np.array([np.nan], np.float32))

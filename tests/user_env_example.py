@@ -62,9 +62,10 @@ class UserGoalEnv(gym.Env):
         return np.zeros(1, dtype=np.float32), {"task": dict(self._task)}
 
     def step(self, action):
-        move = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -0.25, 0.25))
-        if not np.isfinite(move):
+        raw = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        if not np.isfinite(raw):  # before clipping, which would turn an infinite action into a finite move
             raise ValueError(f"action must be finite, got {action!r}")
+        move = min(max(raw, -0.25), 0.25)
         self._position += move
         reward = -abs(self._position - self._task["goal"])
         obs = np.array([self._position], dtype=np.float32)
