@@ -284,8 +284,7 @@ def evaluate_run(run_dir: Path, *, learner=None, source=None, config: FewShotCon
         save_json(run_dir / "evaluation.json", result)
         plot_adaptation(result, run_dir / "adaptation.png", title=f"{config.learner} on {config.source}")
     if config.one_shot_runs:
-        from metarl.envs.fewshot.omniglot import OneShotRuns
-        from metarl.evaluation import evaluate_one_shot_runs
+        from metarl.envs.fewshot.omniglot_runs import OneShotRuns, evaluate_one_shot_runs
 
         if learner.name not in ("protonet", "matching") and config.ways != 20:
             raise RunError(f"{config.learner} has a {config.ways}-way output layer; the one-shot runs are 20-way")

@@ -1,6 +1,10 @@
 """Few-shot supervised task sources: ``sample(n, *, split, seed, shots=None) -> EpisodeBatch``.
 
 ``make_source("sinusoid", ...)`` or ``make_source("omniglot", root=..., ways=..., shots=...)``.
+
+A data set's code lives with the data set: :mod:`.sinusoid`; :mod:`.omniglot` (reading the zips, splits, N-way K-shot
+sampling), :mod:`.omniglot_runs` (the original one-shot runs of Lake et al. 2015: reading them, their baselines and
+scoring a learner on them) and :mod:`.distortions` (random affine distortions of drawings).
 """
 
 from __future__ import annotations
