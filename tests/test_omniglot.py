@@ -7,6 +7,8 @@ absent; tests of errors, caching and the sampler's law also run on tiny syntheti
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -566,6 +568,21 @@ def test_modified_hausdorff_reproduces_published_38_8_percent_on_all_runs() -> N
 def test_module_exports() -> None:
     assert set(om.__all__) <= set(dir(om))
 
+
+@pytest.mark.api
+def test_source_and_distortion_modules_export_what_they_list() -> None:
+    from metarl.envs.fewshot import distortions, omniglot
+
+    for module in (omniglot, distortions):
+        assert set(module.__all__) <= set(dir(module)), module.__name__
+
+
+@pytest.mark.api
+def test_generic_evaluation_imports_no_data_set_module() -> None:
+    # a fresh interpreter: this test process has imported the Omniglot modules already
+    code = "import sys, metarl.evaluation; print(sorted(m for m in sys.modules if m.startswith('metarl.envs.fewshot')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", f"metarl.evaluation imports {done.stdout.strip()}"
 
 
 class _RecordingNearestNeighbour(torch.nn.Module):
