@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from metarl.envs.fewshot.omniglot import (
+from metarl.envs.fewshot.omniglot_runs import (
     OneShotRuns,
     modified_hausdorff_error,
     pixel_nearest_neighbour_error,
@@ -166,7 +166,8 @@ def score_ensemble(run_dirs: list[Path], runs_path: Path, tta: int, out: Path, t
     ``OUT/ensemble-<run names>.json``."""
     import torch
 
-    from metarl.evaluation import one_shot_probabilities, one_shot_score
+    from metarl.envs.fewshot.omniglot_runs import one_shot_probabilities, one_shot_score
+
     members, seed = [], load_run(run_dirs[0]).evaluation.eval_seed
     for run_dir in run_dirs:
         config = load_run(run_dir)

@@ -11,9 +11,6 @@ tasks with the evaluation seed, let the agent explore, adapt and act through its
 metarl/core/agent.py: column 0 is the return before adaptation, column k after adapting on what came before), and
 report the return of every adaptation episode with a 95% CI over tasks.
 
-The original Omniglot one-shot task (:func:`evaluate_one_shot_runs`): 20-way 1-shot runs, error rate over all
-queries with a 95% CI (Wilson interval over queries).
-
 Results go to JSON (``save_json``) and a PNG (``plot_adaptation``).
 """
 
@@ -48,17 +45,6 @@ def mean_confidence_interval(values: Sequence[float] | np.ndarray, confidence: f
     std = float(arr.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
     return {"mean": mean, "ci95": half, "n": int(n), "std": std}
-
-
-def wilson_interval(errors: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (error rate over ``total`` trials)."""
-    if total == 0:
-        return (float("nan"), float("nan"))
-    p = errors / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _sample(source: Any, n: int, split: str, seed: int, shots: int) -> EpisodeBatch:
@@ -107,70 +93,6 @@ def evaluate_fewshot(
         learner.train(was_training)
     return {"protocol": "fewshot", "learner": learner.name, "metric": metric, "split": split, "seed": seed,
             "num_tasks": num_tasks, "results": rows}
-
-
-def one_shot_probabilities(learner: FewShotLearner, batch: EpisodeBatch, *, steps: int | None = None,
-                           device: str | torch.device = "cpu", augment_copies: int = 0,
-                           seed: int = 0) -> torch.Tensor:
-    """Class probabilities ``[runs, queries, ways]`` of ``learner`` on the one-shot runs (all runs stacked as one
-    ``EpisodeBatch``), on the CPU.
-
-    ``augment_copies = K > 0`` adds test-time augmentation: each support drawing gets ``K`` randomly distorted
-    copies (:func:`~metarl.envs.fewshot.omniglot.random_affine`, the training distortion) as extra shots of its
-    class, and each query's probabilities are the mean over itself and ``K`` distorted copies. Still one drawing
-    per class from the run: the copies are made from it, never from other data. The distortions are drawn from
-    ``seed``.
-    """
-    if augment_copies < 0:
-        raise ValueError(f"augment_copies must be >= 0, got {augment_copies}")
-    was_training = learner.training
-    learner.eval()
-    try:
-        with torch.no_grad():
-            batch = batch.to(device)
-            support_x, support_y, queries = batch.support_x, batch.support_y, [batch.query_x]
-            if augment_copies:
-                from metarl.envs.fewshot.omniglot import random_affine
-
-                rng = np.random.default_rng(seed)
-
-                def distort(x: torch.Tensor) -> torch.Tensor:
-                    flat = x.reshape(-1, *x.shape[-3:]).cpu()  # [images, channels, height, width]
-                    return random_affine(flat, rng).reshape(x.shape).to(x.device)
-
-                tasks, ways = batch.num_tasks, batch.ways
-                by_class = support_x.reshape(tasks, ways, -1, *support_x.shape[2:])  # class-major order
-                copies = [by_class] + [distort(by_class) for _ in range(augment_copies)]
-                support_x = torch.cat(copies, dim=2).reshape(tasks, -1, *support_x.shape[2:])
-                labels = support_y.reshape(tasks, ways, -1)
-                support_y = labels.repeat(1, 1, augment_copies + 1).reshape(tasks, -1)
-                queries += [distort(batch.query_x) for _ in range(augment_copies)]
-            state = learner.adapt(support_x, support_y, steps=steps)
-            probabilities = sum(learner.predict(state, q).softmax(dim=-1) for q in queries) / len(queries)
-    finally:
-        learner.train(was_training)
-    return probabilities.cpu()
-
-
-def one_shot_score(probabilities: torch.Tensor, query_y: torch.Tensor) -> dict[str, Any]:
-    """Errors, error rate, 95% Wilson interval and per-run error rates of ``[runs, queries, ways]`` probabilities
-    (one learner's, or the mean of an ensemble's) against the true labels ``[runs, queries]``."""
-    wrong = probabilities.argmax(dim=-1) != query_y.cpu()
-    errors, total = int(wrong.sum()), int(wrong.numel())
-    low, high = wilson_interval(errors, total)
-    return {"protocol": "omniglot-one-shot-runs", "runs": int(wrong.shape[0]), "queries": total, "errors": errors,
-            "error_rate": errors / total, "ci95_low": low, "ci95_high": high,
-            "per_run_error_rate": wrong.float().mean(dim=1).tolist()}
-
-
-def evaluate_one_shot_runs(learner: FewShotLearner, batch: EpisodeBatch, *, steps: int | None = None,
-                           device: str | torch.device = "cpu", augment_copies: int = 0,
-                           seed: int = 0) -> dict[str, Any]:
-    """Error rate of ``learner`` on the original one-shot runs (see :func:`one_shot_probabilities`)."""
-    probabilities = one_shot_probabilities(learner, batch, steps=steps, device=device,
-                                           augment_copies=augment_copies, seed=seed)
-    return {**one_shot_score(probabilities, batch.query_y), "learner": learner.name, "steps": steps,
-            "augment_copies": augment_copies}
 
 
 def save_json(path: Path, result: dict[str, Any]) -> Path:

@@ -7,6 +7,8 @@ absent; tests of errors, caching and the sampler's law also run on tiny syntheti
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,13 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from metarl.envs.fewshot import omniglot as om
+from metarl.envs.fewshot import omniglot_runs as om
 from metarl.envs.fewshot.omniglot import (
     DatasetCorruptError,
     DatasetError,
     DatasetNotFoundError,
     OmniglotCharacters,
     OmniglotFewShot,
+)
+from metarl.envs.fewshot.omniglot_runs import (
     OneShotRuns,
     modified_hausdorff_distance,
     modified_hausdorff_error,
@@ -565,6 +569,22 @@ def test_module_exports() -> None:
     assert set(om.__all__) <= set(dir(om))
 
 
+@pytest.mark.api
+def test_source_and_distortion_modules_export_what_they_list() -> None:
+    from metarl.envs.fewshot import distortions, omniglot
+
+    for module in (omniglot, distortions):
+        assert set(module.__all__) <= set(dir(module)), module.__name__
+
+
+@pytest.mark.api
+def test_generic_evaluation_imports_no_data_set_module() -> None:
+    # a fresh interpreter: this test process has imported the Omniglot modules already
+    code = "import sys, metarl.evaluation; print(sorted(m for m in sys.modules if m.startswith('metarl.envs.fewshot')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", f"metarl.evaluation imports {done.stdout.strip()}"
+
+
 class _RecordingNearestNeighbour(torch.nn.Module):
     """A stand-in learner: nearest support drawing (squared pixel distance); records what it was given."""
 
@@ -585,7 +605,7 @@ class _RecordingNearestNeighbour(torch.nn.Module):
 
 
 def test_one_shot_test_time_augmentation(runs: OneShotRuns) -> None:
-    from metarl.evaluation import evaluate_one_shot_runs
+    from metarl.envs.fewshot.omniglot_runs import evaluate_one_shot_runs
 
     batch = runs.as_episode_batch()
     learner = _RecordingNearestNeighbour()
@@ -609,7 +629,7 @@ def test_one_shot_test_time_augmentation(runs: OneShotRuns) -> None:
 
 @pytest.mark.api
 def test_one_shot_score_counts_errors_and_ensembles_average_probabilities() -> None:
-    from metarl.evaluation import one_shot_score, wilson_interval
+    from metarl.envs.fewshot.omniglot_runs import one_shot_score, wilson_interval
 
     labels = torch.tensor([[0, 1, 2, 2], [1, 1, 0, 2]])
     a = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 0], [1, 0, 0, 2]]), 3).float()  # 2 wrong
@@ -625,7 +645,7 @@ def test_one_shot_score_counts_errors_and_ensembles_average_probabilities() -> N
 @needs_runs
 @pytest.mark.api
 def test_one_shot_probabilities_match_the_scored_predictions(runs: OneShotRuns) -> None:
-    from metarl.evaluation import evaluate_one_shot_runs, one_shot_probabilities, one_shot_score
+    from metarl.envs.fewshot.omniglot_runs import evaluate_one_shot_runs, one_shot_probabilities, one_shot_score
 
     batch = runs.as_episode_batch()
     learner = _RecordingNearestNeighbour()

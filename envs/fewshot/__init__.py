@@ -1,7 +1,12 @@
 """Few-shot supervised task sources: ``sample(n, *, split, seed, shots=None) -> EpisodeBatch``.
 
 ``make_source("sinusoid", shots=5)`` or ``make_source("omniglot", data_root=..., ways=..., shots=...)``: the
-options are the fields of the source's config dataclass (:mod:`metarl.envs.fewshot.sources`).
+options are the fields of the source's config dataclass (:mod:`.sources`, which also holds what a run needs from
+a source).
+
+A data set's code lives with the data set: :mod:`.sinusoid`; :mod:`.omniglot` (reading the zips, splits, N-way K-shot
+sampling), :mod:`.omniglot_runs` (the original one-shot runs of Lake et al. 2015: reading them, their baselines and
+scoring a learner on them) and :mod:`.distortions` (random affine distortions of drawings).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Omniglot few-shot task sources, read straight from the published zips.
+"""Omniglot few-shot task source, read straight from the published zips.
 
 Omniglot (Lake, Salakhutdinov & Tenenbaum, *Science* 2015) holds 1,623 handwritten characters from 50 alphabets,
 each drawn once by 20 different people, as 105×105 1-bit PNGs. The files are published in the data set's public
@@ -33,13 +33,13 @@ Preprocessing (the usual one for few-shot Omniglot)
     (28 by default) with Pillow's ``LANCZOS`` filter (``resample`` picks another: ``"box"`` is area averaging),
     then *inverted*, so that strokes are bright: stored as ``uint8`` with ink 255 and background 0, and handed
     out as ``float32`` in ``[0, 1]`` (ink 1.0, background 0.0). All images live in one ``uint8`` tensor
-    ``[classes, 20, image_size, image_size]`` in memory (the two small zips: 242 × 20 × 28 × 28 = 3.8 MB).
-    Decoding takes seconds (both small zips, 4,840 images: about 1 s); ``cache=True`` stores the decoded tensor
-    under ``~/.cache/metarl`` (written atomically, keyed by the zips' sizes and modification times and the
-    preprocessing settings) for larger sets.
+    ``[classes, 20, image_size, image_size]`` in memory. ``cache=True`` stores the decoded tensor under
+    ``~/.cache/metarl`` (written atomically, keyed by the zips' sizes and modification times and the preprocessing
+    settings), so that larger sets are decoded once.
 
 Few-shot task law (:class:`OmniglotFewShot`)
-    ``sample(n, split=..., seed=...)`` draws ``n`` independent N-way K-shot tasks. Each task draws ``ways``
+    ``sample(n, split=..., seed=...)`` draws ``n`` independent N-way K-shot tasks (the few-shot Omniglot benchmark
+    of Vinyals et al. 2016, *Matching networks for one shot learning*). Each task draws ``ways``
     distinct classes uniformly without replacement from the split's class pool, in a uniformly random order
     (class ``j`` of the task gets label ``j``), then ``shots + query_shots`` distinct drawings of each class
     uniformly without replacement: the first ``shots`` form the support set, the rest the query set.
@@ -68,26 +68,16 @@ Few-shot task law (:class:`OmniglotFewShot`)
     Output (:class:`metarl.core.batch.EpisodeBatch`): ``support_x`` ``[n, ways*shots, 1, S, S]`` float32,
     ``support_y`` ``[n, ways*shots]`` int64 labels ``0..ways-1`` in class-major order
     (``[0]*shots + [1]*shots + ...``); ``query_x``/``query_y`` likewise with ``query_shots`` per class;
-    ``ways`` and ``shots`` set. Indexing is vectorised (no per-image Python loop): 32 tasks of 5-way 1-shot with 5
-    queries take about 4 ms, of 20-way 1-shot with 15 queries about 20 ms.
+    ``ways`` and ``shots`` set. Indexing is vectorised (no per-image Python loop).
 
-One-shot runs (:class:`OneShotRuns`)
-    The original within-alphabet 20-way 1-shot task of Lake et al. (2015): each run has 20 training images (one per
-    class, drawn from one evaluation alphabet) and 20 test items; ``class_labels.txt`` gives each item's class.
-    Read from ``one_shot_runs_01-05.zip`` (5 runs), ``all_runs.zip`` (20 runs) or a folder of ``runNN/`` dirs.
-    Published error rates on the 20 runs: people 4.5%, Bayesian Program Learning 3.3%, the modified Hausdorff
-    distance demo 38.8%.
+    Augmentation (``augment=True``): every sampled image is distorted by
+    :func:`~metarl.envs.fewshot.distortions.random_affine` within
+    :data:`~metarl.envs.fewshot.distortions.AUGMENT_RANGES`.
 
-Baselines (:func:`pixel_nearest_neighbour_error`, :func:`modified_hausdorff_error`)
-    Both classify every test item as the training image of least cost and return the error rate over all runs
-    (a fraction). Pixel nearest neighbour: squared Euclidean distance between the 105×105 stroke masks. Modified
-    Hausdorff distance, as in the repository's demo: the ink pixels of each 105×105 image as ``(row, col)`` points,
-    centred on their mean, cost ``max(mean_a min_b |a - b|, mean_b min_a |a - b|)`` (symmetric), exact nearest
-    neighbours by SciPy's k-d tree when SciPy is installed, else by brute force in torch (about 2 s for five runs
-    with SciPy). Measured on the five runs of ``one_shot_runs_01-05.zip``: pixel nearest neighbour 0.75 (75 of 100
-    items wrong; per run 0.65, 0.95, 0.80, 0.65, 0.70), modified Hausdorff distance 0.35 (per run 0.45, 0.35, 0.40,
-    0.25, 0.30), matching an independent re-run of the repository's demo procedure on the same files. The demo's
-    published 38.8% is the mean over all 20 runs (``all_runs.zip``), which five runs need not reproduce.
+The original one-shot runs of Lake et al. (2015), their baselines and the scoring of a learner on them are in
+:mod:`metarl.envs.fewshot.omniglot_runs`; the distortions in :mod:`metarl.envs.fewshot.distortions`. The figures of
+learners trained on this source are in experiments/RESULTS.md ("Omniglot: the original one-shot task with the
+minimal background"), beside their commands.
 """
 
 from __future__ import annotations
@@ -95,11 +85,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +97,7 @@ from PIL import Image, UnidentifiedImageError
 from metarl.core.batch import EpisodeBatch
 
 from ..base import check_split
+from .distortions import AUGMENT_RANGES, random_affine
 
 __all__ = [
     "DatasetError",
@@ -116,12 +105,6 @@ __all__ = [
     "DatasetCorruptError",
     "OmniglotCharacters",
     "OmniglotFewShot",
-    "OneShotRun",
-    "OneShotRuns",
-    "one_shot_error",
-    "pixel_nearest_neighbour_error",
-    "modified_hausdorff_distance",
-    "modified_hausdorff_error",
 ]
 
 DRAWINGS_PER_CHARACTER = 20
@@ -437,42 +420,6 @@ def _unit_fraction(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0**64
 
 
-#: ranges of the random affine augmentation (see :func:`random_affine`)
-AUGMENT_RANGES = {"rotation_degrees": 10.0, "scale": (0.85, 1.15), "shear_degrees": 10.0, "translate": 0.08}
-
-
-def random_affine(
-    images: torch.Tensor,
-    rng: np.random.Generator,
-    rotation_degrees: float = 10.0,
-    scale: tuple[float, float] = (0.85, 1.15),
-    shear_degrees: float = 10.0,
-    translate: float = 0.08,
-) -> torch.Tensor:
-    """A random affine distortion of each image ``[n, 1, S, S]`` (ink 1, background 0), drawn from ``rng``.
-
-    Rotation U(±``rotation_degrees``), isotropic scale U(``scale``), shear U(±``shear_degrees``) and translation
-    U(±``translate``) of the image width, per image, applied with bilinear ``grid_sample`` (zeros outside):
-    the variation of handwriting the Omniglot literature augments with (e.g. Koch et al. 2015 used affine
-    distortions for one-shot Omniglot). It makes a new drawing of the same character, never a new class.
-    """
-    n = images.shape[0]
-    angle = np.deg2rad(rng.uniform(-rotation_degrees, rotation_degrees, n))
-    shear = np.deg2rad(rng.uniform(-shear_degrees, shear_degrees, n))
-    zoom = rng.uniform(scale[0], scale[1], n)
-    shift = rng.uniform(-2 * translate, 2 * translate, (n, 2))  # grid coordinates span [-1, 1]
-    cos, sin, tan = np.cos(angle), np.sin(angle), np.tan(shear)
-    theta = np.zeros((n, 2, 3))
-    # inverse map (output -> input coordinates): rotation @ shear / zoom
-    theta[:, 0, 0] = cos / zoom
-    theta[:, 0, 1] = (cos * tan - sin) / zoom
-    theta[:, 1, 0] = sin / zoom
-    theta[:, 1, 1] = (sin * tan + cos) / zoom
-    theta[:, :, 2] = shift
-    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta).float(), list(images.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
 class OmniglotFewShot:
     """N-way K-shot classification tasks on Omniglot characters (the task law is in the module docstring).
 
@@ -488,8 +435,8 @@ class OmniglotFewShot:
         split_fractions: shares of ``train``/``val``/``test`` (non-negative, summing to 1; default 0.7/0.1/0.2).
         split_seed: seed of the hash that assigns units to splits (default 0; changing it changes the splits).
         seed: seed of the source's own generator, used when ``sample`` gets no seed.
-        augment: distort every sampled image with :func:`random_affine` (training; evaluation tasks should be
-            sampled from a source without it).
+        augment: distort every sampled image with :func:`~metarl.envs.fewshot.distortions.random_affine`
+            (training; evaluation tasks should be sampled from a source without it).
         within_alphabet: probability that a task's classes all come from one alphabet at one rotation (default 0;
             the one-shot runs are within-alphabet).
         image_size: side of the images when ``characters`` is not given (default 28).
@@ -660,280 +607,3 @@ class OmniglotFewShot:
             group = groups[which[task]]
             classes[task] = group[np.argsort(rng.random(len(group)))[:ways]]
 
-
-# --- the original one-shot runs ---------------------------------------------------------------------------------
-
-_RUN_MEMBER = re.compile(r"(?:^|/)(run\d+)/(training/class\d+\.png|test/item\d+\.png|class_labels\.txt)$")
-
-
-@dataclass(frozen=True, eq=False)
-class OneShotRun:
-    """One run of the within-alphabet one-shot task.
-
-    ``support_raw``/``query_raw``: ``bool`` ``[classes, 105, 105]`` / ``[items, 105, 105]``, True where there is
-    ink, in ``training/class01..`` and ``test/item01..`` order; ``query_labels``: ``int64`` ``[items]``, the
-    index of each item's training class; ``support_x``/``query_x``: ``float32`` ``[.., 1, S, S]`` with the
-    preprocessing of :class:`OmniglotCharacters` (ink 1.0).
-    """
-
-    name: str
-    support_raw: np.ndarray
-    query_raw: np.ndarray
-    query_labels: np.ndarray
-    support_x: torch.Tensor = field(repr=False)
-    query_x: torch.Tensor = field(repr=False)
-
-    @property
-    def ways(self) -> int:
-        return int(self.support_raw.shape[0])
-
-    def as_episode_batch(self) -> EpisodeBatch:
-        """This run as a one-task batch: support labelled ``0..ways-1``, queries with their true labels."""
-        return EpisodeBatch(
-            support_x=self.support_x[None],
-            support_y=torch.arange(self.ways, dtype=torch.int64)[None],
-            query_x=self.query_x[None],
-            query_y=torch.from_numpy(self.query_labels)[None],
-            ways=self.ways,
-            shots=1,
-        )
-
-
-class OneShotRuns:
-    """The runs of the original one-shot classification task (Lake et al. 2015).
-
-    Args:
-        path: a runs zip (``one_shot_runs_01-05.zip``, ``all_runs.zip``), a folder of ``runNN/`` dirs, or a folder
-            holding such a zip or an ``all_runs/`` folder (also searched in its ``omniglot/`` subfolder); default
-            ``$METARL_DATA``. Runs found in several sources are kept once (``all_runs.zip`` first).
-        image_size: side of ``support_x``/``query_x`` (28).
-        resample: Pillow filter for the resize (see :class:`OmniglotCharacters`).
-
-    Attributes:
-        runs: the runs, sorted by name.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike | None = None, *, image_size: int = 28, resample: str = "lanczos"
-    ) -> None:
-        self.image_size = _check_image_size(image_size)
-        self._filter = _check_resample(resample)
-        files: dict[str, dict[str, Callable[[], bytes]]] = {}
-        for source in self._sources(path):
-            for run, entries in self._read_source(source).items():
-                files.setdefault(run, entries)
-        if not files:
-            where = path if path is not None else data_dirs(None)[0]
-            raise DatasetNotFoundError(f"no one-shot runs in {where}: expected {RUNS_EXPECTED}, {SOURCE_HINT}")
-        self.runs = [self._build_run(name, files[name]) for name in sorted(files)]
-        shapes = {(r.support_raw.shape[0], r.query_raw.shape[0]) for r in self.runs}
-        if len(shapes) != 1:
-            raise DatasetCorruptError(f"runs differ in their numbers of classes and items: {sorted(shapes)}")
-
-    def __len__(self) -> int:
-        return len(self.runs)
-
-    def __getitem__(self, index: int) -> OneShotRun:
-        return self.runs[index]
-
-    def __iter__(self) -> Iterator[OneShotRun]:
-        return iter(self.runs)
-
-    @property
-    def raw_images(self) -> tuple[np.ndarray, np.ndarray]:
-        """Full-resolution stroke masks ``(support, query)``: ``bool`` ``[runs, 20, 105, 105]`` each, ink True."""
-        return np.stack([r.support_raw for r in self.runs]), np.stack([r.query_raw for r in self.runs])
-
-    @property
-    def query_labels(self) -> np.ndarray:
-        """``int64`` ``[runs, items]``: the training class of each test item."""
-        return np.stack([r.query_labels for r in self.runs])
-
-    def as_episode_batch(self) -> EpisodeBatch:
-        """All runs stacked: ``support_x`` ``[runs, 20, 1, S, S]``, ``query_x`` likewise, ``ways=20``, ``shots=1``."""
-        ways = self.runs[0].ways
-        return EpisodeBatch(
-            support_x=torch.stack([r.support_x for r in self.runs]),
-            support_y=torch.arange(ways, dtype=torch.int64).repeat(len(self.runs), 1),
-            query_x=torch.stack([r.query_x for r in self.runs]),
-            query_y=torch.from_numpy(self.query_labels),
-            ways=ways,
-            shots=1,
-        )
-
-    # reading
-    @staticmethod
-    def _sources(path: str | os.PathLike | None) -> list[Path]:
-        if path is not None and Path(path).expanduser().is_file():
-            return [Path(path).expanduser()]
-        if path is not None and not Path(path).expanduser().exists():
-            raise DatasetNotFoundError(f"{path} does not exist: expected {RUNS_EXPECTED}, {SOURCE_HINT}")
-        sources: list[Path] = []
-        for folder in data_dirs(path):
-            if not folder.is_dir():
-                continue
-            sources += [p for p in (folder / "all_runs.zip",) if p.is_file()]
-            sources += sorted(p for p in folder.glob("one_shot_runs*.zip") if p.is_file())
-            sources += [p for p in (folder / "all_runs",) if p.is_dir()]
-            if any(p.is_dir() and re.fullmatch(r"run\d+", p.name) for p in folder.iterdir()):
-                sources.append(folder)
-        return sources
-
-    @staticmethod
-    def _read_source(source: Path) -> dict[str, dict[str, Callable[[], bytes]]]:
-        """``{run: {"training/class01.png": reader, ..., "class_labels.txt": reader}}`` of one zip or folder."""
-        runs: dict[str, dict[str, Callable[[], bytes]]] = {}
-        if source.is_dir():
-            for file in sorted(source.rglob("*")):
-                rel = file.relative_to(source).as_posix()
-                match = _RUN_MEMBER.search(rel)
-                if match and file.is_file():
-                    runs.setdefault(match.group(1), {})[match.group(2)] = file.read_bytes
-            return runs
-        with _open_zip(source) as archive:
-            names = [n for n in archive.namelist() if not _is_junk(n)]
-        for name in names:
-            match = _RUN_MEMBER.search(name)
-            if match:
-                runs.setdefault(match.group(1), {})[match.group(2)] = _ZipMember(source, name)
-        if not runs:
-            raise DatasetCorruptError(
-                f"{source} has the wrong layout: no runNN/training/classKK.png, runNN/test/itemKK.png, "
-                "runNN/class_labels.txt"
-            )
-        return runs
-
-    def _build_run(self, name: str, entries: dict[str, Callable[[], bytes]]) -> OneShotRun:
-        training = sorted(k for k in entries if k.startswith("training/"))
-        test = sorted(k for k in entries if k.startswith("test/"))
-        if "class_labels.txt" not in entries or not training or not test:
-            raise DatasetCorruptError(
-                f"run {name} is incomplete: it needs training/classKK.png, test/itemKK.png and class_labels.txt"
-            )
-        try:
-            lines = entries["class_labels.txt"]().decode("utf-8").split()
-        except UnicodeDecodeError:
-            raise DatasetCorruptError(f"{name}/class_labels.txt is not text") from None
-        if len(lines) != 2 * len(test):
-            raise DatasetCorruptError(f"{name}/class_labels.txt has {len(lines) / 2:g} pairs, expected {len(test)}")
-        answer: dict[str, str] = {}
-        for item, cls in zip(lines[0::2], lines[1::2]):
-            item_key, cls_key = item.split(f"{name}/", 1)[-1], cls.split(f"{name}/", 1)[-1]
-            if item_key not in test or cls_key not in training:
-                raise DatasetCorruptError(f"{name}/class_labels.txt names files not in the run: {item} {cls}")
-            answer[item_key] = cls_key
-        if sorted(answer) != test:
-            raise DatasetCorruptError(f"{name}/class_labels.txt does not label every test item exactly once")
-        labels = np.array([training.index(answer[item]) for item in test], dtype=np.int64)
-
-        def load(keys: list[str]) -> tuple[np.ndarray, torch.Tensor]:
-            greys = [_decode(entries[k](), f"{name}/{k}") for k in keys]
-            raw = np.stack([_ink(g) for g in greys])
-            small = np.stack([_preprocess(g, self.image_size, self._filter) for g in greys])
-            return raw, torch.from_numpy(small).to(torch.float32).div_(255.0).unsqueeze(1)
-
-        support_raw, support_x = load(training)
-        query_raw, query_x = load(test)
-        return OneShotRun(name, support_raw, query_raw, labels, support_x, query_x)
-
-
-class _ZipMember:
-    """A deferred read of one zip member (opened on demand, so no zip handle stays open)."""
-
-    def __init__(self, path: Path, name: str) -> None:
-        self.path, self.name = path, name
-
-    def __call__(self) -> bytes:
-        with _open_zip(self.path) as archive:
-            return _read_member(archive, self.name, self.path)
-
-
-# --- baselines --------------------------------------------------------------------------------------------------
-
-
-def one_shot_error(runs: Sequence[OneShotRun] | OneShotRuns, cost: Callable[[OneShotRun], np.ndarray]) -> float:
-    """Error rate over all runs of the classifier that gives each test item the training class of least cost.
-
-    ``cost(run)`` returns ``[items, classes]``; ties go to the lowest class index (as ``argmin`` does).
-    """
-    wrong = total = 0
-    for run in runs:
-        matrix = np.asarray(cost(run))
-        if matrix.shape != (run.query_raw.shape[0], run.ways):
-            expected = (run.query_raw.shape[0], run.ways)
-            raise ValueError(f"cost for {run.name} has shape {matrix.shape}, expected {expected}")
-        wrong += int(np.sum(np.argmin(matrix, axis=1) != run.query_labels))
-        total += len(run.query_labels)
-    if total == 0:
-        raise ValueError("no runs to score")
-    return wrong / total
-
-
-def _pixel_cost(run: OneShotRun) -> np.ndarray:
-    query = run.query_raw.reshape(len(run.query_raw), -1).astype(np.float64)
-    support = run.support_raw.reshape(run.ways, -1).astype(np.float64)
-    return ((query[:, None, :] - support[None, :, :]) ** 2).sum(axis=2)
-
-
-def pixel_nearest_neighbour_error(runs: Sequence[OneShotRun] | OneShotRuns) -> float:
-    """Error of nearest neighbour on raw pixels: squared Euclidean distance between the 105×105 stroke masks."""
-    return one_shot_error(runs, _pixel_cost)
-
-
-def _centred_points(mask: np.ndarray) -> np.ndarray:
-    """``(row, col)`` of every ink pixel, less their mean (as the repository's demo does): ``float64`` ``[n, 2]``."""
-    points = np.argwhere(mask).astype(np.float64)
-    if len(points) == 0:
-        raise ValueError("an image without ink has no modified Hausdorff distance")
-    return points - points.mean(axis=0)
-
-
-def _kd_tree() -> type | None:
-    """SciPy's k-d tree when SciPy is installed (exact nearest neighbours, ~10x faster than all pairs), else None."""
-    try:
-        from scipy.spatial import cKDTree
-    except ImportError:
-        return None
-    return cKDTree
-
-
-def _directed_means(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """``(mean_i min_j |a_i - b_j|, mean_j min_i |a_i - b_j|)`` by brute force (the fallback without SciPy)."""
-    distances = torch.cdist(torch.from_numpy(a), torch.from_numpy(b))  # float64: agrees with exact to ~1e-13
-    return float(distances.min(dim=1).values.mean()), float(distances.min(dim=0).values.mean())
-
-
-def modified_hausdorff_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Modified Hausdorff distance (Dubuisson & Jain 1994) between point sets ``a`` ``[n, 2]`` and ``b`` ``[m, 2]``.
-
-    ``max(mean_i min_j |a_i - b_j|, mean_j min_i |a_i - b_j|)``: the larger of the two directed mean distances,
-    so the distance is symmetric.
-    """
-    a_np = np.asarray(a, dtype=np.float64)
-    b_np = np.asarray(b, dtype=np.float64)
-    tree = _kd_tree()
-    if tree is None:
-        return max(_directed_means(a_np, b_np))
-    return max(float(tree(b_np).query(a_np)[0].mean()), float(tree(a_np).query(b_np)[0].mean()))
-
-
-def _hausdorff_cost(run: OneShotRun) -> np.ndarray:
-    support = [_centred_points(m) for m in run.support_raw]
-    query = [_centred_points(m) for m in run.query_raw]
-    tree = _kd_tree()
-    if tree is None:
-        return np.array([[max(_directed_means(q, s)) for s in support] for q in query])
-    support_trees, query_trees = [tree(s) for s in support], [tree(q) for q in query]
-    return np.array(
-        [
-            [max(float(st.query(q)[0].mean()), float(qt.query(s)[0].mean())) for s, st in zip(support, support_trees)]
-            for q, qt in zip(query, query_trees)
-        ]
-    )
-
-
-def modified_hausdorff_error(runs: Sequence[OneShotRun] | OneShotRuns) -> float:
-    """Error of the Omniglot repository's one-shot baseline: the modified Hausdorff distance between the ink pixels
-    of the 105×105 images, each point set centred on its mean, classifying each test item by the least (symmetric)
-    distance. Published: 38.8% over all 20 runs."""
-    return one_shot_error(runs, _hausdorff_cost)

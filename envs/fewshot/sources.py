@@ -152,9 +152,7 @@ class OmniglotConfig:
     def extra_evaluations(self, learner: Any, *, steps: int | None, device: Any, seed: int) -> dict[str, Any]:
         if not self.one_shot_runs:
             return {}
-        from metarl.evaluation import evaluate_one_shot_runs
-
-        from .omniglot import OneShotRuns
+        from .omniglot_runs import OneShotRuns, evaluate_one_shot_runs
 
         runs = OneShotRuns(self.one_shot_runs, image_size=self.image_size)
         result = evaluate_one_shot_runs(learner, runs.as_episode_batch(), steps=steps, device=device,
