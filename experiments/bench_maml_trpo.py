@@ -52,7 +52,8 @@ import torch
 import yaml
 
 from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
-from metarl.core.host_memory import ENV_SWITCH, keep_freed_memory
+from metarl.cli import configure_process
+from metarl.core.host_memory import ENV_SWITCH
 from metarl.envs.vector import TaskVectorEnv
 
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = getattr(args, flag[2:].replace("-", "_"))
         if pairs:
             return compare_setting(pairs, list(sys.argv[1:] if argv is None else argv), flag, variable)
-    keeps_freed_memory = keep_freed_memory()
+    keeps_freed_memory = configure_process()["keep_freed_memory"]  # what `metarl train` runs with
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = yaml.safe_load(args.preset.read_text()) if args.preset else {}

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
-from metarl.core.host_memory import keep_freed_memory
+from metarl.cli import configure_process
 from metarl.runs import load_checkpoint
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_freed_memory()
+    configure_process()  # what `metarl train` runs with
     fields = yaml.safe_load(args.preset.read_text()) if args.preset else {}
     for item in args.set:
         key, _, value = item.partition("=")

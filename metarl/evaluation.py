@@ -9,7 +9,11 @@ confidence interval (Student t over tasks). Learners without gradient steps are 
 Meta-RL (:func:`evaluate_meta_rl`): for each split (``test``, and ``ood`` where the env offers it), sample held-out
 tasks with the evaluation seed, let the agent explore, adapt and act through its ``meta_test`` (see
 metarl/core/agent.py: column 0 is the return before adaptation, column k after adapting on what came before), and
-report the return of every adaptation episode with a 95% CI over tasks.
+report the return of every adaptation episode with a 95% CI over tasks. Each column also records the adaptation
+data behind it (``adaptation_episodes``: the episodes the agent adapted on before it; MAML-TRPO adapts on
+``adapt_episodes`` rollouts per stage, in-context agents on one episode; ``max_adaptation_env_steps``: those episodes
+times the episode step limit), so plots that compare agents can put experience on the x-axis
+(``plot_meta_rl(..., x_axis="adaptation_episodes")``).
 
 Results go to JSON (``save_json``) and a PNG (``plot_adaptation``).
 """
@@ -160,6 +164,9 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
     if env_kwargs is None:
         env_kwargs = dict(getattr(getattr(agent, "config", None), "env_kwargs", None) or {})
     env = gym.make(env_id, **env_kwargs)
+    per_stage = int(getattr(agent, "episodes_per_stage", 1))
+    step_limit = getattr(getattr(agent, "config", None), "max_episode_steps", None) or (
+        env.spec.max_episode_steps if env.spec is not None else None)
     try:
         offered = tuple(getattr(env.unwrapped, "splits", ("train", "test")))
         by_split: dict[str, Any] = {}
@@ -173,7 +180,9 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
                 raise ValueError(f"meta_test returned shape {returns.shape}, expected {(len(tasks), num_episodes)}")
             episodes = [mean_confidence_interval(returns[:, k]) for k in range(num_episodes)]
             by_split[split] = {
-                "episodes": [{"episode": k, "return": e["mean"], "ci95": e["ci95"], "std": e["std"]}
+                "episodes": [{"episode": k, "return": e["mean"], "ci95": e["ci95"], "std": e["std"],
+                              "adaptation_episodes": k * per_stage,
+                              "max_adaptation_env_steps": k * per_stage * step_limit if step_limit else None}
                              for k, e in enumerate(episodes)],
                 "pre_adaptation_return": episodes[0]["mean"],
                 "post_adaptation_return": episodes[-1]["mean"],
@@ -240,8 +249,11 @@ def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return combined
 
 
-def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -> Path:
-    """PNG adaptation curve: return per adaptation episode (0 = before adaptation), one line per split."""
+def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x_axis: str = "episode") -> Path:
+    """PNG adaptation curve: return per adaptation episode (0 = before adaptation), one line per split;
+    ``x_axis="adaptation_episodes"`` puts the episodes of adaptation data behind each column on the x-axis."""
+    if x_axis not in ("episode", "adaptation_episodes"):
+        raise ValueError(f"x_axis must be 'episode' or 'adaptation_episodes', got {x_axis!r}")
 
     import matplotlib
 
@@ -250,12 +262,13 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None) -
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for split, data in result["splits"].items():
-        xs = [e["episode"] for e in data["episodes"]]
+        xs = [e.get(x_axis, e["episode"]) for e in data["episodes"]]
         ys = [e["return"] for e in data["episodes"]]
         errs = [0.0 if math.isnan(e["ci95"]) else e["ci95"] for e in data["episodes"]]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{split} tasks")
         ax.set_xticks(xs)
-    ax.set_xlabel("adaptation episode (0 = before adaptation)")
+    ax.set_xlabel("adaptation episode (0 = before adaptation)" if x_axis == "episode"
+                  else "episodes of adaptation data")
     seeds = result.get("num_seeds")
     ax.set_ylabel(f"return (mean of {seeds} seeds, 95% CI over seeds)" if seeds else "return (mean over tasks, 95% CI)")
     ax.set_title(title or f"{result['agent']} on {result['env']}")
