@@ -76,24 +76,39 @@ def describe_task(task: Any) -> str:
     return " ".join(parts)[:60]
 
 
+def wrap_caption(text: str, width_px: int, char_px: int = 6) -> str:
+    """``text`` with each line broken at spaces so that it fits ``width_px`` pixels of Pillow's default font
+    (``char_px`` wide per character), leaving an 8-pixel margin on both sides."""
+    import textwrap
+
+    columns = max(8, (width_px - 16) // char_px)
+    return "\n".join(part for line in text.splitlines() for part in (textwrap.wrap(line, columns) or [""]))
+
+
 def label_frames(frames: list[np.ndarray], text: str) -> list[np.ndarray]:
-    """Write ``text`` in the top-left corner of every frame."""
+    """Write ``text`` in the top-left corner of every frame, wrapped to the frame's width, on a dark band."""
     from PIL import Image, ImageDraw
 
     out = []
     for frame in frames:
         image = Image.fromarray(np.ascontiguousarray(frame))
-        ImageDraw.Draw(image).text((8, 8), text, fill=(255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        caption = wrap_caption(text, image.width)
+        box = draw.multiline_textbbox((8, 8), caption)
+        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+        draw.multiline_text((8, 8), caption, fill=(255, 255, 255))
         out.append(np.asarray(image))
     return out
 
 
 def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, split: str = "test",
-                            seed: int = 12345, every: int = 2) -> Path:
+                            seed: int = 12345, every: int = 2, max_frames: int = 240) -> Path:
     """Render one held-out task's adaptation episodes into ``RUN_DIR/adaptation.gif``; returns its path.
 
     The task is drawn from ``split`` of the run's environment (with the agent's ``env_kwargs``); every ``every``-th
     frame is kept, shown for ``50 * every`` ms (real time at 20 frames per second), each labelled with its episode.
+    Where the episodes would give more than ``max_frames`` frames, the stride grows (each frame then shows for
+    longer) so the file stays small: long MuJoCo episodes are sped up, not cut.
     """
     try:
         choose_gl_backend()
@@ -129,6 +144,8 @@ def record_adaptation_video(run_dir: Path, *, num_episodes: int | None = None, s
         raise RunError(f"{gl_problem} (rendering failed: {str(err).splitlines()[0] if str(err) else err!r})") from err
     finally:
         agent.close()
+    total = sum(len(episode) for episode in episodes)
+    every = max(every, -(-total // max_frames))
     frames: list[np.ndarray] = []
     for k, episode in enumerate(episodes):
         label = "before adaptation" if k == 0 else f"after adaptation ({k})"

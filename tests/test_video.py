@@ -259,3 +259,17 @@ def test_mujoco_video_in_a_subprocess(tmp_path):
         cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0 and "rendered" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.api
+def test_captions_fit_the_frame_and_long_videos_are_capped(nav_run):
+    """Every caption line fits inside a narrow frame (it used to run off the right edge), and a video whose episodes
+    would give more frames than ``max_frames`` gets a larger stride instead."""
+    from PIL import Image, ImageDraw
+
+    caption = video.wrap_caption("after adaptation (2)\ngoal_x=-0.31 goal_y=0.12 velocity=1.25 mass=3.50 extra=1", 160)
+    draw = ImageDraw.Draw(Image.new("RGB", (160, 160)))
+    assert all(draw.textlength(line) <= 160 - 16 for line in caption.splitlines())
+    assert caption.splitlines()[0] == "after adaptation (2)" and len(caption.splitlines()) >= 3
+    capped = gif_frames(video.record_adaptation_video(nav_run, num_episodes=3, every=1, max_frames=10))
+    assert len(capped) <= 10 + 3  # at most one extra frame per episode from rounding
