@@ -148,6 +148,24 @@ def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None
     return save_figure(fig, path)
 
 
+def random_policy_returns(env: Any, tasks: Sequence[Any], seed: int) -> np.ndarray:
+    """The undiscounted return of one episode of uniformly random actions on each task (a reference level: what no
+    learning at all scores on these tasks), seeded."""
+    returns = []
+    for i, task in enumerate(tasks):
+        env.unwrapped.set_task(task)
+        episode_seed = derive_seed(seed, "random-policy", i)
+        env.reset(seed=episode_seed)
+        env.action_space.seed(episode_seed % 2**32)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return np.asarray(returns, dtype=np.float64)
+
+
 def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test",), num_tasks: int = 20,
                      num_episodes: int = 3, seed: int = 12345,
                      env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -155,7 +173,8 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
 
     The tasks are sampled from ``gymnasium.make(env_id, **env_kwargs)``: pass the agent's own ``env_kwargs`` (e.g.
     HalfCheetahVel's ``velocity_range``) so the held-out tasks come from the distribution it was trained on; by
-    default the agent's ``config.env_kwargs`` where it has one.
+    default the agent's ``config.env_kwargs`` where it has one. Each split also records the return of random actions
+    on the same tasks and episode length (``random_policy_return``, drawn as the reference level of the plot).
     """
     import gymnasium as gym
 
@@ -167,6 +186,7 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
     per_stage = int(getattr(agent, "episodes_per_stage", 1))
     step_limit = getattr(getattr(agent, "config", None), "max_episode_steps", None) or (
         env.spec.max_episode_steps if env.spec is not None else None)
+    reference_env = gym.make(env_id, **({"max_episode_steps": step_limit} if step_limit else {}), **env_kwargs)
     try:
         offered = tuple(getattr(env.unwrapped, "splits", ("train", "test")))
         by_split: dict[str, Any] = {}
@@ -179,6 +199,8 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
             if returns.shape != (len(tasks), num_episodes):
                 raise ValueError(f"meta_test returned shape {returns.shape}, expected {(len(tasks), num_episodes)}")
             episodes = [mean_confidence_interval(returns[:, k]) for k in range(num_episodes)]
+            random = mean_confidence_interval(random_policy_returns(reference_env, tasks,
+                                                                    derive_seed(seed, "reference", split)))
             by_split[split] = {
                 "episodes": [{"episode": k, "return": e["mean"], "ci95": e["ci95"], "std": e["std"],
                               "adaptation_episodes": k * per_stage,
@@ -187,9 +209,11 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
                 "pre_adaptation_return": episodes[0]["mean"],
                 "post_adaptation_return": episodes[-1]["mean"],
                 "per_task_returns": returns.tolist(),
+                "random_policy_return": {"return": random["mean"], "ci95": random["ci95"]},
             }
     finally:
         env.close()
+        reference_env.close()
     if not by_split:
         raise ValueError(f"{env_id} offers none of the splits {list(splits)}")
     return {"protocol": "meta-rl", "agent": getattr(agent, "name", type(agent).__name__), "env": env_id,
@@ -265,8 +289,12 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x
         xs = [e.get(x_axis, e["episode"]) for e in data["episodes"]]
         ys = [e["return"] for e in data["episodes"]]
         errs = [0.0 if math.isnan(e["ci95"]) else e["ci95"] for e in data["episodes"]]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{split} tasks")
+        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{split} tasks")
         ax.set_xticks(xs)
+        reference = data.get("random_policy_return")
+        if reference is not None:
+            ax.axhline(reference["return"], linestyle="--", linewidth=1, color=line[0].get_color(),
+                       label=f"random actions ({split})")
     ax.set_xlabel("adaptation episode (0 = before adaptation)" if x_axis == "episode"
                   else "episodes of adaptation data")
     seeds = result.get("num_seeds")

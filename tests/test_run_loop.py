@@ -272,3 +272,24 @@ def test_flags_presets_and_set_give_one_config(tmp_path):
                      "--iterations", "1", "--eval-tasks", "2", "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 0
     stored = load_run(tmp_path / "r")
     assert (stored.learner.meta_batch_size, stored.learner.inner_lr, stored.learner.inner_steps) == (7, 0.125, 2)
+
+
+@pytest.mark.api
+def test_meta_rl_evaluation_records_adaptation_data_and_a_random_policy_reference(tmp_path):
+    import gymnasium as gym
+    import numpy as np
+
+    from metarl.evaluation import random_policy_returns
+
+    run_dir = train(make_run_config("dummy", env="metarl/Navigation2D-v0", iterations=1, eval_tasks=3,
+                                    eval_episodes=2, progress=False, run_dir=str(tmp_path / "r")))
+    result = json.loads((run_dir / "evaluation.json").read_text())
+    test = result["splits"]["test"]
+    assert [e["adaptation_episodes"] for e in test["episodes"]] == [0, 1]
+    assert test["episodes"][1]["max_adaptation_env_steps"] == gym.spec("metarl/Navigation2D-v0").max_episode_steps
+    env = gym.make("metarl/Navigation2D-v0")
+    tasks = env.unwrapped.sample_tasks(3, split="test", seed=1)
+    a, b = random_policy_returns(env, tasks, seed=5), random_policy_returns(env, tasks, seed=5)
+    assert np.array_equal(a, b) and not np.array_equal(a, random_policy_returns(env, tasks, seed=6))
+    assert np.isfinite(test["random_policy_return"]["return"])
+    env.close()
