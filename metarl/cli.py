@@ -271,7 +271,7 @@ def _cmd_evaluate(argv: list[str]) -> int:
     @dataclasses.dataclass
     class Extra:
         threads: int | None = None
-        """torch intra-op threads for the evaluation (default: the run's threads)"""
+        """torch intra-op threads for the evaluation; None: the run's threads"""
         video: bool = False
         """meta-RL: also render a held-out task's episodes before and after adaptation (adaptation.gif)"""
 

@@ -3,6 +3,7 @@ twice, extended, evaluated again, or given bad input; and that importing metarl 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -31,6 +32,26 @@ def _fewshot(tmp_path: Path, name: str = "run", **overrides):
                    checkpoint_every=2, progress=False, run_dir=str(tmp_path / name))
     options.update(overrides)
     return make_run_config("maml", options)
+
+
+@contextlib.contextmanager
+def killed_at_outer_step(monkeypatch, n: int):
+    """Within the block, the n-th outer step of any few-shot learner raises KeyboardInterrupt (a kill)."""
+    from metarl.core.learner import FewShotLearner
+
+    original, calls = FewShotLearner.outer_step, {"n": 0}
+
+    def dying(self, batch, optimizer):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, batch, optimizer)
+
+    monkeypatch.setattr(FewShotLearner, "outer_step", dying)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(FewShotLearner, "outer_step", original)
 
 
 def _csv_without_timing(run_dir: Path) -> list[str]:
@@ -70,20 +91,8 @@ def test_resume_mid_window_writes_the_same_metrics_csv_byte_for_byte(tmp_path, m
     """Checkpoints every 2 iterations, rows every 3: the kill after iteration 4's checkpoint leaves a half-filled
     window (iteration 4 of rows 4..6), which the checkpoint carries, so the resumed row 6 averages the same three."""
     full = train(_fewshot(tmp_path, "full"))
-    from metarl.core.learner import FewShotLearner
-
-    original, calls = FewShotLearner.outer_step, {"n": 0}
-
-    def dying(self, batch, optimizer):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return original(self, batch, optimizer)
-
-    monkeypatch.setattr(FewShotLearner, "outer_step", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), killed_at_outer_step(monkeypatch, 6):
         train(_fewshot(tmp_path, "killed"))
-    monkeypatch.setattr(FewShotLearner, "outer_step", original)
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 4
     resume(tmp_path / "killed")
     assert _csv_without_timing(full) == _csv_without_timing(tmp_path / "killed")
@@ -165,23 +174,10 @@ def test_a_failed_resume_changes_nothing(tmp_path, capsys):
 
 @pytest.mark.api
 def test_stale_temporaries_are_removed_and_a_run_killed_before_its_first_checkpoint_resumes(tmp_path, monkeypatch):
-    from metarl.core.learner import FewShotLearner
-
-    original = FewShotLearner.outer_step
-    calls = {"n": 0}
-
-    def dying(self, batch, optimizer):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, batch, optimizer)
-
     # a run killed before its first checkpoint leaves nothing behind (train removes what it created) ...
-    monkeypatch.setattr(FewShotLearner, "outer_step", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), killed_at_outer_step(monkeypatch, 2):
         train(_fewshot(tmp_path, "gone", checkpoint_every=5))
     assert not (tmp_path / "gone").exists()
-    monkeypatch.setattr(FewShotLearner, "outer_step", original)
     # ... and one whose process died hard before it (config.json, no checkpoint) resumes from iteration 0
     full = train(_fewshot(tmp_path, "full", iterations=4))
     hard = train(_fewshot(tmp_path, "hard", iterations=4))
