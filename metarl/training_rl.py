@@ -125,6 +125,7 @@ def load_preset(path: str | Path) -> dict[str, Any]:
 def resolve_agent_config(run: RLRunConfig, stored: dict[str, Any] | None = None) -> Any:
     """The agent's config dataclass from preset + overrides + seed/device (or from a stored dict on resume)."""
     from metarl.agents import rl_agent_classes
+    from metarl.core.config import check_renamed_fields
 
     _, config_type = rl_agent_classes(run.agent)
     names = {f.name for f in dataclasses.fields(config_type)}
@@ -136,6 +137,7 @@ def resolve_agent_config(run: RLRunConfig, stored: dict[str, Any] | None = None)
                 values[key] = getattr(run, key)
     else:
         values = dict(stored)
+    check_renamed_fields(config_type, values, run.preset)  # an old key of a renamed field: one line naming the new
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown {run.agent} config field(s) {unknown}; valid: {sorted(names)}")

@@ -102,6 +102,12 @@ def check_sizes(value: Any, name: str) -> None:
         raise ConfigError(f"{name} must be a non-empty list of integers >= 1, got {value!r}")
 
 
+def check_fields(config: Any, names: Iterable[str], check: Any, **bounds: Any) -> None:
+    """``check(getattr(config, name), name, **bounds)`` for each field in ``names`` (one check, many fields)."""
+    for name in names:
+        check(getattr(config, name), name, **bounds)
+
+
 @dataclass
 class SeededConfig:
     """The two settings every learner and agent config starts with (subclass it; call ``super().__post_init__()``)."""
