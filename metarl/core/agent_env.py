@@ -13,6 +13,7 @@ and its meta-test and checkpoint methods start with :func:`check_test_request` a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -137,6 +138,36 @@ def check_checkpoint(state: dict[str, Any], name: str) -> None:
     found = state.get("name") if isinstance(state, dict) else None
     if found != name:
         raise ValueError(f"this checkpoint is from agent {found!r}, not {name!r}")
+
+
+def task_numbers(task: Any) -> np.ndarray | None:
+    """The numbers of a task, flattened into a float32 vector: a number, a dict (entries in sorted key order) or
+    dataclass (fields in their order) of numbers, tuples/lists/arrays of numbers, nested; None when anything in
+    it is not a number (a string, None, an object)."""
+    values: list[float] = []
+
+    def walk(item: Any) -> bool:
+        if isinstance(item, bool) or item is None or isinstance(item, (str, bytes)):
+            return False
+        if isinstance(item, (int, float, np.integer, np.floating)):
+            values.append(float(item))
+            return True
+        if isinstance(item, np.ndarray):
+            if not np.issubdtype(item.dtype, np.number):
+                return False
+            values.extend(float(v) for v in item.reshape(-1))
+            return True
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            return all(walk(getattr(item, f.name)) for f in dataclasses.fields(item))
+        if isinstance(item, dict):
+            return all(isinstance(k, str) for k in item) and all(walk(item[k]) for k in sorted(item))
+        if isinstance(item, (tuple, list)):
+            return all(walk(v) for v in item)
+        return False
+
+    if not walk(task) or not values:
+        return None
+    return np.asarray(values, dtype=np.float32)
 
 
 class EnvPool:
