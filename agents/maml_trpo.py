@@ -82,7 +82,7 @@ from metarl.core.policies import Policy, make_policy
 from metarl.core.rl import discounted_returns, generalized_advantages, normalize_per_task
 from metarl.core.sampling import Episodes, collect_episodes
 from metarl.core.seeding import derive_seed, seeded
-from metarl.core.trpo import gauss_newton_fvp, trpo_step
+from metarl.core.trpo import gauss_newton_fvp, random_subset, trpo_step
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 MIN_FISHER_TASKS = 4
@@ -316,22 +316,17 @@ class MAMLTRPO:
         return stream_generator(self.config.seed, *stream, device=self.device)
 
     def fisher_tasks(self, iteration: int, num_tasks: int) -> torch.Tensor:
-        """Indices of the meta-batch's tasks whose KL curvature iteration ``iteration``'s Fisher-vector products use:
-        a random ``fisher_subsample`` fraction (at least one), drawn from (seed, iteration)."""
-        count = max(1, round(self.config.fisher_subsample * num_tasks))
-        generator = self._generator("fisher", iteration)
-        return torch.randperm(num_tasks, generator=generator, device=self.device)[:count]
+        """The meta-batch's tasks whose KL curvature iteration ``iteration``'s Fisher-vector products use: a random
+        ``fisher_subsample`` fraction (at least one), drawn from (seed, iteration)."""
+        return random_subset(self.config.fisher_subsample, num_tasks, self._generator("fisher", iteration),
+                             device=self.device)
 
     def fisher_steps(self, iteration: int, num_steps: int, phase: str) -> torch.Tensor | slice:
-        """Positions (along the flattened episodes x time axis, the same in every task) of the ``phase``
-        ("support" or "query") steps iteration ``iteration``'s Fisher-vector products use: a random
-        ``fisher_step_subsample`` fraction in increasing order, drawn from (seed, iteration, phase); all of them
-        (``slice(None)``) at 1."""
-        if self.config.fisher_step_subsample >= 1:
-            return slice(None)
-        count = max(1, round(self.config.fisher_step_subsample * num_steps))
-        generator = self._generator("fisher-steps", phase, iteration)
-        return torch.randperm(num_steps, generator=generator, device=self.device)[:count].sort().values
+        """Positions (along the flattened episodes x time axis, the same in every task) of the ``phase`` ("support"
+        or "query") steps the Fisher-vector products use: a random ``fisher_step_subsample`` fraction in increasing
+        order, drawn from (seed, iteration, phase); all of them (``slice(None)``) at 1."""
+        return random_subset(self.config.fisher_step_subsample, num_steps,
+                             self._generator("fisher-steps", phase, iteration), ordered=True, device=self.device)
 
     # --- meta-training ---------------------------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:
