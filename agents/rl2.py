@@ -50,7 +50,6 @@ Bernoulli bandits (Duan et al. 2016, section 4.1)" and the all-agents tables.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -74,6 +73,7 @@ from metarl.core.agent_env import (
 )
 from metarl.core.config import ConfigError, check_fields, check_int, check_number, check_positive
 from metarl.core.device import resolve_device, torch_threads
+from metarl.core.recurrent import RecurrentPolicy
 from metarl.core.rl import generalized_advantages
 from metarl.core.seeding import derive_seed, seeded
 from metarl.envs.vector import TaskVectorEnv
@@ -138,37 +138,6 @@ class RL2Config(AgentConfig):
         check_int(self.torch_threads, "torch_threads", minimum=1, optional=True)
 
 
-class RecurrentPolicy(nn.Module):
-    """GRU over the RL² inputs, then a linear policy head and a linear value head on the hidden state."""
-
-    def __init__(self, input_size: int, hidden_size: int, action_size: int, discrete: bool, init_log_std: float):
-        super().__init__()
-        self.discrete = discrete
-        self.gru = nn.GRU(input_size, hidden_size, batch_first=True)
-        self.policy_head = nn.Linear(hidden_size, action_size)
-        self.value_head = nn.Linear(hidden_size, 1)
-        nn.init.orthogonal_(self.policy_head.weight, gain=0.01)  # start close to uniform / zero-mean actions
-        nn.init.zeros_(self.policy_head.bias)
-        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
-        nn.init.zeros_(self.value_head.bias)
-        self.log_std = None if discrete else nn.Parameter(torch.full((action_size,), float(init_log_std)))
-
-    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor | None = None):
-        """``inputs [B, T, in]``, ``hidden [1, B, H]`` (None: zeros) -> head ``[B, T, A]``, value ``[B, T]``, hidden."""
-        features, hidden = self.gru(inputs, hidden)
-        return self.policy_head(features), self.value_head(features).squeeze(-1), hidden, features
-
-    def log_prob_entropy(self, head: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of ``actions`` and entropy: categorical over logits, or diagonal Gaussian (closed form)."""
-        if self.discrete:
-            log_p = torch.log_softmax(head, dim=-1)
-            return log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
-        log_std = self.log_std.expand_as(head)
-        z = (actions - head) / log_std.exp()
-        log_prob = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
-        return log_prob.sum(-1), (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
-
-
 class RL2:
     """RL² agent (the :class:`metarl.core.agent.MetaRLAgent` contract): ``RL2(env_id, RL2Config(...))``."""
 
@@ -217,9 +186,7 @@ class RL2:
         """1: each meta-test column is one more episode of the trial (the hidden state carried)."""
         return 1
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Rollouts: one trial per sub-env, in lockstep
-    # ------------------------------------------------------------------------------------------------------------
+    # --- rollouts: one trial per sub-env, in lockstep ----------------------------------------------------------------
     def _encode_obs(self, obs: np.ndarray) -> torch.Tensor:
         if isinstance(self.envs.single_observation_space, spaces.Discrete):
             return nn.functional.one_hot(torch.as_tensor(obs, dtype=torch.long), self.obs_size).float()
@@ -293,9 +260,7 @@ class RL2:
         batch["env_steps"] = n * len(columns["mask"])
         return batch
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Meta-training
-    # ------------------------------------------------------------------------------------------------------------
+    # --- meta-training -----------------------------------------------------------------------------------------------
     def trial_advantages(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE over whole trials (episode ends inside a trial do not cut the bootstrap): (advantages, returns)."""
         advantages = generalized_advantages(batch["rewards"], batch["values"], self.config.gamma,
@@ -387,9 +352,7 @@ class RL2:
         })
         return metrics
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Meta-test, checkpoints
-    # ------------------------------------------------------------------------------------------------------------
+    # --- meta-test, checkpoints --------------------------------------------------------------------------------------
     def meta_test_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> dict[str, Any]:
         """The meta-test trials on ``envs`` (one sub-env per task): one trial of ``num_episodes`` episodes per task
         from a fresh hidden state, actions from a generator seeded by ``seed`` (see :meth:`collect_trials`)."""
