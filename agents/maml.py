@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metarl.core.adaptation import Params, adapt, batched_forward, parameters_of
+from metarl.core.config import check_int, check_positive
 from metarl.core.learner import FewShotLearner, single_task_loss, task_losses
 from metarl.core.networks import MLP
 
@@ -36,10 +37,8 @@ class MAMLConfig:
     """drop second-order terms (FOMAML)"""
 
     def __post_init__(self) -> None:
-        if not self.inner_lr > 0:
-            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
-        if self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        check_positive(self.inner_lr, "inner_lr")
+        check_int(self.inner_steps, "inner_steps", minimum=1)
 
 
 class MAML(FewShotLearner):

@@ -18,6 +18,7 @@ from torch import nn
 
 from metarl.core.adaptation import adapt, parameters_of, reptile_pseudo_gradient
 from metarl.core.batch import EpisodeBatch
+from metarl.core.config import check_number
 
 from .maml import MAML, MAMLConfig
 
@@ -35,8 +36,7 @@ class ReptileConfig(MAMLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.meta_step_size <= 1:
-            raise ValueError(f"meta_step_size must be in (0, 1], got {self.meta_step_size}")
+        check_number(self.meta_step_size, "meta_step_size", low=0, high=1, low_open=True)
 
 
 class Reptile(MAML):
