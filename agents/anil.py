@@ -4,13 +4,14 @@ Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse? Towards Unders
 MAML", ICLR 2020.
 
 Spec: as MAML, but the inner loop updates only the final layer (the "head"); the body is shared by all tasks and
-learned in the outer loop only. For an :class:`~metarl.core.networks.MLP` the head is its last linear layer; for
-:class:`~metarl.core.networks.Conv4` it is ``head``.
+learned in the outer loop only. The head is :func:`metarl.core.networks.head_parameter_names` (an
+:class:`~metarl.core.networks.MLP`'s last linear layer, :class:`~metarl.core.networks.Conv4`'s ``head``), the same
+subset MAML-TRPO's ``adapt_head_only`` adapts.
 """
 
 from __future__ import annotations
 
-from metarl.core.networks import MLP, head_parameter_names
+from metarl.core.networks import head_parameter_names
 
 from .maml import MAML
 
@@ -20,8 +21,6 @@ class ANIL(MAML):
 
     name = "anil"
 
+    # ALGO LOGIC: only the head adapts
     def adapt_keys(self) -> list[str]:
-        if isinstance(self.model, MLP):
-            last = self.model.linear_names[-1]
-            return [f"{last}.weight", f"{last}.bias"]
         return head_parameter_names(self.model)

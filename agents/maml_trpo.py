@@ -25,30 +25,26 @@ Defaults are the paper's (rllab's): 40 tasks, 20 episodes per task for support a
 damping 1e-5, backtracking ratio 0.8, at most 15 backtracks; the Gaussian policy acts in ``[-1, 1]`` scaled to the
 action bounds (rllab's ``normalize(env)``). ``adapt_head_only`` adapts only the policy's output layer in the inner
 loop (an ANIL-style variant, Raghu et al. 2020). ``learn_inner_lr`` learns a step size per adapted parameter element
-(Meta-SGD, Li et al. 2017): α becomes a tensor shaped like θ,
-initialised to ``inner_lr`` and updated by the same TRPO step as θ (it is part of the parameter vector whose
-post-adaptation KL is limited). Box and Discrete action spaces.
+(Meta-SGD, Li et al. 2017): α becomes a :class:`~metarl.core.adaptation.StepSizes` module shaped like θ, initialised
+to ``inner_lr`` and updated by the same TRPO step as θ (it is part of the parameter vector whose post-adaptation KL
+is limited). Both go through the core inner loop exactly as the supervised Meta-SGD and ANIL do. Box and Discrete
+action spaces. The presets (``experiments/presets/maml_trpo_*.yaml``) are the reference configurations per env.
 
 Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :func:`metarl.core.trpo.
-gauss_newton_fvp`); each costs about seven forward passes over the support and query steps (about 1.5 GFLOP per
-HalfCheetah task), and CG needs ten (the step size comes from CG's own dᵀFd = dᵀb). ``fisher_subsample`` (the
-presets use 0.2) computes them on a random fifth of the tasks: with 8 of 40 HalfCheetah tasks they are still over
-half of the learner's 203 GFLOP per iteration, and the learner 26-31% of it (``experiments/bench_maml_trpo.py
---count-flops``, RESULTS.md); the gradient and the line search (surrogate and KL) always use every task. A subsample
-costs step quality: on a trained HalfCheetahVel policy a step with the Fisher on 8 of 40 tasks gained ~0.72 of the
-all-task step's surrogate and backtracked ~4.7 times instead of ~1.7 (``experiments/fisher_subsample_quality.py``).
-``fisher_step_subsample`` keeps every task and gives the products a random fraction of each task's support and query
-steps instead: with all 40 tasks and 10% of their steps the learner is ~0.21 of a HalfCheetahVel iteration (the
-presets' 8 tasks: ~0.30) for ~0.64 of the exact step's progress (8 tasks: ~0.76), and the line search backtracks
-about once (RESULTS.md). Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same maths). Too few
-tasks misjudge the KL: with 2 of 10 HalfCheetahDir tasks the line search backtracked 5-9 times per step and training
-stalled near 100 (125.6 held out; 285.3 with all 10 tasks, experiments/RESULTS.md), so a config whose subsample
-leaves fewer than ``MIN_FISHER_TASKS`` tasks gets a warning.
+gauss_newton_fvp`), each about seven forward passes over the support and query steps, ``cg_iters`` of them per
+step. ``fisher_subsample`` computes them on a random fraction of the tasks, ``fisher_step_subsample`` on all tasks
+but a random fraction of each task's steps; the gradient and the line search (surrogate and KL) always use every
+task. Both trade step quality for time, and too few Fisher tasks misjudge the KL (a config that leaves fewer than
+``MIN_FISHER_TASKS`` warns). Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same maths).
+Measured costs, step quality and their commands: ``experiments/RESULTS.md``, "Meta-RL: MAML-TRPO on 2D navigation
+(MAML paper spec)" (the learner's share, the FLOP count, the Fisher subsample's cost per step) and "Meta-RL:
+MAML-TRPO on HalfCheetahDir" (too few Fisher tasks).
 
 Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
 undiscounted return of the ``adapt_episodes`` rollouts per task collected with the policy after k adaptation
 batches: column 0 with θ, column k+1 after ``inner_steps`` policy-gradient step(s) from the column-k policy on the
-rollouts of column k ("return after k gradient steps", the MAML paper's protocol with fresh rollouts each step).
+rollouts of column k ("return after k gradient steps", the MAML paper's protocol with fresh rollouts each step);
+``episodes_per_stage`` is that ``adapt_episodes``.
 The stages come from one generator, :meth:`MAMLTRPO.adaptation_stages`, which :meth:`MAMLTRPO.render_episodes` also
 drives: at each stage it renders one more episode of the policy of that stage (``metarl evaluate --video``).
 """
@@ -60,39 +56,44 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the environments)
-from metarl.core.adaptation import Params, adapt, expand_for_tasks
+from metarl.core.adaptation import Params, StepSizes, adapt, expand_for_tasks, task_chunks
 from metarl.core.agent import AgentConfig
+from metarl.core.agent_env import (
+    EnvPool,
+    check_checkpoint,
+    check_memory,
+    check_test_request,
+    env_bytes_estimate,
+    make_task_env,
+    stream_generator,
+)
 from metarl.core.baselines import linear_baseline_values
+from metarl.core.config import check_choice, check_fields, check_int, check_number, check_positive, check_sizes
 from metarl.core.device import resolve_device
+from metarl.core.networks import head_parameter_names
 from metarl.core.policies import Policy, make_policy
 from metarl.core.rl import discounted_returns, generalized_advantages, normalize_per_task
 from metarl.core.sampling import Episodes, collect_episodes
 from metarl.core.seeding import derive_seed, seeded
-from metarl.core.trpo import gauss_newton_fvp, trpo_step
-from metarl.envs.base import is_task_env
-from metarl.envs.recording import make_recording_envs
-from metarl.envs.vector import TaskVectorEnv
+from metarl.core.trpo import gauss_newton_fvp, random_subset, trpo_step
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-
 MIN_FISHER_TASKS = 4
 """Below this many tasks in the Fisher-vector products (``fisher_subsample`` x ``meta_batch_size``) a config warns."""
-INNER_LR_PREFIX = "inner_lr:"
-"""Learned step sizes (``learn_inner_lr``) travel in the parameter dict under this prefix + the parameter's name."""
 
 
 @dataclass
 class MAMLTRPOConfig(AgentConfig):
     """Settings of MAML-TRPO (defaults: Finn et al. 2017 / rllab maml_rl)."""
+
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"discount": "gamma"}
 
     meta_batch_size: int = 40
     """tasks per meta-iteration"""
@@ -101,7 +102,7 @@ class MAMLTRPOConfig(AgentConfig):
     envs_per_task: int | None = None
     """sub-environments per task stepped together (memory vs speed); None: episodes_per_task (one round)"""
     inner_lr: float = 0.1
-    """step size α of the inner policy-gradient steps"""
+    """step size α of the inner policy-gradient steps (the initial value of the learned ones with learn_inner_lr)"""
     inner_steps: int = 1
     """inner policy-gradient steps per adaptation"""
     first_order: bool = False
@@ -127,7 +128,7 @@ class MAMLTRPOConfig(AgentConfig):
     """line-search step shrink factor"""
     max_backtracks: int = 15
     """line-search candidates at most"""
-    discount: float = 0.99
+    gamma: float = 0.99
     """discount γ"""
     gae_lambda: float = 1.0
     """GAE λ (1: Monte-Carlo returns minus the baseline)"""
@@ -147,55 +148,30 @@ class MAMLTRPOConfig(AgentConfig):
     """meta-test rollouts per task per adaptation step; None: episodes_per_task"""
     task_chunk: int = 8
     """tasks per chunk of the learner's batched work outside the Fisher products (the adaptation at θ, the
-    surrogate and KL, the meta-gradient, the line search): smaller buffers (HalfCheetah, 100 units: 12.8 MB per layer
-    for 8 tasks, 64 MB for 40; this machine's L3 holds 32 MB, and glibc serves blocks over 32 MB by fresh mmap). Same
-    maths, sums in another order; 0: all tasks at once"""
+    surrogate and KL, the meta-gradient, the line search): smaller buffers, the same maths with sums in another
+    order; 0: all tasks at once"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
-        positive_ints = ["meta_batch_size", "episodes_per_task", "inner_steps", "cg_iters", "max_backtracks"]
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.task_chunk, bool) or not isinstance(self.task_chunk, int) or self.task_chunk < 0:
-            raise ValueError(f"task_chunk must be an integer >= 0, got {self.task_chunk!r}")
-        for name in ("envs_per_task", "adapt_episodes"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
-        for name in ("inner_lr", "max_kl", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("cg_damping", "baseline_reg"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("fisher_subsample", "fisher_step_subsample"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        check_fields(self, ("meta_batch_size", "episodes_per_task", "inner_steps", "cg_iters", "max_backtracks"),
+                     check_int, minimum=1)
+        check_int(self.task_chunk, "task_chunk", minimum=0)
+        check_fields(self, ("envs_per_task", "adapt_episodes"), check_int, minimum=1, optional=True)
+        check_fields(self, ("inner_lr", "max_kl", "init_std"), check_positive)
+        check_fields(self, ("cg_damping", "baseline_reg"), check_number, low=0)
+        check_fields(self, ("fisher_subsample", "fisher_step_subsample"), check_number, low=0, high=1,
+                     low_open=True)
+        check_number(self.backtrack_ratio, "backtrack_ratio", low=0, high=1, low_open=True, high_open=True)
+        check_fields(self, ("gamma", "gae_lambda"), check_number, low=0, high=1)
+        check_choice(self.activation, "activation", ACTIVATIONS)
+        check_sizes(self.hidden_sizes, "hidden_sizes")
+        self.hidden_sizes = list(self.hidden_sizes)
         fisher_tasks = max(1, round(self.fisher_subsample * self.meta_batch_size))
         if fisher_tasks < min(MIN_FISHER_TASKS, self.meta_batch_size):
             warnings.warn(
                 f"fisher_subsample={self.fisher_subsample} x meta_batch_size={self.meta_batch_size} leaves "
                 f"{fisher_tasks} task(s) for the Fisher-vector products: the natural step may misjudge the KL "
-                f"(raise fisher_subsample to keep at least {MIN_FISHER_TASKS})",
-                UserWarning,
-                stacklevel=3,
-            )
-        if not 0 < self.backtrack_ratio < 1:
-            raise ValueError(f"backtrack_ratio must be in (0, 1), got {self.backtrack_ratio!r}")
-        for name in ("discount", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes!r}")
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
-        if not isinstance(self.env_kwargs, dict):
-            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
+                f"(raise fisher_subsample to keep at least {MIN_FISHER_TASKS})", UserWarning, stacklevel=3)
 
 
 class TaskBatch(NamedTuple):
@@ -211,9 +187,9 @@ def process_episodes(episodes: Episodes, config: MAMLTRPOConfig) -> TaskBatch:
     """Returns, per-task linear baseline, GAE and standardisation, all tasks at once."""
     # ALGO LOGIC: advantages against a linear feature baseline fitted per task (Duan et al. 2016)
     rewards, mask = episodes.rewards, episodes.mask
-    returns = discounted_returns(rewards, config.discount, mask)
+    returns = discounted_returns(rewards, config.gamma, mask)
     values = linear_baseline_values(episodes.observations, returns, mask, config.baseline_reg)
-    advantages = generalized_advantages(rewards, values, config.discount, config.gae_lambda, mask)
+    advantages = generalized_advantages(rewards, values, config.gamma, config.gae_lambda, mask)
     if config.normalize_advantages:
         advantages = normalize_per_task(advantages, mask)
     tasks = rewards.shape[0]
@@ -229,57 +205,41 @@ def inner_loss(policy: Policy, params: Params, data: TaskBatch) -> torch.Tensor:
     return -(log_prob * data.advantages * data.mask).sum(-1) / data.mask.sum(-1).clamp(min=1)
 
 
-def split_step_sizes(params: Params, config: MAMLTRPOConfig) -> tuple[Params, float | Params]:
-    """``(policy weights, step size)``: the learned per-parameter step sizes of ``params`` (``INNER_LR_PREFIX``
-    entries, with ``learn_inner_lr``) or ``config.inner_lr``."""
-    weights = {k: v for k, v in params.items() if not k.startswith(INNER_LR_PREFIX)}
-    learned = {k[len(INNER_LR_PREFIX):]: v for k, v in params.items() if k.startswith(INNER_LR_PREFIX)}
-    return weights, learned or config.inner_lr
-
-
-def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig,
-                 first_order: bool, batched_params: bool = False) -> Params:
-    """The inner loop: ``config.inner_steps`` policy-gradient steps per task from ``params``, the shared
-    initialisation or (``batched_params``) fast weights to continue from, with the learned step sizes ``params``
-    carries if any; returns batched fast weights (policy weights only)."""
-    weights, step_size = split_step_sizes(params, config)
-    return adapt(
-        lambda p, d: inner_loss(policy, p, d), weights, support, steps=config.inner_steps,
-        step_size=step_size, first_order=first_order,
-        adapt_keys=policy.head_keys if config.adapt_head_only else None, vectorized=True,
-        batched_params=batched_params,
-    )
-
-
-def adapted_keys(policy: Policy, config: MAMLTRPOConfig) -> list[str]:
+def adapted_names(policy: Policy, config: MAMLTRPOConfig) -> list[str]:
     """Names of the parameters the inner loop adapts: the output layer's with ``adapt_head_only``, else all."""
-    return list(policy.head_keys) if config.adapt_head_only else [name for name, _ in policy.named_parameters()]
+    return head_parameter_names(policy) if config.adapt_head_only else [name for name, _ in policy.named_parameters()]
 
 
-def task_chunks(num_tasks: int, size: int) -> list[slice]:
-    """Consecutive slices of at most ``size`` tasks covering ``range(num_tasks)`` (one slice if ``size`` is 0)."""
-    size = size or num_tasks
-    return [slice(start, min(start + size, num_tasks)) for start in range(0, num_tasks, size)]
+def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig, first_order: bool,
+                 batched_params: bool = False, step_sizes: Params | None = None) -> Params:
+    """The inner loop (:func:`metarl.core.adaptation.adapt`): ``config.inner_steps`` policy-gradient steps per task
+    from ``params``, the shared initialisation or (``batched_params``) fast weights to continue from, of size
+    ``step_sizes`` (learned per-parameter tensors, ``learn_inner_lr``) or ``config.inner_lr``; returns batched
+    fast weights."""
+    return adapt(lambda p, d: inner_loss(policy, p, d), params, support, steps=config.inner_steps,
+                 step_size=config.inner_lr if step_sizes is None else step_sizes, first_order=first_order,
+                 adapt_keys=adapted_names(policy, config), vectorized=True, batched_params=batched_params)
 
 
 def adapt_in_chunks(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig,
-                    first_order: bool) -> list[Params]:
+                    first_order: bool, step_sizes: Params | None = None) -> list[Params]:
     """:func:`adapt_policy` over ``config.task_chunk`` tasks at a time: one batched fast-weight dict per chunk."""
-    return [adapt_policy(policy, params, _subset(support, part), config, first_order)
+    return [adapt_policy(policy, params, _subset(support, part), config, first_order, step_sizes=step_sizes)
             for part in task_chunks(support.observations.shape[0], config.task_chunk)]
 
 
 def meta_objective(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
-                   config: MAMLTRPOConfig, differentiable: bool = True,
-                   fast: list[Params] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   config: MAMLTRPOConfig, differentiable: bool = True, fast: list[Params] | None = None,
+                   step_sizes: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(−surrogate, mean KL)`` of the post-adaptation policies adapt(params) on the query steps, against the
     distributions ``old_dist`` of the policies that collected them, both means over tasks of per-task means.
     Computed ``config.task_chunk`` tasks at a time. ``fast``: adapt(params) already built, chunk by chunk (as
     :func:`adapt_in_chunks` returns it; with its graph when ``differentiable``), e.g. the adaptation that chose the
-    query policies."""
+    query policies. ``step_sizes``: the learned ones (``learn_inner_lr``), differentiated too."""
     # ALGO LOGIC: re-adapt from the support episodes so the outer gradient flows through the inner step
     if fast is None:
-        fast = adapt_in_chunks(policy, params, support, config, first_order=config.first_order or not differentiable)
+        fast = adapt_in_chunks(policy, params, support, config, first_order=config.first_order or not differentiable,
+                               step_sizes=step_sizes)
     parts = task_chunks(query.observations.shape[0], config.task_chunk)
     if len(fast) != len(parts):
         raise ValueError(f"fast weights in {len(fast)} chunks, expected {len(parts)} (task_chunk={config.task_chunk})")
@@ -296,21 +256,14 @@ def meta_objective(policy: Policy, params: Params, support: TaskBatch, query: Ta
 
 
 def meta_fisher(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
-                config: MAMLTRPOConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Fisher-vector products of the mean post-adaptation KL wrt θ, through the inner loop (Gauss-Newton form)."""
-    fast = adapt_policy(policy, params, support, config, first_order=config.first_order)
+                config: MAMLTRPOConfig, step_sizes: Params | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fisher-vector products of the mean post-adaptation KL wrt θ (and the learned step sizes), through the inner
+    loop (Gauss-Newton form)."""
+    fast = adapt_policy(policy, params, support, config, first_order=config.first_order, step_sizes=step_sizes)
     outputs = policy.distribution(fast, query.observations)
     weight = (query.mask / query.mask.sum(-1, keepdim=True).clamp(min=1) / query.mask.shape[0]).unsqueeze(-1)
     metric = lambda tangent: policy.fisher_product(old_dist, tuple(t * weight for t in tangent))
-    return gauss_newton_fvp(outputs, list(params.values()), metric, config.cg_damping)
-
-
-def _check_test_request(tasks: list[Any], num_episodes: int) -> None:
-    """``ValueError`` unless there is at least one task and one episode."""
-    if num_episodes < 1:
-        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-    if len(tasks) < 1:
-        raise ValueError("meta_test needs at least one task")
+    return gauss_newton_fvp(outputs, [*params.values(), *(step_sizes or {}).values()], metric, config.cg_damping)
 
 
 def _subset(batch: tuple, index: torch.Tensor | slice, steps: torch.Tensor | slice | None = None) -> Any:
@@ -328,71 +281,59 @@ class MAMLTRPO:
         self.config = config = config or MAMLTRPOConfig()
         self.env_id = env_id
         self.device = resolve_device(config.device)
+        self.envs_per_task = config.envs_per_task or config.episodes_per_task
+        probe = make_task_env(env_id, config)
         try:
-            probe = gym.make(env_id, **config.env_kwargs)
-        except (gym.error.Error, TypeError, ModuleNotFoundError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"cannot make environment {env_id!r} with {config.env_kwargs}: {message}") from None
-        try:
-            if not is_task_env(probe):
-                raise ValueError(f"{env_id} is not a task environment: env.unwrapped needs sample_tasks, set_task, "
-                                 "get_task (see metarl.envs.base)")
+            check_memory(self.name, config.meta_batch_size * self.envs_per_task, env_bytes_estimate(probe),
+                         what="meta_batch_size x envs_per_task")
             with seeded(derive_seed(config.seed, "init")):
                 self.policy = make_policy(probe.observation_space, probe.action_space, config.hidden_sizes,
                                           config.init_std, ACTIVATIONS[config.activation],
                                           config.normalize_actions).to(self.device)
-            self.continuous = not self.policy.discrete
-            adapted = adapted_keys(self.policy, config)
-            self.inner_lrs: Params = {
-                name: torch.full_like(p, config.inner_lr).requires_grad_(True)
-                for name, p in self.policy.named_parameters() if name in adapted
-            } if config.learn_inner_lr else {}
         finally:
             probe.close()
-        self.envs_per_task = config.envs_per_task or config.episodes_per_task
-        self.envs = self._make_envs(config.meta_batch_size * self.envs_per_task)
-        self.task_api = self.envs.single_task_env  # sample_tasks for training (and for callers)
-        self._test_envs: dict[int, TaskVectorEnv] = {}
+        self.continuous = not self.policy.discrete
+        self.step_sizes = (StepSizes(dict(self.policy.named_parameters()), config.inner_lr,
+                                     adapted_names(self.policy, config)) if config.learn_inner_lr else None)
+        self.env_pool = EnvPool(env_id, config)
+        self.envs = self.env_pool.make(config.meta_batch_size * self.envs_per_task)
+        self.task_env = self.envs.single_task_env  # sample_tasks for training (and for callers)
         self.iteration = 0
         self.total_env_steps = 0
         self.rejected_updates = 0
 
-    def _make_envs(self, num_envs: int) -> TaskVectorEnv:
-        return TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
-                             max_episode_steps=self.config.max_episode_steps)
+    @property
+    def episodes_per_stage(self) -> int:
+        """Rollouts per task behind each meta-test column (``adapt_episodes``, default ``episodes_per_task``)."""
+        return self.config.adapt_episodes or self.config.episodes_per_task
 
-    def _params(self) -> Params:
-        """The meta-parameters TRPO updates: the policy's weights and, with ``learn_inner_lr``, the step sizes."""
-        return {**dict(self.policy.named_parameters()),
-                **{INNER_LR_PREFIX + name: lr for name, lr in self.inner_lrs.items()}}
+    @property
+    def inner_lrs(self) -> Params:
+        """The learned step sizes by parameter name (``learn_inner_lr``); empty with a fixed ``inner_lr``."""
+        return self.step_sizes.as_dict() if self.step_sizes is not None else {}
 
     def _generator(self, *stream: int | str) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(derive_seed(self.config.seed, *stream))
+        return stream_generator(self.config.seed, *stream, device=self.device)
 
     def fisher_tasks(self, iteration: int, num_tasks: int) -> torch.Tensor:
-        """Indices of the meta-batch's tasks whose KL curvature iteration ``iteration``'s Fisher-vector products use:
-        a random ``fisher_subsample`` fraction (at least one), drawn from (seed, iteration)."""
-        count = max(1, round(self.config.fisher_subsample * num_tasks))
-        generator = self._generator("fisher", iteration)
-        return torch.randperm(num_tasks, generator=generator, device=self.device)[:count]
+        """The meta-batch's tasks whose KL curvature iteration ``iteration``'s Fisher-vector products use: a random
+        ``fisher_subsample`` fraction (at least one), drawn from (seed, iteration)."""
+        return random_subset(self.config.fisher_subsample, num_tasks, self._generator("fisher", iteration),
+                             device=self.device)
 
     def fisher_steps(self, iteration: int, num_steps: int, phase: str) -> torch.Tensor | slice:
-        """Positions (along the flattened episodes x time axis, the same in every task) of the ``phase``
-        ("support" or "query") steps iteration ``iteration``'s Fisher-vector products use: a random
-        ``fisher_step_subsample`` fraction in increasing order, drawn from (seed, iteration, phase); all of them
-        (``slice(None)``) at 1."""
-        if self.config.fisher_step_subsample >= 1:
-            return slice(None)
-        count = max(1, round(self.config.fisher_step_subsample * num_steps))
-        generator = self._generator("fisher-steps", phase, iteration)
-        return torch.randperm(num_steps, generator=generator, device=self.device)[:count].sort().values
+        """Positions (along the flattened episodes x time axis, the same in every task) of the ``phase`` ("support"
+        or "query") steps the Fisher-vector products use: a random ``fisher_step_subsample`` fraction in increasing
+        order, drawn from (seed, iteration, phase); all of them (``slice(None)``) at 1."""
+        return random_subset(self.config.fisher_step_subsample, num_steps,
+                             self._generator("fisher-steps", phase, iteration), ordered=True, device=self.device)
 
     # --- meta-training ---------------------------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:
         """One meta-iteration (see the module docstring); everything random derives from (seed, iteration)."""
         cfg, policy = self.config, self.policy
         start = perf_counter()
-        tasks = self.task_api.sample_tasks(cfg.meta_batch_size, split="train",
+        tasks = self.task_env.sample_tasks(cfg.meta_batch_size, split="train",
                                            seed=derive_seed(cfg.seed, "tasks", iteration))
 
         # ALGO LOGIC: support episodes with θ, adapted policies, query episodes with θ'
@@ -402,11 +343,12 @@ class MAMLTRPO:
                                             generator=self._generator("support", iteration))
         learner_start = perf_counter()
         support = process_episodes(support_episodes, cfg)
-        params = self._params()
+        params, step_sizes = dict(policy.named_parameters()), self.inner_lrs or None
         # the adaptation at θ, with the graph the meta-gradient needs: it picks the query policies now and is the
         # TRPO step's differentiable objective at θ later (built once instead of twice)
-        fast_at_theta = adapt_in_chunks(policy, params, support, cfg, first_order=cfg.first_order)
-        adapted = adapted_keys(policy, cfg)  # batched per task in each chunk; the rest is θ's, shared
+        fast_at_theta = adapt_in_chunks(policy, params, support, cfg, first_order=cfg.first_order,
+                                        step_sizes=step_sizes)
+        adapted = set(adapted_names(policy, cfg))  # batched per task in each chunk; the rest is θ's, shared
         old_fast = {k: torch.cat([part[k] for part in fast_at_theta]).detach() if k in adapted else v.detach()
                     for k, v in fast_at_theta[0].items()}
         learner_seconds = perf_counter() - learner_start
@@ -414,7 +356,7 @@ class MAMLTRPO:
                                           seed=derive_seed(cfg.seed, "query", iteration),
                                           generator=self._generator("query", iteration))
 
-        # ALGO LOGIC: TRPO on θ for the post-adaptation surrogate, KL(π_old' || π_θ') ≤ δ
+        # ALGO LOGIC: TRPO on θ (and the learned step sizes) for the post-adaptation surrogate, KL(π_old'||π_θ') ≤ δ
         learner_start = perf_counter()
         query = process_episodes(query_episodes, cfg)
         with torch.no_grad():
@@ -431,15 +373,15 @@ class MAMLTRPO:
             nonlocal fast_at_theta
             fast = fast_at_theta if differentiable else None
             fast_at_theta = None
-            return meta_objective(policy, params, support, query, old_dist, cfg, differentiable, fast)
+            return meta_objective(policy, params, support, query, old_dist, cfg, differentiable, fast, step_sizes)
 
         stats = trpo_step(
-            list(params.values()), objective,
+            [*params.values(), *(step_sizes or {}).values()], objective,
             max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, damping=cfg.cg_damping,
             backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
             fisher=lambda: meta_fisher(policy, params, _subset(support, index, support_steps),
                                        _subset(query, index, query_steps), _subset(old_dist, index, query_steps),
-                                       cfg),
+                                       cfg, step_sizes),
         )
         learner_seconds += perf_counter() - learner_start
         if not stats.accepted:
@@ -452,7 +394,7 @@ class MAMLTRPO:
         seconds = perf_counter() - start
         sampling = support_episodes.env_seconds + support_episodes.policy_seconds
         sampling += query_episodes.env_seconds + query_episodes.policy_seconds
-        metrics = {
+        return {
             "env_steps": float(env_steps),
             "charts/pre_adaptation_return": float(support_episodes.returns.mean()),
             "charts/post_adaptation_return": float(query_episodes.returns.mean()),
@@ -462,8 +404,8 @@ class MAMLTRPO:
             "charts/backtracks": float(stats.backtracks),
             "charts/SPS": env_steps / seconds,
             "charts/policy_std": float(self.policy.log_std.detach().exp().mean()) if self.continuous else 0.0,
-            "charts/inner_lr_mean": (float(torch.cat([lr.detach().reshape(-1) for lr in self.inner_lrs.values()])
-                                           .mean()) if self.inner_lrs else cfg.inner_lr),
+            "charts/inner_lr_mean": (float(torch.cat([lr.detach().reshape(-1) for lr in step_sizes.values()]).mean())
+                                     if step_sizes else cfg.inner_lr),
             "losses/surrogate_before": -stats.loss_before,
             "losses/surrogate_after": -stats.loss_after,
             "losses/kl": stats.kl_after,
@@ -476,7 +418,6 @@ class MAMLTRPO:
             "time/learner_seconds": learner_seconds,
             "time/other_seconds": seconds - sampling - learner_seconds,
         }
-        return metrics
 
     # --- meta-test -------------------------------------------------------------------------------------------
     def adaptation_stages(self, tasks: list[Any], num_stages: int, seed: int) -> Iterator[tuple[Params, Episodes]]:
@@ -488,31 +429,27 @@ class MAMLTRPO:
         rollouts (no meta-gradient). Deterministic given ``seed``; does not change the agent.
         """
         cfg, policy = self.config, self.policy
-        _check_test_request(tasks, num_stages)
-        rollouts = cfg.adapt_episodes or cfg.episodes_per_task
-        per_task = min(self.envs_per_task, rollouts)
-        envs = self._test_envs.get(len(tasks))
-        if envs is None:
-            envs = self._test_envs[len(tasks)] = self._make_envs(len(tasks) * per_task)
+        check_test_request(tasks, num_stages)
+        envs = self.env_pool.test(len(tasks) * min(self.envs_per_task, self.episodes_per_stage))
         weights = {k: v.detach() for k, v in self.policy.named_parameters()}
-        step_sizes = {INNER_LR_PREFIX + k: v.detach() for k, v in self.inner_lrs.items()}
-        fast = expand_for_tasks(weights, len(tasks), adapted_keys(policy, cfg))
-        generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "actions"))
+        step_sizes = {k: v.detach() for k, v in self.inner_lrs.items()} or None
+        fast = expand_for_tasks(weights, len(tasks), adapted_names(policy, cfg))
+        generator = stream_generator(seed, "meta_test", "actions", device=self.device)
         for stage in range(num_stages):
-            episodes = collect_episodes(envs, policy, fast, tasks, rollouts,
+            episodes = collect_episodes(envs, policy, fast, tasks, self.episodes_per_stage,
                                         seed=derive_seed(seed, "meta_test", stage), generator=generator)
             yield fast, episodes
             if stage + 1 < num_stages:
                 # ALGO LOGIC: continue adapting from the current fast weights on this stage's rollouts
-                adapted = adapt_policy(policy, {**fast, **step_sizes}, process_episodes(episodes, cfg), cfg,
-                                       first_order=True, batched_params=True)
+                adapted = adapt_policy(policy, fast, process_episodes(episodes, cfg), cfg, first_order=True,
+                                       batched_params=True, step_sizes=step_sizes)
                 fast = {k: v.detach() for k, v in adapted.items()}
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """``[len(tasks), num_episodes]``: column k = mean return of the ``adapt_episodes`` rollouts per task
         collected after k adaptation batches (k policy-gradient steps with ``inner_steps = 1``); see the module
         docstring and :meth:`adaptation_stages`. Deterministic given ``seed``; does not change the agent."""
-        _check_test_request(tasks, num_episodes)
+        check_test_request(tasks, num_episodes)
         returns = np.zeros((len(tasks), num_episodes))
         for column, (_, episodes) in enumerate(self.adaptation_stages(tasks, num_episodes, seed)):
             returns[:, column] = episodes.returns.mean(1).cpu().numpy()
@@ -523,9 +460,9 @@ class MAMLTRPO:
         of :meth:`adaptation_stages` one more episode is rolled out with that stage's policy on an ``rgb_array``
         env of the task and rendered; the adaptation itself is meta_test's (``meta_test([task], num_episodes,
         seed)`` measures the same policies). Deterministic given ``seed``; does not change the agent."""
-        _check_test_request([task], num_episodes)
-        envs, recorder = make_recording_envs(self.env_id, self.config.env_kwargs, self.config.max_episode_steps)
-        generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "render", "actions"))
+        check_test_request([task], num_episodes)
+        envs, recorder = self.env_pool.recording()
+        generator = stream_generator(seed, "render", "actions", device=self.device)
         try:
             for stage, (fast, _) in enumerate(self.adaptation_stages([task], num_episodes, seed)):
                 collect_episodes(envs, self.policy, fast, [task], 1, seed=derive_seed(seed, "render", stage),
@@ -536,11 +473,12 @@ class MAMLTRPO:
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Policy weights and counters (everything else is derived from (seed, iteration)); weights_only-safe."""
+        """Policy weights, learned step sizes and counters (everything else derives from (seed, iteration))."""
         return {
             "name": self.name,
             "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
-            "inner_lrs": {k: v.detach().clone() for k, v in self.inner_lrs.items()},
+            "step_sizes": ({k: v.detach().clone() for k, v in self.step_sizes.state_dict().items()}
+                           if self.step_sizes is not None else {}),
             "iteration": self.iteration,
             "total_env_steps": self.total_env_steps,
             "rejected_updates": self.rejected_updates,
@@ -548,37 +486,18 @@ class MAMLTRPO:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
-        self.policy.load_state_dict(state["policy"])
-        self._load_inner_lrs(state, required=True)
+        self.load_weights(state, required=True)
         self.iteration = int(state["iteration"])
         self.total_env_steps = int(state["total_env_steps"])
         self.rejected_updates = int(state["rejected_updates"])
 
-    def load_weights(self, state: dict[str, Any]) -> None:
-        """Warm start (``metarl train --init-from RUN``): only the policy of another run's ``state_dict``."""
-        if state.get("name") != self.name:
-            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
+    def load_weights(self, state: dict[str, Any], required: bool = False) -> None:
+        """Warm start (``metarl train --init-from RUN``): the policy (and learned step sizes, where both runs learn
+        them) of another run's ``state_dict``; a warm start from a fixed-step run keeps ``inner_lr``."""
+        check_checkpoint(state, self.name)
         self.policy.load_state_dict(state["policy"])
-        self._load_inner_lrs(state, required=False)
-
-    def _load_inner_lrs(self, state: dict[str, Any], required: bool) -> None:
-        """Copy the checkpoint's learned step sizes in (a warm start from a fixed-step run keeps ``inner_lr``)."""
-        stored = state.get("inner_lrs") or {}
-        if not self.inner_lrs:
-            return
-        if set(stored) != set(self.inner_lrs):
-            if required or stored:
-                raise ValueError(f"the checkpoint's learned step sizes {sorted(stored)} do not match this agent's "
-                                 f"{sorted(self.inner_lrs)} (learn_inner_lr / adapt_head_only differ)")
-            return
-        with torch.no_grad():
-            for name, lr in self.inner_lrs.items():
-                lr.copy_(stored[name])
+        if self.step_sizes is not None:
+            self.step_sizes.load_checked(state.get("step_sizes") or {}, required=required)
 
     def close(self) -> None:
-        self.envs.close()
-        for envs in self._test_envs.values():
-            envs.close()
-        self._test_envs.clear()
+        self.env_pool.close()

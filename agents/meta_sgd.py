@@ -4,13 +4,16 @@ Li, Zhou, Chen & Li, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning"
 
 Spec: θ' = θ − α ∘ ∇_θ L_support(θ), where α has the shape of θ and is meta-learned jointly with θ by the outer
 optimiser (initialised to ``inner_lr``; the paper initialises α uniformly in [0.005, 0.1], a constant is the common
-reimplementation). Second order through the inner step unless ``first_order``.
+reimplementation). Second order through the inner step unless ``first_order``. The step sizes are a
+:class:`metarl.core.adaptation.StepSizes` module, the same one MAML-TRPO's ``learn_inner_lr`` uses.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from metarl.core.adaptation import StepSizes, parameters_of
 
 from .maml import MAML, MAMLConfig
 
@@ -22,13 +25,8 @@ class MetaSGD(MAML):
 
     def __init__(self, model: nn.Module, kind: str, config: MAMLConfig | None = None) -> None:
         super().__init__(model, kind, config)
-        # ParameterDict keys cannot contain '.', so parameter names are stored with '.' -> '__'
-        self.learned_step_sizes = nn.ParameterDict(
-            {
-                name.replace(".", "__"): nn.Parameter(torch.full_like(p, self.config.inner_lr))
-                for name, p in model.named_parameters()
-            }
-        )
+        self.learned_step_sizes = StepSizes(parameters_of(model), self.config.inner_lr)
 
+    # ALGO LOGIC: the inner loop steps with the learned sizes
     def step_sizes(self) -> dict[str, torch.Tensor]:
-        return {key.replace("__", "."): value for key, value in self.learned_step_sizes.items()}
+        return self.learned_step_sizes.as_dict()

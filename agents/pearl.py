@@ -6,7 +6,7 @@ Variables", ICML 2019 (reference code: katerakelly/oyster, on rlkit). SAC: :mod:
 Spec
     * **Encoder.** An MLP maps each context transition c_n = (s, a, r) (plus s' with ``use_next_obs_in_context``)
       to a Gaussian factor Ψ(z|c_n) = N(μ_n, σ_n²) (σ² = softplus, at least 1e-7). The posterior is their product,
-      q(z|c) ∝ Π_n Ψ(z|c_n): σ² = 1 / Σ_n σ_n⁻², μ = σ² Σ_n μ_n / σ_n² (:func:`product_of_gaussians`), invariant to
+      q(z|c) ∝ Π_n Ψ(z|c_n): σ² = 1 / Σ_n σ_n⁻², μ = σ² Σ_n μ_n / σ_n² (:mod:`metarl.core.context`), invariant to
       the order of the context. With no context at all, q is the prior N(0, I).
     * **Data.** Per-task replay buffers (:class:`~metarl.core.replay.TaskReplayBuffer`) for ``num_train_tasks``
       fixed train-split tasks: an RL buffer and an encoder buffer. Iteration 0 first collects ``num_initial_steps``
@@ -38,32 +38,47 @@ Spec
       ``derive_seed(seed, ..., i)``; ``state_dict`` holds networks, optimisers, α, both replay buffers and counters,
       so a resumed run reproduces an uninterrupted one exactly on CPU.
 
-Defaults are the reference's (oyster ``configs/default.py`` and ``launch_experiment.py``): latent 5, three hidden
-layers of 300 (actor and critics) and of 200 (encoder), learning rates 3e-4, γ 0.99, τ 0.005, reward scale 5,
-kl_lambda 0.1, meta-batch 16, batch 256, context batch 64 (100 in some env configs), 2000 initial steps per task,
-5 tasks sampled per iteration with 400 prior + 0 posterior + 400 extra-RL steps each, 2000 gradient steps per
-iteration, replay 1e6 per task; 100 train tasks as its cheetah-vel config. Deviation: the reference trains SAC v1
-(a V network, α fixed at 1, the reward scale setting the entropy weight); here SAC v2 (twin target critics, no V)
-with a learned α by default; ``learn_temperature=False, init_temperature=1`` gives the fixed-α objective.
+Reference configuration: ``experiments/presets/pearl_reference.yaml`` holds the reference's settings (oyster
+``configs/default.py`` and ``launch_experiment.py``: latent 5, three hidden layers of 300 (actor and critics) and of 200
+(encoder), learning rates 3e-4, γ 0.99, τ 0.005, reward scale 5, kl_lambda 0.1, meta-batch 16, batch 256, context
+batch 64, 2000 initial steps per task, 5 tasks sampled per iteration with 400 prior + 0 posterior + 400 extra-RL steps
+each, 2000 gradient steps per iteration, replay 1e6 per task, 100 train tasks as its cheetah-vel config). The defaults
+here are the reference's except where its size makes one iteration take long on a CPU: two hidden layers of 128
+(actor, critics and encoder), 40 train tasks, 500 initial steps per task, 200 prior + 200 extra-RL steps, 250
+gradient steps per iteration, replay 1e5 per task. A tqdm bar shows the gradient steps of an iteration on a terminal
+(``progress``). Deviation: the reference trains SAC v1 (a V network, α fixed at 1, the reward scale setting the
+entropy weight); here SAC v2 (twin target critics, no V) with a learned α by default; ``learn_temperature=False,
+init_temperature=1`` gives the fixed-α objective. Figures: ``experiments/RESULTS.md``, the "Meta-RL: all agents"
+sections (their commands name the presets).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import nn
+from tqdm import tqdm
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core.agent import AgentConfig
+from metarl.core.agent_env import (
+    EnvPool,
+    check_checkpoint,
+    check_memory,
+    check_test_request,
+    env_bytes_estimate,
+    make_task_env,
+    stream_generator,
+)
+from metarl.core.config import ConfigError, check_fields, check_int, check_number, check_positive, check_sizes
+from metarl.core.context import ContextEncoder, kl_to_unit_gaussian
 from metarl.core.device import resolve_device
-from metarl.core.networks import MLP
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
 from metarl.core.sac import (
     TanhGaussianActor,
@@ -75,22 +90,23 @@ from metarl.core.sac import (
     temperature_loss,
 )
 from metarl.core.seeding import derive_seed, seeded
-from metarl.envs.base import is_task_env
-from metarl.envs.recording import make_recording_envs
 from metarl.envs.vector import TaskVectorEnv
 
 
 @dataclass
 class PEARLConfig(AgentConfig):
-    """Settings of PEARL (defaults: the reference implementation, see the module docstring)."""
+    """Settings of PEARL (defaults: the reference's, smaller where it is slow on a CPU; see the module docstring and
+    ``experiments/presets/pearl_reference.yaml``)."""
 
-    num_train_tasks: int = 100
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"discount": "gamma"}
+
+    num_train_tasks: int = 40
     """fixed train-split tasks with their own replay buffers"""
     latent_dim: int = 5
     """size of the latent context z"""
-    hidden_sizes: list[int] = field(default_factory=lambda: [300, 300, 300])
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
     """hidden layers of the actor and of each critic"""
-    encoder_hidden_sizes: list[int] = field(default_factory=lambda: [200, 200, 200])
+    encoder_hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
     """hidden layers of the context encoder"""
     use_next_obs_in_context: bool = False
     """context transitions (s, a, r, s') instead of (s, a, r)"""
@@ -100,19 +116,19 @@ class PEARLConfig(AgentConfig):
     """RL transitions per task per gradient step"""
     embedding_batch_size: int = 64
     """context transitions per task for the encoder (training and data collection)"""
-    num_initial_steps: int = 2000
+    num_initial_steps: int = 500
     """steps per train task collected with z ~ prior before training"""
     num_tasks_sample: int = 5
     """train tasks whose data is refreshed each iteration"""
-    num_steps_prior: int = 400
+    num_steps_prior: int = 200
     """steps per sampled task with z ~ prior (RL and encoder buffers)"""
     num_steps_posterior: int = 0
     """steps per sampled task with z ~ posterior (RL and encoder buffers)"""
-    num_extra_rl_steps_posterior: int = 400
+    num_extra_rl_steps_posterior: int = 200
     """steps per sampled task with z ~ posterior, RL buffer only"""
-    gradient_steps: int = 2000
+    gradient_steps: int = 250
     """gradient steps per iteration"""
-    discount: float = 0.99
+    gamma: float = 0.99
     """discount γ"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
@@ -138,83 +154,29 @@ class PEARLConfig(AgentConfig):
     """weight of mean μ² in the actor loss"""
     policy_std_reg: float = 1e-3
     """weight of mean (log σ)² in the actor loss"""
-    replay_capacity: int = 1_000_000
+    replay_capacity: int = 100_000
     """transitions kept per task in each replay buffer (memory: tasks × capacity × transition size)"""
     deterministic_test: bool = True
     """meta-test with the squashed mean action (False: sampled actions)"""
+    progress: bool = True
+    """show a progress bar over the gradient steps of an iteration (only when stderr is a terminal)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
-        self.encoder_hidden_sizes = [int(h) for h in self.encoder_hidden_sizes]
-        for name in ("num_train_tasks", "latent_dim", "meta_batch_size", "batch_size", "embedding_batch_size",
-                     "num_tasks_sample", "replay_capacity"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("num_initial_steps", "num_steps_prior", "num_steps_posterior", "num_extra_rl_steps_posterior",
-                     "gradient_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        check_fields(self, ("num_train_tasks", "latent_dim", "meta_batch_size", "batch_size", "embedding_batch_size",
+                            "num_tasks_sample", "replay_capacity"), check_int, minimum=1)
+        check_fields(self, ("num_initial_steps", "num_steps_prior", "num_steps_posterior",
+                            "num_extra_rl_steps_posterior", "gradient_steps"), check_int, minimum=0)
         if self.num_initial_steps + self.num_steps_prior + self.num_steps_posterior < 1:
-            raise ValueError("the encoder needs data: make num_initial_steps or num_steps_prior positive")
-        if self.max_episode_steps is not None and (not isinstance(self.max_episode_steps, int)
-                                                   or self.max_episode_steps < 1):
-            raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {self.max_episode_steps!r}")
-        for name in ("actor_lr", "critic_lr", "encoder_lr", "temperature_lr", "reward_scale", "init_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("kl_lambda", "policy_mean_reg", "policy_std_reg"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.discount <= 1:
-            raise ValueError(f"discount must be in [0, 1], got {self.discount!r}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau!r}")
-        for name in ("hidden_sizes", "encoder_hidden_sizes"):
-            if not getattr(self, name) or min(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a non-empty list of positive sizes, got {getattr(self, name)!r}")
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
-        if not isinstance(self.env_kwargs, dict):
-            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
-
-
-# --- the context encoder ------------------------------------------------------------------------------------------
-def product_of_gaussians(mean: torch.Tensor, var: torch.Tensor,
-                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Precision-weighted product of Gaussian factors ``[..., n, d]`` over ``n`` (``mask`` ``[..., n]`` keeps
-    factors): σ² = 1 / Σ σ_n⁻², μ = σ² Σ μ_n σ_n⁻². Where no factor is kept the result is the prior N(0, 1)."""
-    precision = 1.0 / var
-    if mask is not None:
-        precision = precision * mask.unsqueeze(-1)
-    total = precision.sum(-2)
-    empty = total == 0
-    post_var = torch.where(empty, torch.ones_like(total), 1.0 / total.masked_fill(empty, 1.0))
-    post_mean = torch.where(empty, torch.zeros_like(total), post_var * (mean * precision).sum(-2))
-    return post_mean, post_var
-
-
-def kl_to_unit_gaussian(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, var) || N(0, I)) summed over the last axis."""
-    return 0.5 * (var + mean**2 - 1.0 - var.log()).sum(-1)
-
-
-class ContextEncoder(nn.Module):
-    """Ψ: one Gaussian factor per context transition; :meth:`posterior` multiplies them (order-invariant)."""
-
-    def __init__(self, context_dim: int, hidden: list[int], latent_dim: int) -> None:
-        super().__init__()
-        self.net = MLP(context_dim, hidden, 2 * latent_dim)
-
-    def factors(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, raw = self.net(context).chunk(2, dim=-1)
-        return mean, nn.functional.softplus(raw).clamp(min=1e-7)
-
-    def posterior(self, context: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``context`` ``[tasks, n, context_dim]`` -> posterior ``(mean, var)``, each ``[tasks, latent_dim]``."""
-        return product_of_gaussians(*self.factors(context), mask)
+            raise ConfigError("the encoder needs data: make num_initial_steps or num_steps_prior positive")
+        check_fields(self, ("actor_lr", "critic_lr", "encoder_lr", "temperature_lr", "reward_scale",
+                            "init_temperature"), check_positive)
+        check_fields(self, ("kl_lambda", "policy_mean_reg", "policy_std_reg"), check_number, low=0)
+        check_number(self.gamma, "gamma", low=0, high=1)
+        check_number(self.tau, "tau", low=0, high=1, low_open=True)
+        check_number(self.target_entropy, "target_entropy", optional=True)
+        check_fields(self, ("hidden_sizes", "encoder_hidden_sizes"), check_sizes)
+        self.hidden_sizes, self.encoder_hidden_sizes = list(self.hidden_sizes), list(self.encoder_hidden_sizes)
 
 
 class PEARL:
@@ -227,14 +189,8 @@ class PEARL:
         self.config = cfg = config or PEARLConfig()
         self.env_id = env_id
         self.device = resolve_device(cfg.device)
+        probe = make_task_env(env_id, cfg)
         try:
-            probe = gym.make(env_id, **cfg.env_kwargs)
-        except (gym.error.Error, TypeError) as err:
-            raise ValueError(f"cannot make environment {env_id!r} with {cfg.env_kwargs}: {err}") from None
-        try:
-            if not is_task_env(probe):
-                raise ValueError(f"{env_id} is not a task environment: env.unwrapped needs sample_tasks, set_task, "
-                                 "get_task (see metarl.envs.base)")
             obs_space, act_space = probe.observation_space, probe.action_space
             if not isinstance(act_space, spaces.Box) or not np.all(np.isfinite(act_space.low)) \
                     or not np.all(np.isfinite(act_space.high)):
@@ -242,9 +198,11 @@ class PEARL:
                                  "use rl2 or maml-trpo for discrete actions")
             if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
                 raise ValueError(f"{self.name} needs a flat Box observation space, {env_id} has {obs_space}")
-            self.task_api = probe.unwrapped
+            check_memory(self.name, max(cfg.num_train_tasks, cfg.num_tasks_sample), env_bytes_estimate(probe),
+                         what="num_train_tasks for the initial collection")
+            self.task_env = probe.unwrapped
             self.latent_dim = self._latent_dim()
-            self.train_tasks = self.task_api.sample_tasks(cfg.num_train_tasks, split="train",
+            self.train_tasks = self.task_env.sample_tasks(cfg.num_train_tasks, split="train",
                                                           seed=derive_seed(cfg.seed, "train_tasks"))
         finally:
             probe.close()
@@ -277,8 +235,8 @@ class PEARL:
         self.encoder_replay = (TaskReplayBuffer(cfg.num_train_tasks, cfg.replay_capacity, fields, device=self.device)
                                if self.uses_encoder else None)
         self.train_descriptors = self._descriptors(self.train_tasks)
-        self.envs = self._make_envs(cfg.num_tasks_sample)
-        self._test_envs: dict[int, TaskVectorEnv] = {}
+        self.env_pool = EnvPool(env_id, cfg)
+        self.envs = self.env_pool.make(cfg.num_tasks_sample)
         self.iteration = self.total_env_steps = self.total_gradient_steps = self.rejected_updates = 0
 
     # --- the conditioning vector z (the only place PEARL and the oracle differ) ------------------------------
@@ -295,12 +253,10 @@ class PEARL:
             parts.append(data["next_observations"])
         return torch.cat(parts, dim=-1)
 
-    def _make_envs(self, num_envs: int) -> TaskVectorEnv:
-        return TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
-                             max_episode_steps=self.config.max_episode_steps)
-
-    def _generator(self, *stream: int | str) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(derive_seed(self.config.seed, *stream))
+    @property
+    def episodes_per_stage(self) -> int:
+        """1: each meta-test column is one more episode, acting on the posterior of the ones before."""
+        return 1
 
     # --- data collection ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -336,7 +292,7 @@ class PEARL:
         """One iteration: collect (see the module docstring), then ``gradient_steps`` SAC/encoder updates."""
         cfg = self.config
         start = perf_counter()
-        generator = self._generator("iteration", iteration)
+        generator = stream_generator(cfg.seed, "iteration", iteration, device=self.device)
         env_steps, prior_returns, posterior_returns = 0, [], []
 
         # ALGO LOGIC: data collection with z ~ prior (encoder + RL buffers) and z ~ posterior
@@ -351,7 +307,7 @@ class PEARL:
             (posterior_returns if posterior else prior_returns).extend(returns)
 
         if len(self.replay) == 0 and cfg.num_initial_steps > 0:
-            initial_envs = self._make_envs(cfg.num_train_tasks)
+            initial_envs = self.env_pool.make(cfg.num_train_tasks, keep=False)
             gather(initial_envs, torch.arange(cfg.num_train_tasks), cfg.num_initial_steps, False, True, "initial")
             initial_envs.close()
         chosen = torch.randint(cfg.num_train_tasks, (cfg.num_tasks_sample,), generator=generator, device=self.device)
@@ -366,7 +322,9 @@ class PEARL:
 
         # ALGO LOGIC: meta-batches of tasks, one batched SAC + encoder step each
         stats: dict[str, list[float]] = {}
-        for _ in range(cfg.gradient_steps):
+        bar = tqdm(range(cfg.gradient_steps), desc=f"{self.name} iteration {iteration}: gradient steps", leave=False,
+                   disable=not (cfg.progress and sys.stderr.isatty()))
+        for _ in bar:
             ids = torch.randint(cfg.num_train_tasks, (cfg.meta_batch_size,), generator=generator, device=self.device)
             batch = self.replay.sample(ids, cfg.batch_size, generator)
             context = (self._context(self.encoder_replay.sample(ids, cfg.embedding_batch_size, generator))
@@ -391,10 +349,9 @@ class PEARL:
         return metrics
 
     def gradient_step(self, ids: torch.Tensor, batch: dict[str, torch.Tensor], context: torch.Tensor | None,
-                      generator: torch.Generator, loop_over_tasks: bool = False) -> dict[str, float]:
+                      generator: torch.Generator) -> dict[str, float]:
         """One update from an RL batch ``[M, B, ...]`` and a context batch ``[M, C, dim]`` of train tasks ``ids``
-        ``[M]``: every network sees all ``M × B`` rows in one forward pass. ``loop_over_tasks`` computes the same
-        losses task by task in a Python loop instead (for the benchmark: what the batching saves)."""
+        ``[M]``: every network sees all ``M × B`` rows in one forward pass."""
         cfg = self.config
         tasks, rows = batch["rewards"].shape
         # ALGO LOGIC: z for each task: a reparameterised posterior sample (PEARL) or the descriptor (oracle)
@@ -405,30 +362,14 @@ class PEARL:
         else:
             z, kl = self.train_descriptors[ids], torch.zeros((), device=self.device)
         alpha = self.log_alpha.detach().exp()
-        chunks = [slice(m, m + 1) for m in range(tasks)] if loop_over_tasks else [slice(None)]
         # the actor's noise for the next and the current actions, drawn once for the whole batch
         noise = torch.randn(2, tasks, rows, self.action_dim, generator=generator, device=self.device)
-
-        def flat(chunk: slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-            part = {k: v[chunk].flatten(0, 1) for k, v in batch.items()}
-            part["next_noise"], part["noise"] = noise[0, chunk].flatten(0, 1), noise[1, chunk].flatten(0, 1)
-            return part, z[chunk, None, :].expand(-1, rows, -1).flatten(0, 1)
+        data = {k: v.flatten(0, 1) for k, v in batch.items()}
+        data["next_noise"], data["noise"] = noise[0].flatten(0, 1), noise[1].flatten(0, 1)
+        z_rows = z[:, None, :].expand(-1, rows, -1).flatten(0, 1)
 
         # ALGO LOGIC: critics + encoder: Bellman error of Q(s, a, z) + kl_lambda · KL(q(z|c) || prior)
-        q_losses, q_means = [], []
-        for chunk in chunks:
-            data, z_rows = flat(chunk)
-            z_fixed = z_rows.detach()
-            with torch.no_grad():
-                next_action, next_log_prob, _, _ = self.actor.sample(
-                    torch.cat([data["next_observations"], z_fixed], -1), noise=data["next_noise"])
-                next_q1, next_q2 = self.target_critic(torch.cat([data["next_observations"], next_action, z_fixed], -1))
-                target = critic_target(data["rewards"], data["terminated"], next_q1, next_q2, next_log_prob, alpha,
-                                       cfg.discount, cfg.reward_scale)
-            q1, q2 = self.critic(torch.cat([data["observations"], data["actions"], z_rows], -1))
-            q_losses.append(critic_loss(q1, q2, target))
-            q_means.append(q1.detach().mean())
-        q_loss = torch.stack(q_losses).mean()  # equal rows per task: the mean of the task means is the batch mean
+        q_loss, q_mean = self.critic_loss(data, z_rows, alpha)
         total = q_loss + cfg.kl_lambda * kl
         if not bool(torch.isfinite(total)):
             self.rejected_updates += 1
@@ -438,21 +379,7 @@ class PEARL:
         self.critic_optimizer.step()
 
         # ALGO LOGIC: actor (z detached) against the updated critics, and the temperature
-        frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
-        pi_losses, alpha_losses, log_probs = [], [], []
-        for chunk in chunks:
-            data, z_rows = flat(chunk)
-            z_fixed = z_rows.detach()
-            action, log_prob, act_mean, act_log_std = self.actor.sample(
-                torch.cat([data["observations"], z_fixed], -1), noise=data["noise"])
-            new_q1, new_q2 = torch.func.functional_call(
-                self.critic, frozen, (torch.cat([data["observations"], action, z_fixed], -1),))
-            pi_losses.append(actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
-                             + cfg.policy_mean_reg * (act_mean**2).mean()
-                             + cfg.policy_std_reg * (act_log_std**2).mean())
-            alpha_losses.append(temperature_loss(self.log_alpha, log_prob, self.target_entropy))
-            log_probs.append(log_prob.detach().mean())
-        pi_loss, alpha_loss = torch.stack(pi_losses).mean(), torch.stack(alpha_losses).mean()
+        pi_loss, alpha_loss, log_prob = self.actor_losses(data, z_rows, alpha)
         if not bool(torch.isfinite(pi_loss + alpha_loss)):
             self.rejected_updates += 1
             soft_update_(self.target_critic, self.critic, cfg.tau)
@@ -464,32 +391,49 @@ class PEARL:
         self.total_gradient_steps += 1
         return {"losses/critic": float(q_loss.detach()), "losses/kl": float(kl.detach()) / tasks,
                 "losses/actor": float(pi_loss.detach()), "losses/temperature": float(alpha_loss.detach()),
-                "charts/q_mean": float(torch.stack(q_means).mean()),
-                "charts/entropy": -float(torch.stack(log_probs).mean())}
+                "charts/q_mean": float(q_mean), "charts/entropy": -float(log_prob)}
+
+    def critic_loss(self, data: dict[str, torch.Tensor], z_rows: torch.Tensor,
+                    alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC's critic loss of Q(s, a, z) on flattened rows (``z_rows`` one z per row; gradients reach the encoder
+        through it), and the mean Q1 (detached)."""
+        z_fixed = z_rows.detach()
+        with torch.no_grad():
+            next_action, next_log_prob, _, _ = self.actor.sample(
+                torch.cat([data["next_observations"], z_fixed], -1), noise=data["next_noise"])
+            next_q1, next_q2 = self.target_critic(torch.cat([data["next_observations"], next_action, z_fixed], -1))
+            target = critic_target(data["rewards"], data["terminated"], next_q1, next_q2, next_log_prob, alpha,
+                                   self.config.gamma, self.config.reward_scale)
+        q1, q2 = self.critic(torch.cat([data["observations"], data["actions"], z_rows], -1))
+        return critic_loss(q1, q2, target), q1.detach().mean()
+
+    def actor_losses(self, data: dict[str, torch.Tensor], z_rows: torch.Tensor,
+                     alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(actor loss with PEARL's regularisers, temperature loss, mean log π (detached)) on flattened rows, z
+        detached, against the current critics (frozen)."""
+        cfg, z_fixed = self.config, z_rows.detach()
+        frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
+        action, log_prob, act_mean, act_log_std = self.actor.sample(
+            torch.cat([data["observations"], z_fixed], -1), noise=data["noise"])
+        new_q1, new_q2 = torch.func.functional_call(
+            self.critic, frozen, (torch.cat([data["observations"], action, z_fixed], -1),))
+        pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+                   + cfg.policy_mean_reg * (act_mean**2).mean() + cfg.policy_std_reg * (act_log_std**2).mean())
+        return pi_loss, temperature_loss(self.log_alpha, log_prob, self.target_entropy), log_prob.detach().mean()
 
     # --- meta-test ---------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_test_request(tasks: list[Any], num_episodes: int) -> None:
-        if num_episodes < 1:
-            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-        if len(tasks) < 1:
-            raise ValueError("meta_test needs at least one task")
-
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """``[len(tasks), num_episodes]`` returns: episode 0 with z ~ prior, episode k with z ~ q(z | episodes
         0..k−1 of that task) (:meth:`posterior_sampling`). Deterministic given ``seed``; the agent is not changed."""
-        self._check_test_request(tasks, num_episodes)
-        envs = self._test_envs.get(len(tasks))
-        if envs is None:
-            envs = self._test_envs[len(tasks)] = self._make_envs(len(tasks))
-        return self.posterior_sampling(envs, tasks, num_episodes, seed)
+        check_test_request(tasks, num_episodes)
+        return self.posterior_sampling(self.env_pool.test(len(tasks)), tasks, num_episodes, seed)
 
     def render_episodes(self, task: Any, num_episodes: int, seed: int) -> list[list[np.ndarray]]:
         """RGB frames of each meta-test episode of ``task``: episode 0 with z ~ prior, episode k with z from the
         posterior of episodes 0..k−1 (for the oracle, z is the task descriptor throughout): the episodes
         ``meta_test([task], num_episodes, seed)`` runs, on an ``rgb_array`` env. The agent is not changed."""
-        self._check_test_request([task], num_episodes)
-        envs, recorder = make_recording_envs(self.env_id, self.config.env_kwargs, self.config.max_episode_steps)
+        check_test_request([task], num_episodes)
+        envs, recorder = self.env_pool.recording()
         try:
             self.posterior_sampling(envs, [task], num_episodes, seed)
         finally:
@@ -501,7 +445,7 @@ class PEARL:
         """Run the meta-test episodes on ``envs`` (one sub-env per task): episode 0 with z ~ prior, episode k with
         a fresh z ~ q(z | every transition of the task so far); returns ``[len(tasks), num_episodes]`` returns."""
         n = len(tasks)
-        generator = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "meta_test", "latents"))
+        generator = stream_generator(seed, "meta_test", "latents", device=self.device)
         seeds = np.random.default_rng(derive_seed(seed, "meta_test", "resets"))
         descriptors = self._descriptors(tasks)
         returns = np.zeros((n, num_episodes))
@@ -551,8 +495,7 @@ class PEARL:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
+        check_checkpoint(state, self.name)
         for name, part in self._modules().items():
             part.load_state_dict(state[name])
         with torch.no_grad():
@@ -561,8 +504,5 @@ class PEARL:
             setattr(self, name, int(state[name]))
 
     def close(self) -> None:
-        self.envs.close()
-        for envs in self._test_envs.values():
-            envs.close()
-        self._test_envs.clear()
+        self.env_pool.close()
 

@@ -21,16 +21,16 @@ Spec
     * **Advantages.** GAE(γ, λ) over the whole trial (:func:`metarl.core.rl.generalized_advantages`): the trial is
       the RL² episode, so episode ends *inside* a trial do not cut the bootstrap; the end of the trial is terminal.
       Defaults γ = 0.99, λ = 0.95 (MDPs, MuJoCo). For bandits the paper's objective is the undiscounted trial
-      return, so the bandit settings use γ = 1, with λ = 0.3 for 10-pull trials (fastest in tuning) and λ = 0.95
-      for 100-pull trials (λ = 0.3 collapsed onto one arm there); see experiments/rl2_bandits.py.
+      return, so the bandit settings (``experiments/rl2_bandits.py``, ``experiments/presets/rl2_bandit5.yaml``)
+      use γ = 1, with λ = 0.3 for 10-pull trials and λ = 0.95 for 100-pull trials.
     * **Update.** Recurrent PPO: ``update_epochs`` passes over the trials in ``num_minibatches`` minibatches *of
       whole trials*; for each minibatch the GRU is recomputed over the full trial from a zero hidden state (no
       stored hidden states, so the gradient flows through the whole trial), and the loss is the clipped surrogate
       (ratio clip ``clip_coef`` = 0.2) + ``value_coef`` · value loss − ``entropy_coef`` · entropy
       (:mod:`metarl.core.ppo`), averaged over real (unpadded) steps, advantages normalised per minibatch, gradient
       norm clipped, Adam. The critic shares the GRU and predicts returns standardised by their running mean and
-      std (``normalize_values``): trial returns range from ~1 (10 pulls) to ~100, and unscaled targets of that
-      size swamp the policy gradient through the shared GRU (100-pull bandits did not learn without it).
+      std (``normalize_values``), so that targets of any size (a trial's return grows with its length) do not
+      swamp the policy gradient through the shared GRU.
       A non-finite loss or gradient norm rejects that minibatch step (counted in ``charts/rejected_updates``);
       the parameters are never trained through a NaN.
     * **Meta-test.** ``meta_test(tasks, num_episodes, seed)``: one trial of ``num_episodes`` episodes per task
@@ -42,19 +42,18 @@ Spec
     * **Randomness.** Tasks, env resets, action sampling and minibatch order of iteration ``i`` all come from
       ``derive_seed(seed, <stream>, i)``, so ``state_dict`` (network, Adam state, value statistics, counters) is
       all a resume needs.
+
+Reference configurations: ``experiments/presets/rl2_*.yaml``; figures: ``experiments/RESULTS.md``, "Meta-RL: RL² on
+Bernoulli bandits (Duan et al. 2016, section 4.1)" and the all-agents tables.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -64,10 +63,19 @@ from torch import nn
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core import ppo
 from metarl.core.agent import AgentConfig
+from metarl.core.agent_env import (
+    EnvPool,
+    check_checkpoint,
+    check_memory,
+    check_test_request,
+    env_bytes_estimate,
+    make_task_env,
+)
+from metarl.core.config import ConfigError, check_fields, check_int, check_number, check_positive
+from metarl.core.device import resolve_device, torch_threads
+from metarl.core.recurrent import RecurrentPolicy
 from metarl.core.rl import generalized_advantages
 from metarl.core.seeding import derive_seed, seeded
-from metarl.envs.base import is_task_env
-from metarl.envs.recording import make_recording_envs
 from metarl.envs.vector import TaskVectorEnv
 
 MAX_STEPS_PER_EPISODE = 100_000  # guard for envs without a time limit that never end an episode
@@ -106,89 +114,28 @@ class RL2Config(AgentConfig):
     normalize_advantages: bool = True
     """normalise advantages to zero mean, unit std within each minibatch"""
     normalize_values: bool = True
-    """the critic predicts returns standardised by their running mean and std (trial returns reach ~75 on 100 pulls)"""
+    """the critic predicts returns standardised by their running mean and std"""
     init_log_std: float = 0.0
     """initial log standard deviation of the Gaussian policy (Box actions only)"""
     deterministic_test: bool = False
     """meta_test with the mode of the policy instead of sampled actions (sampling is the RL² standard)"""
     torch_threads: int | None = 1
-    """torch intra-op threads during train_iteration/meta_test (restored after; None: leave torch's setting).
-    A small GRU runs fastest on one thread: on a busy 2-core machine two threads were 30x slower"""
+    """torch intra-op threads during train_iteration/meta_test (restored after; None: leave torch's setting); a
+    small GRU stepped one time step at a time runs fastest on one"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ints = {"meta_batch_size": 1, "episodes_per_trial": 1, "hidden_size": 1, "update_epochs": 1,
-                "num_minibatches": 1}
-        for name, least in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        check_fields(self, ("meta_batch_size", "episodes_per_trial", "hidden_size", "update_epochs",
+                            "num_minibatches"), check_int, minimum=1)
         if self.num_minibatches > self.meta_batch_size:
-            raise ValueError(f"num_minibatches ({self.num_minibatches}) must be <= meta_batch_size "
-                             f"({self.meta_batch_size}): a minibatch holds whole trials")
-        for name in ("learning_rate", "clip_coef", "max_grad_norm"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        for name in ("value_coef", "entropy_coef"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.value_clip is not None and not self.value_clip > 0:
-            raise ValueError(f"value_clip must be > 0 or None, got {self.value_clip!r}")
-        if not math.isfinite(self.init_log_std):
-            raise ValueError(f"init_log_std must be finite, got {self.init_log_std!r}")
-        if self.device not in ("cpu", "cuda", "auto") and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
-        if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
-            raise ValueError(f"torch_threads must be a positive integer or None, got {self.torch_threads!r}")
-        if not isinstance(self.env_kwargs, dict):
-            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads, then restore the previous number."""
-    previous = torch.get_num_threads()
-    if threads is not None and threads != previous:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
-
-
-class RecurrentPolicy(nn.Module):
-    """GRU over the RL² inputs, then a linear policy head and a linear value head on the hidden state."""
-
-    def __init__(self, input_size: int, hidden_size: int, action_size: int, discrete: bool, init_log_std: float):
-        super().__init__()
-        self.discrete = discrete
-        self.gru = nn.GRU(input_size, hidden_size, batch_first=True)
-        self.policy_head = nn.Linear(hidden_size, action_size)
-        self.value_head = nn.Linear(hidden_size, 1)
-        nn.init.orthogonal_(self.policy_head.weight, gain=0.01)  # start close to uniform / zero-mean actions
-        nn.init.zeros_(self.policy_head.bias)
-        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
-        nn.init.zeros_(self.value_head.bias)
-        self.log_std = None if discrete else nn.Parameter(torch.full((action_size,), float(init_log_std)))
-
-    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor | None = None):
-        """``inputs [B, T, in]``, ``hidden [1, B, H]`` (None: zeros) -> head ``[B, T, A]``, value ``[B, T]``, hidden."""
-        features, hidden = self.gru(inputs, hidden)
-        return self.policy_head(features), self.value_head(features).squeeze(-1), hidden, features
-
-    def log_prob_entropy(self, head: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of ``actions`` and entropy: categorical over logits, or diagonal Gaussian (closed form)."""
-        if self.discrete:
-            log_p = torch.log_softmax(head, dim=-1)
-            return log_p.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
-        log_std = self.log_std.expand_as(head)
-        z = (actions - head) / log_std.exp()
-        log_prob = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
-        return log_prob.sum(-1), (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+            raise ConfigError(f"num_minibatches ({self.num_minibatches}) must be <= meta_batch_size "
+                              f"({self.meta_batch_size}): a minibatch holds whole trials")
+        check_fields(self, ("learning_rate", "clip_coef", "max_grad_norm"), check_positive)
+        check_fields(self, ("gamma", "gae_lambda"), check_number, low=0, high=1)
+        check_fields(self, ("value_coef", "entropy_coef"), check_number, low=0)
+        check_positive(self.value_clip, "value_clip", optional=True)
+        check_number(self.init_log_std, "init_log_std")
+        check_int(self.torch_threads, "torch_threads", minimum=1, optional=True)
 
 
 class RL2:
@@ -199,20 +146,18 @@ class RL2:
     def __init__(self, env_id: str, config: RL2Config | None = None) -> None:
         self.config = config = config or RL2Config()
         self.env_id = env_id
-        if config.device == "auto":
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(config.device)
-        self.envs = self._make_envs(config.meta_batch_size)
-        self._test_envs: TaskVectorEnv | None = None
-        self.task_env = self.envs.single_task_env
-        obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
+        self.device = resolve_device(config.device)
+        probe = make_task_env(env_id, config)
+        try:
+            obs_space, act_space = probe.observation_space, probe.action_space
+            check_memory(self.name, config.meta_batch_size, env_bytes_estimate(probe), what="meta_batch_size")
+        finally:
+            probe.close()
         if isinstance(obs_space, spaces.Box):
             self.obs_size = int(np.prod(obs_space.shape))
         elif isinstance(obs_space, spaces.Discrete):
             self.obs_size = int(obs_space.n)
         else:
-            self.envs.close()
             raise ValueError(f"RL² needs a Box or Discrete observation space, {env_id} has {obs_space}")
         self.discrete = isinstance(act_space, spaces.Discrete)
         if self.discrete:
@@ -222,7 +167,6 @@ class RL2:
             self._action_low = torch.as_tensor(act_space.low, dtype=torch.float32)
             self._action_high = torch.as_tensor(act_space.high, dtype=torch.float32)
         else:
-            self.envs.close()
             raise ValueError(f"RL² needs a Discrete or 1-D Box action space, {env_id} has {act_space}")
         input_size = self.obs_size + self.action_size + 2  # observation, previous action, previous reward, done
         with seeded(derive_seed(config.seed, "init")):
@@ -230,26 +174,19 @@ class RL2:
                                           config.init_log_std).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.value_stats = ppo.RunningMeanStd()  # stays the identity unless normalize_values
+        self.env_pool = EnvPool(env_id, config, autoreset_mode=AutoresetMode.SAME_STEP, physics_threads=1)
+        self.envs = self.env_pool.make(config.meta_batch_size)
+        self.task_env = self.envs.single_task_env
         self.iterations_done = 0
         self.total_env_steps = 0
         self.rejected_updates = 0
 
-    def _make_envs(self, num_envs: int) -> TaskVectorEnv:
-        try:
-            envs = TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
-                                 max_episode_steps=self.config.max_episode_steps,
-                                 autoreset_mode=AutoresetMode.SAME_STEP, physics_threads=1)
-        except gym.error.Error as err:
-            raise ValueError(f"cannot make environment {self.env_id!r}: {err}") from None
-        if not is_task_env(envs.envs[0]):
-            envs.close()
-            raise ValueError(f"{self.env_id} is not a task environment: env.unwrapped needs sample_tasks, set_task "
-                             "and get_task (see metarl.envs.base)")
-        return envs
+    @property
+    def episodes_per_stage(self) -> int:
+        """1: each meta-test column is one more episode of the trial (the hidden state carried)."""
+        return 1
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Rollouts: one trial per sub-env, in lockstep
-    # ------------------------------------------------------------------------------------------------------------
+    # --- rollouts: one trial per sub-env, in lockstep ----------------------------------------------------------------
     def _encode_obs(self, obs: np.ndarray) -> torch.Tensor:
         if isinstance(self.envs.single_observation_space, spaces.Discrete):
             return nn.functional.one_hot(torch.as_tensor(obs, dtype=torch.long), self.obs_size).float()
@@ -323,9 +260,7 @@ class RL2:
         batch["env_steps"] = n * len(columns["mask"])
         return batch
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Meta-training
-    # ------------------------------------------------------------------------------------------------------------
+    # --- meta-training -----------------------------------------------------------------------------------------------
     def trial_advantages(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE over whole trials (episode ends inside a trial do not cut the bootstrap): (advantages, returns)."""
         advantages = generalized_advantages(batch["rewards"], batch["values"], self.config.gamma,
@@ -417,16 +352,7 @@ class RL2:
         })
         return metrics
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Meta-test, checkpoints
-    # ------------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_test_request(tasks: list[Any], num_episodes: int) -> None:
-        if isinstance(num_episodes, bool) or not isinstance(num_episodes, (int, np.integer)) or num_episodes < 1:
-            raise ValueError(f"num_episodes must be a positive integer, got {num_episodes!r}")
-        if len(tasks) == 0:
-            raise ValueError("meta_test needs at least one task")
-
+    # --- meta-test, checkpoints --------------------------------------------------------------------------------------
     def meta_test_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> dict[str, Any]:
         """The meta-test trials on ``envs`` (one sub-env per task): one trial of ``num_episodes`` episodes per task
         from a fresh hidden state, actions from a generator seeded by ``seed`` (see :meth:`collect_trials`)."""
@@ -440,20 +366,15 @@ class RL2:
 
         Actions are sampled (``deterministic_test=False``, the RL² standard) from a generator seeded by ``seed``.
         """
-        self._check_test_request(tasks, num_episodes)
-        if self._test_envs is None or self._test_envs.num_envs != len(tasks):
-            if self._test_envs is not None:
-                self._test_envs.close()
-            self._test_envs = self._make_envs(len(tasks))
-        return self.meta_test_trials(self._test_envs, tasks, num_episodes, seed)["episode_returns"]
+        check_test_request(tasks, num_episodes)
+        return self.meta_test_trials(self.env_pool.test(len(tasks)), tasks, num_episodes, seed)["episode_returns"]
 
     def render_episodes(self, task: Any, num_episodes: int, seed: int) -> list[list[np.ndarray]]:
         """RGB frames of each episode of one meta-test trial of ``task`` (the hidden state carried across them):
         the trial ``meta_test([task], num_episodes, seed)`` runs, on an ``rgb_array`` env. Episode 0 starts from
         a fresh hidden state (before adaptation)."""
-        self._check_test_request([task], num_episodes)
-        envs, recorder = make_recording_envs(self.env_id, self.config.env_kwargs, self.config.max_episode_steps,
-                                             autoreset_mode=AutoresetMode.SAME_STEP)
+        check_test_request([task], num_episodes)
+        envs, recorder = self.env_pool.recording()
         try:
             self.meta_test_trials(envs, [task], num_episodes, seed)
         finally:
@@ -474,8 +395,7 @@ class RL2:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"checkpoint is for agent {state.get('name')!r}, not {self.name!r}")
+        check_checkpoint(state, self.name)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iterations_done = int(state["iterations_done"])
@@ -484,7 +404,4 @@ class RL2:
         self.value_stats.load_state_dict(state["value_stats"])
 
     def close(self) -> None:
-        self.envs.close()
-        if self._test_envs is not None:
-            self._test_envs.close()
-            self._test_envs = None
+        self.env_pool.close()

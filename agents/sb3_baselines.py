@@ -46,9 +46,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core.agent import AgentConfig
+from metarl.core.agent_env import EnvPool, check_checkpoint, check_test_request, make_env, make_task_env
+from metarl.core.config import ConfigError, check_choice, check_int, check_mapping
 from metarl.core.seeding import derive_seed
-from metarl.envs.base import is_task_env
-from metarl.envs.vector import TaskVectorEnv
 
 ALGORITHMS = {"sac": SAC, "ppo": PPO}
 
@@ -101,12 +101,12 @@ class TaskSamplingWrapper(gym.Wrapper):
         self.rng, self.tasks = rng, tasks
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        task_api = self.env.unwrapped
+        task_env = self.env.unwrapped
         if self.tasks:
             task = self.tasks[int(self.rng.integers(len(self.tasks)))]
         else:
-            task = task_api.sample_tasks(1, split="train", seed=int(self.rng.integers(2**63 - 1)))[0]
-        task_api.set_task(task)
+            task = task_env.sample_tasks(1, split="train", seed=int(self.rng.integers(2**63 - 1)))[0]
+        task_env.set_task(task)
         return self.env.reset(seed=seed, options=options)
 
 
@@ -128,12 +128,8 @@ class MultiTaskConfig(AgentConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_common(self)
-        if isinstance(self.steps_per_iteration, bool) or not isinstance(self.steps_per_iteration, int) \
-                or self.steps_per_iteration < 1:
-            raise ValueError(f"steps_per_iteration must be an integer >= 1, got {self.steps_per_iteration!r}")
-        if self.num_train_tasks is not None and (not isinstance(self.num_train_tasks, int)
-                                                 or self.num_train_tasks < 1):
-            raise ValueError(f"num_train_tasks must be an integer >= 1 or None, got {self.num_train_tasks!r}")
+        check_int(self.steps_per_iteration, "steps_per_iteration", minimum=1)
+        check_int(self.num_train_tasks, "num_train_tasks", minimum=1, optional=True)
 
 
 @dataclass
@@ -151,30 +147,21 @@ class FromScratchConfig(AgentConfig):
 
 
 def _check_common(config: Any) -> None:
-    if config.algorithm not in (*ALGORITHMS, "auto"):
-        raise ValueError(f"algorithm must be one of {[*ALGORITHMS, 'auto']}, got {config.algorithm!r}")
-    if not isinstance(config.algorithm_kwargs, dict):
-        raise ValueError(f"algorithm_kwargs must be a dict, got {type(config.algorithm_kwargs).__name__}")
+    check_choice(config.algorithm, "algorithm", (*ALGORITHMS, "auto"))
+    check_mapping(config.algorithm_kwargs, "algorithm_kwargs")
     reserved = {"env", "seed", "device", "verbose", "policy"} & set(config.algorithm_kwargs)
     if reserved:
-        raise ValueError(f"algorithm_kwargs may not set {sorted(reserved)}: use the config fields instead")
+        raise ConfigError(f"algorithm_kwargs may not set {sorted(reserved)}: use the config fields instead")
 
 
 def _make_env(env_id: str, config: Any) -> gym.Env:
-    extra = {} if config.max_episode_steps is None else {"max_episode_steps": config.max_episode_steps}
-    try:
-        return gym.make(env_id, **config.env_kwargs, **extra)
-    except (gym.error.Error, TypeError) as err:
-        raise ValueError(f"cannot make environment {env_id!r} with {config.env_kwargs}: {err}") from None
+    return make_env(env_id, config.env_kwargs, config.max_episode_steps)
 
 
 def _algorithm_for(env_id: str, config: Any) -> tuple[type[BaseAlgorithm], Any]:
     """The SB3 class for the env (checked here: a task env, an action space the algorithm supports)."""
-    probe = _make_env(env_id, config)
+    probe = make_task_env(env_id, config)
     try:
-        if not is_task_env(probe):
-            raise ValueError(f"{env_id} is not a task environment: env.unwrapped needs sample_tasks, set_task, "
-                             "get_task (see metarl.envs.base)")
         box = isinstance(probe.action_space, spaces.Box)
         name = config.algorithm if config.algorithm != "auto" else ("sac" if box else "ppo")
         if name == "sac" and not box:
@@ -199,8 +186,8 @@ class MultiTaskBaseline:
     def __init__(self, env_id: str, config: MultiTaskConfig | None = None) -> None:
         self.config = cfg = config or MultiTaskConfig()
         self.env_id = env_id
-        algorithm, self.task_api = _algorithm_for(env_id, cfg)
-        tasks = (self.task_api.sample_tasks(cfg.num_train_tasks, split="train",
+        algorithm, self.task_env = _algorithm_for(env_id, cfg)
+        tasks = (self.task_env.sample_tasks(cfg.num_train_tasks, split="train",
                                             seed=derive_seed(cfg.seed, "train_tasks"))
                  if cfg.num_train_tasks else None)
         self.task_rng = np.random.default_rng(derive_seed(cfg.seed, "task_sampler"))
@@ -208,8 +195,13 @@ class MultiTaskBaseline:
         self.rng = PrivateGlobalRNG(derive_seed(cfg.seed, "sb3"))
         with self.rng.active():
             self.model = _new_model(algorithm, self.env, cfg, derive_seed(cfg.seed, "sb3") % 2**31)
-        self._test_envs: dict[int, TaskVectorEnv] = {}
+        self.env_pool = EnvPool(env_id, cfg)
         self.iteration = 0
+
+    @property
+    def episodes_per_stage(self) -> int:
+        """1: each meta-test column is one more episode (of the same, unadapted policy)."""
+        return 1
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
         """``steps_per_iteration`` env steps of SB3 learning, starting from a reset seeded by (seed, iteration)."""
@@ -227,13 +219,9 @@ class MultiTaskBaseline:
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """``[len(tasks), num_episodes]`` returns of the same policy on each task (no adaptation)."""
-        if num_episodes < 1 or len(tasks) < 1:
-            raise ValueError(f"meta_test needs tasks and num_episodes >= 1, got {len(tasks)} and {num_episodes}")
+        check_test_request(tasks, num_episodes)
         n = len(tasks)
-        envs = self._test_envs.get(n)
-        if envs is None:
-            envs = self._test_envs[n] = TaskVectorEnv(self.env_id, n, env_kwargs=self.config.env_kwargs,
-                                                      max_episode_steps=self.config.max_episode_steps)
+        envs = self.env_pool.test(n)
         resets = np.random.default_rng(derive_seed(seed, "meta_test", "resets"))
         returns = np.zeros((n, num_episodes))
         with PrivateGlobalRNG(derive_seed(seed, "meta_test", "actions")).active():  # the agent's own stream is kept
@@ -272,8 +260,7 @@ class MultiTaskBaseline:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
+        check_checkpoint(state, self.name)
         model = self.model
         model.set_parameters(state["sb3_parameters"], exact_match=True, device=model.device)
         counters = state["counters"]
@@ -294,9 +281,7 @@ class MultiTaskBaseline:
 
     def close(self) -> None:
         self.model.env.close()
-        for envs in self._test_envs.values():
-            envs.close()
-        self._test_envs.clear()
+        self.env_pool.close()
 
 
 class _EpisodeReturns(BaseCallback):
@@ -321,7 +306,12 @@ class FromScratchBaseline:
     def __init__(self, env_id: str, config: FromScratchConfig | None = None) -> None:
         self.config = config or FromScratchConfig()
         self.env_id = env_id
-        self.algorithm, self.task_api = _algorithm_for(env_id, self.config)
+        self.algorithm, self.task_env = _algorithm_for(env_id, self.config)
+
+    @property
+    def episodes_per_stage(self) -> int:
+        """1: column k is episode k of the learner trained from scratch on the task."""
+        return 1
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
         """Nothing to meta-train."""
@@ -329,8 +319,7 @@ class FromScratchBaseline:
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """Column k: the return of episode k of a fresh SB3 agent learning task i alone (``[tasks, episodes]``)."""
-        if num_episodes < 1 or len(tasks) < 1:
-            raise ValueError(f"meta_test needs tasks and num_episodes >= 1, got {len(tasks)} and {num_episodes}")
+        check_test_request(tasks, num_episodes)
         returns = np.zeros((len(tasks), num_episodes))
         for i, task in enumerate(tasks):  # one independent learner per task: nothing to batch
             env = _make_env(self.env_id, self.config)
@@ -348,8 +337,7 @@ class FromScratchBaseline:
         return {"name": self.name, "config": dataclasses.asdict(self.config)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"this checkpoint is from agent {state.get('name')!r}, not {self.name!r}")
+        check_checkpoint(state, self.name)
 
     def close(self) -> None:
         pass

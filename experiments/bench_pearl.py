@@ -1,6 +1,7 @@
-"""Benchmark PEARL's update and data collection: gradient steps/s with the meta-batch's tasks batched in one forward
-pass vs a Python loop over the tasks (the same update, tested equal in tests/test_pearl.py), and env steps/s of
-collection. Prints JSON (and writes it to ``--out``).
+"""Benchmark PEARL's update and data collection: gradient steps/s of ``PEARL.gradient_step`` (the meta-batch's tasks
+batched in one forward pass) vs the same update written here as a Python loop over the tasks (:func:`looped_step`,
+the reference that tests/test_pearl.py checks the batched update against), and env steps/s of collection. Prints
+JSON (and writes it to ``--out``).
 
     .venv/bin/python experiments/bench_pearl.py                      # reference network sizes, Navigation2D
     .venv/bin/python experiments/bench_pearl.py --size small --threads 1
@@ -23,6 +24,8 @@ import torch
 
 from metarl.agents.oracle import Oracle
 from metarl.agents.pearl import PEARL, PEARLConfig
+from metarl.core.context import kl_to_unit_gaussian
+from metarl.core.sac import soft_update_
 
 SIZES = {
     # the reference's networks and batches (oyster configs/default.py)
@@ -34,6 +37,38 @@ SIZES = {
 }
 
 
+def looped_step(agent: PEARL, ids: torch.Tensor, batch: dict, context: torch.Tensor | None,
+                generator: torch.Generator) -> None:
+    """``agent.gradient_step`` written task by task: each loss the mean of the per-task losses (the baseline that
+    batching the meta-batch replaces)."""
+    cfg, (tasks, rows) = agent.config, batch["rewards"].shape
+    if agent.encoder is not None:
+        mean, var = agent.encoder.posterior(context)
+        z = mean + var.sqrt() * torch.randn(mean.shape, generator=generator)
+        kl = kl_to_unit_gaussian(mean, var).sum()
+    else:
+        z, kl = agent.train_descriptors[ids], torch.zeros(())
+    alpha = agent.log_alpha.detach().exp()
+    noise = torch.randn(2, tasks, rows, agent.action_dim, generator=generator)
+
+    def task(m: int) -> tuple[dict, torch.Tensor]:
+        data = {k: v[m] for k, v in batch.items()}
+        data["next_noise"], data["noise"] = noise[0, m], noise[1, m]
+        return data, z[m, None, :].expand(rows, -1)
+
+    q_loss = torch.stack([agent.critic_loss(*task(m), alpha)[0] for m in range(tasks)]).mean()
+    agent.critic_optimizer.zero_grad(set_to_none=True)
+    (q_loss + cfg.kl_lambda * kl).backward()
+    agent.critic_optimizer.step()
+    losses = [agent.actor_losses(*task(m), alpha) for m in range(tasks)]
+    pi_loss = torch.stack([pair[0] for pair in losses]).mean()
+    alpha_loss = torch.stack([pair[1] for pair in losses]).mean()
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    (pi_loss + alpha_loss if cfg.learn_temperature else pi_loss).backward()
+    agent.actor_optimizer.step()
+    soft_update_(agent.target_critic, agent.critic, cfg.tau)
+
+
 def gradient_steps_per_second(agent: PEARL, steps: int, loop_over_tasks: bool, seed: int) -> float:
     cfg = agent.config
     generator = torch.Generator().manual_seed(seed)
@@ -43,7 +78,7 @@ def gradient_steps_per_second(agent: PEARL, steps: int, loop_over_tasks: bool, s
         batch = agent.replay.sample(ids, cfg.batch_size, generator)
         context = (agent._context(agent.encoder_replay.sample(ids, cfg.embedding_batch_size, generator))
                    if agent.encoder_replay is not None else None)
-        agent.gradient_step(ids, batch, context, generator, loop_over_tasks=loop_over_tasks)
+        (looped_step if loop_over_tasks else type(agent).gradient_step)(agent, ids, batch, context, generator)
     return steps / (time.perf_counter() - start)
 
 

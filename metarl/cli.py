@@ -17,7 +17,7 @@ Process settings (the only place metarl changes process-wide state, and only whe
 opt-out): :func:`configure_process` asks PyTorch's CPU allocator for transparent huge pages
 (``THP_MEM_ALLOC_ENABLE=1`` unless set; ``THP_MEM_ALLOC_ENABLE=0`` opts out) and keeps freed memory in the heap
 (:mod:`metarl.core.host_memory`; ``METARL_KEEP_FREED_MEMORY=0`` opts out). Thread counts are the run's ``threads``
-field (applied for the duration of a run by :func:`metarl.training.torch_threads`). docs/performance.md says why.
+field (applied for the duration of a run by :func:`metarl.core.device.torch_threads`). docs/performance.md says why.
 """
 
 from __future__ import annotations

@@ -29,10 +29,9 @@ uninterrupted one (apart from the timing columns) and the same evaluation.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from metarl.core.config import (
     load_yaml_mapping,
     merge_values,
 )
+from metarl.core.device import torch_threads
 from metarl.core.seeding import derive_seed
 from metarl.runs import (
     MetricsLogger,
@@ -244,6 +244,10 @@ def make_run_config(name: str, values: Mapping[str, Any] | None = None, *, prese
         if key not in owners:
             import difflib
 
+            from metarl.core.config import check_renamed_fields
+
+            check_renamed_fields(types["learner"], {key: value}, f"preset {preset}" if preset is not None else None)
+
             close = difflib.get_close_matches(key, list(owners), n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             where = f" in preset {preset}" if preset is not None and key in load_yaml_mapping(preset) else ""
@@ -281,20 +285,11 @@ def load_run(run_dir: str | Path) -> RunConfig:
 # Sessions: what one iteration does, what is checkpointed, how it is evaluated
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux: MemAvailable), None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def check_fits(nbytes: float, what: str) -> None:
     """Refuse a request whose data alone would not fit in the memory available now, with the size it needs."""
-    available = _available_memory()
+    from metarl.core.agent_env import available_memory
+
+    available = available_memory()
     if available is not None and nbytes > available:
         raise ConfigError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than the {available / 2**30:.3g} GiB "
                           "of memory available: ask for less")
@@ -387,23 +382,16 @@ class FewShotSession:
         pass
 
 
-def probe_task_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-    """Make ``env_id`` once and check it is a task environment; returns the splits it offers. Every failure is a
-    one-line ValueError (unknown id or module, bad keyword arguments, not a task env)."""
-    import gymnasium as gym
-
+def probe_task_env(env_id: str, config: Any = None) -> tuple[str, ...]:
+    """Make ``env_id`` once (with the agent config's ``env_kwargs``/``max_episode_steps`` where it has them) and check
+    it is a task environment; returns the splits it offers. One-line ValueErrors (:mod:`metarl.core.agent_env`)."""
     import metarl.envs  # noqa: F401 - registers metarl/* ids
-    from metarl.envs.base import SPLITS, is_task_env
+    from metarl.core.agent_env import check_task_env, make_env
+    from metarl.envs.base import SPLITS
 
+    env = make_env(env_id, getattr(config, "env_kwargs", None), getattr(config, "max_episode_steps", None))
     try:
-        env = gym.make(env_id, **dict(env_kwargs or {}))
-    except (gym.error.Error, ModuleNotFoundError, TypeError, ValueError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot make environment {env_id!r}: {message}") from None
-    try:
-        if not is_task_env(env):
-            raise ConfigError(f"{env_id} is not a task environment: its unwrapped env needs sample_tasks, set_task "
-                              "and get_task (or wrap it with metarl.envs.wrappers.AttributeTaskWrapper)")
+        check_task_env(env, env_id)
         return tuple(getattr(env.unwrapped, "splits", SPLITS))
     finally:
         env.close()
@@ -418,7 +406,7 @@ class MetaRLSession:
         from metarl.agents import entry
 
         self.run = run
-        offered = probe_task_env(run.task.env, getattr(run.learner, "env_kwargs", None))
+        offered = probe_task_env(run.task.env, run.learner)
         for split in run.evaluation.eval_splits:
             if split not in offered and split != "ood":
                 check_choice(split, f"eval_splits of {run.task.env}", offered)
@@ -464,22 +452,6 @@ def build_session(run: RunConfig) -> FewShotSession | MetaRLSession:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The run loop
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads (None: unchanged), restoring the count afterwards."""
-    import torch
-
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _default_run_dir(run: RunConfig) -> str:

@@ -119,8 +119,7 @@ def test_learned_step_sizes_get_the_finite_difference_meta_gradient(head_only):
 
     def loss_at(flat):
         lrs = dict(zip(adapted, (chunk.view_as(weights[name]) for name, chunk in zip(adapted, flat.split(sizes)))))
-        params = {**weights, **{maml_trpo.INNER_LR_PREFIX + name: lr for name, lr in lrs.items()}}
-        return meta_objective(policy, params, support, query, old, config)[0]
+        return meta_objective(policy, weights, support, query, old, config, step_sizes=lrs)[0]
 
     grad, numeric = autograd_and_central_differences(loss_at, start)
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
@@ -299,7 +298,7 @@ def test_resume_from_a_checkpoint_reproduces_an_uninterrupted_run(overrides):
 @pytest.mark.api
 def test_learned_step_sizes_are_used_at_meta_test_and_checked_on_load():
     agent = make_agent(learn_inner_lr=True, adapt_episodes=2)
-    tasks = agent.task_api.sample_tasks(2, split="test", seed=0)
+    tasks = agent.task_env.sample_tasks(2, split="test", seed=0)
     fixed = agent.meta_test(tasks, 2, seed=0)
     with torch.no_grad():
         for lr in agent.inner_lrs.values():
@@ -317,7 +316,7 @@ def test_learned_step_sizes_are_used_at_meta_test_and_checked_on_load():
 @pytest.mark.api
 def test_meta_test_shape_determinism_and_no_side_effects():
     agent = make_agent(adapt_episodes=3)
-    tasks = agent.task_api.sample_tasks(4, split="test", seed=0)
+    tasks = agent.task_env.sample_tasks(4, split="test", seed=0)
     before = parameters(agent)
     returns = agent.meta_test(tasks, 3, seed=7)
     assert returns.shape == (4, 3) and np.isfinite(returns).all()
@@ -344,7 +343,7 @@ def test_smoke_other_spaces_and_variants(env_id, overrides):
     agent = make_agent(env_id, **overrides)
     metrics = agent.train_iteration(0)
     assert np.isfinite(metrics["charts/post_adaptation_return"])
-    returns = agent.meta_test(agent.task_api.sample_tasks(2, split="test", seed=0), 2, seed=0)
+    returns = agent.meta_test(agent.task_env.sample_tasks(2, split="test", seed=0), 2, seed=0)
     assert returns.shape == (2, 2) and np.isfinite(returns).all()
     agent.close()
 
@@ -392,7 +391,7 @@ class _MultiBinaryTaskEnv(gym.Env):
 @pytest.mark.parametrize("overrides, message", [
     ({"meta_batch_size": 0}, "meta_batch_size"), ({"episodes_per_task": 1.5}, "episodes_per_task"),
     ({"inner_lr": 0.0}, "inner_lr"), ({"max_kl": -1}, "max_kl"), ({"backtrack_ratio": 1.0}, "backtrack_ratio"),
-    ({"discount": 1.5}, "discount"), ({"gae_lambda": -0.1}, "gae_lambda"), ({"hidden_sizes": []}, "hidden_sizes"),
+    ({"gamma": 1.5}, "gamma"), ({"gae_lambda": -0.1}, "gae_lambda"), ({"hidden_sizes": []}, "hidden_sizes"),
     ({"fisher_subsample": 0}, "fisher_subsample"), ({"device": "tpu"}, "device"), ({"cg_damping": -1}, "cg_damping"),
     ({"max_episode_steps": 0}, "max_episode_steps"), ({"env_kwargs": [1]}, "env_kwargs"),
     ({"task_chunk": -1}, "task_chunk"), ({"task_chunk": 2.0}, "task_chunk"),
@@ -449,7 +448,7 @@ def test_learns_to_adapt_on_2d_navigation(one_torch_thread):
     """Post-adaptation return on held-out goals clearly above pre-adaptation after ~30 small meta-iterations."""
     agent = MAMLTRPO("metarl/Navigation2D-v0", MAMLTRPOConfig(meta_batch_size=10, episodes_per_task=10,
                                                               max_episode_steps=20, seed=3))
-    tasks = agent.task_api.sample_tasks(20, split="test", seed=123)
+    tasks = agent.task_env.sample_tasks(20, split="test", seed=123)
     untrained = agent.meta_test(tasks, 2, seed=1).mean(0)
     for i in range(30):
         agent.train_iteration(i)

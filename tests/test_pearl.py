@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,10 @@ import yaml
 
 from metarl.agents import rl_agent_classes
 from metarl.agents.oracle import Oracle, OracleConfig
-from metarl.agents.pearl import PEARL, ContextEncoder, PEARLConfig, kl_to_unit_gaussian, product_of_gaussians
+from metarl.agents.pearl import PEARL, PEARLConfig
 from metarl.core.agent import MetaRLAgent
+from metarl.core.context import ContextEncoder, kl_to_unit_gaussian, product_of_gaussians
+from metarl.core.sac import soft_update_
 from metarl.core.seeding import seeded
 from tests.helpers import weights_only_round_trip
 
@@ -84,6 +87,37 @@ def test_posterior_is_invariant_to_the_order_of_context_transitions_and_kl_is_ex
     assert torch.allclose(kl_to_unit_gaussian(mean, var), reference, atol=1e-5)
 
 
+def looped_gradient_step(agent, ids, batch, context, generator):
+    """The update of ``agent.gradient_step`` written task by task: each loss the mean of the per-task losses (equal
+    rows per task), from the same random draws in the same order."""
+    cfg, tasks, rows = agent.config, *batch["rewards"].shape
+    if agent.encoder is not None:
+        mean, var = agent.encoder.posterior(context)
+        z = mean + var.sqrt() * torch.randn(mean.shape, generator=generator)
+        kl = kl_to_unit_gaussian(mean, var).sum()
+    else:
+        z, kl = agent.train_descriptors[ids], torch.zeros(())
+    alpha = agent.log_alpha.detach().exp()
+    noise = torch.randn(2, tasks, rows, agent.action_dim, generator=generator)
+
+    def task(m):
+        data = {k: v[m] for k, v in batch.items()}
+        data["next_noise"], data["noise"] = noise[0, m], noise[1, m]
+        return data, z[m, None, :].expand(rows, -1)
+
+    q_loss = torch.stack([agent.critic_loss(*task(m), alpha)[0] for m in range(tasks)]).mean()
+    agent.critic_optimizer.zero_grad(set_to_none=True)
+    (q_loss + cfg.kl_lambda * kl).backward()
+    agent.critic_optimizer.step()
+    losses = [agent.actor_losses(*task(m), alpha) for m in range(tasks)]
+    pi_loss = torch.stack([pair[0] for pair in losses]).mean()
+    alpha_loss = torch.stack([pair[1] for pair in losses]).mean()
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    (pi_loss + alpha_loss if cfg.learn_temperature else pi_loss).backward()
+    agent.actor_optimizer.step()
+    soft_update_(agent.target_critic, agent.critic, cfg.tau)
+
+
 @pytest.mark.math
 @pytest.mark.parametrize("agent_type", [PEARL, Oracle])
 def test_batched_update_equals_a_python_loop_over_tasks(agent_type):
@@ -95,7 +129,8 @@ def test_batched_update_equals_a_python_loop_over_tasks(agent_type):
         ids = torch.tensor([0, 3, 3, 5])
         batch = agent.replay.sample(ids, 8, g)
         context = agent._context(agent.encoder_replay.sample(ids, 5, g)) if agent.encoder_replay else None
-        agent.gradient_step(ids, batch, context, torch.Generator().manual_seed(1), loop_over_tasks=loop)
+        step = looped_gradient_step if loop else type(agent).gradient_step
+        step(agent, ids, batch, context, torch.Generator().manual_seed(1))
         agents.append(parameters(agent))
         agent.close()
     for name, value in agents[0].items():
@@ -146,7 +181,8 @@ def test_update_losses_match_a_recomputation_with_the_documented_input_layout():
 def test_registry_and_contract():
     assert rl_agent_classes("pearl") == (PEARL, PEARLConfig)
     assert rl_agent_classes("oracle") == (Oracle, OracleConfig)
-    agent = PEARL(NAV, PEARLConfig(**TINY))
+    # seed 1: no train task is drawn twice in one iteration (the buffer sizes below assume distinct draws)
+    agent = PEARL(NAV, PEARLConfig(**TINY, seed=1))
     try:
         assert isinstance(agent, MetaRLAgent) and agent.name == "pearl"
         metrics = agent.train_iteration(0)
@@ -202,7 +238,7 @@ def test_meta_test_shape_determinism_no_side_effects_and_oracle_columns_flat():
     try:
         agent.train_iteration(0)
         oracle.train_iteration(0)
-        tasks = agent.task_api.sample_tasks(3, split="test", seed=0)
+        tasks = agent.task_env.sample_tasks(3, split="test", seed=0)
         before = parameters(agent)
         returns = agent.meta_test(tasks, 3, seed=7)
         assert returns.shape == (3, 3) and np.isfinite(returns).all() and (returns < 0).all()
@@ -243,7 +279,7 @@ def test_nan_loss_rejects_the_update_and_counts_it():
     ({"num_steps_prior": -1}, "num_steps_prior must be an integer >= 0"),
     ({"num_initial_steps": 0, "num_steps_prior": 0}, "the encoder needs data"),
     ({"tau": 0.0}, "tau must be in"),
-    ({"discount": 1.5}, "discount must be in"),
+    ({"gamma": 1.5}, "gamma must be in"),
     ({"reward_scale": 0}, "reward_scale must be > 0"),
     ({"kl_lambda": -1}, "kl_lambda must be >= 0"),
     ({"hidden_sizes": []}, "hidden_sizes must be a non-empty list"),
@@ -264,14 +300,68 @@ def test_bad_environments_raise_at_construction():
         PEARL("metarl/BernoulliBandit-v0", PEARLConfig(**TINY))
     with pytest.raises(ValueError, match="cannot make environment"):
         PEARL("metarl/NoSuchEnv-v0", PEARLConfig(**TINY))
+    if "test_pearl/NamedTask-v0" not in gym.registry:
+        gym.register("test_pearl/NamedTask-v0", entry_point=_NamedTaskEnv, max_episode_steps=5)
     with pytest.raises(ValueError, match="the oracle needs task descriptors") as info:
-        Oracle("tests.user_env_example:UserGoal-v0", OracleConfig(**TINY))
+        Oracle("test_pearl/NamedTask-v0", OracleConfig(**TINY))
     assert "\n" not in str(info.value)
     # PEARL itself needs no descriptor: a user's env with dict tasks trains
     agent = PEARL("tests.user_env_example:UserGoal-v0", PEARLConfig(**TINY))
     assert agent.train_iteration(0)["env_steps"] > 0
-    assert agent.meta_test(agent.task_api.sample_tasks(2, split="test", seed=0), 2, seed=0).shape == (2, 2)
+    assert agent.meta_test(agent.task_env.sample_tasks(2, split="test", seed=0), 2, seed=0).shape == (2, 2)
     agent.close()
+
+
+class _NamedTaskEnv(gym.Env):
+    """Tasks that are names, not numbers: nothing the oracle could take as a descriptor."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+    def sample_tasks(self, n, *, split="train", seed=None):
+        return ["left"] * n
+
+    def set_task(self, task):
+        pass
+
+    def get_task(self):
+        return "left"
+
+
+@pytest.mark.api
+def test_the_oracle_takes_a_task_of_numbers_as_its_descriptor():
+    """Without task_descriptor, a dict (or dataclass, or nested tuples) of numbers is flattened into z."""
+    from dataclasses import dataclass
+
+    from metarl.core.agent_env import task_numbers
+
+    @dataclass(frozen=True)
+    class Goal:
+        position: tuple[float, float]
+        speed: int
+
+    assert task_numbers({"goal": 0.25}).tolist() == [0.25]
+    assert task_numbers({"b": [1, 2], "a": (3.0,)}).tolist() == [3.0, 1.0, 2.0]  # sorted keys
+    assert task_numbers(Goal((0.5, -1.0), 2)).tolist() == [0.5, -1.0, 2.0]
+    assert task_numbers("left") is None and task_numbers({"goal": None}) is None and task_numbers({}) is None
+    oracle = Oracle("tests.user_env_example:UserGoal-v0", OracleConfig(**TINY))
+    try:
+        assert oracle.latent_dim == 1
+        goals = torch.tensor([[task["goal"]] for task in oracle.train_tasks])
+        assert torch.equal(oracle.train_descriptors, goals)
+        assert oracle.train_iteration(0)["env_steps"] > 0
+        tasks = oracle.task_env.sample_tasks(2, split="test", seed=0)
+        flat = oracle.meta_test(tasks, 2, seed=0)
+        assert flat.shape == (2, 2) and np.allclose(flat, flat[:, :1])
+    finally:
+        oracle.close()
 
 
 @pytest.mark.api
@@ -314,7 +404,7 @@ def test_pearl_adapts_on_2d_navigation():
     try:
         for i in range(LEARNING_ITERATIONS):
             agent.train_iteration(i)
-        tasks = agent.task_api.sample_tasks(20, split="test", seed=123)
+        tasks = agent.task_env.sample_tasks(20, split="test", seed=123)
         returns = agent.meta_test(tasks, 3, seed=0).mean(0)
     finally:
         agent.close()

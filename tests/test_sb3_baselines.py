@@ -96,7 +96,7 @@ def test_multitask_contract_flat_columns_and_exact_resume():
     a, b = straight.model.policy.state_dict(), resumed.model.policy.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.model.log_ent_coef.item() == resumed.model.log_ent_coef.item()
-    tasks = straight.task_api.sample_tasks(3, split="test", seed=0)
+    tasks = straight.task_env.sample_tasks(3, split="test", seed=0)
     returns = straight.meta_test(tasks, 3, seed=0)
     assert returns.shape == (3, 3) and np.allclose(returns, returns[:, :1])  # no adaptation: flat columns
     assert np.array_equal(returns, resumed.meta_test(tasks, 3, seed=0))
@@ -112,7 +112,7 @@ def test_multitask_uses_ppo_for_discrete_actions():
     assert agent.train_iteration(0)["env_steps"] == 32
     state = weights_only_round_trip(agent.state_dict())
     assert "replay" not in state
-    tasks = agent.task_api.sample_tasks(2, split="test", seed=0)
+    tasks = agent.task_env.sample_tasks(2, split="test", seed=0)
     assert agent.meta_test(tasks, 4, seed=0).shape == (2, 4)
     agent.close()
 
@@ -125,7 +125,7 @@ def test_from_scratch_records_the_episodes_of_a_fresh_learner_and_runs_with_zero
     config = FromScratchConfig(max_episode_steps=10, algorithm_kwargs=SMALL_SAC)
     agent = FromScratchBaseline(NAV, config)
     assert agent.train_iteration(0) == {"env_steps": 0.0}
-    tasks = agent.task_api.sample_tasks(2, split="test", seed=0)
+    tasks = agent.task_env.sample_tasks(2, split="test", seed=0)
     returns = agent.meta_test(tasks, 3, seed=5)
     assert returns.shape == (2, 3) and (returns < 0).all()
     assert np.array_equal(returns, agent.meta_test(tasks, 3, seed=5))
@@ -174,13 +174,13 @@ def test_oracle_beats_the_task_blind_multitask_policy_on_2d_navigation():
     oracle = Oracle(NAV, OracleConfig(
         num_train_tasks=20, hidden_sizes=[64, 64], meta_batch_size=8, batch_size=64, num_initial_steps=20,
         num_tasks_sample=8, num_steps_prior=0, num_extra_rl_steps_posterior=10, gradient_steps=100,
-        max_episode_steps=20, replay_capacity=2000, discount=0.9, reward_scale=10.0, init_temperature=0.1,
+        max_episode_steps=20, replay_capacity=2000, gamma=0.9, reward_scale=10.0, init_temperature=0.1,
         temperature_lr=3e-3, actor_lr=1e-3, critic_lr=1e-3))
     multitask = MultiTaskBaseline(NAV, MultiTaskConfig(
         steps_per_iteration=steps // 20, max_episode_steps=20, num_train_tasks=20,
         algorithm_kwargs=dict(learning_starts=100, batch_size=64, gamma=0.9, learning_rate=1e-3, train_freq=2,
                               policy_kwargs=dict(net_arch=[64, 64]))))
-    tasks = oracle.task_api.sample_tasks(20, split="test", seed=123)
+    tasks = oracle.task_env.sample_tasks(20, split="test", seed=123)
     try:
         oracle_steps = sum(oracle.train_iteration(i)["env_steps"] for i in range(20))
         multitask_steps = sum(multitask.train_iteration(i)["env_steps"] for i in range(20))

@@ -111,7 +111,7 @@ def test_recording_env_keeps_one_frame_per_reset_and_step():
 
 # --- render_episodes of every agent ---------------------------------------------------------------------------
 def held_out_task(agent, seed: int = 3):
-    api = agent.task_env if isinstance(agent, RL2) else agent.task_api
+    api = agent.task_env
     return api.sample_tasks(1, split="test", seed=seed)[0]
 
 

@@ -11,9 +11,14 @@ gradient (tasks do not share fast weights, so the sum separates). This keeps ord
 second order by default (``create_graph=True``), first order by flag (the inner gradients are detached, so the
 adapted weights depend on the initialisation through the identity only; Finn et al. 2017, section 5.2).
 
+The one mechanism for *what* adapts and *how far*, used the same way by the supervised learners (``agents/maml.py``,
+``meta_sgd.py``, ``anil.py``) and by MAML-TRPO (``learn_inner_lr``, ``adapt_head_only``):
+
 * MAML (Finn, Abbeel & Levine, ICML 2017): ``step_size`` a float.
-* Meta-SGD (Li et al. 2017): ``step_size`` a dict of learned per-parameter tensors shaped like the parameters.
-* ANIL (Raghu et al., ICLR 2020): ``adapt_keys`` the head's parameter names; the rest stay shared (not expanded).
+* Meta-SGD (Li et al. 2017): ``step_size`` the dict of learned per-parameter tensors shaped like the parameters that
+  a :class:`StepSizes` module holds (``StepSizes.as_dict()``); the outer optimiser updates them with the weights.
+* ANIL (Raghu et al., ICLR 2020): ``adapt_keys`` the head's parameter names
+  (:func:`metarl.core.networks.head_parameter_names`); the rest stay shared (not expanded).
 * RL (MAML-TRPO): the task loss is a policy-gradient surrogate over a task's support episodes; same function.
 
 Continuing an adaptation: ``adapt(..., batched_params=True)`` starts from fast weights that already carry the task
@@ -175,6 +180,44 @@ def adapt(
                 updated[name] = fast[name] - lr * grad
             fast = updated
     return fast
+
+
+class StepSizes(nn.Module):
+    """Learned per-parameter step sizes (Meta-SGD): one tensor shaped like each adapted parameter, initialised to
+    ``init``. A module, so optimisers and checkpoints see them; :meth:`as_dict` gives them under the parameters' own
+    names, the ``step_size`` argument of :func:`adapt` (inside, ``.`` in a name is stored as ``__``)."""
+
+    def __init__(self, params: Mapping[str, torch.Tensor], init: float, names: Iterable[str] | None = None) -> None:
+        super().__init__()
+        wanted = list(params) if names is None else [name for name in params if name in set(names)]
+        self.names = wanted
+        self.values = nn.ParameterDict(
+            {self._key(name): nn.Parameter(torch.full_like(params[name].detach(), init)) for name in wanted})
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "__")
+
+    def as_dict(self) -> Params:
+        """``{parameter name: step-size tensor}`` in the parameters' order (the tensors themselves: differentiable)."""
+        return {name: self.values[self._key(name)] for name in self.names}
+
+    def load_checked(self, state: Mapping[str, torch.Tensor], required: bool = True) -> None:
+        """Copy a :meth:`state_dict` in; a different set of step sizes is a one-line ``ValueError`` (an empty
+        ``state`` is accepted when not ``required``: a warm start from a run with fixed steps keeps these)."""
+        mine = self.state_dict()
+        if set(state) != set(mine):
+            if required or state:
+                raise ValueError(f"the checkpoint's learned step sizes {sorted(state)} do not match these "
+                                 f"{sorted(mine)}")
+            return
+        self.load_state_dict(dict(state))
+
+
+def task_chunks(num_tasks: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` tasks covering ``range(num_tasks)`` (one slice if ``size`` is 0)."""
+    size = size or num_tasks
+    return [slice(start, min(start + size, num_tasks)) for start in range(0, num_tasks, size)]
 
 
 def batched_forward(module: nn.Module, fast: Params, x: torch.Tensor, adapt_keys: Iterable[str] | None = None):

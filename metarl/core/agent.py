@@ -1,8 +1,10 @@
-"""The meta-RL agent contract: what the run loop (metarl.training_rl) and the meta-test protocol
+"""The meta-RL agent contract: what the run loop (metarl.training) and the meta-test protocol
 (metarl.evaluation.evaluate_meta_rl) need from every agent (MAML-TRPO, RL², PEARL, baselines).
 
 An agent owns its networks, optimisers and a task-aware vector env (``metarl.envs.vector.TaskVectorEnv``) built from
-a Gymnasium id. It is constructed from a config dataclass and an env id, seeded explicitly.
+a Gymnasium id. It is constructed as ``Agent(env_id, config)`` from a config dataclass (a subclass of
+:class:`AgentConfig`), seeded explicitly; the plumbing every agent shares (the env probe and its one-line errors, the
+vector envs, per-stream generators, request and checkpoint checks, the memory check) is :mod:`metarl.core.agent_env`.
 
 Meta-training is a sequence of ``train_iteration(iteration)`` calls, each one whole meta-iteration (sample tasks of
 the ``train`` split, collect, adapt, update) that returns namespaced metrics (``charts/...``, ``losses/...``) and
@@ -15,6 +17,11 @@ returns the undiscounted return of each adaptation episode for each task, shape 
 episode 0 is collected before any adaptation (exploration with the meta-learned initialisation / prior / fresh
 hidden state), and episode k > 0 after adapting on episodes 0..k-1 (gradient step(s) for MAML-TRPO, the hidden
 state carried for RL², the posterior for PEARL). ``pre-adaptation`` is column 0, ``post-adaptation`` the last.
+
+``episodes_per_stage`` (a read-only ``int`` property) says how much adaptation data stands behind each column, so the
+meta-test protocol can record it: column k is measured after adapting on ``k * episodes_per_stage`` episodes per task.
+MAML-TRPO: its ``adapt_episodes`` rollouts per stage (column k is their mean return); RL², PEARL, the oracle and the
+baselines: 1 (one episode per column).
 
 Optional: ``render_episodes(task, num_episodes, seed) -> list[list[np.ndarray]]`` (the :class:`RendersEpisodes`
 protocol), what ``metarl evaluate RUN_DIR --video`` (:mod:`metarl.video`) needs. It returns ``num_episodes``
@@ -33,31 +40,23 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .config import SeededConfig, check_int, check_mapping
+
 
 @dataclass
-class AgentConfig:
-    """The settings every meta-RL agent's config starts with (subclass it; call ``super().__post_init__()``)."""
+class AgentConfig(SeededConfig):
+    """The settings every meta-RL agent's config starts with: seed and device (:class:`SeededConfig`), and how the
+    environment is made. Subclass it and call ``super().__post_init__()``; validate with :mod:`metarl.core.config`."""
 
-    seed: int = 0
-    """seed of everything the agent draws: initialisation, tasks, env resets, action noise, batches"""
-    device: str = "cpu"
-    """torch device: "cpu", "cuda", "cuda:N" or "auto" (cuda when available)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments for gymnasium.make (e.g. {"velocity_range": [0, 2]})"""
     max_episode_steps: int | None = None
     """episode length; None: the environment's registered time limit"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.device, str) or (self.device not in ("cpu", "cuda", "auto")
-                                                 and not self.device.startswith("cuda:")):
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
-        if not isinstance(self.env_kwargs, dict):
-            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}")
-        value = self.max_episode_steps
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"max_episode_steps must be an integer >= 1 or None, got {value!r}")
+        super().__post_init__()
+        check_mapping(self.env_kwargs, "env_kwargs")
+        check_int(self.max_episode_steps, "max_episode_steps", minimum=1, optional=True)
 
 
 @runtime_checkable
@@ -80,6 +79,11 @@ class MetaRLAgent(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+    @property
+    def episodes_per_stage(self) -> int:
+        """Adaptation episodes per task behind each ``meta_test`` column (read-only; see the module docstring)."""
+        ...
 
 
 @runtime_checkable

@@ -5,9 +5,9 @@ and validation in ``__post_init__`` that raises :class:`ConfigError` (a ``ValueE
 to do. The checks below are the only place those messages are written.
 
 Presets are YAML mappings (``yaml.safe_load``) of field values; :func:`config_from_dict` builds a dataclass from
-such a mapping, refusing an unknown key with the closest valid one, and turning YAML/JSON lists into the tuples a
-field declares. :func:`parse_overrides` reads ``--set key=value`` pairs (values are YAML; ``a.b=v`` sets key ``b``
-of the mapping field ``a``).
+such a mapping, refusing an unknown key with the closest valid one (a renamed field's old key: naming the new one,
+:func:`check_renamed_fields`), and turning YAML/JSON lists into the tuples a field declares. :func:`parse_overrides`
+reads ``--set key=value`` pairs (values are YAML; ``a.b=v`` sets key ``b`` of the mapping field ``a``).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def check_device(value: Any, name: str = "device") -> None:
 def check_mapping(value: Any, name: str) -> None:
     """``value`` is a mapping with string keys (e.g. keyword arguments for ``gymnasium.make``)."""
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"{name} must be a mapping of names to values, got {value!r}")
+        raise ConfigError(f"{name} must be a dict of names to values, got {value!r}")
 
 
 def check_sizes(value: Any, name: str) -> None:
@@ -103,6 +103,12 @@ def check_sizes(value: Any, name: str) -> None:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value \
             or not all(_is_int(v) and v >= 1 for v in value):
         raise ConfigError(f"{name} must be a non-empty list of integers >= 1, got {value!r}")
+
+
+def check_fields(config: Any, names: Iterable[str], check: Any, **bounds: Any) -> None:
+    """``check(getattr(config, name), name, **bounds)`` for each field in ``names`` (one check, many fields)."""
+    for name in names:
+        check(getattr(config, name), name, **bounds)
 
 
 @dataclass
@@ -117,6 +123,16 @@ class SeededConfig:
     def __post_init__(self) -> None:
         check_int(self.seed, "seed")
         check_device(self.device)
+
+
+def check_renamed_fields(cls: type, values: Mapping[str, Any], where: str | None = None) -> None:
+    """One-line :class:`ConfigError` for a key ``cls`` used to have: ``cls.RENAMED_FIELDS`` maps old -> new names
+    (a ``ClassVar``), so an old preset fails naming the new key instead of loading without it."""
+    renamed = getattr(cls, "RENAMED_FIELDS", {})
+    for key in values:
+        if key in renamed:
+            raise ConfigError(f"{where + ': ' if where else ''}{cls.__name__} field {key!r} is now called "
+                              f"{renamed[key]!r}: rename the key")
 
 
 def _did_you_mean(value: Any, choices: Iterable[Any]) -> str:
@@ -150,6 +166,7 @@ def config_from_dict(cls: type, values: Mapping[str, Any], *, where: str | None 
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping of {cls.__name__} fields, got "
                           f"{type(values).__name__}")
+    check_renamed_fields(cls, values, where)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{where}: " if where else ""
     for key in values:

@@ -91,7 +91,13 @@ class Conv4(nn.Module):
 
 
 def head_parameter_names(module: nn.Module, head: str = "head") -> list[str]:
-    """Names of the parameters under ``head`` (ANIL adapts only these)."""
+    """Names of the output layer's parameters (ANIL and MAML-TRPO's ``adapt_head_only`` adapt only these): a
+    policy's ``head_keys``, an :class:`MLP`'s last linear layer, else the parameters under ``head``."""
+    if hasattr(module, "head_keys"):
+        return list(module.head_keys)
+    if isinstance(module, MLP):
+        last = module.linear_names[-1]
+        return [f"{last}.weight", f"{last}.bias"]
     names = [n for n, _ in module.named_parameters() if n == head or n.startswith(head + ".")]
     if not names:
         raise ValueError(f"the model has no parameters under {head!r}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .adaptation import Params
+from .device import torch_threads
 from .policies import Policy
 
 MAX_STEPS_WITHOUT_LIMIT = 10_000
@@ -80,24 +81,17 @@ def _same_tasks(current: Sequence[Any], wanted: Sequence[Any]) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def torch_threads_for_rollouts(envs: Any, device: torch.device) -> Iterator[None]:
-    """One torch thread while a vector env that steps its physics on a second thread is rolled out on the CPU.
+def torch_threads_for_rollouts(envs: Any, device: torch.device) -> contextlib.AbstractContextManager:
+    """One torch thread while a vector env that steps its physics on a second thread is rolled out on the CPU
+    (:func:`metarl.core.device.torch_threads`; the caller's thread count is restored afterwards).
 
     torch's intra-op threads take the core that :class:`~metarl.envs.vector.TaskVectorEnv`'s physics worker needs,
-    and the policy's forward pass on one batch of observations is too small to gain from them: on 2 cores a
-    MAML-TRPO iteration's env stepping ran at ~26k env-steps/s with 2 torch threads and 46-51k with 1
-    (``experiments/bench_maml_trpo.py``, RESULTS). The caller's thread count is restored afterwards.
+    and the policy's forward pass on one batch of observations is too small to gain from them (``experiments/
+    RESULTS.md``, "Meta-RL: MAML-TRPO on 2D navigation", the learner's share: env-steps/s before and after).
     """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1 or getattr(envs, "physics_threads", 1) < 2:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    if device.type != "cpu" or getattr(envs, "physics_threads", 1) < 2:
+        return contextlib.nullcontext()
+    return torch_threads(1)
 
 
 def collect_episodes(

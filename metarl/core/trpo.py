@@ -174,3 +174,15 @@ def trpo_step(params: Sequence[torch.Tensor], objective: Objective, *, max_kl: f
         if math.isfinite(loss_after) and math.isfinite(kl_after) and loss_after < loss_before and kl_after <= max_kl:
             return TRPOStats(True, "accepted", loss_before, loss_after, kl_after, k, step_size, grad_norm, residual)
     return reject("line search", grad_norm, step_size, residual, max_backtracks, loss_after, kl_after)
+
+
+def random_subset(fraction: float, size: int, generator: torch.Generator, *, ordered: bool = False,
+                  device: torch.device | str = "cpu") -> torch.Tensor | slice:
+    """A random ``fraction`` (at least one) of ``range(size)`` drawn from ``generator`` (a subsampled Fisher's
+    tasks or steps); ``ordered``: in increasing order. ``fraction >= 1`` with ``ordered``: all, as ``slice(None)``."""
+    if ordered and fraction >= 1:
+        return slice(None)
+    count = max(1, round(fraction * size))
+    chosen = torch.randperm(size, generator=generator, device=device)[:count]
+    return chosen.sort().values if ordered else chosen
+
