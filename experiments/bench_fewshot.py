@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from metarl.agents import MAML, MAMLConfig
+from metarl.agents.maml import MAML, MAMLConfig
 from metarl.core.batch import EpisodeBatch
 from metarl.core.networks import MLP
 from metarl.core.seeding import seeded
