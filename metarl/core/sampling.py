@@ -84,10 +84,14 @@ def _same_tasks(current: Sequence[Any], wanted: Sequence[Any]) -> bool:
 def torch_threads_for_rollouts(envs: Any, device: torch.device) -> Iterator[None]:
     """One torch thread while a vector env that steps its physics on a second thread is rolled out on the CPU.
 
-    torch's intra-op threads take the core that :class:`~metarl.envs.vector.TaskVectorEnv`'s physics worker needs,
-    and the policy's forward pass on one batch of observations is too small to gain from them: on 2 cores a
-    MAML-TRPO iteration's env stepping ran at ~26k env-steps/s with 2 torch threads and 46-51k with 1
-    (``experiments/bench_maml_trpo.py``, RESULTS). The caller's thread count is restored afterwards.
+    torch's intra-op threads take the core that :class:`~metarl.envs.vector.TaskVectorEnv`'s physics threads need,
+    and the policy's forward pass on one batch of observations is too small to gain from them. Does nothing on other
+    devices, with one torch thread already, or when the vector env has no physics threads. The caller's thread count
+    is restored afterwards.
+
+    Figures (env-steps/s of a MAML-TRPO iteration with one and two torch threads, ``experiments/bench_maml_trpo.py
+    --threads {1,2}``): experiments/RESULTS.md, section "Meta-RL: MAML-TRPO on 2D navigation (MAML paper spec)",
+    the paragraph on the learner's share.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1 or getattr(envs, "physics_threads", 1) < 2:
