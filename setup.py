@@ -1,8 +1,8 @@
 """Build hook for the one compiled piece: the physics worker of ``metarl.envs.vector.TaskVectorEnv``.
 
 Everything else is in pyproject.toml. ``envs/_physics_worker.c`` is a plain C shared library (pthreads, no Python C
-API) that ``TaskVectorEnv`` loads with ctypes; it is optional: without a C compiler the build skips it with a warning
-and the vector env steps its physics threads in Python instead (slower on 2 cores, same results).
+API) that ``metarl.envs.physics_worker`` loads with ctypes; it is optional: without a C compiler the build skips it
+with a warning and the vector env steps its physics threads in Python instead (same results).
 """
 
 from setuptools import Extension, setup

@@ -1,11 +1,11 @@
 /* A physics worker thread for TaskVectorEnv: steps a block of MuJoCo models without Python and without the GIL.
  *
- * Why: on these 2-core VMs, handing a block of sub-envs to a Python worker thread and getting it back costs ~60 us
- * per vector step (thread wake-ups through the kernel), and the worker needs the GIL between its mj_step calls,
- * so the second core gave ~1.2x instead of the ~1.8x its physics allows. This worker is a plain C thread: it waits
- * for a job by spinning for a short while (a vector step comes every few hundred microseconds while a sampler
- * runs) and only then sleeps on a condition variable; the job is a list of (mjModel*, mjData*, nstep) triples that
- * it steps with MuJoCo's own mj_step, the very function the Python bindings call, so trajectories are bit-identical.
+ * Why: a Python worker thread pays a kernel wake-up for every hand-off and needs the GIL between its mj_step calls.
+ * This worker is a plain C thread: it waits for a job by spinning for a short while (longer than the gap between two
+ * vector steps while a sampler runs) and only then sleeps on a condition variable; the job is a list of
+ * (mjModel*, mjData*, nstep) triples that it steps with MuJoCo's own mj_step, the very function the Python bindings
+ * call, so trajectories are bit-identical. Its Python side is envs/physics_worker.py; figures (hand-off cost, speed
+ * against Python threads) in experiments/RESULTS.md, "Environments: step cost and vectorised stepping".
  *
  * Loaded with ctypes (a plain C shared library, no Python C API): Python passes the addresses of mj_step and of
  * MuJoCo's thread-local error-handler setter, taken from the same libmujoco the bindings use, and the

@@ -10,32 +10,29 @@ infos in Gymnasium's dict-of-arrays format, with ``_key`` masks), plus what a me
     obs, infos = envs.reset(seed=0)           # seeds 0, 1, ..., 19
     obs, rewards, terminations, truncations, infos = envs.step(policy(obs))
 
-In-process rather than one worker process per sub-env: on 2-core machines Gymnasium's ``SyncVectorEnv`` ran 3x
-faster than ``AsyncVectorEnv`` on HalfCheetah. This class is faster still:
+Everything runs in the calling process (no worker process per sub-env), and the step does less than Gymnasium's
+``SyncVectorEnv`` around the envs' own work, with the same results:
 
 * **No per-env wrapper stack.** Each sub-env is built with ``gymnasium.make`` (or your factory); the pass-through
   wrappers ``gymnasium.make`` adds (``TimeLimit``, ``OrderEnforcing``, ``PassiveEnvChecker``) are peeled off and the
   time limit is applied here, as ``TimeLimit`` does (``truncated`` becomes True once ``max_episode_steps`` steps
   have been taken, whatever ``terminated`` says). Any other wrapper is kept and stepped as it is.
-* **Preallocated batch buffers** and a batched merge of the per-env ``info`` dicts (same result as Gymnasium's
-  ``VectorEnv._add_info``, far fewer NumPy calls).
+* **Preallocated batch buffers** and a batched merge of the per-env ``info`` dicts (:func:`batch_infos`: the same
+  result as Gymnasium's ``VectorEnv._add_info``, fewer NumPy calls).
 * **A lean step for MuJoCo task envs.** Sub-envs that are :class:`~metarl.envs.mujoco_base.MujocoTaskEnv`
   subclasses (and keep its ``step``) are stepped without the per-env action checks (done once for the batch: one
   clip of all actions, one NaN test), running the env's own ``_position_for_reward`` before and ``_finish_step``
   after the physics, exactly as ``MujocoTaskEnv.step`` does.
-* **Physics on several threads**, when that is faster. The calling thread does all the Python and the physics of
-  its own share of sub-envs; each extra thread steps a block of the others, sized step by step so that both finish
-  together. By default the extra threads are a small compiled worker (``envs/_physics_worker.c``, built at
-  install): a C thread that steps its whole block with MuJoCo's ``mj_step`` without touching Python or the GIL,
-  and spins for up to half a millisecond waiting for the next block instead of sleeping, because on these 2-core
-  VMs a kernel wake-up of a sleeping thread costs ~30 us and a Python worker needs the GIL back between its
-  ``mj_step`` calls (Python threads gave 1.2-1.4x SyncVectorEnv, the compiled worker 1.5-1.7x; experiments/RESULTS.md).
-  Without a C compiler at install the worker is not built and Python threads are used (``native_worker``). Each
-  sub-env's physics is the very ``mj_step`` its own ``step`` makes (the same function of the same libmujoco), on
-  its own ``MjData``, so trajectories (blow-ups included) are bit-identical to stepping the envs one by one
-  (tested). By default (``physics_threads=None``) the vector env times both paths for a few steps every 2000
-  steps and uses the faster: on a busy 2-core machine threads lose (the second core is taken), on an idle one
-  they win.
+* **Physics on several threads** (``physics_threads``), from :mod:`metarl.envs.physics_worker`: the calling thread
+  runs every sub-env's Python and the physics of its own share of them, extra threads step the physics of the
+  others; the compiled worker (``envs/_physics_worker.c``, optional, built at install) or, without it, Python
+  threads (``native_worker``). Each sub-env's physics is the very ``mj_step`` its own ``step`` makes, on its own
+  ``MjData``, so trajectories (blow-ups included) are bit-identical to stepping the envs one by one (tested). By
+  default (``physics_threads=None``) the threads are timed against the calling thread alone now and then and the
+  faster is used.
+
+Figures (against ``SyncVectorEnv``, for each physics path, with their commands): experiments/RESULTS.md, section
+"Environments: step cost and vectorised stepping".
 
 Autoreset mode
     ``NEXT_STEP`` by default (Gymnasium's default, as in ``SyncVectorEnv``): when a sub-env's episode ends, the
@@ -55,14 +52,8 @@ Bad input
 from __future__ import annotations
 
 import copy as _copy
-import ctypes
-import glob
-import importlib.machinery
 import os
-import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from time import perf_counter
 from typing import Any
 
 import gymnasium as gym
@@ -73,94 +64,15 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
+from . import physics_worker
 from .base import TaskError
 from .mujoco_base import MujocoTaskEnv
 
+# the compiled worker's classes under their former names here (tests and benchmarks written before the move)
+_NativeWorkerLibrary = physics_worker.NativeLibrary
+_NativeWorker = physics_worker.NativeWorker
+
 _PASS_THROUGH_WRAPPERS = (TimeLimit, OrderEnforcing, PassiveEnvChecker)
-
-
-class _NativeWorkerLibrary:
-    """The compiled physics worker (``envs/_physics_worker.c``, built by ``setup.py``) with MuJoCo's ``mj_step``.
-
-    ``load()`` gives ``None`` when the library was not built (no C compiler at install) or cannot be loaded; the
-    vector env then uses Python threads. ``METARL_NATIVE_WORKER=0`` turns it off (to compare the two).
-    """
-
-    _cache: _NativeWorkerLibrary | None | bool = False
-
-    def __init__(self, worker: ctypes.CDLL, mujoco_lib: ctypes.CDLL) -> None:
-        self.lib = worker
-        worker.metarl_worker_new.restype = ctypes.c_void_p
-        worker.metarl_worker_new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
-        worker.metarl_worker_submit.restype = None
-        worker.metarl_worker_submit.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3
-        worker.metarl_worker_wait.restype = ctypes.c_int
-        worker.metarl_worker_wait.argtypes = [ctypes.c_void_p]
-        worker.metarl_worker_wait_entry.restype = ctypes.c_int
-        worker.metarl_worker_wait_entry.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        worker.metarl_worker_message.restype = ctypes.c_char_p
-        worker.metarl_worker_message.argtypes = [ctypes.c_void_p]
-        worker.metarl_worker_free.restype = None
-        worker.metarl_worker_free.argtypes = [ctypes.c_void_p]
-        # the very mj_step the Python bindings call (the same loaded libmujoco), and its thread-local error hook
-        self.mj_step = ctypes.cast(mujoco_lib.mj_step, ctypes.c_void_p).value
-        self.set_error_handler = ctypes.cast(mujoco_lib._mjPRIVATE__set_tls_error_fn, ctypes.c_void_p).value
-
-    @classmethod
-    def load(cls) -> _NativeWorkerLibrary | None:
-        if cls._cache is False:
-            cls._cache = None
-            if os.environ.get("METARL_NATIVE_WORKER", "1") != "0":
-                here = os.path.dirname(os.path.abspath(__file__))
-                paths = [os.path.join(here, "_physics_worker" + suffix)
-                         for suffix in importlib.machinery.EXTENSION_SUFFIXES]
-                mujoco_libs = glob.glob(os.path.join(os.path.dirname(mujoco.__file__), "libmujoco.so*"))
-                found = [p for p in paths if os.path.exists(p)]
-                if found and mujoco_libs:
-                    try:
-                        cls._cache = cls(ctypes.CDLL(found[0]), ctypes.CDLL(mujoco_libs[0]))
-                    except (OSError, AttributeError):
-                        cls._cache = None
-        return cls._cache  # type: ignore[return-value]
-
-
-class _NativeWorker:
-    """One C worker thread stepping blocks of (model, data, nstep) with ``mj_step``, GIL released (see the .c file)."""
-
-    SPIN_NS = 500_000
-    """How long the worker (and a caller waiting for it) spins before sleeping: longer than a policy forward pass
-    between two vector steps, so a running sampler never pays a kernel wake-up (~30 us on these VMs)."""
-
-    def __init__(self, library: _NativeWorkerLibrary, capacity: int) -> None:
-        self._lib = library.lib
-        handle = self._lib.metarl_worker_new(library.mj_step, library.set_error_handler, self.SPIN_NS)
-        if not handle:
-            raise OSError("could not start the physics worker thread")
-        self._handle = handle
-        self.models = np.zeros(capacity, dtype=np.uintp)
-        self.datas = np.zeros(capacity, dtype=np.uintp)
-        self.nsteps = np.zeros(capacity, dtype=np.int32)
-        self._pointers = (self.models.ctypes.data, self.datas.ctypes.data, self.nsteps.ctypes.data)
-
-    def submit(self, count: int) -> None:
-        """Step the first ``count`` entries of ``models``/``datas``/``nsteps``; returns at once."""
-        self._lib.metarl_worker_submit(self._handle, count, *self._pointers)
-
-    def wait_entry(self, index: int) -> int:
-        """Wait until entry ``index`` of the block has been stepped. Bit 0: it was not (the block failed before it;
-        ``wait`` raises the error); bit 1: it was not ready yet when asked."""
-        return self._lib.metarl_worker_wait_entry(self._handle, index)
-
-    def wait(self) -> None:
-        """Wait for the whole block; ``mujoco.FatalError`` if MuJoCo raised an error inside it."""
-        if self._lib.metarl_worker_wait(self._handle) & 1:
-            message = self._lib.metarl_worker_message(self._handle).decode(errors="replace")
-            raise mujoco.FatalError(f"MuJoCo error in the physics worker: {message}")
-
-    def close(self) -> None:
-        if self._handle:
-            self._lib.metarl_worker_free(self._handle)
-            self._handle = None
 
 
 def _is_scalar(value: Any) -> bool:
@@ -258,10 +170,10 @@ class TaskVectorEnv(VectorEnv):
         physics_threads: threads for the MuJoCo physics of fast-path sub-envs. ``None`` (default): as many as the
             CPUs this process may use (at most ``num_envs``), used only while timing shows they are faster than
             plain ``mj_step`` calls in the calling thread. ``1``: always ``mj_step``; ``k > 1``: always threads.
-        native_worker: run the physics threads as the compiled worker (``envs/_physics_worker.c``: C threads that
-            step a whole block without the GIL and spin briefly between steps instead of sleeping) rather than
-            Python threads. ``None`` (default): the compiled worker when it was built at install, else Python
-            threads; ``False``: Python threads; ``True``: the compiled worker or an error. Same results either way.
+        native_worker: run the physics threads as the compiled worker (C threads that step a whole block without
+            the GIL, :mod:`metarl.envs.physics_worker`) rather than Python threads. ``None`` (default): the compiled
+            worker when it is available, else Python threads; ``False``: Python threads; ``True``: the compiled
+            worker or an error saying why not. Same results either way.
         copy: return a copy of the observation batch (default, as ``SyncVectorEnv``); ``False`` returns the
             internal buffer, overwritten by the next call.
     """
@@ -352,35 +264,26 @@ class TaskVectorEnv(VectorEnv):
         ):
             raise ValueError(f"physics_threads must be a positive integer or None (auto), got {physics_threads!r}")
         self.physics_threads = max(1, min(int(physics_threads), n_fast))
-        self._pool: ThreadPoolExecutor | None = None
-        self._workers: list[_NativeWorker] = []
-        if native_worker not in (None, True, False):
-            raise ValueError(f"native_worker must be None, True or False, got {native_worker!r}")
-        library = _NativeWorkerLibrary.load() if native_worker is not False else None
-        if native_worker and library is None:
-            raise ValueError("native_worker=True but the compiled physics worker is not built (reinstall metarl "
-                             "with a C compiler: pip install -e .) or METARL_NATIVE_WORKER=0 is set")
-        if self.physics_threads > 1:
-            if library is not None:
-                self._native_library, self._native_capacity = library, n_fast
-                self._start_workers()
-            else:
-                self._pool = ThreadPoolExecutor(self.physics_threads - 1, thread_name_prefix="metarl-physics")
-        self.native_physics = bool(self._workers)
+        self._physics = physics_worker.physics_threads(
+            self.physics_threads - 1, n_fast, native_worker=native_worker, auto=self.physics_mode == "auto"
+        )
+        self.native_physics = self._physics is not None and self._physics.native
         """Whether the physics threads are the compiled worker (``envs/_physics_worker.c``) or Python threads."""
-        self._main_share = n_fast // max(1, self.physics_threads)
         self._bound_models: list[Any] = [None] * self.num_envs
         self._bound_datas: list[Any] = [None] * self.num_envs
-        self._model_addresses = [0] * self.num_envs
-        self._data_addresses = [0] * self.num_envs
         nu = self.single_action_space.shape[0] if self._box_act and self.single_action_space.shape else 0
         self._ctrl_low = np.zeros((self.num_envs, nu))
         self._ctrl_high = np.zeros((self.num_envs, nu))
-        # auto mode: both physics paths give identical results, so time them now and then and use the faster
-        self._threads_available = self._pool is not None or bool(self._workers)
-        self._use_threads = self._threads_available
-        self._physics_calls = 0
-        self._timings: dict[bool, list[float]] = {False: [], True: []}
+
+    @property
+    def uses_physics_threads(self) -> bool:
+        """Whether the physics runs on several threads now (in auto mode: what the last timing round chose)."""
+        return self._physics is not None and self._physics.using_threads
+
+    @property
+    def _pool(self) -> Any:
+        """The Python threads' ``ThreadPoolExecutor`` when the physics threads are Python threads, else ``None``."""
+        return getattr(self._physics, "pool", None)
 
     # --- tasks -------------------------------------------------------------------------------------------
     @property
@@ -560,22 +463,17 @@ class TaskVectorEnv(VectorEnv):
         return np.copy(self._observations) if self._box_obs else _copy.deepcopy(self._observations)
 
     # --- the fast MuJoCo path ----------------------------------------------------------------------------
-    _TUNE_SAMPLES = 16
-    """Auto mode: steps timed per physics path in each tuning round."""
-    _TUNE_EVERY = 2000
-    """Auto mode: steps between tuning rounds (the machine's load changes)."""
-    _THREADS_MARGIN = 0.95
-    """Auto mode: threads are used only when their median step time is below this fraction of the loop's."""
-
     def _step_fast(self, indices: list[int], actions: np.ndarray, infos: list[dict[str, Any] | None]) -> None:
-        """``MujocoTaskEnv.step`` for the sub-envs in ``indices`` (see the module docstring for the two paths)."""
-        envs = self.envs
+        """``MujocoTaskEnv.step`` for the sub-envs in ``indices``: row ``r`` of the batch is sub-env ``indices[r]``;
+        the physics on the calling thread alone or with the physics threads (module docstring)."""
+        envs, physics = self.envs, self._physics
         for i in indices:
             env = envs[i]
             if env.model is not self._bound_models[i] or env.data is not self._bound_datas[i]:
                 self._bound_models[i], self._bound_datas[i] = env.model, env.data
-                self._model_addresses[i], self._data_addresses[i] = env.model._address, env.data._address
                 self._ctrl_low[i], self._ctrl_high[i] = env._ctrl_low, env._ctrl_high
+                if physics is not None:
+                    physics.bind(i, env.model, env.data)
         if len(indices) == self.num_envs:
             controls = actions.astype(np.float64)
             np.clip(controls, self._ctrl_low, self._ctrl_high, out=controls)
@@ -583,28 +481,24 @@ class TaskVectorEnv(VectorEnv):
             controls = actions[indices].astype(np.float64)
             np.clip(controls, self._ctrl_low[indices], self._ctrl_high[indices], out=controls)
 
-        use_threads, tuning = self._use_threads and len(indices) > 1, False
-        if self.physics_mode == "auto" and self._threads_available and len(indices) > 1:
-            phase = self._physics_calls % self._TUNE_EVERY
-            self._physics_calls += 1
-            tuning = phase < 2 * self._TUNE_SAMPLES
-            if tuning:
-                use_threads = bool(phase % 2)
-        start = perf_counter() if tuning else 0.0
-        if use_threads and self._workers:
-            self._step_native(indices, controls, infos)
-        elif use_threads:
-            self._step_threaded(indices, controls, infos)
-        else:
+        if physics is None or len(indices) < 2:
             self._step_here(indices, controls, infos, len(indices))
-        if tuning:
-            self._timings[use_threads].append(perf_counter() - start)
-            if phase == 2 * self._TUNE_SAMPLES - 1:
-                loop, threads = (float(np.median(self._timings[k])) for k in (False, True))
-                # threads must win clearly: on a loaded machine a near tie is noise, and the loop leaves the other
-                # core to whoever else needs it
-                self._use_threads = threads < self._THREADS_MARGIN * loop
-                self._timings = {False: [], True: []}
+            return
+        befores: list[tuple[Any, float]] = [None] * len(indices)  # type: ignore[list-item]
+
+        def prepare(row: int) -> int:
+            env = envs[indices[row]]
+            befores[row] = self._pre(env, controls[row])
+            return env.frame_skip
+
+        def here(count: int) -> None:
+            self._step_here(indices, controls, infos, count)
+
+        def finish(row: int) -> None:
+            i = indices[row]
+            self._post(i, envs[i], *befores[row], infos)
+
+        physics.step(indices, prepare, here, finish)
 
     def _step_here(self, indices: list[int], controls: np.ndarray, infos: list, count: int) -> None:
         """Step the first ``count`` sub-envs of ``indices`` in the calling thread, one at a time (Python, physics,
@@ -614,7 +508,7 @@ class TaskVectorEnv(VectorEnv):
             i = indices[row]
             env = envs[i]
             x_before, time_before = self._pre(env, controls[row])
-            step(env.model, env.data, env.frame_skip)  # positional: ~0.3 us less than nstep=
+            step(env.model, env.data, env.frame_skip)  # positional: pybind's keyword path costs more per call
             self._post(i, env, x_before, time_before, infos)
 
     def _pre(self, env: MujocoTaskEnv, control: np.ndarray) -> tuple[Any, float]:
@@ -628,84 +522,6 @@ class TaskVectorEnv(VectorEnv):
         """``MujocoTaskEnv.step`` after ``mj_step``: the env's own ``_finish_step``."""
         (self._env_obs[i], self._reward_list[i], self._termination_list[i], self._truncation_list[i],
          infos[i]) = env._finish_step(x_before, time_before)
-
-    def _step_threaded(self, indices: list[int], controls: np.ndarray, infos: list) -> None:
-        """The calling thread does every sub-env's Python; the physics runs on all threads, GIL released.
-
-        The worker threads get their sub-envs first (controls set, then handed over), so their physics overlaps
-        the calling thread's own share, which it steps one sub-env at a time (Python, physics, Python): each
-        ``mj_step`` there releases the GIL, which lets the workers, who need it for a moment between their
-        ``mj_step`` calls, carry on. The calling thread's share adapts step by step so that it and the workers
-        finish together.
-        """
-        envs, n, workers = self.envs, len(indices), self.physics_threads - 1
-        main = min(max(1, self._main_share), n - 1)
-        cuts = np.linspace(main, n, workers + 1).round().astype(int).tolist()
-        befores: list[tuple[Any, float]] = [None] * n  # type: ignore[list-item]
-        futures = []
-        for w in range(workers):
-            jobs = []
-            for row in range(cuts[w], cuts[w + 1]):
-                env = envs[indices[row]]
-                befores[row] = self._pre(env, controls[row])
-                jobs.append((env.model, env.data, env.frame_skip))
-            futures.append(self._pool.submit(_run_physics, jobs))
-        self._step_here(indices, controls, infos, main)
-        waiting = perf_counter()
-        workers_done = max(future.result() for future in futures)
-        # balance: if the workers were done before we needed them, take fewer envs here next time, else more
-        self._main_share = main - 1 if workers_done < waiting else main + 1
-        for row in range(main, n):
-            self._post(indices[row], envs[indices[row]], *befores[row], infos)
-
-    def _start_workers(self) -> None:
-        self._workers = [_NativeWorker(self._native_library, self._native_capacity)
-                         for _ in range(self.physics_threads - 1)]
-        self._worker_pid = os.getpid()
-        # stop the C threads even if close() is never called
-        self._finalizer = weakref.finalize(self, _close_workers, list(self._workers), self._worker_pid)
-
-    def _step_native(self, indices: list[int], controls: np.ndarray, infos: list) -> None:
-        """``_step_threaded`` with the compiled workers: each gets its block of sub-envs in one hand-off and steps
-        it in C, without the GIL, while the calling thread does its own share and every sub-env's Python."""
-        if self._worker_pid != os.getpid():  # a forked child has the workers' memory but not their threads
-            self._finalizer.detach()
-            self._start_workers()
-        envs, n, workers = self.envs, len(indices), self._workers
-        main = min(max(1, self._main_share), n - 1)
-        cuts = np.linspace(main, n, len(workers) + 1).round().astype(int).tolist()
-        befores: list[tuple[Any, float]] = [None] * n  # type: ignore[list-item]
-        models, datas = self._model_addresses, self._data_addresses
-        for w, worker in enumerate(workers):
-            for k, row in enumerate(range(cuts[w], cuts[w + 1])):
-                i = indices[row]
-                env = envs[i]
-                befores[row] = self._pre(env, controls[row])
-                worker.models[k], worker.datas[k], worker.nsteps[k] = models[i], datas[i], env.frame_skip
-            worker.submit(cuts[w + 1] - cuts[w])
-        waited = False
-        try:
-            self._step_here(indices, controls, infos, main)
-            # the workers' sub-envs, each as soon as its worker has stepped it: this Python overlaps their physics
-            for w, worker in enumerate(workers):
-                for k, row in enumerate(range(cuts[w], cuts[w + 1])):
-                    status = worker.wait_entry(k)
-                    if status & 1:
-                        break  # the block failed: its wait() below raises
-                    waited = waited or bool(status & 2)
-                    self._post(indices[row], envs[indices[row]], *befores[row], infos)
-        finally:
-            # every worker is waited for before anything else happens (they read the blocks until they are done)
-            errors = []
-            for worker in workers:
-                try:
-                    worker.wait()
-                except mujoco.FatalError as err:
-                    errors.append(err)
-        if errors:
-            raise errors[0]
-        # balance: if a worker's sub-env was not ready when needed, step more here next time, else fewer
-        self._main_share = main + 1 if waited else main - 1
 
     # --- helpers -----------------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -733,30 +549,12 @@ class TaskVectorEnv(VectorEnv):
         return tuple(sub.render() for sub in self.envs)
 
     def close_extras(self, **kwargs: Any) -> None:
-        if self._workers:
-            self._finalizer()
-            self._workers = []
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._physics is not None:
+            self._physics.close()
+            self._physics = None
         for sub in self.wrapped_envs:
             sub.close()
 
     def __repr__(self) -> str:
         name = self.spec.id if self.spec is not None else type(self.envs[0]).__name__
         return f"TaskVectorEnv({name}, num_envs={self.num_envs})"
-
-
-def _close_workers(workers: list[_NativeWorker], pid: int) -> None:
-    if os.getpid() != pid:
-        return  # a forked child: those threads live in the parent
-    for worker in workers:
-        worker.close()
-
-
-def _run_physics(jobs: list[tuple[mujoco.MjModel, mujoco.MjData, int]]) -> float:
-    """A worker thread's share: ``mj_step`` (GIL released while it runs) on each job; return the finishing time."""
-    step = mujoco.mj_step
-    for model, data, nstep in jobs:
-        step(model, data, nstep)
-    return perf_counter()

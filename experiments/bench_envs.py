@@ -273,7 +273,7 @@ def vector_benchmark(steps: int, repeats: int, wait_quiet_s: float) -> dict[str,
         "env_steps_per_s_median": {name: round(statistics.median(r)) for name, r in rates.items()},
         "ratio_vs_sync_median": {name: round(statistics.median(r), 3) for name, r in ratios.items()},
         "ratio_vs_sync_all": {name: [round(x, 3) for x in r] for name, r in ratios.items()},
-        "auto_uses_threads_at_end": bool(candidates["task_vector_auto"]._use_threads),
+        "auto_uses_threads_at_end": candidates["task_vector_auto"].uses_physics_threads,
         "native_worker": candidates["task_vector_threads"].native_physics,
         "cpu_idle_before_each_repeat": [None if x is None else round(x, 2) for x in idle_before],
         # share of the VM's CPU time the host took during each repeat (threads lose the second core then)

@@ -41,7 +41,7 @@ import numpy as np
 from mujoco import rollout
 
 import metarl.envs  # noqa: F401  (registers the ids)
-from metarl.envs import vector
+from metarl.envs import physics_worker
 
 ENV_ID = "metarl/HalfCheetahVel-v0"
 
@@ -67,8 +67,8 @@ def main() -> None:
     scratch = [mujoco.MjData(models[0]) for _ in range(2)]
     pool = ThreadPoolExecutor(1)
     half = n // 2
-    library = vector._NativeWorkerLibrary.load()
-    native_worker = vector._NativeWorker(library, n) if library is not None else None
+    library = physics_worker.NativeLibrary.load()
+    native_worker = physics_worker.NativeWorker(library, n) if library is not None else None
     if native_worker is not None:
         for k in range(half, n):
             native_worker.models[k - half], native_worker.datas[k - half] = models[k]._address, datas[k]._address

@@ -23,6 +23,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers import TimeLimit
 
 import metarl.envs  # noqa: F401  (registers the ids)
+from metarl.envs import physics_worker
 from metarl.envs import vector as vector_module
 from metarl.envs.base import TaskError, check_task_fields, checkerboard_uniform
 from metarl.envs.mujoco_base import MujocoTaskEnv, gymnasium_asset
@@ -543,6 +544,53 @@ def test_native_worker_argument(monkeypatch) -> None:
     assert not envs.native_physics and envs._pool is not None
     envs.close()
     with pytest.raises(ValueError, match="not built"):
+        TaskVectorEnv(CheetahSpeedEnv, 2, physics_threads=2, native_worker=True)
+
+
+@pytest.mark.api
+def test_pinned_mujoco_has_the_error_hook_of_the_compiled_worker() -> None:
+    """The compiled worker relies on a private MuJoCo symbol: a MuJoCo release without it must show up here."""
+    hook = physics_worker.MUJOCO_ERROR_HOOK
+    assert hasattr(physics_worker._open_mujoco(), hook), (
+        f"MuJoCo {mujoco.__version__} no longer exports {hook}, the private thread-local error hook that the "
+        "compiled physics worker (envs/physics_worker.py, envs/_physics_worker.c) installs so that a MuJoCo error in "
+        "its thread raises mujoco.FatalError instead of ending the process. TaskVectorEnv still works, on Python "
+        "threads (slower). To fix: pin mujoco back to the last release that has it (constraints.txt, "
+        "pyproject.toml), or find what MuJoCo's Python bindings now call to set a thread-local error handler and "
+        "set physics_worker.MUJOCO_ERROR_HOOK to it (then the tests of the compiled worker below must pass)."
+    )
+
+
+class _MujocoWithout:
+    """libmujoco as ctypes sees it, less one symbol (what a MuJoCo release that dropped it looks like)."""
+
+    def __init__(self, library, symbol: str) -> None:
+        self._library, self._symbol = library, symbol
+
+    def __getattr__(self, name: str):
+        if name == self._symbol:
+            raise AttributeError(f"undefined symbol: {name}")
+        return getattr(self._library, name)
+
+
+@pytest.mark.math
+def test_without_the_error_hook_python_threads_give_the_same_results(monkeypatch) -> None:
+    """A MuJoCo without the private error hook: the vector env warns, steps on Python threads, results unchanged."""
+    if physics_worker._worker_path() is None:
+        pytest.skip("the compiled physics worker is not built: the hook is never looked for")
+    hook, real_open = physics_worker.MUJOCO_ERROR_HOOK, physics_worker._open_mujoco
+    monkeypatch.setattr(physics_worker, "_open_mujoco", lambda: _MujocoWithout(real_open(), hook))
+    monkeypatch.setattr(physics_worker.NativeLibrary, "_cache", False)  # look for the library again
+    monkeypatch.setattr(physics_worker.NativeLibrary, "unavailable_reason", physics_worker.NOT_BUILT)
+    with pytest.warns(RuntimeWarning, match=hook):
+        fast = TaskVectorEnv(cycling_factory(4), 4, physics_threads=2)
+    assert not fast.native_physics and fast._pool is not None, "the fallback is the Python threads"
+    reference = OneByOne(cheetah_factories(4))
+    ends = run_side_by_side(fast, reference, steps=150, seed=3, new_tasks_at=70)
+    assert ends >= 20, "the run must cross many terminations, truncations and autoresets"
+    fast.close()
+    reference.close()
+    with pytest.raises(ValueError, match=f"not available: MuJoCo .* has no {hook}"):
         TaskVectorEnv(CheetahSpeedEnv, 2, physics_threads=2, native_worker=True)
 
 

@@ -85,9 +85,11 @@ def torch_threads_for_rollouts(envs: Any, device: torch.device) -> contextlib.Ab
     """One torch thread while a vector env that steps its physics on a second thread is rolled out on the CPU
     (:func:`metarl.core.device.torch_threads`; the caller's thread count is restored afterwards).
 
-    torch's intra-op threads take the core that :class:`~metarl.envs.vector.TaskVectorEnv`'s physics worker needs,
-    and the policy's forward pass on one batch of observations is too small to gain from them (``experiments/
-    RESULTS.md``, "Meta-RL: MAML-TRPO on 2D navigation", the learner's share: env-steps/s before and after).
+    torch's intra-op threads take the core that :class:`~metarl.envs.vector.TaskVectorEnv`'s physics threads need,
+    and the policy's forward pass on one batch of observations is too small to gain from them. Does nothing on other
+    devices or when the vector env has no physics threads. Figures (env-steps/s of a MAML-TRPO iteration with one
+    and two torch threads, ``experiments/bench_maml_trpo.py --threads {1,2}``): experiments/RESULTS.md, "Meta-RL:
+    MAML-TRPO on 2D navigation (MAML paper spec)", the paragraph on the learner's share.
     """
     if device.type != "cpu" or getattr(envs, "physics_threads", 1) < 2:
         return contextlib.nullcontext()
