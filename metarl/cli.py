@@ -251,16 +251,14 @@ def _group(title: str) -> Any:
 def _cmd_evaluate(argv: list[str]) -> int:
     from metarl.training import evaluate, evaluation_fields, load_run
 
-    positional = [a for a in argv if not a.startswith("-")]
-    if argv and argv[0] in ("-h", "--help") or not positional:
-        if not positional and not (argv and argv[0] in ("-h", "--help")):
-            raise CommandError("evaluate needs a run directory (see `metarl evaluate --help`)")
+    if not argv or argv[0] in ("-h", "--help"):
         print("usage: metarl evaluate RUN_DIR [--threads N] [--video] [evaluation fields]\n\n"
               "Evaluate RUN_DIR's last checkpoint on held-out tasks again (evaluation.json, adaptation.png).\n"
               "`metarl evaluate RUN_DIR --help` lists the evaluation fields of that run, with its values as defaults.")
-        return 0
-    run_dir = Path(argv[argv.index(positional[0])])
-    rest = [a for i, a in enumerate(argv) if i != argv.index(positional[0])]
+        return 0 if argv else 2
+    if argv[0].startswith("-"):
+        raise CommandError("evaluate takes the run directory first: metarl evaluate RUN_DIR [options]")
+    run_dir, rest = Path(argv[0]), argv[1:]
     if not (run_dir / "config.json").is_file():
         raise CommandError(f"{run_dir} is not a metarl run directory (no config.json)")
     run = load_run(run_dir)
