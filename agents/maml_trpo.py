@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the environments)
-from metarl.core.adaptation import Params, StepSizes, expand_for_tasks, task_chunks
+from metarl.core.adaptation import Params, StepSizes
 from metarl.core.agent import AgentConfig
 from metarl.core.agent_env import (
     EnvPool,
@@ -78,8 +78,10 @@ from metarl.core.device import resolve_device
 from metarl.core.maml_rl import (
     InnerLoop,
     adapt_in_chunks,
-    adapt_policy,
+    adaptation_stages,
     adapted_names,
+    chunked_distributions,
+    joined_chunks,
     meta_fisher,
     meta_objective,
     process_episodes,
@@ -264,9 +266,7 @@ class MAMLTRPO:
         # the adaptation at θ, with the graph the meta-gradient needs: it picks the query policies now and is the
         # TRPO step's differentiable objective at θ later (built once instead of twice)
         fast_at_theta = adapt_in_chunks(policy, params, support, inner)
-        adapted = set(inner.names)  # batched per task in each chunk; the rest is θ's, shared
-        old_fast = {k: torch.cat([part[k] for part in fast_at_theta]).detach() if k in adapted else v.detach()
-                    for k, v in fast_at_theta[0].items()}
+        old_fast = joined_chunks(fast_at_theta, inner.names)
         learner_seconds = perf_counter() - learner_start
         query_episodes = collect_episodes(self.envs, policy, old_fast, tasks, cfg.episodes_per_task,
                                           seed=derive_seed(cfg.seed, "query", iteration),
@@ -275,10 +275,7 @@ class MAMLTRPO:
         # ALGO LOGIC: TRPO on θ (and the learned step sizes) for the post-adaptation surrogate, KL(π_old'||π_θ') ≤ δ
         learner_start = perf_counter()
         query = process_episodes(query_episodes, cfg)
-        with torch.no_grad():
-            chunk_dists = [policy.distribution(fast, query.observations[part])
-                           for part, fast in zip(task_chunks(len(tasks), cfg.task_chunk), fast_at_theta, strict=True)]
-        old_dist = tuple(torch.cat(pieces) for pieces in zip(*chunk_dists))
+        old_dist = chunked_distributions(policy, fast_at_theta, query.observations, cfg.task_chunk)
         index = self.fisher_tasks(iteration, len(tasks))
         support_steps = self.fisher_steps(iteration, support.observations.shape[1], "support")
         query_steps = self.fisher_steps(iteration, query.observations.shape[1], "query")
@@ -345,22 +342,13 @@ class MAMLTRPO:
         used a stage, the next one takes ``inner_steps`` policy-gradient steps from these weights on these
         rollouts (no meta-gradient). Deterministic given ``seed``; does not change the agent.
         """
-        cfg, policy = self.config, self.policy
         check_test_request(tasks, num_stages)
         envs = self.env_pool.test(len(tasks) * min(self.envs_per_task, self.episodes_per_stage))
-        weights = {k: v.detach() for k, v in self.policy.named_parameters()}
         step_sizes = {k: v.detach() for k, v in self.inner_lrs.items()} or None
-        inner = dataclasses.replace(inner_loop(policy, cfg, step_sizes), first_order=True)
-        fast = expand_for_tasks(weights, len(tasks), inner.names)
-        generator = stream_generator(seed, "meta_test", "actions", device=self.device)
-        for stage in range(num_stages):
-            episodes = collect_episodes(envs, policy, fast, tasks, self.episodes_per_stage,
-                                        seed=derive_seed(seed, "meta_test", stage), generator=generator)
-            yield fast, episodes
-            if stage + 1 < num_stages:
-                # ALGO LOGIC: continue adapting from the current fast weights on this stage's rollouts
-                adapted = adapt_policy(policy, fast, process_episodes(episodes, cfg), inner, batched_params=True)
-                fast = {k: v.detach() for k, v in adapted.items()}
+        inner = dataclasses.replace(inner_loop(self.policy, self.config, step_sizes), first_order=True)
+        weights = {k: v.detach() for k, v in self.policy.named_parameters()}
+        return adaptation_stages(envs, self.policy, weights, inner, tasks, num_stages, self.episodes_per_stage,
+                                 self.config, seed, self.device)
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """``[len(tasks), num_episodes]``: column k = mean return of the ``adapt_episodes`` rollouts per task

@@ -12,7 +12,8 @@ step sizes, a context vector only as CAVIA), written once. Spec:
 * **Inner loop** (:func:`adapt_policy`, :class:`InnerLoop`): ``steps`` steps φ'_i = φ − α ∇ L_i(φ) for all tasks at
   once through :func:`metarl.core.adaptation.adapt`, on the parameters ``names`` only (the rest stay shared), α a
   float or per-parameter tensors (differentiated by the outer loop); second order unless ``first_order``.
-  :func:`adapt_in_chunks` runs it ``task_chunk`` tasks at a time (the same maths, smaller buffers).
+  :func:`adapt_in_chunks` runs it ``task_chunk`` tasks at a time (the same maths, smaller buffers);
+  :func:`joined_chunks` and :func:`chunked_distributions` put the chunks' adapted policies together.
 * **Meta-objective** (:func:`meta_objective`): for the query steps collected by policies with distributions
   π_old, ``(−mean_i E[π_φ'_i(a|s) / π_old(a|s) · Â], mean_i E[KL(π_old || π_φ'_i)])`` with φ'_i = adapt(params)
   re-adapted from the support batch, so the outer gradient flows through the inner step; means over tasks of
@@ -20,22 +21,26 @@ step sizes, a context vector only as CAVIA), written once. Spec:
 * **Fisher-vector products** (:func:`meta_fisher`): of that mean KL wrt the outer parameters, through the inner
   loop, in Gauss-Newton form (:func:`metarl.core.trpo.gauss_newton_fvp`, each about seven forward passes over the
   support and query steps); :func:`task_subset` picks the tasks and steps of a subsampled Fisher.
+* **Meta-test** (:func:`adaptation_stages`): stage 0 rolls out the initial policy, stage k+1 the policy after
+  ``inner.steps`` more steps from stage k's on stage k's rollouts (fresh rollouts every stage, no meta-gradient).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from .adaptation import Params, adapt, task_chunks
+from .adaptation import Params, adapt, expand_for_tasks, task_chunks
+from .agent_env import stream_generator
 from .baselines import linear_baseline_values
 from .networks import head_parameter_names
 from .policies import Policy
 from .rl import discounted_returns, generalized_advantages, normalize_per_task
-from .sampling import Episodes
+from .sampling import Episodes, collect_episodes
+from .seeding import derive_seed
 from .trpo import gauss_newton_fvp
 
 
@@ -114,6 +119,22 @@ def adapt_in_chunks(policy: Policy, params: Params, support: TaskBatch, inner: I
             for part in task_chunks(support.observations.shape[0], inner.task_chunk)]
 
 
+def joined_chunks(fast: list[Params], names: Sequence[str]) -> Params:
+    """One detached fast-weight dict over all tasks from :func:`adapt_in_chunks`' chunks: the adapted ``names``
+    concatenated along the task axis, the shared rest as it is (e.g. to roll out the adapted policies)."""
+    return {k: torch.cat([part[k] for part in fast]).detach() if k in names else v.detach()
+            for k, v in fast[0].items()}
+
+
+@torch.no_grad()
+def chunked_distributions(policy: Policy, fast: list[Params], observations: torch.Tensor, task_chunk: int) -> tuple:
+    """The distribution parameters of the chunks' adapted policies on ``observations`` ``[tasks, N, ...]``, over
+    all tasks (e.g. π_old of the query steps the meta-objective compares against)."""
+    parts = task_chunks(observations.shape[0], task_chunk)
+    pieces = [policy.distribution(part_fast, observations[part]) for part, part_fast in zip(parts, fast, strict=True)]
+    return tuple(torch.cat(chunk) for chunk in zip(*pieces))
+
+
 def meta_objective(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
                    inner: InnerLoop, differentiable: bool = True,
                    fast: list[Params] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,3 +177,21 @@ def task_subset(batch: tuple, index: torch.Tensor | slice, steps: torch.Tensor |
     """The tasks ``index`` (and of those, the steps ``steps``, second axis) of a TaskBatch or a distribution tuple."""
     parts = [t[index] if steps is None else t[index][:, steps] for t in batch]
     return TaskBatch(*parts) if isinstance(batch, TaskBatch) else tuple(parts)
+
+
+def adaptation_stages(envs: Any, policy: Policy, weights: Params, inner: InnerLoop, tasks: list[Any],
+                      num_stages: int, episodes_per_stage: int, settings: AdvantageSettings, seed: int,
+                      device: torch.device | str = "cpu") -> Iterator[tuple[Params, Episodes]]:
+    """Yields ``(fast weights, rollouts)`` for stages k = 0..num_stages−1 on ``envs``: the fast weights (batched
+    over ``tasks``, detached) start at ``weights`` and take ``inner``'s steps on each stage's
+    ``episodes_per_stage`` rollouts per task (advantages from ``settings``) once the caller has used that stage.
+    Deterministic given ``seed``."""
+    fast = expand_for_tasks(weights, len(tasks), inner.names)
+    generator = stream_generator(seed, "meta_test", "actions", device=device)
+    for stage in range(num_stages):
+        episodes = collect_episodes(envs, policy, fast, tasks, episodes_per_stage,
+                                    seed=derive_seed(seed, "meta_test", stage), generator=generator)
+        yield fast, episodes
+        if stage + 1 < num_stages:
+            adapted = adapt_policy(policy, fast, process_episodes(episodes, settings), inner, batched_params=True)
+            fast = {k: v.detach() for k, v in adapted.items()}
