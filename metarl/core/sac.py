@@ -17,6 +17,9 @@ the oracle's task descriptor) appended to every network input:
 * temperature loss (:func:`temperature_loss`): −mean log α · (log π(ã|s, z) + H̄) with the target entropy H̄
   (default −dim(A)); its gradient step raises α when the policy's entropy is below H̄.
 * target networks (:func:`soft_update_`): θ' ← (1 − τ) θ' + τ θ after every gradient step.
+* on rows conditioned on z (:func:`conditioned_critic_loss`, :func:`conditioned_actor_losses`): the critic loss
+  with the gradient reaching z (an encoder learns through it), the actor loss with z detached against frozen
+  critics, plus optional regularisers ``mean_reg`` · mean μ² + ``std_reg`` · mean (log σ)² (PEARL's).
 """
 
 from __future__ import annotations
@@ -123,3 +126,36 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging in place: θ' ← (1 − τ) θ' + τ θ for every parameter."""
     for target_param, param in zip(target.parameters(), source.parameters()):
         target_param.lerp_(param, tau)
+
+
+def conditioned_critic_loss(actor: TanhGaussianActor, critic: TwinQ, target_critic: TwinQ,
+                            data: dict[str, torch.Tensor], z_rows: torch.Tensor, alpha: torch.Tensor, gamma: float,
+                            reward_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic loss of Q(s, a, z) on flattened rows (``data`` fields ``[rows, ...]`` with the actor's noise for
+    the next actions as ``next_noise``, ``z_rows`` one z per row; gradients reach z), and the mean Q1 (detached)."""
+    z_fixed = z_rows.detach()
+    with torch.no_grad():
+        next_action, next_log_prob, _, _ = actor.sample(torch.cat([data["next_observations"], z_fixed], -1),
+                                                        noise=data["next_noise"])
+        next_q1, next_q2 = target_critic(torch.cat([data["next_observations"], next_action, z_fixed], -1))
+        target = critic_target(data["rewards"], data["terminated"], next_q1, next_q2, next_log_prob, alpha, gamma,
+                               reward_scale)
+    q1, q2 = critic(torch.cat([data["observations"], data["actions"], z_rows], -1))
+    return critic_loss(q1, q2, target), q1.detach().mean()
+
+
+def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha: torch.Tensor,
+                             data: dict[str, torch.Tensor], z_rows: torch.Tensor, alpha: torch.Tensor,
+                             target_entropy: float, mean_reg: float = 0.0,
+                             std_reg: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(actor loss plus the regularisers, temperature loss, mean log π (detached)) on flattened rows (the actor's
+    noise as ``noise``), z detached, against the critics as they are (frozen: no gradient reaches them)."""
+    z_fixed = z_rows.detach()
+    frozen = {k: v.detach() for k, v in critic.named_parameters()}
+    action, log_prob, act_mean, act_log_std = actor.sample(torch.cat([data["observations"], z_fixed], -1),
+                                                           noise=data["noise"])
+    new_q1, new_q2 = torch.func.functional_call(critic, frozen,
+                                                (torch.cat([data["observations"], action, z_fixed], -1),))
+    pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+               + mean_reg * (act_mean**2).mean() + std_reg * (act_log_std**2).mean())
+    return pi_loss, temperature_loss(log_alpha, log_prob, target_entropy), log_prob.detach().mean()
