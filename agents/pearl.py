@@ -62,7 +62,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from tqdm import tqdm
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
@@ -80,7 +79,15 @@ from metarl.core.config import ConfigError, check_fields, check_int, check_numbe
 from metarl.core.context import ContextEncoder, context_transitions, kl_to_unit_gaussian, posterior_sampling
 from metarl.core.device import resolve_device
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
-from metarl.core.sac import TanhGaussianActor, TwinQ, conditioned_actor_losses, conditioned_critic_loss, soft_update_
+from metarl.core.sac import (
+    TanhGaussianActor,
+    TwinQ,
+    adam_groups,
+    check_sac_spaces,
+    conditioned_actor_losses,
+    conditioned_critic_loss,
+    soft_update_,
+)
 from metarl.core.seeding import derive_seed, seeded
 from metarl.envs.vector import TaskVectorEnv
 
@@ -184,12 +191,7 @@ class PEARL:
         probe = make_task_env(env_id, cfg)
         try:
             obs_space, act_space = probe.observation_space, probe.action_space
-            if not isinstance(act_space, spaces.Box) or not np.all(np.isfinite(act_space.low)) \
-                    or not np.all(np.isfinite(act_space.high)):
-                raise ValueError(f"{self.name} needs a bounded Box action space, {env_id} has {act_space}; "
-                                 "use rl2 or maml-trpo for discrete actions")
-            if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-                raise ValueError(f"{self.name} needs a flat Box observation space, {env_id} has {obs_space}")
+            check_sac_spaces(self.name, env_id, obs_space, act_space)
             check_memory(self.name, max(cfg.num_train_tasks, cfg.num_tasks_sample), env_bytes_estimate(probe),
                          what="num_train_tasks for the initial collection")
             self.task_env = probe.unwrapped
@@ -211,16 +213,9 @@ class PEARL:
             self.encoder = (ContextEncoder(self.context_dim, cfg.encoder_hidden_sizes, self.latent_dim).to(self.device)
                             if self.uses_encoder else None)
         self.log_alpha = torch.tensor(float(np.log(cfg.init_temperature)), device=self.device, requires_grad=True)
-        # two Adam optimisers with a parameter group per network (each keeps its own learning rate): the critic
-        # step also moves the encoder, the actor step also moves log α; fewer optimiser calls per gradient step
-        critic_groups = [{"params": list(self.critic.parameters()), "lr": cfg.critic_lr}]
-        if self.encoder is not None:
-            critic_groups.append({"params": list(self.encoder.parameters()), "lr": cfg.encoder_lr})
-        actor_groups = [{"params": list(self.actor.parameters()), "lr": cfg.actor_lr}]
-        if cfg.learn_temperature:
-            actor_groups.append({"params": [self.log_alpha], "lr": cfg.temperature_lr})
-        self.critic_optimizer = torch.optim.Adam(critic_groups, foreach=True)
-        self.actor_optimizer = torch.optim.Adam(actor_groups, foreach=True)
+        self.critic_optimizer = adam_groups((self.critic, cfg.critic_lr), (self.encoder, cfg.encoder_lr))
+        self.actor_optimizer = adam_groups((self.actor, cfg.actor_lr),
+                                           ([self.log_alpha] if cfg.learn_temperature else None, cfg.temperature_lr))
         fields = {"observations": (self.obs_dim,), "actions": (self.action_dim,), "rewards": (),
                   "next_observations": (self.obs_dim,), "terminated": ()}
         self.replay = TaskReplayBuffer(cfg.num_train_tasks, cfg.replay_capacity, fields, device=self.device)

@@ -25,10 +25,12 @@ the oracle's task descriptor) appended to every network input:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 
 from .networks import MLP
@@ -159,3 +161,22 @@ def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha:
     pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
                + mean_reg * (act_mean**2).mean() + std_reg * (act_log_std**2).mean())
     return pi_loss, temperature_loss(log_alpha, log_prob, target_entropy), log_prob.detach().mean()
+
+
+def check_sac_spaces(agent: str, env_id: str, observation_space: Any, action_space: Any) -> None:
+    """Refuse, with what to use instead, spaces the SAC networks cannot serve: a bounded Box of actions (the
+    squashing box), a flat Box of observations."""
+    if not isinstance(action_space, spaces.Box) or not np.all(np.isfinite(action_space.low)) \
+            or not np.all(np.isfinite(action_space.high)):
+        raise ValueError(f"{agent} needs a bounded Box action space, {env_id} has {action_space}; "
+                         "use rl2 or maml-trpo for discrete actions")
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(f"{agent} needs a flat Box observation space, {env_id} has {observation_space}")
+
+
+def adam_groups(*groups: tuple[nn.Module | Iterable[torch.Tensor] | None, float]) -> torch.optim.Adam:
+    """One Adam optimiser with a parameter group per ``(module or tensors, learning rate)`` (each keeps its own
+    rate; ``None`` entries are skipped): e.g. the critic step also moves an encoder, the actor step also log α,
+    with fewer optimiser calls per gradient step."""
+    return torch.optim.Adam([{"params": list(part.parameters() if isinstance(part, nn.Module) else part), "lr": lr}
+                             for part, lr in groups if part is not None], foreach=True)
