@@ -7,7 +7,7 @@ Spec. The meta-parameters θ are a policy initialisation. One meta-iteration:
 
 1. sample ``meta_batch_size`` tasks of the ``train`` split; roll out ``episodes_per_task`` *support* episodes of
    each with π_θ;
-2. inner loop (:func:`metarl.core.adaptation.adapt`, all tasks at once): ``inner_steps`` policy-gradient steps
+2. inner loop (:func:`metarl.core.maml_rl.adapt_policy`, all tasks at once): ``inner_steps`` policy-gradient steps
    θ'_i = θ − α ∇_θ L_i(θ) with the REINFORCE loss L_i = −mean_t log π_θ(a_t|s_t) Â_t over task i's support steps,
    Â from GAE(γ, λ) on a linear feature baseline fitted per task (Duan et al. 2016; :mod:`metarl.core.baselines`)
    and standardised per task; second order by default (``first_order`` drops ∇² terms). Several inner steps reuse
@@ -30,15 +30,14 @@ to ``inner_lr`` and updated by the same TRPO step as θ (it is part of the param
 is limited). Both go through the core inner loop exactly as the supervised Meta-SGD and ANIL do. Box and Discrete
 action spaces. The presets (``experiments/presets/maml_trpo_*.yaml``) are the reference configurations per env.
 
-Cost. The Fisher-vector products go through the inner loop (Gauss-Newton form, :func:`metarl.core.trpo.
-gauss_newton_fvp`), each about seven forward passes over the support and query steps, ``cg_iters`` of them per
-step. ``fisher_subsample`` computes them on a random fraction of the tasks, ``fisher_step_subsample`` on all tasks
-but a random fraction of each task's steps; the gradient and the line search (surrogate and KL) always use every
-task. Both trade step quality for time, and too few Fisher tasks misjudge the KL (a config that leaves fewer than
-``MIN_FISHER_TASKS`` warns). Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same maths).
-Measured costs, step quality and their commands: ``experiments/RESULTS.md``, "Meta-RL: MAML-TRPO on 2D navigation
-(MAML paper spec)" (the learner's share, the FLOP count, the Fisher subsample's cost per step) and "Meta-RL:
-MAML-TRPO on HalfCheetahDir" (too few Fisher tasks).
+Cost. The Fisher-vector products go through the inner loop (:func:`metarl.core.maml_rl.meta_fisher`), ``cg_iters``
+of them per step. ``fisher_subsample`` computes them on a random fraction of the tasks, ``fisher_step_subsample``
+on all tasks but a random fraction of each task's steps; the gradient and the line search (surrogate and KL) always
+use every task. Both trade step quality for time, and too few Fisher tasks misjudge the KL (a config that leaves
+fewer than ``MIN_FISHER_TASKS`` warns). Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same
+maths). Measured costs, step quality and their commands: ``experiments/RESULTS.md``, "Meta-RL: MAML-TRPO on 2D
+navigation (MAML paper spec)" (the learner's share, the FLOP count, the Fisher subsample's cost per step) and
+"Meta-RL: MAML-TRPO on HalfCheetahDir" (too few Fisher tasks).
 
 Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
 undiscounted return of the ``adapt_episodes`` rollouts per task collected with the policy after k adaptation
@@ -53,17 +52,17 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the environments)
-from metarl.core.adaptation import Params, StepSizes, adapt, expand_for_tasks, task_chunks
+from metarl.core.adaptation import Params, StepSizes
 from metarl.core.agent import AgentConfig
 from metarl.core.agent_env import (
     EnvPool,
@@ -74,15 +73,24 @@ from metarl.core.agent_env import (
     make_task_env,
     stream_generator,
 )
-from metarl.core.baselines import linear_baseline_values
 from metarl.core.config import check_choice, check_fields, check_int, check_number, check_positive, check_sizes
 from metarl.core.device import resolve_device
-from metarl.core.networks import head_parameter_names
+from metarl.core.maml_rl import (
+    InnerLoop,
+    adapt_in_chunks,
+    adaptation_stages,
+    adapted_names,
+    chunked_distributions,
+    joined_chunks,
+    meta_fisher,
+    meta_objective,
+    process_episodes,
+    task_subset,
+)
 from metarl.core.policies import Policy, make_policy
-from metarl.core.rl import discounted_returns, generalized_advantages, normalize_per_task
 from metarl.core.sampling import Episodes, collect_episodes
 from metarl.core.seeding import derive_seed, seeded
-from metarl.core.trpo import gauss_newton_fvp, random_subset, trpo_step
+from metarl.core.trpo import random_subset, trpo_step
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 MIN_FISHER_TASKS = 4
@@ -174,102 +182,11 @@ class MAMLTRPOConfig(AgentConfig):
                 f"(raise fisher_subsample to keep at least {MIN_FISHER_TASKS})", UserWarning, stacklevel=3)
 
 
-class TaskBatch(NamedTuple):
-    """Learner data of one phase, flattened over episodes and time: ``[tasks, N, ...]`` (a pytree for ``vmap``)."""
-
-    observations: torch.Tensor
-    actions: torch.Tensor
-    advantages: torch.Tensor
-    mask: torch.Tensor
-
-
-def process_episodes(episodes: Episodes, config: MAMLTRPOConfig) -> TaskBatch:
-    """Returns, per-task linear baseline, GAE and standardisation, all tasks at once."""
-    # ALGO LOGIC: advantages against a linear feature baseline fitted per task (Duan et al. 2016)
-    rewards, mask = episodes.rewards, episodes.mask
-    returns = discounted_returns(rewards, config.gamma, mask)
-    values = linear_baseline_values(episodes.observations, returns, mask, config.baseline_reg)
-    advantages = generalized_advantages(rewards, values, config.gamma, config.gae_lambda, mask)
-    if config.normalize_advantages:
-        advantages = normalize_per_task(advantages, mask)
-    tasks = rewards.shape[0]
-    obs = episodes.observations.reshape(tasks, -1, episodes.observations.shape[-1])
-    actions = episodes.actions.reshape(tasks, -1, *episodes.actions.shape[3:])
-    return TaskBatch(obs, actions, advantages.reshape(tasks, -1), mask.reshape(tasks, -1))
-
-
-def inner_loss(policy: Policy, params: Params, data: TaskBatch) -> torch.Tensor:
-    """REINFORCE loss −mean_t log π(a_t|s_t) Â_t per task (``[tasks]`` for batched fast weights; a scalar for one
-    task's weights and data, e.g. under ``vmap``)."""
-    log_prob = policy.log_prob(policy.distribution(params, data.observations), data.actions)
-    return -(log_prob * data.advantages * data.mask).sum(-1) / data.mask.sum(-1).clamp(min=1)
-
-
-def adapted_names(policy: Policy, config: MAMLTRPOConfig) -> list[str]:
-    """Names of the parameters the inner loop adapts: the output layer's with ``adapt_head_only``, else all."""
-    return head_parameter_names(policy) if config.adapt_head_only else [name for name, _ in policy.named_parameters()]
-
-
-def adapt_policy(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig, first_order: bool,
-                 batched_params: bool = False, step_sizes: Params | None = None) -> Params:
-    """The inner loop (:func:`metarl.core.adaptation.adapt`): ``config.inner_steps`` policy-gradient steps per task
-    from ``params``, the shared initialisation or (``batched_params``) fast weights to continue from, of size
-    ``step_sizes`` (learned per-parameter tensors, ``learn_inner_lr``) or ``config.inner_lr``; returns batched
-    fast weights."""
-    return adapt(lambda p, d: inner_loss(policy, p, d), params, support, steps=config.inner_steps,
-                 step_size=config.inner_lr if step_sizes is None else step_sizes, first_order=first_order,
-                 adapt_keys=adapted_names(policy, config), vectorized=True, batched_params=batched_params)
-
-
-def adapt_in_chunks(policy: Policy, params: Params, support: TaskBatch, config: MAMLTRPOConfig,
-                    first_order: bool, step_sizes: Params | None = None) -> list[Params]:
-    """:func:`adapt_policy` over ``config.task_chunk`` tasks at a time: one batched fast-weight dict per chunk."""
-    return [adapt_policy(policy, params, _subset(support, part), config, first_order, step_sizes=step_sizes)
-            for part in task_chunks(support.observations.shape[0], config.task_chunk)]
-
-
-def meta_objective(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
-                   config: MAMLTRPOConfig, differentiable: bool = True, fast: list[Params] | None = None,
-                   step_sizes: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(−surrogate, mean KL)`` of the post-adaptation policies adapt(params) on the query steps, against the
-    distributions ``old_dist`` of the policies that collected them, both means over tasks of per-task means.
-    Computed ``config.task_chunk`` tasks at a time. ``fast``: adapt(params) already built, chunk by chunk (as
-    :func:`adapt_in_chunks` returns it; with its graph when ``differentiable``), e.g. the adaptation that chose the
-    query policies. ``step_sizes``: the learned ones (``learn_inner_lr``), differentiated too."""
-    # ALGO LOGIC: re-adapt from the support episodes so the outer gradient flows through the inner step
-    if fast is None:
-        fast = adapt_in_chunks(policy, params, support, config, first_order=config.first_order or not differentiable,
-                               step_sizes=step_sizes)
-    parts = task_chunks(query.observations.shape[0], config.task_chunk)
-    if len(fast) != len(parts):
-        raise ValueError(f"fast weights in {len(fast)} chunks, expected {len(parts)} (task_chunk={config.task_chunk})")
-    surrogate_sum, kl_sum = 0.0, 0.0
-    for part, fast_part in zip(parts, fast):
-        data, old = _subset(query, part), _subset(old_dist, part)
-        dist = policy.distribution(fast_part, data.observations)
-        ratio = torch.exp(policy.log_prob(dist, data.actions) - policy.log_prob(old, data.actions))
-        steps = data.mask.sum(-1).clamp(min=1)
-        surrogate_sum = surrogate_sum + ((ratio * data.advantages * data.mask).sum(-1) / steps).sum()
-        kl_sum = kl_sum + ((policy.kl(old, dist) * data.mask).sum(-1) / steps).sum()
-    tasks = query.observations.shape[0]
-    return -surrogate_sum / tasks, kl_sum / tasks
-
-
-def meta_fisher(policy: Policy, params: Params, support: TaskBatch, query: TaskBatch, old_dist: tuple,
-                config: MAMLTRPOConfig, step_sizes: Params | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Fisher-vector products of the mean post-adaptation KL wrt θ (and the learned step sizes), through the inner
-    loop (Gauss-Newton form)."""
-    fast = adapt_policy(policy, params, support, config, first_order=config.first_order, step_sizes=step_sizes)
-    outputs = policy.distribution(fast, query.observations)
-    weight = (query.mask / query.mask.sum(-1, keepdim=True).clamp(min=1) / query.mask.shape[0]).unsqueeze(-1)
-    metric = lambda tangent: policy.fisher_product(old_dist, tuple(t * weight for t in tangent))
-    return gauss_newton_fvp(outputs, [*params.values(), *(step_sizes or {}).values()], metric, config.cg_damping)
-
-
-def _subset(batch: tuple, index: torch.Tensor | slice, steps: torch.Tensor | slice | None = None) -> Any:
-    """The tasks ``index`` (and of those, the steps ``steps``, second axis) of a TaskBatch or a distribution tuple."""
-    parts = [t[index] if steps is None else t[index][:, steps] for t in batch]
-    return TaskBatch(*parts) if isinstance(batch, TaskBatch) else tuple(parts)
+def inner_loop(policy: Policy, config: MAMLTRPOConfig, step_sizes: Params | None = None) -> InnerLoop:
+    """MAML-TRPO's inner loop (:class:`metarl.core.maml_rl.InnerLoop`): ``inner_steps`` steps of ``inner_lr``, or of
+    the learned ``step_sizes`` (``learn_inner_lr``), on every parameter or (``adapt_head_only``) the head's."""
+    return InnerLoop(tuple(adapted_names(policy, config.adapt_head_only)), config.inner_steps,
+                     config.inner_lr if step_sizes is None else step_sizes, config.first_order, config.task_chunk)
 
 
 class MAMLTRPO:
@@ -294,7 +211,8 @@ class MAMLTRPO:
             probe.close()
         self.continuous = not self.policy.discrete
         self.step_sizes = (StepSizes(dict(self.policy.named_parameters()), config.inner_lr,
-                                     adapted_names(self.policy, config)) if config.learn_inner_lr else None)
+                                     adapted_names(self.policy, config.adapt_head_only))
+                           if config.learn_inner_lr else None)
         self.env_pool = EnvPool(env_id, config)
         self.envs = self.env_pool.make(config.meta_batch_size * self.envs_per_task)
         self.task_env = self.envs.single_task_env  # sample_tasks for training (and for callers)
@@ -344,13 +262,11 @@ class MAMLTRPO:
         learner_start = perf_counter()
         support = process_episodes(support_episodes, cfg)
         params, step_sizes = dict(policy.named_parameters()), self.inner_lrs or None
+        inner = inner_loop(policy, cfg, step_sizes)
         # the adaptation at θ, with the graph the meta-gradient needs: it picks the query policies now and is the
         # TRPO step's differentiable objective at θ later (built once instead of twice)
-        fast_at_theta = adapt_in_chunks(policy, params, support, cfg, first_order=cfg.first_order,
-                                        step_sizes=step_sizes)
-        adapted = set(adapted_names(policy, cfg))  # batched per task in each chunk; the rest is θ's, shared
-        old_fast = {k: torch.cat([part[k] for part in fast_at_theta]).detach() if k in adapted else v.detach()
-                    for k, v in fast_at_theta[0].items()}
+        fast_at_theta = adapt_in_chunks(policy, params, support, inner)
+        old_fast = joined_chunks(fast_at_theta, inner.names)
         learner_seconds = perf_counter() - learner_start
         query_episodes = collect_episodes(self.envs, policy, old_fast, tasks, cfg.episodes_per_task,
                                           seed=derive_seed(cfg.seed, "query", iteration),
@@ -359,10 +275,7 @@ class MAMLTRPO:
         # ALGO LOGIC: TRPO on θ (and the learned step sizes) for the post-adaptation surrogate, KL(π_old'||π_θ') ≤ δ
         learner_start = perf_counter()
         query = process_episodes(query_episodes, cfg)
-        with torch.no_grad():
-            chunk_dists = [policy.distribution(fast, query.observations[part])
-                           for part, fast in zip(task_chunks(len(tasks), cfg.task_chunk), fast_at_theta, strict=True)]
-        old_dist = tuple(torch.cat(pieces) for pieces in zip(*chunk_dists))
+        old_dist = chunked_distributions(policy, fast_at_theta, query.observations, cfg.task_chunk)
         index = self.fisher_tasks(iteration, len(tasks))
         support_steps = self.fisher_steps(iteration, support.observations.shape[1], "support")
         query_steps = self.fisher_steps(iteration, query.observations.shape[1], "query")
@@ -373,15 +286,16 @@ class MAMLTRPO:
             nonlocal fast_at_theta
             fast = fast_at_theta if differentiable else None
             fast_at_theta = None
-            return meta_objective(policy, params, support, query, old_dist, cfg, differentiable, fast, step_sizes)
+            return meta_objective(policy, params, support, query, old_dist, inner, differentiable, fast)
 
+        outer = [*params.values(), *(step_sizes or {}).values()]
         stats = trpo_step(
-            [*params.values(), *(step_sizes or {}).values()], objective,
+            outer, objective,
             max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, damping=cfg.cg_damping,
             backtrack_ratio=cfg.backtrack_ratio, max_backtracks=cfg.max_backtracks,
-            fisher=lambda: meta_fisher(policy, params, _subset(support, index, support_steps),
-                                       _subset(query, index, query_steps), _subset(old_dist, index, query_steps),
-                                       cfg, step_sizes),
+            fisher=lambda: meta_fisher(policy, params, task_subset(support, index, support_steps),
+                                       task_subset(query, index, query_steps),
+                                       task_subset(old_dist, index, query_steps), inner, outer, cfg.cg_damping),
         )
         learner_seconds += perf_counter() - learner_start
         if not stats.accepted:
@@ -428,22 +342,13 @@ class MAMLTRPO:
         used a stage, the next one takes ``inner_steps`` policy-gradient steps from these weights on these
         rollouts (no meta-gradient). Deterministic given ``seed``; does not change the agent.
         """
-        cfg, policy = self.config, self.policy
         check_test_request(tasks, num_stages)
         envs = self.env_pool.test(len(tasks) * min(self.envs_per_task, self.episodes_per_stage))
-        weights = {k: v.detach() for k, v in self.policy.named_parameters()}
         step_sizes = {k: v.detach() for k, v in self.inner_lrs.items()} or None
-        fast = expand_for_tasks(weights, len(tasks), adapted_names(policy, cfg))
-        generator = stream_generator(seed, "meta_test", "actions", device=self.device)
-        for stage in range(num_stages):
-            episodes = collect_episodes(envs, policy, fast, tasks, self.episodes_per_stage,
-                                        seed=derive_seed(seed, "meta_test", stage), generator=generator)
-            yield fast, episodes
-            if stage + 1 < num_stages:
-                # ALGO LOGIC: continue adapting from the current fast weights on this stage's rollouts
-                adapted = adapt_policy(policy, fast, process_episodes(episodes, cfg), cfg, first_order=True,
-                                       batched_params=True, step_sizes=step_sizes)
-                fast = {k: v.detach() for k, v in adapted.items()}
+        inner = dataclasses.replace(inner_loop(self.policy, self.config, step_sizes), first_order=True)
+        weights = {k: v.detach() for k, v in self.policy.named_parameters()}
+        return adaptation_stages(envs, self.policy, weights, inner, tasks, num_stages, self.episodes_per_stage,
+                                 self.config, seed, self.device)
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """``[len(tasks), num_episodes]``: column k = mean return of the ``adapt_episodes`` rollouts per task

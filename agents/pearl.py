@@ -62,7 +62,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from tqdm import tqdm
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
@@ -77,17 +76,17 @@ from metarl.core.agent_env import (
     stream_generator,
 )
 from metarl.core.config import ConfigError, check_fields, check_int, check_number, check_positive, check_sizes
-from metarl.core.context import ContextEncoder, kl_to_unit_gaussian
+from metarl.core.context import ContextEncoder, context_transitions, kl_to_unit_gaussian, posterior_sampling
 from metarl.core.device import resolve_device
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
 from metarl.core.sac import (
     TanhGaussianActor,
     TwinQ,
-    actor_loss,
-    critic_loss,
-    critic_target,
+    adam_groups,
+    check_sac_spaces,
+    conditioned_actor_losses,
+    conditioned_critic_loss,
     soft_update_,
-    temperature_loss,
 )
 from metarl.core.seeding import derive_seed, seeded
 from metarl.envs.vector import TaskVectorEnv
@@ -192,12 +191,7 @@ class PEARL:
         probe = make_task_env(env_id, cfg)
         try:
             obs_space, act_space = probe.observation_space, probe.action_space
-            if not isinstance(act_space, spaces.Box) or not np.all(np.isfinite(act_space.low)) \
-                    or not np.all(np.isfinite(act_space.high)):
-                raise ValueError(f"{self.name} needs a bounded Box action space, {env_id} has {act_space}; "
-                                 "use rl2 or maml-trpo for discrete actions")
-            if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-                raise ValueError(f"{self.name} needs a flat Box observation space, {env_id} has {obs_space}")
+            check_sac_spaces(self.name, env_id, obs_space, act_space)
             check_memory(self.name, max(cfg.num_train_tasks, cfg.num_tasks_sample), env_bytes_estimate(probe),
                          what="num_train_tasks for the initial collection")
             self.task_env = probe.unwrapped
@@ -219,16 +213,9 @@ class PEARL:
             self.encoder = (ContextEncoder(self.context_dim, cfg.encoder_hidden_sizes, self.latent_dim).to(self.device)
                             if self.uses_encoder else None)
         self.log_alpha = torch.tensor(float(np.log(cfg.init_temperature)), device=self.device, requires_grad=True)
-        # two Adam optimisers with a parameter group per network (each keeps its own learning rate): the critic
-        # step also moves the encoder, the actor step also moves log α; fewer optimiser calls per gradient step
-        critic_groups = [{"params": list(self.critic.parameters()), "lr": cfg.critic_lr}]
-        if self.encoder is not None:
-            critic_groups.append({"params": list(self.encoder.parameters()), "lr": cfg.encoder_lr})
-        actor_groups = [{"params": list(self.actor.parameters()), "lr": cfg.actor_lr}]
-        if cfg.learn_temperature:
-            actor_groups.append({"params": [self.log_alpha], "lr": cfg.temperature_lr})
-        self.critic_optimizer = torch.optim.Adam(critic_groups, foreach=True)
-        self.actor_optimizer = torch.optim.Adam(actor_groups, foreach=True)
+        self.critic_optimizer = adam_groups((self.critic, cfg.critic_lr), (self.encoder, cfg.encoder_lr))
+        self.actor_optimizer = adam_groups((self.actor, cfg.actor_lr),
+                                           ([self.log_alpha] if cfg.learn_temperature else None, cfg.temperature_lr))
         fields = {"observations": (self.obs_dim,), "actions": (self.action_dim,), "rewards": (),
                   "next_observations": (self.obs_dim,), "terminated": ()}
         self.replay = TaskReplayBuffer(cfg.num_train_tasks, cfg.replay_capacity, fields, device=self.device)
@@ -247,11 +234,7 @@ class PEARL:
         return None
 
     def _context(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Context transitions (s, a, r[, s']) from replay-style fields ``[..., dim]``."""
-        parts = [data["observations"], data["actions"], data["rewards"].unsqueeze(-1)]
-        if self.config.use_next_obs_in_context:
-            parts.append(data["next_observations"])
-        return torch.cat(parts, dim=-1)
+        return context_transitions(data, self.config.use_next_obs_in_context)
 
     @property
     def episodes_per_stage(self) -> int:
@@ -369,7 +352,8 @@ class PEARL:
         z_rows = z[:, None, :].expand(-1, rows, -1).flatten(0, 1)
 
         # ALGO LOGIC: critics + encoder: Bellman error of Q(s, a, z) + kl_lambda · KL(q(z|c) || prior)
-        q_loss, q_mean = self.critic_loss(data, z_rows, alpha)
+        q_loss, q_mean = conditioned_critic_loss(self.actor, self.critic, self.target_critic, data, z_rows, alpha,
+                                                 cfg.gamma, cfg.reward_scale)
         total = q_loss + cfg.kl_lambda * kl
         if not bool(torch.isfinite(total)):
             self.rejected_updates += 1
@@ -379,7 +363,9 @@ class PEARL:
         self.critic_optimizer.step()
 
         # ALGO LOGIC: actor (z detached) against the updated critics, and the temperature
-        pi_loss, alpha_loss, log_prob = self.actor_losses(data, z_rows, alpha)
+        pi_loss, alpha_loss, log_prob = conditioned_actor_losses(
+            self.actor, self.critic, self.log_alpha, data, z_rows, alpha, self.target_entropy, cfg.policy_mean_reg,
+            cfg.policy_std_reg)
         if not bool(torch.isfinite(pi_loss + alpha_loss)):
             self.rejected_updates += 1
             soft_update_(self.target_critic, self.critic, cfg.tau)
@@ -392,34 +378,6 @@ class PEARL:
         return {"losses/critic": float(q_loss.detach()), "losses/kl": float(kl.detach()) / tasks,
                 "losses/actor": float(pi_loss.detach()), "losses/temperature": float(alpha_loss.detach()),
                 "charts/q_mean": float(q_mean), "charts/entropy": -float(log_prob)}
-
-    def critic_loss(self, data: dict[str, torch.Tensor], z_rows: torch.Tensor,
-                    alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAC's critic loss of Q(s, a, z) on flattened rows (``z_rows`` one z per row; gradients reach the encoder
-        through it), and the mean Q1 (detached)."""
-        z_fixed = z_rows.detach()
-        with torch.no_grad():
-            next_action, next_log_prob, _, _ = self.actor.sample(
-                torch.cat([data["next_observations"], z_fixed], -1), noise=data["next_noise"])
-            next_q1, next_q2 = self.target_critic(torch.cat([data["next_observations"], next_action, z_fixed], -1))
-            target = critic_target(data["rewards"], data["terminated"], next_q1, next_q2, next_log_prob, alpha,
-                                   self.config.gamma, self.config.reward_scale)
-        q1, q2 = self.critic(torch.cat([data["observations"], data["actions"], z_rows], -1))
-        return critic_loss(q1, q2, target), q1.detach().mean()
-
-    def actor_losses(self, data: dict[str, torch.Tensor], z_rows: torch.Tensor,
-                     alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(actor loss with PEARL's regularisers, temperature loss, mean log π (detached)) on flattened rows, z
-        detached, against the current critics (frozen)."""
-        cfg, z_fixed = self.config, z_rows.detach()
-        frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
-        action, log_prob, act_mean, act_log_std = self.actor.sample(
-            torch.cat([data["observations"], z_fixed], -1), noise=data["noise"])
-        new_q1, new_q2 = torch.func.functional_call(
-            self.critic, frozen, (torch.cat([data["observations"], action, z_fixed], -1),))
-        pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
-                   + cfg.policy_mean_reg * (act_mean**2).mean() + cfg.policy_std_reg * (act_log_std**2).mean())
-        return pi_loss, temperature_loss(self.log_alpha, log_prob, self.target_entropy), log_prob.detach().mean()
 
     # --- meta-test ---------------------------------------------------------------------------------------------
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
@@ -440,42 +398,13 @@ class PEARL:
             envs.close()
         return recorder.episodes
 
-    @torch.no_grad()
     def posterior_sampling(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
-        """Run the meta-test episodes on ``envs`` (one sub-env per task): episode 0 with z ~ prior, episode k with
-        a fresh z ~ q(z | every transition of the task so far); returns ``[len(tasks), num_episodes]`` returns."""
-        n = len(tasks)
-        generator = stream_generator(seed, "meta_test", "latents", device=self.device)
-        seeds = np.random.default_rng(derive_seed(seed, "meta_test", "resets"))
-        descriptors = self._descriptors(tasks)
-        returns = np.zeros((n, num_episodes))
-        context, context_mask = [], []
-        for episode in range(num_episodes):
-            if descriptors is not None:
-                z = descriptors
-            else:
-                noise = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
-                if episode == 0:
-                    z = noise
-                else:
-                    mean, var = self.encoder.posterior(torch.cat(context, 1), torch.cat(context_mask, 1))
-                    z = mean + var.sqrt() * noise
-            envs.set_tasks(list(tasks))
-            obs, _ = envs.reset(seed=[int(s) for s in seeds.integers(0, 2**31 - 1, size=n)])
-            active = np.ones(n, dtype=np.bool_)
-            while active.any():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-                action = self.actor.sample(torch.cat([obs_t, z], -1), generator, self.config.deterministic_test)[0]
-                next_obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
-                returns[:, episode] += reward * active
-                step = {"observations": obs_t, "actions": action,
-                        "rewards": torch.as_tensor(reward, dtype=torch.float32, device=self.device),
-                        "next_observations": torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)}
-                context.append(self._context(step)[:, None])
-                context_mask.append(torch.as_tensor(active, dtype=torch.float32, device=self.device)[:, None])
-                active &= ~(term | trunc)
-                obs = next_obs
-        return returns
+        """The meta-test episodes on ``envs`` (:func:`metarl.core.context.posterior_sampling`, z the descriptors for
+        the oracle); returns ``[len(tasks), num_episodes]`` returns."""
+        act = lambda obs, z, generator: self.actor.sample(torch.cat([obs, z], -1), generator,
+                                                          self.config.deterministic_test)[0]
+        return posterior_sampling(envs, tasks, num_episodes, seed, act, self.encoder, self._context, self.latent_dim,
+                                  self._descriptors(tasks), self.device)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def _modules(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 from metarl.agents.oracle import Oracle
 from metarl.agents.pearl import PEARL, PEARLConfig
 from metarl.core.context import kl_to_unit_gaussian
-from metarl.core.sac import soft_update_
+from metarl.core.sac import conditioned_actor_losses, conditioned_critic_loss, soft_update_
 
 SIZES = {
     # the reference's networks and batches (oyster configs/default.py)
@@ -56,11 +56,14 @@ def looped_step(agent: PEARL, ids: torch.Tensor, batch: dict, context: torch.Ten
         data["next_noise"], data["noise"] = noise[0, m], noise[1, m]
         return data, z[m, None, :].expand(rows, -1)
 
-    q_loss = torch.stack([agent.critic_loss(*task(m), alpha)[0] for m in range(tasks)]).mean()
+    q_loss = torch.stack([conditioned_critic_loss(agent.actor, agent.critic, agent.target_critic, *task(m), alpha,
+                                                  cfg.gamma, cfg.reward_scale)[0] for m in range(tasks)]).mean()
     agent.critic_optimizer.zero_grad(set_to_none=True)
     (q_loss + cfg.kl_lambda * kl).backward()
     agent.critic_optimizer.step()
-    losses = [agent.actor_losses(*task(m), alpha) for m in range(tasks)]
+    losses = [conditioned_actor_losses(agent.actor, agent.critic, agent.log_alpha, *task(m), alpha,
+                                       agent.target_entropy, cfg.policy_mean_reg, cfg.policy_std_reg)
+              for m in range(tasks)]
     pi_loss = torch.stack([pair[0] for pair in losses]).mean()
     alpha_loss = torch.stack([pair[1] for pair in losses]).mean()
     agent.actor_optimizer.zero_grad(set_to_none=True)

@@ -17,19 +17,10 @@ import yaml
 
 import metarl.agents.maml_trpo as maml_trpo
 from metarl.agents import rl_agent_classes
-from metarl.agents.maml_trpo import (
-    MAMLTRPO,
-    MAMLTRPOConfig,
-    TaskBatch,
-    adapt_in_chunks,
-    adapt_policy,
-    inner_loss,
-    meta_fisher,
-    meta_objective,
-    task_chunks,
-)
-from metarl.core.adaptation import adapt
+from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig, inner_loop
+from metarl.core.adaptation import adapt, task_chunks
 from metarl.core.agent import MetaRLAgent
+from metarl.core.maml_rl import TaskBatch, adapt_in_chunks, adapt_policy, inner_loss, meta_fisher, meta_objective
 from metarl.core.policies import CategoricalMLPPolicy, GaussianMLPPolicy
 from metarl.core.seeding import seeded
 from metarl.core.trpo import flatten
@@ -78,7 +69,7 @@ def autograd_and_central_differences(loss_at, x, eps=1e-6):
 
 def old_distribution(policy, support, query, config):
     theta = {k: v.detach() for k, v in policy.named_parameters()}
-    fast = adapt_policy(policy, theta, support, config, first_order=True)
+    fast = adapt_policy(policy, theta, support, dataclasses.replace(inner_loop(policy, config), first_order=True))
     return tuple(t.detach() for t in policy.distribution({k: v.detach() for k, v in fast.items()}, query.observations))
 
 
@@ -92,7 +83,8 @@ def test_meta_gradient_matches_finite_differences(kind, inner_steps, head_only):
     theta = flatten(list(policy.parameters())).detach()
 
     def loss_at(flat, cfg=config):
-        return meta_objective(policy, unflatten(policy, flat), support, query, old, cfg, differentiable=True)[0]
+        return meta_objective(policy, unflatten(policy, flat), support, query, old, inner_loop(policy, cfg),
+                              differentiable=True)[0]
 
     point = theta.clone().requires_grad_(True)
     grad, numeric = autograd_and_central_differences(loss_at, theta)
@@ -119,14 +111,14 @@ def test_learned_step_sizes_get_the_finite_difference_meta_gradient(head_only):
 
     def loss_at(flat):
         lrs = dict(zip(adapted, (chunk.view_as(weights[name]) for name, chunk in zip(adapted, flat.split(sizes)))))
-        return meta_objective(policy, weights, support, query, old, config, step_sizes=lrs)[0]
+        return meta_objective(policy, weights, support, query, old, inner_loop(policy, config, lrs))[0]
 
     grad, numeric = autograd_and_central_differences(loss_at, start)
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
     assert grad.abs().max() > 1e-4  # the step sizes do get a gradient
     fixed = dataclasses.replace(config, learn_inner_lr=False)
     torch.testing.assert_close(loss_at(torch.full_like(start, 0.1)),
-                               meta_objective(policy, weights, support, query, old, fixed)[0])
+                               meta_objective(policy, weights, support, query, old, inner_loop(policy, fixed))[0])
 
 
 @pytest.mark.math
@@ -136,11 +128,14 @@ def test_fisher_products_through_the_inner_loop_match_the_explicit_kl_hessian(ki
     config = MAMLTRPOConfig(inner_lr=0.5, cg_damping=0.01)
     old = old_distribution(policy, support, query, config)
     theta = flatten(list(policy.parameters())).detach()
-    kl = lambda flat: meta_objective(policy, unflatten(policy, flat), support, query, old, config)[1]
+    kl = lambda flat: meta_objective(policy, unflatten(policy, flat), support, query, old,
+                                     inner_loop(policy, config))[1]
     hessian = torch.autograd.functional.hessian(kl, theta)
     assert torch.linalg.eigvalsh(hessian).min() > -1e-10  # a Fisher matrix: positive semi-definite
     v = torch.randn(len(theta), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    product = meta_fisher(policy, dict(policy.named_parameters()), support, query, old, config)(v)
+    params = dict(policy.named_parameters())
+    product = meta_fisher(policy, params, support, query, old, inner_loop(policy, config), list(params.values()),
+                          config.cg_damping)(v)
     torch.testing.assert_close(product, hessian @ v + 0.01 * v)
 
 
@@ -151,7 +146,7 @@ def test_vectorized_inner_loss_matches_vmap_over_tasks():
     config = MAMLTRPOConfig(inner_lr=0.3, inner_steps=2)
     kwargs = dict(steps=2, step_size=0.3)
     vmapped = adapt(lambda p, d: inner_loss(policy, p, d), params, support, vectorized=False, **kwargs)
-    vectorized = adapt_policy(policy, params, support, config, first_order=False)
+    vectorized = adapt_policy(policy, params, support, inner_loop(policy, config))
     for name in params:
         torch.testing.assert_close(vmapped[name], vectorized[name])
 
@@ -180,18 +175,19 @@ def test_chunked_objective_and_iteration_match_the_whole_meta_batch(head_only):
     assert task_chunks(3, 2) == [slice(0, 2), slice(2, 3)] and task_chunks(3, 0) == [slice(0, 3)]
     old = old_distribution(policy, support, query, whole)
     params = dict(policy.named_parameters())
-    results = [meta_objective(policy, params, support, query, old, whole),
-               meta_objective(policy, params, support, query, old, chunked),
-               meta_objective(policy, params, support, query, old, chunked,
-                              fast=adapt_in_chunks(policy, params, support, chunked, first_order=False))]
+    whole_loop, chunked_loop = inner_loop(policy, whole), inner_loop(policy, chunked)
+    results = [meta_objective(policy, params, support, query, old, whole_loop),
+               meta_objective(policy, params, support, query, old, chunked_loop),
+               meta_objective(policy, params, support, query, old, chunked_loop,
+                              fast=adapt_in_chunks(policy, params, support, chunked_loop))]
     grads = [flatten(torch.autograd.grad(loss, list(params.values()))) for loss, _ in results]
     for (loss, kl), grad in zip(results[1:], grads[1:]):
         torch.testing.assert_close(loss, results[0][0], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(kl, results[0][1], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(grad, grads[0], rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError):  # handed-in chunks must match the config's chunking
-        meta_objective(policy, params, support, query, old, whole,
-                       fast=adapt_in_chunks(policy, params, support, chunked, first_order=False))
+        meta_objective(policy, params, support, query, old, whole_loop,
+                       fast=adapt_in_chunks(policy, params, support, chunked_loop))
 
     # a training iteration in chunks of 2 + 1 tasks takes the same step: the float32 gradient agrees to rounding,
     # and conjugate gradient on this tiny, ill-conditioned Fisher amplifies rounding to ~1e-3 of the step

@@ -18,7 +18,7 @@ from metarl.agents.oracle import Oracle, OracleConfig
 from metarl.agents.pearl import PEARL, PEARLConfig
 from metarl.core.agent import MetaRLAgent
 from metarl.core.context import ContextEncoder, kl_to_unit_gaussian, product_of_gaussians
-from metarl.core.sac import soft_update_
+from metarl.core.sac import conditioned_actor_losses, conditioned_critic_loss, soft_update_
 from metarl.core.seeding import seeded
 from tests.helpers import weights_only_round_trip
 
@@ -105,11 +105,14 @@ def looped_gradient_step(agent, ids, batch, context, generator):
         data["next_noise"], data["noise"] = noise[0, m], noise[1, m]
         return data, z[m, None, :].expand(rows, -1)
 
-    q_loss = torch.stack([agent.critic_loss(*task(m), alpha)[0] for m in range(tasks)]).mean()
+    q_loss = torch.stack([conditioned_critic_loss(agent.actor, agent.critic, agent.target_critic, *task(m), alpha,
+                                                  cfg.gamma, cfg.reward_scale)[0] for m in range(tasks)]).mean()
     agent.critic_optimizer.zero_grad(set_to_none=True)
     (q_loss + cfg.kl_lambda * kl).backward()
     agent.critic_optimizer.step()
-    losses = [agent.actor_losses(*task(m), alpha) for m in range(tasks)]
+    losses = [conditioned_actor_losses(agent.actor, agent.critic, agent.log_alpha, *task(m), alpha,
+                                       agent.target_entropy, cfg.policy_mean_reg, cfg.policy_std_reg)
+              for m in range(tasks)]
     pi_loss = torch.stack([pair[0] for pair in losses]).mean()
     alpha_loss = torch.stack([pair[1] for pair in losses]).mean()
     agent.actor_optimizer.zero_grad(set_to_none=True)

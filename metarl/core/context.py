@@ -1,12 +1,24 @@
 """PEARL's probabilistic context (Rakelly et al. 2019, section 4.1): a Gaussian factor per context transition and
-their product, the posterior over the latent task variable z; shared by every agent that infers a context."""
+their product, the posterior over the latent task variable z; shared by every agent that infers a context.
+
+Posterior sampling (:func:`posterior_sampling`, the paper's meta-test, section 4.3): per task, episode 0 acts with
+z ~ prior N(0, I); after each episode the posterior q(z|c) is inferred from every transition of the task so far
+(:func:`context_transitions`: (s, a, r) or (s, a, r, s')) and episode k acts with a fresh z ~ q(z|c). Given fixed
+conditioning vectors instead (an oracle's task descriptors), every episode acts with them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
+from .agent_env import stream_generator
 from .networks import MLP
+from .seeding import derive_seed
 
 
 def product_of_gaussians(mean: torch.Tensor, var: torch.Tensor,
@@ -42,3 +54,53 @@ class ContextEncoder(nn.Module):
     def posterior(self, context: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``context`` ``[tasks, n, context_dim]`` -> posterior ``(mean, var)``, each ``[tasks, latent_dim]``."""
         return product_of_gaussians(*self.factors(context), mask)
+
+
+def context_transitions(data: dict[str, torch.Tensor], use_next_obs: bool = False) -> torch.Tensor:
+    """Context transitions (s, a, r[, s']) ``[..., dim]`` from replay-style fields ``[..., dim]``."""
+    parts = [data["observations"], data["actions"], data["rewards"].unsqueeze(-1)]
+    if use_next_obs:
+        parts.append(data["next_observations"])
+    return torch.cat(parts, dim=-1)
+
+
+@torch.no_grad()
+def posterior_sampling(envs: Any, tasks: list[Any], num_episodes: int, seed: int,
+                       act: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+                       encoder: ContextEncoder | None, context_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                       latent_dim: int, descriptors: torch.Tensor | None = None,
+                       device: torch.device | str = "cpu") -> np.ndarray:
+    """Run the meta-test episodes on ``envs`` (one sub-env per task; see the module docstring) and return their
+    ``[len(tasks), num_episodes]`` returns. ``act(obs, z, generator)`` gives the actions, ``context_of(step)`` a
+    step's context transitions; ``descriptors`` ``[tasks, dim]``: z for every episode (no inference)."""
+    n = len(tasks)
+    generator = stream_generator(seed, "meta_test", "latents", device=device)
+    seeds = np.random.default_rng(derive_seed(seed, "meta_test", "resets"))
+    returns = np.zeros((n, num_episodes))
+    context, context_mask = [], []
+    for episode in range(num_episodes):
+        if descriptors is not None:
+            z = descriptors
+        else:
+            noise = torch.randn(n, latent_dim, generator=generator, device=device)
+            if episode == 0:
+                z = noise
+            else:
+                mean, var = encoder.posterior(torch.cat(context, 1), torch.cat(context_mask, 1))
+                z = mean + var.sqrt() * noise
+        envs.set_tasks(list(tasks))
+        obs, _ = envs.reset(seed=[int(s) for s in seeds.integers(0, 2**31 - 1, size=n)])
+        active = np.ones(n, dtype=np.bool_)
+        while active.any():
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            action = act(obs_t, z, generator)
+            next_obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+            returns[:, episode] += reward * active
+            step = {"observations": obs_t, "actions": action,
+                    "rewards": torch.as_tensor(reward, dtype=torch.float32, device=device),
+                    "next_observations": torch.as_tensor(next_obs, dtype=torch.float32, device=device)}
+            context.append(context_of(step)[:, None])
+            context_mask.append(torch.as_tensor(active, dtype=torch.float32, device=device)[:, None])
+            active &= ~(term | trunc)
+            obs = next_obs
+    return returns

@@ -17,15 +17,20 @@ the oracle's task descriptor) appended to every network input:
 * temperature loss (:func:`temperature_loss`): −mean log α · (log π(ã|s, z) + H̄) with the target entropy H̄
   (default −dim(A)); its gradient step raises α when the policy's entropy is below H̄.
 * target networks (:func:`soft_update_`): θ' ← (1 − τ) θ' + τ θ after every gradient step.
+* on rows conditioned on z (:func:`conditioned_critic_loss`, :func:`conditioned_actor_losses`): the critic loss
+  with the gradient reaching z (an encoder learns through it), the actor loss with z detached against frozen
+  critics, plus optional regularisers ``mean_reg`` · mean μ² + ``std_reg`` · mean (log σ)² (PEARL's).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 
 from .networks import MLP
@@ -123,3 +128,55 @@ def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging in place: θ' ← (1 − τ) θ' + τ θ for every parameter."""
     for target_param, param in zip(target.parameters(), source.parameters()):
         target_param.lerp_(param, tau)
+
+
+def conditioned_critic_loss(actor: TanhGaussianActor, critic: TwinQ, target_critic: TwinQ,
+                            data: dict[str, torch.Tensor], z_rows: torch.Tensor, alpha: torch.Tensor, gamma: float,
+                            reward_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic loss of Q(s, a, z) on flattened rows (``data`` fields ``[rows, ...]`` with the actor's noise for
+    the next actions as ``next_noise``, ``z_rows`` one z per row; gradients reach z), and the mean Q1 (detached)."""
+    z_fixed = z_rows.detach()
+    with torch.no_grad():
+        next_action, next_log_prob, _, _ = actor.sample(torch.cat([data["next_observations"], z_fixed], -1),
+                                                        noise=data["next_noise"])
+        next_q1, next_q2 = target_critic(torch.cat([data["next_observations"], next_action, z_fixed], -1))
+        target = critic_target(data["rewards"], data["terminated"], next_q1, next_q2, next_log_prob, alpha, gamma,
+                               reward_scale)
+    q1, q2 = critic(torch.cat([data["observations"], data["actions"], z_rows], -1))
+    return critic_loss(q1, q2, target), q1.detach().mean()
+
+
+def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha: torch.Tensor,
+                             data: dict[str, torch.Tensor], z_rows: torch.Tensor, alpha: torch.Tensor,
+                             target_entropy: float, mean_reg: float = 0.0,
+                             std_reg: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(actor loss plus the regularisers, temperature loss, mean log π (detached)) on flattened rows (the actor's
+    noise as ``noise``), z detached, against the critics as they are (frozen: no gradient reaches them)."""
+    z_fixed = z_rows.detach()
+    frozen = {k: v.detach() for k, v in critic.named_parameters()}
+    action, log_prob, act_mean, act_log_std = actor.sample(torch.cat([data["observations"], z_fixed], -1),
+                                                           noise=data["noise"])
+    new_q1, new_q2 = torch.func.functional_call(critic, frozen,
+                                                (torch.cat([data["observations"], action, z_fixed], -1),))
+    pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+               + mean_reg * (act_mean**2).mean() + std_reg * (act_log_std**2).mean())
+    return pi_loss, temperature_loss(log_alpha, log_prob, target_entropy), log_prob.detach().mean()
+
+
+def check_sac_spaces(agent: str, env_id: str, observation_space: Any, action_space: Any) -> None:
+    """Refuse, with what to use instead, spaces the SAC networks cannot serve: a bounded Box of actions (the
+    squashing box), a flat Box of observations."""
+    if not isinstance(action_space, spaces.Box) or not np.all(np.isfinite(action_space.low)) \
+            or not np.all(np.isfinite(action_space.high)):
+        raise ValueError(f"{agent} needs a bounded Box action space, {env_id} has {action_space}; "
+                         "use rl2 or maml-trpo for discrete actions")
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(f"{agent} needs a flat Box observation space, {env_id} has {observation_space}")
+
+
+def adam_groups(*groups: tuple[nn.Module | Iterable[torch.Tensor] | None, float]) -> torch.optim.Adam:
+    """One Adam optimiser with a parameter group per ``(module or tensors, learning rate)`` (each keeps its own
+    rate; ``None`` entries are skipped): e.g. the critic step also moves an encoder, the actor step also log α,
+    with fewer optimiser calls per gradient step."""
+    return torch.optim.Adam([{"params": list(part.parameters() if isinstance(part, nn.Module) else part), "lr": lr}
+                             for part, lr in groups if part is not None], foreach=True)
