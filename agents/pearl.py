@@ -38,14 +38,10 @@ Spec
       ``derive_seed(seed, ..., i)``; ``state_dict`` holds networks, optimisers, α, both replay buffers and counters,
       so a resumed run reproduces an uninterrupted one exactly on CPU.
 
-Reference configuration: ``experiments/presets/pearl_reference.yaml`` holds the reference's settings (oyster
-``configs/default.py`` and ``launch_experiment.py``: latent 5, three hidden layers of 300 (actor and critics) and of 200
-(encoder), learning rates 3e-4, γ 0.99, τ 0.005, reward scale 5, kl_lambda 0.1, meta-batch 16, batch 256, context
-batch 64, 2000 initial steps per task, 5 tasks sampled per iteration with 400 prior + 0 posterior + 400 extra-RL steps
-each, 2000 gradient steps per iteration, replay 1e6 per task, 100 train tasks as its cheetah-vel config). The defaults
-here are the reference's except where its size makes one iteration take long on a CPU: two hidden layers of 128
-(actor, critics and encoder), 40 train tasks, 500 initial steps per task, 200 prior + 200 extra-RL steps, 250
-gradient steps per iteration, replay 1e5 per task. A tqdm bar shows the gradient steps of an iteration on a terminal
+Reference configuration: ``experiments/presets/pearl_reference.yaml`` (oyster ``configs/default.py``; the preset
+lists every value). The defaults are the reference's except where its size makes one iteration take long on a CPU:
+narrower networks, fewer train tasks, fewer steps and gradient steps per iteration, a smaller replay (the fields say
+which). A tqdm bar shows the gradient steps of an iteration on a terminal
 (``progress``). Deviation: the reference trains SAC v1 (a V network, α fixed at 1, the reward scale setting the
 entropy weight); here SAC v2 (twin target critics, no V) with a learned α by default; ``learn_temperature=False,
 init_temperature=1`` gives the fixed-α objective. Figures: ``experiments/RESULTS.md``, the "Meta-RL: all agents"
