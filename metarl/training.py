@@ -454,9 +454,12 @@ def build_session(run: RunConfig) -> FewShotSession | MetaRLSession:
 # The run loop
 
 
+def _task_label(run: RunConfig) -> str:
+    return run.task.source if run.domain == "fewshot" else run.task.env.split("/")[-1].split(":")[-1]
+
+
 def _default_run_dir(run: RunConfig) -> str:
-    where = run.task.source if run.domain == "fewshot" else run.task.env.split("/")[-1].split(":")[-1]
-    return f"{run.name}-{where}"
+    return f"{run.name}-{_task_label(run)}"
 
 
 def _check_checkpoint(state: dict[str, Any], run: RunConfig, run_dir: Path, what: str = "checkpoint") -> None:
@@ -550,7 +553,7 @@ def _loop(run: RunConfig, session: Any, run_dir: Path, state: dict[str, Any]) ->
         save_checkpoint(checkpoint_path, {"kind": run.domain, "name": run.name, "iteration": iteration,
                                           "env_steps": env_steps, "log_window": window, "state": session.state_dict()})
 
-    bar = tqdm(total=run.iterations, initial=start, desc=f"{run.name} on {_default_run_dir(run).split('-', 1)[-1]}",
+    bar = tqdm(total=run.iterations, initial=start, desc=f"{run.name} on {_task_label(run)}",
                disable=not run.progress, dynamic_ncols=True)
     try:
         for iteration in range(start, run.iterations):
