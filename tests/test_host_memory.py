@@ -9,15 +9,16 @@ import pytest
 
 from metarl.core import host_memory
 
-# allocates and frees a 64 MB tensor (above glibc's largest mmap threshold) five times; prints whether the setting
-# was applied and the minor page faults of the last three allocations (the heap may take a round or two to offer a
-# free block of the right size and alignment, as in a training loop's first iterations)
+# allocates and frees a 64 MB tensor (above glibc's largest mmap threshold) twelve times; prints whether the setting
+# was applied and the minor page faults of the last three allocations (the heap may take several rounds to offer a
+# free block of the right size and 2 MB alignment, as in a training loop's first iterations: with five rounds the
+# last three still faulted in some runs)
 PROBE = """
 import resource, sys, torch
 from metarl.core.host_memory import keep_freed_memory
 applied = keep_freed_memory()
 faults = []
-for _ in range(5):
+for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(16 * 2**20)
     del x
