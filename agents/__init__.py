@@ -69,26 +69,27 @@ def register(name: str, module: str, cls: str, config: str, domain: str, summary
     return REGISTRY[name]
 
 
-for _name, _module, _cls, _config, _summary in [
-    ("maml", "maml", "MAML", "MAMLConfig", "second-order gradient steps on the support set"),
-    ("fomaml", "maml", "MAML", "FOMAMLConfig", "gradient steps, second-order terms dropped"),
-    ("meta-sgd", "meta_sgd", "MetaSGD", "metarl.agents.maml:MAMLConfig", "gradient steps, learned step sizes"),
-    ("anil", "anil", "ANIL", "metarl.agents.maml:MAMLConfig", "gradient steps on the head only"),
-    ("reptile", "reptile", "Reptile", "ReptileConfig", "SGD steps; outer update towards the adapted weights"),
-    ("protonet", "protonet", "PrototypicalNetwork", "ProtoNetConfig", "class prototypes, squared Euclidean distances"),
-    ("matching", "matching", "MatchingNetwork", "MatchingConfig", "cosine attention over the support set"),
-    ("blackbox", "blackbox", "BlackBoxLearner", "BlackBoxConfig", "a Transformer reads the support set"),
+for _domain, _name, _module, _cls, _config, _summary in [
+    ("fewshot", "maml", "maml", "MAML", "MAMLConfig", "second-order gradient steps on the support set"),
+    ("fewshot", "fomaml", "maml", "MAML", "FOMAMLConfig", "gradient steps, second-order terms dropped"),
+    ("fewshot", "meta-sgd", "meta_sgd", "MetaSGD", "metarl.agents.maml:MAMLConfig",
+     "gradient steps, learned step sizes"),
+    ("fewshot", "anil", "anil", "ANIL", "metarl.agents.maml:MAMLConfig", "gradient steps on the head only"),
+    ("fewshot", "reptile", "reptile", "Reptile", "ReptileConfig",
+     "SGD steps; outer update towards the adapted weights"),
+    ("fewshot", "protonet", "protonet", "PrototypicalNetwork", "ProtoNetConfig",
+     "class prototypes, squared Euclidean distances"),
+    ("fewshot", "matching", "matching", "MatchingNetwork", "MatchingConfig", "cosine attention over the support set"),
+    ("fewshot", "blackbox", "blackbox", "BlackBoxLearner", "BlackBoxConfig", "a Transformer reads the support set"),
+    ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
+    ("meta-rl", "rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
+    ("meta-rl", "pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
+    ("meta-rl", "oracle", "oracle", "Oracle", "OracleConfig", "SAC conditioned on the true task (upper bound)"),
+    ("meta-rl", "multitask", "sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig", "one SB3 policy for all tasks"),
+    ("meta-rl", "scratch", "sb3_baselines", "FromScratchBaseline", "FromScratchConfig",
+     "SB3 from scratch on each held-out task"),
 ]:
-    register(_name, f"metarl.agents.{_module}", _cls, _config, "fewshot", _summary)
-for _name, _module, _cls, _config, _summary in [
-    ("maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
-    ("rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
-    ("pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
-    ("oracle", "oracle", "Oracle", "OracleConfig", "SAC conditioned on the true task (upper bound)"),
-    ("multitask", "sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig", "one SB3 policy for all tasks"),
-    ("scratch", "sb3_baselines", "FromScratchBaseline", "FromScratchConfig", "SB3 from scratch on each held-out task"),
-]:
-    register(_name, f"metarl.agents.{_module}", _cls, _config, "meta-rl", _summary)
+    register(_name, f"metarl.agents.{_module}", _cls, _config, _domain, _summary)
 
 
 def names(domain: str | None = None) -> tuple[str, ...]:

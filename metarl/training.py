@@ -406,12 +406,22 @@ class MetaRLSession:
         from metarl.agents import entry
 
         self.run = run
-        offered = probe_task_env(run.task.env, run.learner)
-        for split in run.evaluation.eval_splits:
-            if split not in offered and split != "ood":
-                check_choice(split, f"eval_splits of {run.task.env}", offered)
         agent_type, _ = entry(run.name).load()
-        self.agent = agent_type(run.task.env, run.learner)  # bad hyperparameters fail here, before any directory
+        self.agent = agent_type(run.task.env, run.learner)  # bad env or hyperparameters fail here, before any dir
+        try:
+            task_env = getattr(self.agent, "task_env", None)  # the agent's own probe: the env is not made twice
+            if task_env is not None:
+                from metarl.envs.base import SPLITS
+
+                offered = tuple(getattr(task_env, "splits", SPLITS))
+            else:
+                offered = probe_task_env(run.task.env, run.learner)
+            for split in run.evaluation.eval_splits:
+                if split not in offered and split != "ood":
+                    check_choice(split, f"eval_splits of {run.task.env}", offered)
+        except BaseException:
+            self.agent.close()
+            raise
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
         return self.agent.train_iteration(iteration)
