@@ -127,26 +127,6 @@ def __getattr__(attribute: str) -> Any:
 # ----------------------------------------------------------------------------------------------------------------------
 # Few-shot learners: the standard backbone of a task source, and the learner built on it
 
-GRADIENT_LEARNER_CLASSES = ("MAML", "MetaSGD", "ANIL", "Reptile")
-"""Learners with a fixed output layer that adapts by gradient steps (their ways are fixed when they are built)."""
-
-
-def _backbone(source: Any, out_features: int | None, running_stats: bool):
-    """The standard backbone for a source: MLP 40-40 for vectors (MAML's sinusoid net), Conv-4 for images."""
-    from metarl.core.networks import MLP, Conv4
-
-    shape = tuple(source.input_shape)
-    if len(shape) == 1:
-        if out_features is None:  # an encoder for metric / black-box learners
-            return MLP(shape[0], [64], 64), 64
-        return MLP(shape[0], [40, 40], out_features), out_features
-    if len(shape) == 3:
-        net = Conv4(in_channels=shape[0], out_features=out_features, running_stats=running_stats,
-                    image_size=shape[1])
-        return net, out_features or net.embedding_dim
-    raise ValueError(f"no standard backbone for inputs of shape {shape}")
-
-
 def make_learner(name: str, source: Any, config: Any = None, *, ways: int | None = None, **fields: Any):
     """Build few-shot learner ``name`` with the standard backbone for ``source``, initialised from the config's seed.
 
@@ -170,18 +150,8 @@ def make_learner(name: str, source: Any, config: Any = None, *, ways: int | None
         config = config_from_dict(config_type, {**dataclasses.asdict(config), **fields})
     kind = source.kind
     outputs = (ways or getattr(source, "ways", None)) if kind == "classification" else source.output_dim
-    with seeded(config.seed):
-        if found.cls in GRADIENT_LEARNER_CLASSES:
-            model, _ = _backbone(source, outputs, running_stats=False)
-            learner = learner_type(model, kind, config)
-        elif found.cls == "BlackBoxLearner":
-            encoder, feature_dim = _backbone(source, None, running_stats=True)
-            learner = learner_type(encoder, feature_dim, kind, outputs, config)
-        else:  # metric learners: an embedding
-            if kind != "classification":
-                raise ValueError(f"learner {name!r} needs a classification task source, not {kind}")
-            embedding, _ = _backbone(source, None, running_stats=True)
-            learner = learner_type(embedding, kind, config)
+    with seeded(config.seed):  # each learner builds itself on the source's standard backbone
+        learner = learner_type.from_source(source, config, outputs=outputs)
     learner.name = name
     return learner
 

@@ -49,6 +49,14 @@ class BlackBoxLearner(FewShotLearner):
     """Transformer over (x, y) support tokens and (x, ?) query tokens."""
 
     name = "blackbox"
+    fixed_ways = True
+
+    @classmethod
+    def from_source(cls, source, config, *, outputs: int | None) -> "BlackBoxLearner":
+        from metarl.core.networks import standard_backbone
+
+        encoder, feature_dim = standard_backbone(source.input_shape, None, running_stats=True)
+        return cls(encoder, feature_dim, source.kind, outputs, config)
 
     def __init__(
         self,

@@ -55,6 +55,14 @@ class MAML(FewShotLearner):
 
     name = "maml"
     uses_gradient_steps = True
+    fixed_ways = True
+
+    @classmethod
+    def from_source(cls, source: Any, config: Any, *, outputs: int | None) -> "MAML":
+        from metarl.core.networks import standard_backbone
+
+        model, _ = standard_backbone(source.input_shape, outputs, running_stats=False)
+        return cls(model, source.kind, config)
 
     def __init__(self, model: nn.Module, kind: str, config: MAMLConfig | None = None) -> None:
         super().__init__(kind)

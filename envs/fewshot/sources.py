@@ -135,9 +135,7 @@ class OmniglotConfig:
         return source
 
     def _fixed_ways(self, learner: Any) -> bool:
-        from metarl.agents import GRADIENT_LEARNER_CLASSES
-
-        return type(learner).__name__ in (*GRADIENT_LEARNER_CLASSES, "BlackBoxLearner")
+        return bool(getattr(learner, "fixed_ways", False))
 
     def check_learner(self, name: str, learner: Any) -> None:
         if self._fixed_ways(learner) and self.train_ways not in (None, self.ways):

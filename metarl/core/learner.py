@@ -66,12 +66,28 @@ class FewShotLearner(nn.Module):
     name: str = "learner"
     #: whether ``steps`` (gradient steps at adaptation) means anything for this learner
     uses_gradient_steps: bool = False
+    #: whether the learner has an output layer of a fixed number of classes (built for the source's ``ways``:
+    #: training and evaluation episodes must then have that many ways)
+    fixed_ways: bool = False
 
     def __init__(self, kind: str) -> None:
         super().__init__()
         if kind not in TASK_KINDS:
             raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")
         self.kind = kind
+
+    @classmethod
+    def from_source(cls, source: Any, config: Any, *, outputs: int | None) -> "FewShotLearner":
+        """Build the learner with the standard backbone for ``source`` (called by :func:`metarl.agents.make_learner`
+        under the config's seed). ``outputs``: the classes per task (classification) or the output width
+        (regression). Default: a metric learner on the source's standard embedding (``cls(embedding, kind,
+        config)``); learners with another construction override this."""
+        from .networks import standard_backbone
+
+        if source.kind != "classification":
+            raise ValueError(f"learner {cls.name!r} needs a classification task source, not {source.kind}")
+        embedding, _ = standard_backbone(source.input_shape, None, running_stats=True)
+        return cls(embedding, source.kind, config)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *, steps: int | None = None) -> Any:
         raise NotImplementedError

@@ -102,3 +102,19 @@ def head_parameter_names(module: nn.Module, head: str = "head") -> list[str]:
     if not names:
         raise ValueError(f"the model has no parameters under {head!r}")
     return names
+
+
+def standard_backbone(input_shape, out_features: int | None, running_stats: bool) -> tuple[nn.Module, int]:
+    """The standard backbone of a task source's inputs and its output width: for vectors an MLP 40-40 with
+    ``out_features`` outputs (MAML's sinusoid net) or, with ``out_features=None``, a 64-64 encoder (metric and
+    black-box learners); for images the Conv-4 (with a linear head when ``out_features`` is set)."""
+    shape = tuple(input_shape)
+    if len(shape) == 1:
+        if out_features is None:
+            return MLP(shape[0], [64], 64), 64
+        return MLP(shape[0], [40, 40], out_features), out_features
+    if len(shape) == 3:
+        net = Conv4(in_channels=shape[0], out_features=out_features, running_stats=running_stats,
+                    image_size=shape[1])
+        return net, out_features or net.embedding_dim
+    raise ValueError(f"no standard backbone for inputs of shape {shape}")
