@@ -52,7 +52,7 @@ class BlackBoxLearner(FewShotLearner):
     fixed_ways = True
 
     @classmethod
-    def from_source(cls, source, config, *, outputs: int | None) -> "BlackBoxLearner":
+    def from_source(cls, source, config, *, outputs: int | None) -> BlackBoxLearner:
         from metarl.core.networks import standard_backbone
 
         encoder, feature_dim = standard_backbone(source.input_shape, None, running_stats=True)

@@ -58,7 +58,7 @@ class MAML(FewShotLearner):
     fixed_ways = True
 
     @classmethod
-    def from_source(cls, source: Any, config: Any, *, outputs: int | None) -> "MAML":
+    def from_source(cls, source: Any, config: Any, *, outputs: int | None) -> MAML:
         from metarl.core.networks import standard_backbone
 
         model, _ = standard_backbone(source.input_shape, outputs, running_stats=False)

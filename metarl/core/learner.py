@@ -77,7 +77,7 @@ class FewShotLearner(nn.Module):
         self.kind = kind
 
     @classmethod
-    def from_source(cls, source: Any, config: Any, *, outputs: int | None) -> "FewShotLearner":
+    def from_source(cls, source: Any, config: Any, *, outputs: int | None) -> FewShotLearner:
         """Build the learner with the standard backbone for ``source`` (called by :func:`metarl.agents.make_learner`
         under the config's seed). ``outputs``: the classes per task (classification) or the output width
         (regression). Default: a metric learner on the source's standard embedding (``cls(embedding, kind,
