@@ -39,6 +39,7 @@ class MatchingNetwork(FewShotLearner):
     """Adapt = embed and keep the support set; predict = cosine attention over it."""
 
     name = "matching"
+    task_kinds = ("classification",)
 
     def __init__(self, embedding: nn.Module, kind: str = "classification",
                  config: MatchingConfig | None = None) -> None:

@@ -42,6 +42,7 @@ class PrototypicalNetwork(FewShotLearner):
     """Adapt = compute class prototypes of the support set; predict = negative squared distances as logits."""
 
     name = "protonet"
+    task_kinds = ("classification",)
 
     def __init__(self, embedding: nn.Module, kind: str = "classification",
                  config: ProtoNetConfig | None = None) -> None:

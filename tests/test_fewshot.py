@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarl.agents import LEARNERS, make_learner
+from metarl.agents import LEARNERS, entry, make_learner
 from metarl.cli import main as cli_main
 from metarl.envs.fewshot import Sinusoid, make_source
 from metarl.evaluation import evaluate_fewshot, mean_confidence_interval
 from metarl.runs import CHECKPOINT_FORMAT, RunError, load_checkpoint
 from metarl.training import RunConfig, load_session, make_run_config, train
 
-REGRESSION_LEARNERS = [name for name in LEARNERS if name not in ("protonet", "matching")]
+REGRESSION_LEARNERS = [name for name in LEARNERS if "regression" in entry(name).load()[0].task_kinds]
+CLASSIFICATION_LEARNERS = [name for name in LEARNERS if "classification" in entry(name).load()[0].task_kinds]
+CLASSIFICATION_ONLY = [name for name in CLASSIFICATION_LEARNERS if name not in REGRESSION_LEARNERS]
 
 
 def _quick(tmp_path: Path, **overrides) -> RunConfig:
@@ -40,7 +42,7 @@ def test_every_learner_trains_and_evaluates_on_sinusoid(tmp_path, learner):
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("learner", ["maml", "anil", "protonet", "matching", "blackbox"])
+@pytest.mark.parametrize("learner", CLASSIFICATION_LEARNERS)
 def test_classification_learners_run_on_omniglot(tmp_path, omniglot_dir, learner):
     config = _quick(tmp_path, learner=learner, source="omniglot", data_root=str(omniglot_dir), ways=3, shots=1,
                     query_shots=2, iterations=2, meta_batch_size=2, eval_tasks=4)
@@ -87,33 +89,43 @@ def test_same_seed_same_run_and_different_seed_differs(tmp_path):
     assert ea == eb
 
 
-@pytest.mark.determinism
-@pytest.mark.parametrize("learner", ["maml", "reptile"])
-def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, learner):
-    full = train(_quick(tmp_path / "full", learner=learner, iterations=8, checkpoint_every=3))
-    # a run killed after its iteration-6 checkpoint (the 7th outer step raises)
-    config = _quick(tmp_path / "killed", learner=learner, iterations=8, checkpoint_every=3)
-    from metarl.core.learner import FewShotLearner
+def _small_run(tmp_path: Path, learner: str, omniglot_dir: Path | None = None, **overrides) -> RunConfig:
+    """A tiny run of ``learner``: sinusoid where it regresses, else 3-way 1-shot Omniglot."""
+    if learner not in REGRESSION_LEARNERS:
+        overrides = dict(source="omniglot", data_root=str(omniglot_dir), ways=3, shots=1, query_shots=2,
+                         meta_batch_size=2, eval_tasks=4, **overrides)
+    return _quick(tmp_path, learner=learner, **overrides)
 
-    original = FewShotLearner.outer_step if learner == "maml" else type(make_learner(learner, Sinusoid())).outer_step
+
+@pytest.mark.determinism
+@pytest.mark.parametrize("learner", ["maml", "reptile", *CLASSIFICATION_ONLY])
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, omniglot_dir, learner):
+    """Every learner: a run killed after a checkpoint and resumed ends with the weights and metrics of an
+    uninterrupted run with the same seed (so also: same seed, same result)."""
+    from metarl.training import FewShotSession
+
+    full = train(_small_run(tmp_path / "full", learner, omniglot_dir, iterations=8, checkpoint_every=3))
+    # a run killed after its iteration-6 checkpoint (the 7th iteration raises)
+    config = _small_run(tmp_path / "killed", learner, omniglot_dir, iterations=8, checkpoint_every=3)
+    original = FewShotSession.train_iteration
     calls = {"n": 0}
 
-    def dying_outer_step(self, batch, optimizer):
+    def dying_iteration(self, iteration):
         calls["n"] += 1
         if calls["n"] == 7:
             raise KeyboardInterrupt
-        return original(self, batch, optimizer)
+        return original(self, iteration)
 
-    owner = FewShotLearner if learner == "maml" else type(make_learner(learner, Sinusoid()))
-    monkeypatch.setattr(owner, "outer_step", dying_outer_step)
+    monkeypatch.setattr(FewShotSession, "train_iteration", dying_iteration)
     with pytest.raises(KeyboardInterrupt):
         train(config)
     killed_dir = Path(config.run_dir)
     assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["iteration"] == 6
-    monkeypatch.setattr(owner, "outer_step", original)
+    monkeypatch.setattr(FewShotSession, "train_iteration", original)
     assert cli_main(["resume", str(killed_dir), "--no-progress"]) == 0
     final_a = load_checkpoint(full / "checkpoints" / "last.pt")["state"]["model"]
     final_b = load_checkpoint(killed_dir / "checkpoints" / "last.pt")["state"]["model"]
+    assert final_a.keys() == final_b.keys()
     for key in final_a:
         assert torch.equal(final_a[key], final_b[key]), key
     assert _rows(full) == _rows(killed_dir)

@@ -69,6 +69,8 @@ class FewShotLearner(nn.Module):
     #: whether the learner has an output layer of a fixed number of classes (built for the source's ``ways``:
     #: training and evaluation episodes must then have that many ways)
     fixed_ways: bool = False
+    #: the task kinds the learner can learn (metric learners: classification only)
+    task_kinds: tuple[str, ...] = TASK_KINDS
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -84,8 +86,9 @@ class FewShotLearner(nn.Module):
         config)``); learners with another construction override this."""
         from .networks import standard_backbone
 
-        if source.kind != "classification":
-            raise ValueError(f"learner {cls.name!r} needs a classification task source, not {source.kind}")
+        if source.kind not in cls.task_kinds:
+            raise ValueError(f"learner {cls.name!r} needs a {' or '.join(cls.task_kinds)} task source, "
+                             f"not {source.kind}")
         embedding, _ = standard_backbone(source.input_shape, None, running_stats=True)
         return cls(embedding, source.kind, config)
 
