@@ -170,7 +170,8 @@ def main() -> None:
     records = []
     if args.table:
         records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*/results.json"))]
-        records = [r for r in records if r["learner"] in names]
+        records = sorted((r for r in records if r["learner"] in names),
+                         key=lambda r: (names.index(r["learner"]), r["train_ways"]))
     else:
         for name in names:
             for ways in ((5, 20) if is_fixed_ways(name) else (20,)):
