@@ -135,9 +135,11 @@ def table(records: list[dict]) -> str:
             entry_["cells"][(row["ways"], row["shots"])] = row
         entry_["budget"].append(f"{record['episodes']} × {record['train_ways']}-way"
                                 + (f" ({record['train_minutes']} min)" if record.get("train_minutes") else ""))
+        entry_["tasks"] = record["eval_tasks"]
     head = " | ".join(f"{w}-way {k}-shot" for w, k in CELLS)
-    lines = [f"| learner | training episodes (1-shot) | {head} | published (Sung et al. Table 1) |",
-             "| --- | --- |" + " --- |" * (len(CELLS) + 1)]
+    lines = [f"| learner | training episodes (1-shot) | test tasks per cell | {head} "
+             "| published (Sung et al. Table 1) |",
+             "| --- | --- | --- |" + " --- |" * (len(CELLS) + 1)]
     for name, entry_ in by_learner.items():
         cells = []
         for cell in CELLS:
@@ -146,7 +148,8 @@ def table(records: list[dict]) -> str:
                          else f"{100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}")
         published = PUBLISHED.get(name)
         published_text = " / ".join("–" if p is None else f"{p}" for p in published) if published else ""
-        lines.append(f"| {name} | {'; '.join(entry_['budget'])} | {' | '.join(cells)} | {published_text} |")
+        lines.append(f"| {name} | {'; '.join(entry_['budget'])} | {entry_['tasks']} | {' | '.join(cells)} | "
+                     f"{published_text} |")
     return "\n".join(lines)
 
 
