@@ -13,7 +13,7 @@ import torch
 
 from metarl.agents import LEARNERS, entry, make_learner
 from metarl.cli import main as cli_main
-from metarl.envs.fewshot import Sinusoid, make_source
+from metarl.envs.fewshot import make_source
 from metarl.evaluation import evaluate_fewshot, mean_confidence_interval
 from metarl.runs import CHECKPOINT_FORMAT, RunError, load_checkpoint
 from metarl.training import RunConfig, load_session, make_run_config, train
