@@ -234,18 +234,20 @@ def test_metanet_learns_fresh_prototype_tasks_far_above_chance(one_torch_thread)
 # the black-box learner
 
 
+@pytest.mark.slow
 @pytest.mark.learning
 def test_blackbox_learns_omniglot_5_way_far_above_chance(omniglot_dir, one_torch_thread):
-    """The fixed black-box learner leaves chance on Omniglot 5-way 1-shot within 150 meta-iterations of 4 tasks
-    (held-out characters); the previous design (post-LN, image and label summed in one token, a free read-out)
-    stayed at chance (training loss ln 5) for at least 100 iterations of the same episodes."""
+    """With the label read-out the black-box learner leaves chance on Omniglot 5-way 1-shot within 100
+    meta-iterations of 4 tasks (held-out characters; measured 77%); with the earlier linear read-out
+    (``readout="linear"``) the training loss stayed at ln 5 for 100 iterations of the same episodes, also with pre-LN
+    layers or lr 1e-3 (experiments/RESULTS.md, the black-box diagnosis)."""
     from metarl.envs.fewshot import make_source
     from metarl.evaluation import evaluate_fewshot
 
     source = make_source("omniglot", root=str(omniglot_dir), ways=5, shots=1, query_shots=5)
     learner = make_learner("blackbox", source, seed=0)
     optimizer = learner.configure_optimizer(1e-3)
-    for iteration in range(150):
+    for iteration in range(100):
         learner.outer_step(source.sample(4, split="train", seed=iteration), optimizer)
     accuracy = evaluate_fewshot(learner, source, shots=[1], num_tasks=200, split="test", seed=7)["results"][0]
     assert accuracy["accuracy"] > 0.5, accuracy
