@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metarl.agents.protonet import embed_tasks
 from metarl.evaluation import mean_confidence_interval
 from metarl.runs import atomic_write_json
 from metarl.training import load_run, load_session, make_run_config, train
@@ -74,10 +75,17 @@ def step_predictions(name: str, learner, x: torch.Tensor, y: torch.Tensor, chunk
     for start in range(0, x.shape[0], chunk):
         xs, ys = x[start:start + chunk], y[start:start + chunk]
         if name == "blackbox":
-            steps = [torch.zeros(xs.shape[0], dtype=torch.long)]  # nothing seen yet: label 0
-            for t in range(1, xs.shape[1]):
-                state = learner.adapt(xs[:, :t], ys[:, :t])
-                steps.append(learner.predict(state, xs[:, t:t + 1])[:, 0].argmax(dim=-1))
+            # each drawing embedded once (evaluation mode: an image's embedding does not depend on the batch), then
+            # the learner runs on the embeddings with its encoder set aside
+            features, encoder = embed_tasks(learner.encoder, xs), learner.encoder
+            learner.encoder = torch.nn.Identity()
+            try:
+                steps = [torch.zeros(xs.shape[0], dtype=torch.long)]  # nothing seen yet: label 0
+                for t in range(1, xs.shape[1]):
+                    state = learner.adapt(features[:, :t], ys[:, :t])
+                    steps.append(learner.predict(state, features[:, t:t + 1])[:, 0].argmax(dim=-1))
+            finally:
+                learner.encoder = encoder
             out.append(torch.stack(steps, dim=1))
         else:
             out.append(learner.run_sequence(xs, ys)[0].argmax(dim=-1))
