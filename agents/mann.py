@@ -34,8 +34,8 @@ positions) and returns the state after its last step, with the last support labe
 ``predict`` classifies every query independently as one more step from that state (all queries of all tasks at
 once). ``meta_loss`` (``loss_on="sequence"``, the paper's objective) concatenates support and query items into one
 episode, shuffles it in the same data-derived way, and minimises the mean cross-entropy of the per-step predictions
-over all T steps (first presentations included: there the best output is uniform); ``loss_on="query"`` minimises
-the query loss of adapt + predict instead. The paper uses RMSProp; this file keeps the suite's Adam.
+over all T steps (first presentations included: there the best output is uniform over the labels not yet given);
+``loss_on="query"`` minimises the query loss of adapt + predict instead. Optimiser: the suite's Adam.
 
 Figures: experiments/RESULTS.md ("MANN on Santoro's protocol", and the Omniglot one-shot-runs table).
 """
