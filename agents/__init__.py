@@ -13,6 +13,8 @@ reptile     Reptile (Nichol et al. 2018)                  gradient steps; first-
 protonet    Prototypical Networks (Snell et al. 2017)     class prototypes of the support embeddings
 matching    Matching Networks (Vinyals et al. 2016)       cosine attention over the support set
 blackbox    Transformer over the support set              one forward pass (a sequence model)
+mann        MANN (Santoro et al. 2016), LRUA memory       a sequence pass writing an external memory
+metanet     Meta Networks (Munkhdalai & Yu 2017)          fast weights generated from loss gradients
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,
@@ -81,6 +83,9 @@ for _domain, _name, _module, _cls, _config, _summary in [
      "class prototypes, squared Euclidean distances"),
     ("fewshot", "matching", "matching", "MatchingNetwork", "MatchingConfig", "cosine attention over the support set"),
     ("fewshot", "blackbox", "blackbox", "BlackBoxLearner", "BlackBoxConfig", "a Transformer reads the support set"),
+    ("fewshot", "mann", "mann", "MANN", "MANNConfig", "an LSTM with an LRUA external memory reads the sequence"),
+    ("fewshot", "metanet", "metanet", "MetaNetwork", "MetaNetConfig",
+     "fast weights generated from support-set loss gradients"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
     ("meta-rl", "rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
     ("meta-rl", "pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),

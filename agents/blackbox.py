@@ -8,8 +8,19 @@ vectors, Conv-4 for images; ``y`` one-hot for classification, the value for regr
 ``W_x e(x) + u`` with a learned "label unknown" vector ``u``. A Transformer encoder runs over support and query
 tokens with an attention mask that lets support tokens see the support set only and each query see the support set
 and itself (queries never see each other, so predictions do not depend on what else is queried). No positional
-encoding: the learner is invariant to the order of the support set. A linear read-out at each query token gives
-the prediction. Trained by the query loss, like every learner here.
+encoding: the learner is invariant to the order of the support set. Trained by the query loss, like every learner
+here.
+
+Read-out. Regression: a linear layer on each query token. Classification (``readout="labels"``, the default): the
+final query token h_q attends over the final support tokens h_j and reads their labels,
+``p(k | q) = Σ_j softmax_j((W_q h_q)·(W_k h_j) / √d) [y_j = k]``, and the logits are ``log p`` (floored at 1e-6).
+``readout="linear"`` is the earlier free linear layer on the query token, which does not learn Omniglot (training
+loss at ln 5 / ln 20): at initialisation neither the attention (which support token to look at) nor the read-out
+(what a label direction in the token means) carries label information, and each one's gradient needs the other
+already aligned, so training starts on a symmetric saddle (outputs uniform over the labels for every input); the
+label read-out maps a label to its class by construction, so the attention gets a useful gradient from the first
+step. ``norm_first`` switches the layers to pre-LN (off by default: it did not help on its own). The measurements
+behind this are in experiments/RESULTS.md ("The black-box learner on Omniglot: diagnosis").
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarl.core.config import ConfigError, check_int
+from metarl.core.config import ConfigError, check_choice, check_int
 from metarl.core.learner import FewShotLearner, FewShotLearnerConfig
 
 from .protonet import embed_tasks
@@ -36,11 +47,17 @@ class BlackBoxConfig(FewShotLearnerConfig):
     """Transformer encoder layers"""
     heads: int = 4
     """attention heads (must divide d_model)"""
+    readout: str = "labels"
+    """classification read-out: labels (attention of each query over the support tokens, reading their labels) or
+    linear (a free linear layer on the query token: stays at chance on Omniglot; regression always uses it)"""
+    norm_first: bool = False
+    """pre-LN Transformer layers (layer norm before attention and feed-forward) instead of post-LN"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("d_model", "layers", "heads"):
             check_int(getattr(self, name), name, minimum=1)
+        check_choice(self.readout, "readout", ["labels", "linear"])
         if self.d_model % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
 
@@ -74,9 +91,15 @@ class BlackBoxLearner(FewShotLearner):
         self.x_projection = nn.Linear(feature_dim, d_model)
         self.y_projection = nn.Linear(output_dim, d_model)
         self.unknown_label = nn.Parameter(torch.zeros(d_model))
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True)
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True,
+                                           norm_first=self.config.norm_first)
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.readout = nn.Linear(d_model, output_dim)
+        self.label_readout = kind == "classification" and self.config.readout == "labels"
+        if self.label_readout:  # query-to-support attention whose values are the support labels themselves
+            self.readout_query = nn.Linear(d_model, d_model)
+            self.readout_key = nn.Linear(d_model, d_model)
+        else:
+            self.readout = nn.Linear(d_model, output_dim)
 
     def _labels(self, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "classification":
@@ -85,14 +108,22 @@ class BlackBoxLearner(FewShotLearner):
             return F.one_hot(y, self.output_dim).float()
         return y
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:
-        return self.x_projection(embed_tasks(self.encoder, support_x)) + self.y_projection(self._labels(support_y))
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *,
+              steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = self._labels(support_y)
+        return self.x_projection(embed_tasks(self.encoder, support_x)) + self.y_projection(labels), labels
 
-    def predict(self, state: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    def predict(self, state: tuple[torch.Tensor, torch.Tensor], query_x: torch.Tensor) -> torch.Tensor:
+        state, labels = state
         queries = self.x_projection(embed_tasks(self.encoder, query_x)) + self.unknown_label
         n_support, n_query = state.shape[1], queries.shape[1]
         total = n_support + n_query
         index = torch.arange(total, device=state.device)
         blocked = (index.unsqueeze(0) >= n_support) & (index.unsqueeze(0) != index.unsqueeze(1))  # True = masked
         hidden = self.transformer(torch.cat([state, queries], dim=1), mask=blocked)
-        return self.readout(hidden[:, n_support:])
+        if not self.label_readout:
+            return self.readout(hidden[:, n_support:])
+        # log of the attention-weighted support labels: the label of the best-matching support token wins
+        scores = self.readout_query(hidden[:, n_support:]) @ self.readout_key(hidden[:, :n_support]).transpose(1, 2)
+        attention = (scores / self.readout_query.out_features ** 0.5).softmax(dim=-1)  # [tasks, queries, support]
+        return (attention @ labels).clamp_min(1e-6).log()

@@ -48,7 +48,11 @@ PLANS: dict[str, dict] = {
                      eval_steps=(1,)),
     "reptile": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, inner_lr=0.05, inner_steps=5,
                     eval_steps=(10,)),
-    "blackbox": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=3000, outer_lr=3e-4),
+    "blackbox": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=3000, outer_lr=1e-3),
+    # MANN on the per-step loss of shuffled 20-way episodes (1 support + 5 queries per class: 120 steps), on the
+    # Conv-4 embedding (the paper's flattened pixels are kept for its own 5-way protocol, experiments/mann_omniglot.py)
+    "mann": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, outer_lr=5e-3, encoder="conv"),
+    "metanet": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, outer_lr=3e-3),
 }
 
 #: what the table keeps of a one-shot-runs result
