@@ -342,3 +342,17 @@ def test_metric_learners_beat_chance_on_held_out_omniglot_characters(one_torch_t
                                                                      iterations, fields, margin):
     accuracy = _train_and_score(omniglot_dir, name, iterations, **fields)
     assert accuracy > margin, f"{name} {fields}: 5-way 1-shot held-out accuracy {accuracy:.3f} (chance 0.20)"
+
+
+@pytest.mark.smoke
+def test_matching_with_full_context_trains_and_evaluates_from_the_command_line(tmp_path, omniglot_dir):
+    from metarl.training import load_session
+
+    run_dir = tmp_path / "fce"
+    assert cli_main(["train", "matching", "--full-context", "--fce-steps", "2", "--source", "omniglot", "--data-root",
+                     str(omniglot_dir), "--ways", "3", "--shots", "1", "--query-shots", "1", "--iterations", "2",
+                     "--meta-batch-size", "2", "--eval-tasks", "2", "--threads", "1", "--no-progress",
+                     "--run-dir", str(run_dir)]) == 0
+    assert cli_main(["evaluate", str(run_dir), "--threads", "1"]) == 0
+    learner = load_session(run_dir).learner
+    assert learner.context is not None and learner.context.steps == 2
