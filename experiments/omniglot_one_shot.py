@@ -57,7 +57,7 @@ PLANS: dict[str, dict] = {
                          meta_batch_size=1, iterations=1000, outer_lr=1e-3),
     "relation": dict(ways=20, query_shots=2, meta_batch_size=1, iterations=1000, outer_lr=1e-3,
                      support_pooling="mean"),
-    "siamese": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=1500, outer_lr=1e-3),
+    "siamese": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=1000, outer_lr=1e-3),
 }
 
 #: what the table keeps of a one-shot-runs result
