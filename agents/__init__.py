@@ -11,7 +11,9 @@ meta-sgd    Meta-SGD (Li et al. 2017)                     gradient steps with le
 anil        ANIL (Raghu et al. 2020)                      gradient steps on the head only
 reptile     Reptile (Nichol et al. 2018)                  gradient steps; first-order outer update
 protonet    Prototypical Networks (Snell et al. 2017)     class prototypes of the support embeddings
-matching    Matching Networks (Vinyals et al. 2016)       cosine attention over the support set
+matching    Matching Networks (Vinyals et al. 2016)       cosine attention over the support set (+ FCE)
+relation    Relation Networks (Sung et al. 2018)          a learned relation module scores query–class pairs
+siamese     Siamese networks (Koch et al. 2015)           a learned verification metric, nearest support class
 blackbox    Transformer over the support set              one forward pass (a sequence model)
 mann        MANN (Santoro et al. 2016), LRUA memory       a sequence pass writing an external memory
 metanet     Meta Networks (Munkhdalai & Yu 2017)          fast weights generated from loss gradients
@@ -81,7 +83,12 @@ for _domain, _name, _module, _cls, _config, _summary in [
      "SGD steps; outer update towards the adapted weights"),
     ("fewshot", "protonet", "protonet", "PrototypicalNetwork", "ProtoNetConfig",
      "class prototypes, squared Euclidean distances"),
-    ("fewshot", "matching", "matching", "MatchingNetwork", "MatchingConfig", "cosine attention over the support set"),
+    ("fewshot", "matching", "matching", "MatchingNetwork", "MatchingConfig",
+     "cosine attention over the support set (--full-context: the paper's FCE)"),
+    ("fewshot", "relation", "relation", "RelationNetwork", "RelationConfig",
+     "a learned module scores query–class pairs of feature maps"),
+    ("fewshot", "siamese", "siamese", "SiameseNetwork", "SiameseConfig",
+     "a learned verification metric (same class?), nearest support class"),
     ("fewshot", "blackbox", "blackbox", "BlackBoxLearner", "BlackBoxConfig", "a Transformer reads the support set"),
     ("fewshot", "mann", "mann", "MANN", "MANNConfig", "an LSTM with an LRUA external memory reads the sequence"),
     ("fewshot", "metanet", "metanet", "MetaNetwork", "MetaNetConfig",

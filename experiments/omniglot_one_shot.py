@@ -34,7 +34,11 @@ from metarl.training import RunConfig, evaluate, load_run, load_session, make_ru
 
 # Training episodes: metric learners as Snell et al. (60-way, 5 queries per class); the MAML family and the
 # black-box learner need a 20-way output layer, so they train on 20-way 1-shot episodes (Finn et al. 2017: inner
-# lr 0.1, 5 steps in training, 10 at test; meta-batch 16, here smaller for CPU budgets).
+# lr 0.1, 5 steps in training, 10 at test; meta-batch 16, here smaller for CPU budgets). A plan's "learner" names
+# the registered learner when the plan's key is not one (matching-fce: Matching Networks with full-context
+# embeddings). Relation Networks score every query-class pair (Sung et al. 2018 train 20-way 1-shot with 10
+# queries per class; fewer here for CPU budgets) and average the support maps ("mean", the paper's sum at one shot)
+# so test-time augmentation's extra shots keep the relation module's input scale.
 PLANS: dict[str, dict] = {
     "protonet": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=6000, outer_lr=1e-3),
     "matching": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=6000, outer_lr=1e-3),
@@ -53,6 +57,11 @@ PLANS: dict[str, dict] = {
     # Conv-4 embedding (the paper's flattened pixels are kept for its own 5-way protocol, experiments/mann_omniglot.py)
     "mann": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, outer_lr=5e-3, encoder="conv"),
     "metanet": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, outer_lr=3e-3),
+    "matching-fce": dict(learner="matching", full_context=True, ways=20, train_ways=60, query_shots=5,
+                         meta_batch_size=1, iterations=1000, outer_lr=1e-3),
+    "relation": dict(ways=20, query_shots=2, meta_batch_size=1, iterations=1000, outer_lr=1e-3,
+                     support_pooling="mean"),
+    "siamese": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=1000, outer_lr=1e-3),
 }
 
 #: what the table keeps of a one-shot-runs result
@@ -108,12 +117,13 @@ def main() -> None:
         args.learners = []
     for learner in args.learners:
         plan = dict(PLANS[learner])
+        registered = plan.pop("learner", learner)
         plan["iterations"] = max(1, int(plan["iterations"] * args.scale))
         if args.train_ways is not None and "train_ways" in plan:
             plan["train_ways"] = args.train_ways
         if args.query_shots is not None:
             plan["query_shots"] = args.query_shots
-        config = make_run_config(learner, source="omniglot", data_root=str(args.data), shots=1,
+        config = make_run_config(registered, source="omniglot", data_root=str(args.data), shots=1,
                                  augment=not args.no_augment, split_fractions=(1.0, 0.0, 0.0), eval_tasks=0,
                                  within_alphabet=args.within_alphabet, image_size=args.image_size,
                                  one_shot_runs=str(runs_path), seed=args.seed, threads=args.threads, progress=False,
@@ -122,6 +132,7 @@ def main() -> None:
         start = time.perf_counter()
         run_dir = train(config)
         rows.append(score(run_dir, config, args.tta, train_minutes=round((time.perf_counter() - start) / 60, 1)))
+        rows[-1]["learner"] = learner
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n| learner | training | error on the one-shot runs (95% CI) | with test-time augmentation x{args.tta} |")
     print("| --- | --- | --- | --- |")
