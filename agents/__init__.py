@@ -13,6 +13,8 @@ reptile     Reptile (Nichol et al. 2018)                  gradient steps; first-
 protonet    Prototypical Networks (Snell et al. 2017)     class prototypes of the support embeddings
 matching    Matching Networks (Vinyals et al. 2016)       cosine attention over the support set
 blackbox    Transformer over the support set              one forward pass (a sequence model)
+meta-lstm   meta-learner LSTM (Ravi & Larochelle 2017)    updates from a coordinate-wise LSTM (gated steps)
+l2o         learned optimiser (Andrychowicz et al. 2016)  steps of a coordinate-wise LSTM optimiser
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,
@@ -81,6 +83,9 @@ for _domain, _name, _module, _cls, _config, _summary in [
      "class prototypes, squared Euclidean distances"),
     ("fewshot", "matching", "matching", "MatchingNetwork", "MatchingConfig", "cosine attention over the support set"),
     ("fewshot", "blackbox", "blackbox", "BlackBoxLearner", "BlackBoxConfig", "a Transformer reads the support set"),
+    ("fewshot", "meta-lstm", "meta_lstm", "MetaLearnerLSTM", "MetaLSTMConfig",
+     "a coordinate-wise LSTM updates the weights (learned input and forget gates)"),
+    ("fewshot", "l2o", "l2o", "L2OLearner", "L2OConfig", "a coordinate-wise LSTM optimiser on the support loss"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
     ("meta-rl", "rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
     ("meta-rl", "pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
