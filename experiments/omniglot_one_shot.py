@@ -49,6 +49,9 @@ PLANS: dict[str, dict] = {
     "reptile": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, inner_lr=0.05, inner_steps=5,
                     eval_steps=(10,)),
     "blackbox": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=3000, outer_lr=3e-4),
+    # Ravi & Larochelle 2017: T = 5 updates (their 1-shot setting), evaluated with the T it was trained for; every
+    # weight of the 32-filter Conv-4 is a row of the coordinate-wise LSTM, so fewer tasks per meta-batch
+    "meta-lstm": dict(ways=20, query_shots=5, meta_batch_size=2, iterations=1500, inner_steps=5, eval_steps=(5,)),
 }
 
 #: what the table keeps of a one-shot-runs result
