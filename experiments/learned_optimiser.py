@@ -8,7 +8,9 @@ Two problem families, each with training and held-out problems:
   pixels, full-batch cross-entropy; training problems draw characters from the train split, held-out problems from the
   test split (split fractions 0.7/0.1/0.2 of the minimal background, by character), and every problem draws a fresh
   initialisation (PyTorch's default uniform ±1/√fan_in). ``mlp-wide``: the same with 40 hidden units (evaluation only:
-  the optimiser trained on 20 units).
+  the optimiser trained on 20 units); ``mlp-relu``: 20 ReLU units (evaluation only, ``--mlp-settings``; the paper
+  found that its optimiser did not carry over to ReLU networks). The baselines of ``mlp`` and ``mlp-wide`` are
+  tuned on the 20-unit sigmoid training problems, those of ``mlp-relu`` on ReLU training problems.
 
 The optimiser is meta-trained on training problems (horizon T steps, truncated unrolls of 20, Adam); every baseline's
 learning rate is the best of a grid by mean final loss at T on ``--tune-problems`` training problems. Held-out
@@ -52,11 +54,12 @@ class OmniglotMLPs:
 
         self.source = OmniglotFewShot(root=data, ways=ways, shots=20, query_shots=0, image_size=image_size)
         self.inputs, self.ways = image_size * image_size, ways
+        self.activation = torch.sigmoid
 
     def sizes(self, hidden: int) -> list[tuple[int, int]]:
         return [(hidden, self.inputs), (self.ways, hidden)]
 
-    def problems(self, n: int, seed: int, split: str, hidden: int) -> Problem:
+    def problems(self, n: int, seed: int, split: str, hidden: int, activation=torch.sigmoid) -> Problem:
         batch = self.source.sample(n, split=split, seed=seed)
         x, y = batch.support_x.flatten(2), batch.support_y  # [n, 200, pixels], [n, 200]
         g = torch.Generator().manual_seed(seed + 7_777_777)
@@ -76,7 +79,7 @@ class OmniglotMLPs:
                 start += out_features
                 h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
                 if k < len(shapes) - 1:
-                    h = torch.sigmoid(h)
+                    h = activation(h)
             return torch.nn.functional.cross_entropy(h.flatten(0, 1), y.flatten(), reduction="none").view(n, -1).mean(1)
 
         return losses, theta0
@@ -164,15 +167,22 @@ def main() -> None:
     parser.add_argument("--mlp-batch", type=int, default=4)
     parser.add_argument("--meta-lr", type=float, default=3e-3, help="Adam learning rate of the optimiser")
     parser.add_argument("--image-size", type=int, default=10)
+    parser.add_argument("--mlp-settings", nargs="+", default=["mlp", "mlp-wide"],
+                        choices=["mlp", "mlp-wide", "mlp-relu"], help="held-out settings of the mlp family")
     parser.add_argument("--tune-problems", type=int, default=32)
     parser.add_argument("--held-out", type=int, default=100, help="held-out problems per setting")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="no runs: print the markdown table of these results files (later files override settings)")
     parser.add_argument("--load", action="store_true",
                         help="no meta-training: load OUT/optimiser_FAMILY.pt from an earlier run and evaluate it")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("experiments/out/learned_optimiser"))
     parser.add_argument("--figures", type=Path, default=Path("experiments/figures"))
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "lr_grid": list(LR_GRID), "settings": {}}
@@ -186,16 +196,20 @@ def main() -> None:
             def train(i: int) -> Problem:
                 return quadratics(args.quadratic_batch, args.seed * 1_000_003 + i)
             iterations = args.quadratic_iterations
-            tuning = quadratics(args.tune_problems, 10_000_000 + args.seed)
             settings = {"quadratic": quadratics(args.held_out, 20_000_000 + args.seed)}
+            tuning = {"quadratic": quadratics(args.tune_problems, 10_000_000 + args.seed)}
+            tuned_on = {"quadratic": "quadratic"}
         else:
             mlps = OmniglotMLPs(args.data, args.image_size)
             def train(i: int, mlps: OmniglotMLPs = mlps) -> Problem:
                 return mlps.problems(args.mlp_batch, args.seed * 1_000_003 + i, "train", 20)
             iterations = args.mlp_iterations
-            tuning = mlps.problems(args.tune_problems, 10_000_000 + args.seed, "train", 20)
-            settings = {"mlp": mlps.problems(args.held_out, 20_000_000 + args.seed, "test", 20),
-                        "mlp-wide": mlps.problems(args.held_out, 20_000_000 + args.seed, "test", 40)}
+            shapes = {"mlp": (20, torch.sigmoid), "mlp-wide": (40, torch.sigmoid), "mlp-relu": (20, torch.relu)}
+            settings = {name: mlps.problems(args.held_out, 20_000_000 + args.seed, "test", *shapes[name])
+                        for name in args.mlp_settings}
+            tuned_on = {name: "mlp-relu" if name == "mlp-relu" else "mlp" for name in settings}
+            tuning = {name: mlps.problems(args.tune_problems, 10_000_000 + args.seed, "train", *shapes[name])
+                      for name in set(tuned_on.values())}
         untrained = {name: run_learned(optimiser, problem, 2 * T) for name, problem in settings.items()}
         meta_curve = []
         if args.load:
@@ -205,8 +219,10 @@ def main() -> None:
             meta_curve.append(float(np.mean(meta_train_step(optimiser, meta_optimizer, *train(iteration), T,
                                                             args.truncation))))
         train_seconds = time.time() - started
-        tuned = {name: tune(name, tuning, T) for name in ("sgd", "nag", "rmsprop", "adam")}
+        tuned_for = {key: {name: tune(name, problems, T) for name in ("sgd", "nag", "rmsprop", "adam")}
+                     for key, problems in tuning.items()}
         for setting, problem in settings.items():
+            tuned = tuned_for[tuned_on[setting]]
             curves = {"l2o": run_learned(optimiser, problem, 2 * T), "l2o-untrained": untrained[setting]}
             for name, (lr, _) in tuned.items():
                 curves[name] = run_baseline(name, lr, problem, 2 * T)
@@ -215,7 +231,7 @@ def main() -> None:
             paired = {name: {h: summary(curves["l2o"][k] - c[k]) for h, k in (("T", T), ("2T", 2 * T))}
                       for name, c in curves.items() if name != "l2o"}
             result["settings"][setting] = {
-                "family": family, "meta_iterations": iterations, "train_seconds": round(train_seconds, 1),
+                "family": family, "baselines_tuned_on": tuned_on[setting], "meta_iterations": iterations, "train_seconds": round(train_seconds, 1),
                 "tuned_lr": {name: lr for name, (lr, _) in tuned.items()},
                 "tuning_scores": {name: scores for name, (_, scores) in tuned.items()},
                 "final_loss": table,
@@ -232,6 +248,27 @@ def main() -> None:
             torch.save(optimiser.state_dict(), args.out / f"optimiser_{family}.pt")
     name = "learned_optimiser_reevaluated.json" if args.load else "learned_optimiser.json"
     (args.out / name).write_text(json.dumps(result, indent=1))
+
+
+def report(paths: list[Path]) -> str:
+    """Markdown: final training loss on held-out problems (mean ± 95% interval) at T and 2T per optimiser."""
+    settings: dict = {}
+    for path in paths:
+        settings.update(json.loads(path.read_text())["settings"])
+    lines = ["| setting | optimiser | learning rate (tuned) | loss at T | loss at 2T |",
+             "| --- | --- | --- | --- | --- |"]
+    for setting, data in settings.items():
+        for name, cells in data["final_loss"].items():
+            lr = data["tuned_lr"].get(name, "")
+            shown = [f"{c['mean']:.3g} ± {c['ci95']:.2g}" if math.isfinite(c["mean"]) else f"diverged ({c['diverged']})"
+                     for c in (cells["T"], cells["2T"])]
+            lines.append(f"| {setting} | {name} | {lr} | {shown[0]} | {shown[1]} |")
+    paired = [(s, n, d) for s, data in settings.items() for n, d in data.get("l2o_minus_baseline", {}).items()]
+    if paired:
+        lines += ["", "| setting | L2O minus | at T (paired, 95%) | at 2T |", "| --- | --- | --- | --- |"]
+        lines += [f"| {s} | {n} | {d['T']['mean']:.3g} ± {d['T']['ci95']:.2g} | {d['2T']['mean']:.3g} ± "
+                  f"{d['2T']['ci95']:.2g} |" for s, n, d in paired]
+    return "\n".join(lines)
 
 
 def plot(setting: str, curves: dict[str, np.ndarray], horizon: int, path: Path) -> None:
