@@ -231,7 +231,8 @@ def main() -> None:
             paired = {name: {h: summary(curves["l2o"][k] - c[k]) for h, k in (("T", T), ("2T", 2 * T))}
                       for name, c in curves.items() if name != "l2o"}
             result["settings"][setting] = {
-                "family": family, "baselines_tuned_on": tuned_on[setting], "meta_iterations": iterations, "train_seconds": round(train_seconds, 1),
+                "family": family, "baselines_tuned_on": tuned_on[setting], "meta_iterations": iterations,
+                "train_seconds": round(train_seconds, 1),
                 "tuned_lr": {name: lr for name, (lr, _) in tuned.items()},
                 "tuning_scores": {name: scores for name, (_, scores) in tuned.items()},
                 "final_loss": table,
