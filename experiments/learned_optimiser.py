@@ -247,7 +247,7 @@ def main() -> None:
                               "tuned_lr": result["settings"][setting]["tuned_lr"]}), flush=True)
         if not args.load:
             torch.save(optimiser.state_dict(), args.out / f"optimiser_{family}.pt")
-    name = "learned_optimiser_reevaluated.json" if args.load else "learned_optimiser.json"
+    name = f"learned_optimiser_reevaluated_{'_'.join(args.families)}.json" if args.load else "learned_optimiser.json"
     (args.out / name).write_text(json.dumps(result, indent=1))
 
 
