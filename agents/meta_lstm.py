@@ -18,8 +18,8 @@ support set; at step t, with L_t and ∇_t = ∇_{θ_{t−1}} L_t the support lo
   Both layers are shared by all coordinates (each coordinate is a row of one batch), so the meta-learner has the same
   handful of parameters for a learner of any size; W_I, W_F ~ U(−0.01, 0.01), b_F ~ U(4, 6) (f ≈ 1: start by
   remembering) and b_I ~ U(−5, −4) (i ≈ 0.01: a small learning rate), as the paper suggests.
-* The query loss of θ_T is the meta-loss; the outer loop (Adam, gradient norm clipped at ``grad_clip``: the paper's
-  0.25) trains the two layers and θ_0 together by backpropagating through the T steps.
+* The query loss of θ_T is the meta-loss; the outer loop (Adam, gradient norm clipped at ``grad_clip``, 0.25 as in
+  common reimplementations of the paper) trains both layers and θ_0 together by backpropagating through the T steps.
 
 All tasks of a meta-batch adapt at once: θ has a task dimension (``[tasks, n]``) and the support losses of all tasks
 are one ``vmap`` (Conv-4) or batched matrix product (MLP) of the fast weights, as in MAML
