@@ -17,6 +17,8 @@ siamese     Siamese networks (Koch et al. 2015)           a learned verification
 blackbox    Transformer over the support set              one forward pass (a sequence model)
 mann        MANN (Santoro et al. 2016), LRUA memory       a sequence pass writing an external memory
 metanet     Meta Networks (Munkhdalai & Yu 2017)          fast weights generated from loss gradients
+meta-lstm   meta-learner LSTM (Ravi & Larochelle 2017)    updates from a coordinate-wise LSTM (gated steps)
+l2o         learned optimiser (Andrychowicz et al. 2016)  steps of a coordinate-wise LSTM optimiser
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,
@@ -93,6 +95,9 @@ for _domain, _name, _module, _cls, _config, _summary in [
     ("fewshot", "mann", "mann", "MANN", "MANNConfig", "an LSTM with an LRUA external memory reads the sequence"),
     ("fewshot", "metanet", "metanet", "MetaNetwork", "MetaNetConfig",
      "fast weights generated from support-set loss gradients"),
+    ("fewshot", "meta-lstm", "meta_lstm", "MetaLearnerLSTM", "MetaLSTMConfig",
+     "a coordinate-wise LSTM updates the weights (learned input and forget gates)"),
+    ("fewshot", "l2o", "l2o", "L2OLearner", "L2OConfig", "a coordinate-wise LSTM optimiser on the support loss"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
     ("meta-rl", "rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
     ("meta-rl", "pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),

@@ -62,6 +62,9 @@ PLANS: dict[str, dict] = {
     "relation": dict(ways=20, query_shots=2, meta_batch_size=1, iterations=1000, outer_lr=1e-3,
                      support_pooling="mean"),
     "siamese": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=1000, outer_lr=1e-3),
+    # Ravi & Larochelle 2017: T = 5 updates (their 1-shot setting), evaluated with the T it was trained for; every
+    # weight of the 32-filter Conv-4 is a row of the coordinate-wise LSTM, so fewer tasks per meta-batch
+    "meta-lstm": dict(ways=20, query_shots=5, meta_batch_size=2, iterations=1500, inner_steps=5, eval_steps=(5,)),
 }
 
 #: what the table keeps of a one-shot-runs result
