@@ -79,7 +79,10 @@ def plan_of(name: str, ways: int, scale: float) -> dict:
 def run_learner(name: str, ways: int, args: argparse.Namespace) -> dict:
     """Train (or resume, or reuse) one run and score its cells; returns the run's record."""
     plan = plan_of(name, ways, args.scale)
-    eval_steps = plan.pop("eval_steps", (0,))
+    eval_steps = plan.pop("eval_steps", None)
+    if eval_steps is None:  # a learner without a plan: at test the steps it trains with (0: no gradient steps)
+        learner_type, config_type = entry(name).load()
+        eval_steps = (getattr(config_type(), "inner_steps", 0) if learner_type.uses_gradient_steps else 0,)
     run_dir = args.out / f"{name}-{ways}way"
     record_path = run_dir / "results.json"
     if record_path.exists():
