@@ -136,7 +136,8 @@ def test_meta_lstm_parameters_are_shared_by_coordinates_and_the_initial_gates_as
     assert count[0] == count[1] == 4 * hidden * (4 + hidden) + 8 * hidden + 2 * (hidden + 2) + 2
     sizes = [sum(p.numel() for p in learner.model.parameters()) for learner in (small, large)]
     assert sizes[1] > 1000 * sizes[0]  # 16 weights against about 28,000
-    assert 4.0 <= float(small.cell.forget_bias.detach()) <= 6.0 and -5.0 <= float(small.cell.input_bias.detach()) <= -4.0
+    forget, input_ = float(small.cell.forget_bias.detach()), float(small.cell.input_bias.detach())
+    assert 4.0 <= forget <= 6.0 and -5.0 <= input_ <= -4.0
 
 
 @pytest.mark.math
