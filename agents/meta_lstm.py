@@ -48,7 +48,6 @@ import torch
 from torch import nn
 
 from metarl.core.adaptation import Params, batched_task_loss, parameters_of
-from metarl.core.batch import EpisodeBatch
 from metarl.core.config import check_int, check_number
 from metarl.core.learner import FewShotLearnerConfig
 
@@ -154,15 +153,8 @@ class MetaLearnerLSTM(MAML):
                     input_gate, forget_gate = input_gate.detach(), forget_gate.detach()
         return unflatten_params(theta, init, self.names)
 
-    def outer_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """The default outer step (query loss after adaptation, Adam) with the meta-gradient's norm clipped."""
-        optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.meta_loss(batch)
-        if not torch.isfinite(loss):
-            metrics["skipped_nonfinite"] = 1.0
-            return metrics
-        loss.backward()
+    def clip_gradients(self) -> float | None:
+        """The meta-gradient's norm, clipped at ``grad_clip`` (0: no clipping)."""
         if self.config.grad_clip > 0:
-            metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip))
-        optimizer.step()
-        return metrics
+            return float(nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip))
+        return None

@@ -121,8 +121,16 @@ class FewShotLearner(nn.Module):
             metrics["skipped_nonfinite"] = 1.0
             return metrics
         loss.backward()
+        grad_norm = self.clip_gradients()
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
         optimizer.step()
         return metrics
+
+    def clip_gradients(self) -> float | None:
+        """Called between backward and the optimiser step: clip the meta-gradient and return its norm (default:
+        nothing, ``None``)."""
+        return None
 
     @torch.no_grad()
     def evaluate(self, batch: EpisodeBatch, *, steps: int | None = None) -> dict[str, torch.Tensor]:
