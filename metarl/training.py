@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metarl.core.batch import EpisodeBatch
 from metarl.core.config import (
     ConfigError,
     check_choice,
@@ -324,6 +325,7 @@ class FewShotSession:
         except ValueError as err:
             raise ConfigError(f"training episodes: {err}") from None
         check_fits(one.nbytes() * run.learner.meta_batch_size, f"meta_batch_size={run.learner.meta_batch_size}")
+        self._dry_run(one)
         if evaluation.eval_tasks:
             eval_source = run.task.for_evaluation(self.source)
             for shots in self.eval_shots:
@@ -333,6 +335,24 @@ class FewShotSession:
                     raise ConfigError(f"evaluation (eval_shots={shots}, eval_split={evaluation.eval_split!r}): "
                                       f"{err}") from None
                 check_fits(cell.nbytes() * evaluation.eval_tasks, f"eval_tasks={evaluation.eval_tasks}")
+
+    def _dry_run(self, batch: EpisodeBatch) -> None:
+        """The learner's training loss on one drawn task, so that episodes the learner cannot train on (a Siamese
+        network on 1-way episodes, shapes a model cannot take) are refused before any run directory exists. No
+        update is made: weights, buffers (batch-norm statistics) and the torch random state are put back."""
+        import copy
+
+        import torch
+
+        saved = copy.deepcopy(self.learner.state_dict())
+        try:
+            with torch.random.fork_rng(devices=[]):
+                self.learner.meta_loss(batch)
+        except (ValueError, RuntimeError, IndexError) as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{self.run.name} cannot train on these episodes: {message}") from None
+        finally:
+            self.learner.load_state_dict(saved)
 
     @property
     def eval_shots(self) -> tuple[int, ...]:

@@ -98,6 +98,25 @@ def _small_run(tmp_path: Path, learner: str, omniglot_dir: Path | None = None, *
 
 
 @pytest.mark.determinism
+@pytest.mark.parametrize("learner", ["maml", "protonet", "siamese"])
+def test_the_dry_run_before_training_changes_no_weight_buffer_or_random_state(tmp_path, omniglot_dir, learner):
+    """The session's check runs the training loss on one drawn task; the learner's weights and batch-norm buffers,
+    and the torch random state, are those of a learner that was never run."""
+    from metarl.training import FewShotSession
+
+    config = _small_run(tmp_path, learner, omniglot_dir)
+    fresh = make_learner(learner, config.task.build(), config.learner)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    session = FewShotSession(config)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    state, expected = session.learner.state_dict(), fresh.state_dict()
+    assert state.keys() == expected.keys()
+    for key in state:
+        assert torch.equal(state[key], expected[key]), key
+
+
+@pytest.mark.determinism
 @pytest.mark.parametrize("learner", ["maml", "reptile", *CLASSIFICATION_ONLY])
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, omniglot_dir, learner):
     """Every learner: a run killed after a checkpoint and resumed ends with the weights and metrics of an

@@ -305,6 +305,7 @@ def test_fce_steps_must_be_a_positive_integer():
         (["train", "relation", "--source", "omniglot", "--relation-hidden", "-2"], "relation_hidden must be"),
         (["train", "siamese"], "needs a classification task source"),
         (["train", "siamese", "--source", "omniglot", "--ways", "1"], "episodes need ways >= 2"),
+        (["train", "siamese", "--source", "omniglot", "--train-ways", "1"], "siamese cannot train on these episodes"),
         (["train", "matching", "--source", "omniglot", "--full-context", "--fce-steps", "0"], "fce_steps must be"),
         (["train", "matching", "--source", "omniglot", "--fce-steps", "-3"], "fce_steps must be"),
     ],
