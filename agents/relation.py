@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarl.core.batch import EpisodeBatch
+from metarl.core.calibration import normalised_sigmoid_categorical
 from metarl.core.config import check_choice, check_int
 from metarl.core.learner import FewShotLearner, FewShotLearnerConfig, task_scores
 from metarl.core.networks import conv_block
@@ -127,6 +128,10 @@ class RelationNetwork(FewShotLearner):
         pairs = torch.cat([classes[:, None].expand(tasks, q, *classes.shape[1:]),
                            queries[:, :, None].expand(tasks, q, ways, *queries.shape[2:])], dim=3)
         return self.relation(pairs.flatten(0, 2)).view(tasks, q, ways)  # relation logits
+
+    def predictive(self, state, query_x: torch.Tensor) -> torch.distributions.Categorical:
+        """Class probabilities: the per-class sigmoid scores normalised over the classes."""
+        return normalised_sigmoid_categorical(self.predict(state, query_x))
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         # ALGO LOGIC: MSE of the relation scores to one-hot targets over every query–class pair

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarl.core.batch import EpisodeBatch
+from metarl.core.calibration import normalised_sigmoid_categorical
 from metarl.core.learner import FewShotLearner, FewShotLearnerConfig, task_scores
 from metarl.core.seeding import derive_seed
 
@@ -113,6 +114,10 @@ class SiameseNetwork(FewShotLearner):
         logits = self.verification_logits(queries[:, :, None], keys[:, None])  # [tasks, q, s]
         labels = labels.to(logits.dtype)
         return (logits @ labels) / labels.sum(dim=1, keepdim=True).clamp_min(1.0)  # mean over the class's shots
+
+    def predictive(self, state, query_x: torch.Tensor) -> torch.distributions.Categorical:
+        """Class probabilities: the per-class sigmoid scores normalised over the classes."""
+        return normalised_sigmoid_categorical(self.predict(state, query_x))
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         # ALGO LOGIC: balanced verification pairs from the episode's images, binary cross-entropy on P(same)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from metarl.core.batch import EpisodeBatch
+from metarl.core.calibration import expected_calibration_error, reliability_bins
 from metarl.core.learner import FewShotLearner
 from metarl.core.seeding import derive_seed
 from metarl.runs import atomic_write_bytes, atomic_write_json
@@ -79,12 +80,14 @@ def evaluate_fewshot(
         for k in shots:
             batch = _sample(source, num_tasks, split, derive_seed(seed, "eval", split, int(k)), int(k)).to(device)
             for s in step_grid:
-                scores = []
+                parts: dict[str, list[torch.Tensor]] = {}
                 for start in range(0, num_tasks, chunk):
                     part = batch.task(slice(start, start + chunk))
                     with torch.no_grad():
-                        scores.append(learner.evaluate(part, steps=s)["score"].cpu())
-                values = torch.cat(scores).double().numpy()
+                        for key, value in learner.evaluate(part, steps=s).items():
+                            parts.setdefault(key, []).append(value.cpu())
+                cell = {key: torch.cat(value).double().numpy() for key, value in parts.items()}
+                values = cell["score"]
                 diverged = int((~np.isfinite(values)).sum())
                 if diverged:  # e.g. learned step sizes applied for more steps than trained: report, never average
                     rows.append({"shots": int(k), "steps": int(s), metric: None, "ci95": None, "std": None,
@@ -92,11 +95,38 @@ def evaluate_fewshot(
                     continue
                 summary = mean_confidence_interval(values)
                 rows.append({"shots": int(k), "steps": int(s), metric: summary["mean"], "ci95": summary["ci95"],
-                             "std": summary["std"], "tasks": summary["n"], "diverged_tasks": 0})
+                             "std": summary["std"], "tasks": summary["n"], "diverged_tasks": 0,
+                             **calibration_summary(cell)})
     finally:
         learner.train(was_training)
     return {"protocol": "fewshot", "learner": learner.name, "metric": metric, "split": split, "seed": seed,
             "num_tasks": num_tasks, "results": rows}
+
+
+def calibration_summary(cell: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The probabilistic scores of one cell from a learner's per-task (and per-query) evaluation arrays: NLL
+    (mean and 95% interval over tasks), for classifiers the 15-bin ECE over all queries and its reliability bins,
+    for probabilistic regression the coverage of the central 95% interval (mean and interval over tasks) and its
+    mean width. Tasks whose NLL is not finite are counted (``nll_diverged_tasks``), never averaged."""
+    out: dict[str, Any] = {}
+    if "nll" in cell:
+        nll = cell["nll"]
+        finite = np.isfinite(nll)
+        out["nll_diverged_tasks"] = int((~finite).sum())
+        if finite.any():
+            summary = mean_confidence_interval(nll[finite])
+            out["nll"], out["nll_ci95"] = summary["mean"], summary["ci95"]
+    if "confidence" in cell:
+        confidence, correct = cell["confidence"], cell["correct"]
+        keep = np.isfinite(confidence)
+        if keep.any():
+            out["ece"] = expected_calibration_error(confidence[keep], correct[keep])
+            out["reliability"] = reliability_bins(confidence[keep], correct[keep])
+    if "coverage" in cell:
+        summary = mean_confidence_interval(cell["coverage"])
+        out["coverage95"], out["coverage95_ci95"] = summary["mean"], summary["ci95"]
+        out["interval_width95"] = float(np.mean(cell["width"]))
+    return out
 
 
 def save_json(path: Path, result: dict[str, Any]) -> Path:
@@ -145,6 +175,40 @@ def plot_adaptation(result: dict[str, Any], path: Path, title: str | None = None
     ax.set_title(title or f"{result['learner']}: {result['num_tasks']} held-out tasks")
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_reliability(result: dict[str, Any], path: Path, title: str | None = None) -> Path | None:
+    """PNG reliability diagram of a classifier's evaluation: accuracy against top-class confidence per bin, one
+    panel per shots (the cell with the most adaptation steps), the diagonal for a calibrated learner, ECE in the
+    legend. ``None`` (no file) when no row carries reliability bins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells: dict[int, dict[str, Any]] = {}
+    for row in result["results"]:
+        if row.get("reliability") and (row["shots"] not in cells or row["steps"] > cells[row["shots"]]["steps"]):
+            cells[row["shots"]] = row
+    if not cells:
+        return None
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.6), squeeze=False)
+    for ax, (shots, row) in zip(axes[0], sorted(cells.items())):
+        bins = row["reliability"]
+        edges = np.asarray(bins["edges"])
+        centres = (edges[:-1] + edges[1:]) / 2
+        accuracy = [np.nan if a is None else a for a in bins["accuracy"]]
+        ax.bar(centres, accuracy, width=np.diff(edges), edgecolor="black", alpha=0.7,
+               label=f"ECE {row['ece']:.3f}")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("top-class confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{shots} shots, {row['steps']} steps")
+        ax.legend(loc="upper left")
+    fig.suptitle(title or f"{result['learner']}: reliability on {result['num_tasks']} held-out tasks")
     return save_figure(fig, path)
 
 

@@ -377,7 +377,7 @@ class FewShotSession:
         self.learner.load_state_dict(state["model"])
 
     def evaluate(self, run_dir: Path) -> dict[str, Any]:
-        from metarl.evaluation import evaluate_fewshot, plot_adaptation, save_json
+        from metarl.evaluation import evaluate_fewshot, plot_adaptation, plot_reliability, save_json
 
         run, evaluation = self.run, self.run.evaluation
         source = run.task.for_evaluation(self.source)
@@ -389,6 +389,7 @@ class FewShotSession:
             result["config"] = run.to_dict()
             save_json(run_dir / "evaluation.json", result)
             plot_adaptation(result, run_dir / "adaptation.png", title=f"{run.name} on {run.task.source}")
+            plot_reliability(result, run_dir / "reliability.png", title=f"{run.name} on {run.task.source}")
             results["evaluation.json"] = result
         steps = max(evaluation.eval_steps) if self.learner.uses_gradient_steps and evaluation.eval_steps else None
         for file_name, result in run.task.extra_evaluations(self.learner, steps=steps, device=self.device,

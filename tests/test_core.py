@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from metarl.core.adaptation import adapt, batched_forward, batched_task_loss, parameters_of, reptile_pseudo_gradient
 from metarl.core.learner import single_task_loss, task_losses
-from metarl.core.networks import MLP, Conv4
+from metarl.core.networks import MLP, Conv4, FiLM
 from metarl.core.seeding import derive_seed, seeded
 
 
@@ -248,3 +248,21 @@ def test_derive_seed_uses_every_character_of_every_stream_name():
     many = {derive_seed(7, "stream", i) for i in range(2000)} | {derive_seed(7, f"stream{i}") for i in range(2000)}
     assert len(many) == 4000
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_film_with_zero_context_is_the_plain_layer_and_otherwise_scales_and_shifts_each_channel():
+    torch.manual_seed(0)
+    film = FiLM(context_dim=3, channels=4)
+    maps, vectors = torch.randn(2, 4, 5, 5), torch.randn(2, 4)
+    assert torch.equal(film(maps, torch.zeros(2, 3)), maps)
+    assert torch.equal(film(vectors, torch.zeros(3)), vectors)
+    context = torch.randn(2, 3)
+    gamma, beta = (context @ film.generator.weight.t()).chunk(2, dim=-1)
+    for b in range(2):
+        for c in range(4):
+            expected = (1 + gamma[b, c]) * maps[b, c] + beta[b, c]
+            assert torch.allclose(film(maps, context)[b, c], expected)
+    shared = torch.randn(3)  # one context for the batch
+    assert torch.allclose(film(vectors, shared), film(vectors, shared.expand(2, 3)))
+    with pytest.raises(ValueError, match="context_dim"):
+        FiLM(0, 4)

@@ -46,9 +46,15 @@ def test_every_learner_trains_and_evaluates_on_sinusoid(tmp_path, learner):
 def test_classification_learners_run_on_omniglot(tmp_path, omniglot_dir, learner):
     config = _quick(tmp_path, learner=learner, source="omniglot", data_root=str(omniglot_dir), ways=3, shots=1,
                     query_shots=2, iterations=2, meta_batch_size=2, eval_tasks=4)
-    result = json.loads((train(config) / "evaluation.json").read_text())
+    run_dir = train(config)
+    result = json.loads((run_dir / "evaluation.json").read_text())
     assert result["metric"] == "accuracy"
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in result["results"])
+    # every classifier is scored as a predictive distribution too: NLL, 15-bin ECE, a reliability diagram
+    for row in result["results"]:
+        assert row["nll"] > 0 and 0.0 <= row["ece"] <= 1.0, row
+        assert len(row["reliability"]["count"]) == 15 and sum(row["reliability"]["count"]) == 4 * 3 * 2
+    assert (run_dir / "reliability.png").stat().st_size > 0
 
 
 @pytest.mark.smoke

@@ -3,6 +3,8 @@
 ``adapt(support_x, support_y, steps=None) -> state`` and ``predict(state, query_x) -> outputs`` work on a whole
 meta-batch at once: tensors are ``[tasks, examples, ...]``. ``state`` is whatever the learner adapts (fast weights
 for MAML, class prototypes for Prototypical Networks, a support-set summary for the black-box learner).
+``predictive(state, query_x) -> Distribution`` is the predictive distribution the meta-test protocol scores by NLL
+and calibration (class probabilities for every classifier; regression only for ``probabilistic`` learners).
 ``outer_step(batch, optimizer)`` is one meta-training update (the outer loop); the default minimises
 ``meta_loss`` (the query loss after adaptation) by backpropagation; Reptile overrides it.
 """
@@ -15,8 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import Categorical, Distribution
 
 from .batch import EpisodeBatch
+from .calibration import central_interval_coverage, central_interval_width, classification_calibration, task_nll
 from .config import SeededConfig, check_int, check_positive
 
 TASK_KINDS = ("regression", "classification")
@@ -71,6 +75,9 @@ class FewShotLearner(nn.Module):
     fixed_ways: bool = False
     #: the task kinds the learner can learn (metric learners: classification only)
     task_kinds: tuple[str, ...] = TASK_KINDS
+    #: whether :meth:`predictive` gives a distribution for regression (Bayesian and other probabilistic learners);
+    #: every classification learner has one (its class probabilities)
+    probabilistic: bool = False
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -97,6 +104,15 @@ class FewShotLearner(nn.Module):
 
     def predict(self, state: Any, query_x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def predictive(self, state: Any, query_x: torch.Tensor) -> Distribution:
+        """The predictive distribution of every query's target, batch shape ``[tasks, queries]`` (classification)
+        or ``[tasks, queries, out_dim]`` (regression). Default: classification ``Categorical(logits=predict)``;
+        regression only where the learner is ``probabilistic`` (it overrides this). The meta-test protocol scores
+        it by NLL and calibration (:mod:`metarl.core.calibration`)."""
+        if self.kind == "classification":
+            return Categorical(logits=self.predict(state, query_x), validate_args=False)
+        raise NotImplementedError(f"{self.name} makes point predictions for regression (probabilistic=False)")
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss over the tasks after adaptation, and metrics for the log."""
@@ -136,5 +152,14 @@ class FewShotLearner(nn.Module):
     def evaluate(self, batch: EpisodeBatch, *, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Per-task query score before (where meaningful) and after adaptation; gradients only inside ``adapt``."""
         state = self.adapt(batch.support_x, batch.support_y, steps=steps)
+        if self.kind == "classification":
+            dist = self.predictive(state, batch.query_x)
+            return {"score": task_scores(dist.probs, batch.query_y, self.kind),
+                    **classification_calibration(dist, batch.query_y)}
+        if self.probabilistic:
+            dist = self.predictive(state, batch.query_x)
+            return {"score": task_scores(dist.mean, batch.query_y, self.kind), "nll": task_nll(dist, batch.query_y),
+                    "coverage": central_interval_coverage(dist, batch.query_y),
+                    "width": central_interval_width(dist)}
         outputs = self.predict(state, batch.query_x)
         return {"score": task_scores(outputs, batch.query_y, self.kind)}

@@ -1,4 +1,5 @@
-"""Backbones used across learners: an MLP (regression, policies) and the Conv-4 of the few-shot literature.
+"""Backbones used across learners: an MLP (regression, policies), the Conv-4 of the few-shot literature and a FiLM
+layer (context-conditioned learners).
 
 Both run under fast weights (``functional_call``) and ``vmap``. Normalisation never keeps running statistics
 (``track_running_stats=False``): under ``vmap`` there is no place to store them per task (the functorch MAML
@@ -88,6 +89,31 @@ class Conv4(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.features(x)
         return self.head(z) if self.head is not None else z
+
+
+class FiLM(nn.Module):
+    """Feature-wise linear modulation (Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer",
+    AAAI 2018) of ``channels`` features by a context vector: ``h ↦ (1 + γ(c)) ⊙ h + β(c)`` with ``(γ, β)`` a linear
+    map of the context without bias, so a zero context leaves ``h`` unchanged (CAVIA's context starts at zero; a
+    set-conditioned learner's modulation starts near the identity).
+
+    ``h``: ``[batch, channels, ...]`` (feature maps or vectors); ``context``: ``[batch, context_dim]``, one per
+    example (repeat a task's context over its examples), or ``[context_dim]`` shared by the whole batch.
+    """
+
+    def __init__(self, context_dim: int, channels: int) -> None:
+        super().__init__()
+        if context_dim < 1 or channels < 1:
+            raise ValueError(f"FiLM needs context_dim >= 1 and channels >= 1, got {context_dim}, {channels}")
+        self.channels = channels
+        self.generator = nn.Linear(context_dim, 2 * channels, bias=False)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.generator(context).chunk(2, dim=-1)
+        if context.dim() == 1:
+            gamma, beta = gamma.expand(h.shape[0], -1), beta.expand(h.shape[0], -1)
+        shape = (h.shape[0], self.channels) + (1,) * (h.dim() - 2)
+        return (1 + gamma.reshape(shape)) * h + beta.reshape(shape)
 
 
 def head_parameter_names(module: nn.Module, head: str = "head") -> list[str]:
