@@ -5,8 +5,12 @@ Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", arXiv:1803
 Spec: for each task of a meta-batch, start from φ and take ``inner_steps`` SGD steps of size ``inner_lr`` on the
 task's training data (here support ∪ query: Reptile has no query loss), giving W̃_i; then
 φ ← φ + ε (mean_i W̃_i − φ). The update direction φ − mean W̃ is handed to an SGD optimiser with learning rate
-ε = ``meta_step_size`` as a pseudo-gradient (the paper's batched version). At meta-test, adaptation is the same
-SGD steps on the support set. The tasks of a meta-batch are adapted together (``vmap``/batched matmuls).
+ε = ``meta_step_size`` as a pseudo-gradient (the paper's batched version). A task whose inner SGD diverged
+(its training loss after the steps is higher than before, or not finite) is left out of the mean, and an
+iteration where every task diverged makes no update (``train/diverged_tasks`` counts them); without this guard
+one exploding task moves φ a tenth of the way to its blown-up weights, and the next inner loops start there.
+At meta-test, adaptation is the same SGD steps on the support set. The tasks of a meta-batch are adapted together
+(``vmap``/batched matmuls).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metarl.core.adaptation import adapt, parameters_of, reptile_pseudo_gradient
+from metarl.core.adaptation import adapt, batched_task_loss, parameters_of, reptile_pseudo_gradient
 from metarl.core.batch import EpisodeBatch
 from metarl.core.config import check_number
 
@@ -66,6 +70,16 @@ class Reptile(MAML):
             first_order=True,
             vectorized=self._vectorized,
         )
+        # a task whose inner SGD diverged (its loss rose, or is not finite) would throw φ far off: leave it out
+        loss = self._vectorized_loss if self._vectorized else self._task_loss
+        with torch.no_grad():
+            before = batched_task_loss(loss, params, set(), (x, y), self._vectorized)
+            after = batched_task_loss(loss, fast, set(fast), (x, y), self._vectorized)
+        kept = torch.isfinite(after) & (after <= before)
+        if not bool(kept.any()):
+            return {"skipped_nonfinite": 1.0, "diverged_tasks": float(kept.numel())}
+        if not bool(kept.all()):
+            fast = {name: value[kept] for name, value in fast.items()}
         pseudo_gradient = reptile_pseudo_gradient(params, fast)
         if not all(torch.isfinite(g).all() for g in pseudo_gradient.values()):
             return {"skipped_nonfinite": 1.0}
@@ -74,5 +88,6 @@ class Reptile(MAML):
             p.grad = pseudo_gradient[name]
         optimizer.step()
         with torch.no_grad():
-            loss, metrics = self.meta_loss(batch)
+            _, metrics = self.meta_loss(batch)
+        metrics["diverged_tasks"] = float((~kept).sum())
         return metrics

@@ -324,3 +324,36 @@ def test_evaluate_on_the_original_one_shot_runs(tmp_path, omniglot_dir, capsys):
                                 ways=3, shots=1, query_shots=2, iterations=1, meta_batch_size=1, eval_tasks=2))
     assert cli_main(["evaluate", str(maml), "--one-shot-runs", str(runs)]) == 2
     assert "20-way" in capsys.readouterr().err
+
+
+@pytest.mark.learning
+def test_reptile_leaves_out_tasks_whose_inner_sgd_diverged():
+    """A task whose inner SGD blows up does not move the initialisation; with every task diverging there is no
+    update at all (the 5-shot sinusoid run that diverged without this guard, RESULTS "Few-shot regression")."""
+    from metarl.core.batch import EpisodeBatch
+
+    source = make_source("sinusoid", shots=5)
+    batch = source.sample(2, split="train", seed=0)
+
+    def scaled(factor):  # the second task's targets scaled: its inner SGD at this step size explodes
+        return EpisodeBatch(batch.support_x, batch.support_y * torch.tensor([1.0, factor]).view(2, 1, 1),
+                            batch.query_x, batch.query_y * torch.tensor([1.0, factor]).view(2, 1, 1))
+
+    def step(data):
+        learner = make_learner("reptile", source, seed=0, inner_lr=0.05)
+        optimizer = learner.configure_optimizer(1e-3)
+        metrics = learner.outer_step(data, optimizer)
+        return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}, metrics
+
+    initial = make_learner("reptile", source, seed=0).model.state_dict()
+    mixed, metrics = step(scaled(300.0))
+    assert metrics["diverged_tasks"] == 1.0
+    alone, _ = step(batch.task(slice(0, 1)))  # the healthy task by itself
+    for key in mixed:
+        assert torch.allclose(mixed[key], alone[key]), key
+        assert not torch.equal(mixed[key], initial[key]), key
+    both = EpisodeBatch(batch.support_x, batch.support_y * 300.0, batch.query_x, batch.query_y * 300.0)
+    frozen, metrics = step(both)
+    assert metrics["diverged_tasks"] == 2.0 and metrics["skipped_nonfinite"] == 1.0
+    for key in frozen:
+        assert torch.equal(frozen[key], initial[key]), key
