@@ -4,6 +4,8 @@ shape of Sung et al. 2018, Table 1 (5-way and 20-way, 1-shot and 5-shot).
     .venv/bin/python experiments/omniglot_nway_kshot.py --data ../shared/data/omniglot --threads 1
     .venv/bin/python experiments/omniglot_nway_kshot.py --learners protonet maml --scale 0.5
     .venv/bin/python experiments/omniglot_nway_kshot.py --table          # print the table of what has been run
+    .venv/bin/python experiments/omniglot_nway_kshot.py --rescore        # finished runs scored again (NLL, ECE)
+    .venv/bin/python experiments/omniglot_nway_kshot.py --table --calibration   # + NLL/ECE table, reliability PNGs
 
 Data: the minimal background only (the two ``images_background_small`` zips, 242 characters × 4 rotations), split
 by character with the source's default fractions 0.7 / 0.1 / 0.2 (``split_seed`` 0; the rotations of a character
@@ -85,21 +87,24 @@ def run_learner(name: str, ways: int, args: argparse.Namespace) -> dict:
         eval_steps = (getattr(config_type(), "inner_steps", 0) if learner_type.uses_gradient_steps else 0,)
     run_dir = args.out / f"{name}-{ways}way"
     record_path = run_dir / "results.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
+    kept = json.loads(record_path.read_text()) if record_path.exists() else None
+    if kept is not None and not args.rescore:
+        return kept
     config = make_run_config(name, source="omniglot", data_root=str(args.data), ways=ways, shots=1, query_shots=5,
                              augment=True, eval_tasks=1, eval_shots=(1,), eval_steps=tuple(eval_steps),
                              seed=args.seed, threads=args.threads, progress=False, log_every=50,
                              checkpoint_every=100, run_dir=str(run_dir), **plan)
     start = time.perf_counter()
     last = run_dir / "checkpoints" / "last.pt"
-    if (run_dir / "config.json").exists():  # an unfinished run of an earlier invocation
+    if kept is not None:  # --rescore: the finished run scored again with the current protocol, not retrained
+        pass
+    elif (run_dir / "config.json").exists():  # an unfinished run of an earlier invocation
         done = load_checkpoint(last)["iteration"] if last.exists() else 0
         if done < config.iterations or not (run_dir / "evaluation.json").exists():
             resume(run_dir)
     else:
         train(config)
-    minutes = round((time.perf_counter() - start) / 60, 1)
+    minutes = kept["train_minutes"] if kept is not None else round((time.perf_counter() - start) / 60, 1)
     session = load_session(run_dir)
     try:
         learner = session.learner
@@ -112,7 +117,8 @@ def run_learner(name: str, ways: int, args: argparse.Namespace) -> dict:
                                       seed=args.eval_seed, device=session.device)
             for row in result["results"]:
                 rows.append({"ways": cell_ways, "shots": row["shots"], "steps": row["steps"],
-                             "accuracy": row["accuracy"], "ci95": row["ci95"], "tasks": row["tasks"]})
+                             "accuracy": row["accuracy"], "ci95": row["ci95"], "tasks": row["tasks"],
+                             **{key: row[key] for key in ("nll", "nll_ci95", "ece", "reliability") if key in row}})
     finally:
         session.close()
     record = {"learner": name, "train_ways": ways, "run_dir": str(run_dir), "plan": plan_of(name, ways, args.scale),
@@ -156,6 +162,34 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def calibration_table(records: list[dict]) -> str:
+    """Markdown: per learner and cell, accuracy %, NLL (± 95% over tasks) and 15-bin ECE over all queries."""
+    lines = ["| learner | cell | accuracy % | NLL (nats) | ECE |", "| --- | --- | --- | --- | --- |"]
+    for record in records:
+        for row in record["cells"]:
+            if "ece" not in row:
+                continue
+            lines.append(f"| {record['learner']} ({record['train_ways']}-way model) | {row['ways']}-way "
+                         f"{row['shots']}-shot | {100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f} | "
+                         f"{row['nll']:.3f} ± {row['nll_ci95']:.3f} | {row['ece']:.3f} |")
+    return "\n".join(lines)
+
+
+def reliability_figures(records: list[dict], figures: Path) -> list[Path]:
+    """One reliability diagram per learner (a panel per cell) in ``figures``/nway_reliability_LEARNER.png."""
+    from metarl.evaluation import plot_reliability
+
+    paths = []
+    for name in dict.fromkeys(r["learner"] for r in records):
+        rows = [dict(row, shots=f"{row['ways']}-way {row['shots']}", steps=row["steps"])
+                for r in records if r["learner"] == name for row in r["cells"] if "reliability" in row]
+        if rows:
+            result = {"results": rows, "learner": name, "num_tasks": records[0]["eval_tasks"]}
+            paths.append(plot_reliability(result, figures / f"nway_reliability_{name}.png",
+                                          title=f"{name}: reliability on held-out Omniglot tasks"))
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/omniglot"))
@@ -167,6 +201,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="no training: print the table of the finished runs")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/nway_kshot"))
+    parser.add_argument("--rescore", action="store_true",
+                        help="score finished runs again with the current protocol (NLL, ECE), without training")
+    parser.add_argument("--calibration", action="store_true",
+                        help="with --table: print accuracy, NLL and ECE per cell and write reliability diagrams")
+    parser.add_argument("--figures", type=Path, default=Path("experiments/figures"))
     args = parser.parse_args()
     known = classification_learners()
     names = args.learners if args.learners is not None else known
@@ -184,6 +223,10 @@ def main() -> None:
                 records.append(run_learner(name, ways, args))
                 print(json.dumps(records[-1]), flush=True)
     print(table(records))
+    if args.calibration:
+        print(calibration_table(records))
+        for path in reliability_figures(records, args.figures):
+            print(path)
 
 
 if __name__ == "__main__":
