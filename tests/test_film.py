@@ -13,7 +13,6 @@ import torch
 from metarl.agents import make_learner
 from metarl.agents.film import MIN_STD, FiLMConfig, FiLMLearner
 from metarl.agents.protonet import PrototypicalNetwork
-from metarl.cli import main as cli_main
 from metarl.core.config import ConfigError
 from metarl.envs.fewshot import make_source
 from metarl.evaluation import evaluate_fewshot
@@ -261,7 +260,7 @@ def test_same_seed_same_weights_on_omniglot_and_another_seed_differs(omniglot_di
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Bad settings: one line, exit 2, no run directory
+# Bad settings (through the command line: tests/test_metric_learners.py::test_bad_metric_learner_settings_...)
 
 
 @pytest.mark.api
@@ -272,18 +271,3 @@ def test_config_refuses_impossible_sizes_and_heads():
             FiLMConfig(**fields)
     with pytest.raises(ValueError, match="film classifies images"):
         FiLMLearner.from_source(SimpleNamespace(kind="classification", input_shape=(5,)), FiLMConfig(), outputs=3)
-
-
-@pytest.mark.api
-@pytest.mark.parametrize("argv, message", [
-    (["train", "film", "--encoder-width", "0"], "encoder_width must be"),
-    (["train", "film", "--context-dim", "-1"], "context_dim must be"),
-    (["train", "film", "--source", "omniglot", "--encoder-width", "0"], "encoder_width must be"),
-    (["train", "film", "--source", "omniglot", "--head", "cosine"], "head must be one of"),
-])
-def test_bad_film_settings_are_refused_in_one_line(tmp_path, capsys, omniglot_dir, argv, message):
-    argv = [*argv, "--data-root", str(omniglot_dir)] if "omniglot" in argv else argv
-    assert cli_main([*argv, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("metarl: error: ") and message in err[0], err
-    assert not (tmp_path / "run").exists()
