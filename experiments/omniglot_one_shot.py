@@ -42,6 +42,7 @@ from metarl.training import RunConfig, evaluate, load_run, load_session, make_ru
 PLANS: dict[str, dict] = {
     "protonet": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=6000, outer_lr=1e-3),
     "matching": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=6000, outer_lr=1e-3),
+    "film": dict(ways=20, train_ways=60, query_shots=5, meta_batch_size=1, iterations=6000, outer_lr=1e-3),
     "maml": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, inner_lr=0.1, inner_steps=3,
                  eval_steps=(10,)),
     "fomaml": dict(ways=20, query_shots=5, meta_batch_size=4, iterations=1500, inner_lr=0.1, inner_steps=3,

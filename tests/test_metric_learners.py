@@ -308,6 +308,10 @@ def test_fce_steps_must_be_a_positive_integer():
         (["train", "siamese", "--source", "omniglot", "--train-ways", "1"], "siamese cannot train on these episodes"),
         (["train", "matching", "--source", "omniglot", "--full-context", "--fce-steps", "0"], "fce_steps must be"),
         (["train", "matching", "--source", "omniglot", "--fce-steps", "-3"], "fce_steps must be"),
+        (["train", "film", "--encoder-width", "0"], "encoder_width must be"),
+        (["train", "film", "--context-dim", "-1"], "context_dim must be"),
+        (["train", "film", "--source", "omniglot", "--encoder-width", "0"], "encoder_width must be"),
+        (["train", "film", "--source", "omniglot", "--head", "cosine"], "head must be one of"),
     ],
 )
 def test_bad_metric_learner_settings_are_refused_in_one_line(tmp_path, capsys, omniglot_dir, argv, message):

@@ -1,5 +1,5 @@
-"""Backbones used across learners: an MLP (regression, policies), the Conv-4 of the few-shot literature and a FiLM
-layer (context-conditioned learners).
+"""Backbones used across learners: an MLP (regression, policies), the Conv-4 of the few-shot literature, a FiLM
+layer and either backbone with FiLM layers at its hidden layers (context-conditioned learners).
 
 Both run under fast weights (``functional_call``) and ``vmap``. Normalisation never keeps running statistics
 (``track_running_stats=False``): under ``vmap`` there is no place to store them per task (the functorch MAML
@@ -114,6 +114,40 @@ class FiLM(nn.Module):
             gamma, beta = gamma.expand(h.shape[0], -1), beta.expand(h.shape[0], -1)
         shape = (h.shape[0], self.channels) + (1,) * (h.dim() - 2)
         return (1 + gamma.reshape(shape)) * h + beta.reshape(shape)
+
+
+class FiLMConditioned(nn.Module):
+    """A backbone (an :class:`MLP` or the :class:`Conv4`) with a :class:`FiLM` layer at each hidden layer, all read
+    from one context: after each batch norm of the Conv-4 (before its ReLU), after each hidden linear layer of an MLP
+    (before its activation). With a zero context, or zeroed FiLM generators, ``forward`` is the backbone itself.
+
+    ``forward(x, context)``: ``x`` ``[batch, ...]``; ``context`` ``[batch, context_dim]`` (one per example: repeat a
+    task's context over its examples) or ``[context_dim]``. The FiLM layers are ``films[i]`` in forward order.
+    """
+
+    def __init__(self, backbone: nn.Module, context_dim: int) -> None:
+        super().__init__()
+        if not isinstance(backbone, (MLP, Conv4)):
+            raise ValueError(f"FiLMConditioned takes an MLP or a Conv4, got {type(backbone).__name__}")
+        self.backbone = backbone
+        # both backbones apply their leaf modules in registration order
+        leaves = [m for m in backbone.modules() if not list(m.children())]
+        if isinstance(backbone, Conv4):
+            sites = [i for i, m in enumerate(leaves) if isinstance(m, nn.BatchNorm2d)]
+            widths = [leaves[i].num_features for i in sites]
+        else:
+            sites = [i for i, m in enumerate(leaves) if isinstance(m, nn.Linear)][:-1]
+            widths = [leaves[i].out_features for i in sites]
+        self._leaves, self._sites = leaves, dict(zip(sites, range(len(sites))))
+        self.films = nn.ModuleList(FiLM(context_dim, width) for width in widths)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, layer in enumerate(self._leaves):
+            h = layer(h)
+            if i in self._sites:
+                h = self.films[self._sites[i]](h, context)
+        return h
 
 
 def head_parameter_names(module: nn.Module, head: str = "head") -> list[str]:
