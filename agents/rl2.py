@@ -152,27 +152,14 @@ class RL2(TrialAgent):
             return self._train_iteration(iteration)
 
     def _train_iteration(self, iteration: int) -> dict[str, float]:
-        cfg = self.config
         start = perf_counter()
-        tasks = self.task_env.sample_tasks(cfg.meta_batch_size, split="train",
-                                           seed=derive_seed(cfg.seed, "tasks", iteration))
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "actions", iteration))
-        batch = self.collect_trials(self.envs, tasks, cfg.episodes_per_trial, derive_seed(cfg.seed, "env", iteration),
-                                    generator)
+        batch = self.sample_trials(iteration)
         rollout_time = perf_counter() - start
-
         # ALGO LOGIC: advantages over the whole trial, then PPO epochs over minibatches of whole trials
-        advantages, returns = self.trial_advantages(batch)
-        if cfg.normalize_values:
-            self.value_stats.update(returns[batch["mask"].bool()])
-        data = {k: batch[k].to(self.device) for k in ("inputs", "actions", "log_probs", "values", "mask")}
-        data["advantages"], data["returns"] = advantages.to(self.device), returns.to(self.device)
-        losses, rejected = self.ppo_epochs(data, iteration, self.minibatch_loss, list(self.policy.parameters()),
-                                           self.optimizer)
-        self.rejected_updates += rejected
-        self.iterations_done = iteration + 1
-        self.total_env_steps += batch["env_steps"]
-        return self.trial_metrics(batch, returns, losses, rejected, start, rollout_time)
+        keys = ("inputs", "actions", "log_probs", "values", "mask")
+        losses, rejected, returns = self.ppo_update(batch, iteration, keys, self.minibatch_loss,
+                                                    list(self.policy.parameters()), self.optimizer)
+        return self.finish_iteration(iteration, batch, returns, losses, rejected, start, rollout_time)
 
     # --- checkpoints (meta-test: metarl.core.trials.TrialAgent) -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -182,17 +169,11 @@ class RL2(TrialAgent):
             "config": dataclasses.asdict(self.config),
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "iterations_done": self.iterations_done,
-            "total_env_steps": self.total_env_steps,
-            "rejected_updates": self.rejected_updates,
-            "value_stats": self.value_stats.state_dict(),
+            **self.trial_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_checkpoint(state, self.name)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.iterations_done = int(state["iterations_done"])
-        self.total_env_steps = int(state["total_env_steps"])
-        self.rejected_updates = int(state["rejected_updates"])
-        self.value_stats.load_state_dict(state["value_stats"])
+        self.load_trial_state(state)

@@ -59,7 +59,6 @@ rewards are not normalised (the critic's targets are). Presets: ``experiments/pr
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -179,8 +178,8 @@ class VariBAD(TrialAgent):
             if self.inputs.discrete:
                 self.actor = CategoricalMLPPolicy(features, act, cfg.policy_hidden_sizes)
             else:
-                self.actor = GaussianMLPPolicy(features, act, cfg.policy_hidden_sizes,
-                                               init_std=math.exp(cfg.init_log_std))
+                self.actor = GaussianMLPPolicy(features, act, cfg.policy_hidden_sizes)
+                nn.init.constant_(self.actor.log_std, cfg.init_log_std)
             self.critic = MLP(features, cfg.policy_hidden_sizes, 1, activation=nn.Tanh)
             self.policy = nn.ModuleDict({"actor": self.actor, "critic": self.critic})
         self.vae.to(self.device)
@@ -302,30 +301,17 @@ class VariBAD(TrialAgent):
             return self._train_iteration(iteration)
 
     def _train_iteration(self, iteration: int) -> dict[str, float]:
-        cfg = self.config
         start = perf_counter()
-        tasks = self.task_env.sample_tasks(cfg.meta_batch_size, split="train",
-                                           seed=derive_seed(cfg.seed, "tasks", iteration))
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "actions", iteration))
-        batch = self.collect_trials(self.envs, tasks, cfg.episodes_per_trial, derive_seed(cfg.seed, "env", iteration),
-                                    generator)
+        batch = self.sample_trials(iteration)
         rollout_time = perf_counter() - start
-
         # ALGO LOGIC: the policy: PPO over whole trials, on the beliefs it acted on (no gradient into the VAE)
-        advantages, returns = self.trial_advantages(batch)
-        if cfg.normalize_values:
-            self.value_stats.update(returns[batch["mask"].bool()])
-        data = {k: batch[k].to(self.device) for k in ("features", "actions", "log_probs", "values", "mask")}
-        data["advantages"], data["returns"] = advantages.to(self.device), returns.to(self.device)
-        losses, rejected = self.ppo_epochs(data, iteration, self.minibatch_loss, list(self.policy.parameters()),
-                                           self.policy_optimizer)
+        keys = ("features", "actions", "log_probs", "values", "mask")
+        losses, rejected, returns = self.ppo_update(batch, iteration, keys, self.minibatch_loss,
+                                                    list(self.policy.parameters()), self.policy_optimizer)
         # ALGO LOGIC: the VAE: its own Adam steps on the ELBO of the same trials
         vae_losses, vae_rejected = self.vae_update(batch, iteration)
-        self.rejected_updates += rejected + vae_rejected
-        self.iterations_done = iteration + 1
-        self.total_env_steps += batch["env_steps"]
-        return self.trial_metrics(batch, returns, {**losses, **vae_losses}, rejected + vae_rejected, start,
-                                  rollout_time)
+        return self.finish_iteration(iteration, batch, returns, {**losses, **vae_losses}, rejected + vae_rejected,
+                                     start, rollout_time)
 
     # --- beliefs along a trial, checkpoints (meta-test: metarl.core.trials.TrialAgent) --------------------------------
     @torch.no_grad()
@@ -358,10 +344,7 @@ class VariBAD(TrialAgent):
             "policy": self.policy.state_dict(),
             "vae_optimizer": self.vae_optimizer.state_dict(),
             "policy_optimizer": self.policy_optimizer.state_dict(),
-            "iterations_done": self.iterations_done,
-            "total_env_steps": self.total_env_steps,
-            "rejected_updates": self.rejected_updates,
-            "value_stats": self.value_stats.state_dict(),
+            **self.trial_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -370,7 +353,4 @@ class VariBAD(TrialAgent):
         self.policy.load_state_dict(state["policy"])
         self.vae_optimizer.load_state_dict(state["vae_optimizer"])
         self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.iterations_done = int(state["iterations_done"])
-        self.total_env_steps = int(state["total_env_steps"])
-        self.rejected_updates = int(state["rejected_updates"])
-        self.value_stats.load_state_dict(state["value_stats"])
+        self.load_trial_state(state)

@@ -218,20 +218,35 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
 
 class TrialAgent:
     """The methods RL² and VariBAD share (see the module docstring). A subclass sets ``config`` (a
-    :class:`TrialPPOConfig`), ``device``, ``env_pool``, ``value_stats`` (:class:`~metarl.core.ppo.RunningMeanStd`) and
+    :class:`TrialPPOConfig`), ``device``, ``env_pool``, ``envs`` (its training envs) and ``task_env``, ``value_stats``
+    (:class:`~metarl.core.ppo.RunningMeanStd`) and the counters ``iterations_done``, ``total_env_steps`` and
     ``rejected_updates``, and defines ``collect_trials(envs, tasks, num_episodes, env_seed, generator,
     deterministic=False)``; its ``train_iteration`` reads top to bottom in its own file."""
 
     config: Any
     device: torch.device
     env_pool: EnvPool
+    envs: TaskVectorEnv
+    task_env: Any
     value_stats: ppo.RunningMeanStd
+    iterations_done: int
+    total_env_steps: int
     rejected_updates: int
 
     @property
     def episodes_per_stage(self) -> int:
         """1: each meta-test column is one more episode of the trial (the recurrent state carried)."""
         return 1
+
+    def sample_trials(self, iteration: int) -> dict[str, Any]:
+        """Iteration ``iteration``'s trials: ``meta_batch_size`` train tasks (``derive_seed(seed, "tasks", i)``), one
+        trial each on the training envs, env resets and actions from the ``"env"`` and ``"actions"`` streams."""
+        cfg = self.config
+        tasks = self.task_env.sample_tasks(cfg.meta_batch_size, split="train",
+                                           seed=derive_seed(cfg.seed, "tasks", iteration))
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "actions", iteration))
+        return self.collect_trials(self.envs, tasks, cfg.episodes_per_trial, derive_seed(cfg.seed, "env", iteration),
+                                   generator)
 
     # --- ALGO LOGIC shared: whole-trial GAE, the PPO loss and its epochs ----------------------------------------------
     def trial_advantages(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +275,21 @@ class TrialAgent:
                  "losses/approx_kl": ppo.approx_kl(log_probs, batch["log_probs"], mask),
                  "losses/clip_fraction": ppo.clip_fraction(log_probs, batch["log_probs"], cfg.clip_coef, mask)}
         return loss, stats
+
+    def ppo_update(self, batch: dict[str, Any], iteration: int, keys: tuple[str, ...],
+                   minibatch_loss: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+                   parameters: list[nn.Parameter],
+                   optimizer: torch.optim.Optimizer) -> tuple[dict[str, float], int, torch.Tensor]:
+        """Advantages and returns over whole trials (the value statistics updated with the returns when
+        ``normalize_values``), then :meth:`ppo_epochs` on the ``keys`` of ``batch`` with them: (losses, rejected
+        steps, returns)."""
+        advantages, returns = self.trial_advantages(batch)
+        if self.config.normalize_values:
+            self.value_stats.update(returns[batch["mask"].bool()])
+        data = {k: batch[k].to(self.device) for k in keys}
+        data["advantages"], data["returns"] = advantages.to(self.device), returns.to(self.device)
+        losses, rejected = self.ppo_epochs(data, iteration, minibatch_loss, parameters, optimizer)
+        return losses, rejected, returns
 
     def ppo_epochs(self, data: dict[str, torch.Tensor], iteration: int,
                    minibatch_loss: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
@@ -292,10 +322,13 @@ class TrialAgent:
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
         return {key: value / max(steps_taken, 1) for key, value in sums.items()}, rejected
 
-    def trial_metrics(self, batch: dict[str, Any], returns: torch.Tensor, losses: dict[str, float], rejected: int,
-                      start: float, rollout_time: float) -> dict[str, float]:
-        """The iteration's metrics: ``losses``, trial and first/last episode returns, rejected updates, timing,
-        the critic's explained variance and ``env_steps``."""
+    def finish_iteration(self, iteration: int, batch: dict[str, Any], returns: torch.Tensor, losses: dict[str, float],
+                         rejected: int, start: float, rollout_time: float) -> dict[str, float]:
+        """Count the iteration (its rejected updates, env steps) and return its metrics: ``losses``, trial and
+        first/last episode returns, rejected updates, timing, the critic's explained variance and ``env_steps``."""
+        self.rejected_updates += rejected
+        self.iterations_done = iteration + 1
+        self.total_env_steps += batch["env_steps"]
         mask = batch["mask"].bool()
         residual = (returns - batch["values"])[mask]
         explained = 1.0 - float(residual.var() / returns[mask].var().clamp_min(1e-8))
@@ -312,6 +345,17 @@ class TrialAgent:
             "env_steps": float(batch["env_steps"]),
         })
         return metrics
+
+    def trial_state(self) -> dict[str, Any]:
+        """The counters and value statistics of a checkpoint (the networks and optimisers are the agent's)."""
+        return {"iterations_done": self.iterations_done, "total_env_steps": self.total_env_steps,
+                "rejected_updates": self.rejected_updates, "value_stats": self.value_stats.state_dict()}
+
+    def load_trial_state(self, state: dict[str, Any]) -> None:
+        self.iterations_done = int(state["iterations_done"])
+        self.total_env_steps = int(state["total_env_steps"])
+        self.rejected_updates = int(state["rejected_updates"])
+        self.value_stats.load_state_dict(state["value_stats"])
 
     # --- meta-test ---------------------------------------------------------------------------------------------------
     def meta_test_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> dict[str, Any]:
