@@ -115,6 +115,7 @@ PLANS: dict[str, dict[str, Any]] = {
                                                   adapt_episodes=10)),
             "rl2 20x": dict(agent="rl2", iterations=300,
                             overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
+            "varibad 20x": dict(agent="varibad", preset="varibad_navigation.yaml", iterations=620),
         },
     },
     # MuJoCo locomotion: the same ~200k-step plan on each (see locomotion_plan)
