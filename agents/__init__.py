@@ -23,7 +23,7 @@ film        CNAPs-style FiLM (Requeima et al. 2019)       FiLM layers generated 
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,
-``pearl``, ``oracle``, ``multitask``, ``scratch``.
+``varibad``, ``pearl``, ``oracle``, ``multitask``, ``scratch``.
 
 Every entry names its module, class and config dataclass; modules are imported when first used. A new learner or
 agent is one file here plus one :func:`register` call below (or in the user's own code): ``metarl list``,
@@ -103,6 +103,8 @@ for _domain, _name, _module, _cls, _config, _summary in [
      "a set encoder of the support set generates FiLM scales and shifts for every hidden layer"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
     ("meta-rl", "rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
+    ("meta-rl", "varibad", "varibad", "VariBAD", "VariBADConfig",
+     "a recurrent VAE's belief over the task (decoding rewards) conditions a PPO policy; whole trials"),
     ("meta-rl", "pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
     ("meta-rl", "oracle", "oracle", "Oracle", "OracleConfig", "SAC conditioned on the true task (upper bound)"),
     ("meta-rl", "multitask", "sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig", "one SB3 policy for all tasks"),

@@ -37,7 +37,8 @@ PEARL_CPU = dict(hidden_sizes=[128, 128], encoder_hidden_sizes=[128, 128], meta_
                  gradient_steps=2000)
 
 
-def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] | None = None,
+                    varibad_preset: str | None = None) -> dict[str, Any]:
     """A MuJoCo task distribution with 200-step episodes, ~200k env steps per agent: what each agent makes of a
     budget a 2-core CPU trains in minutes, plus MAML-TRPO at 20x that budget.
 
@@ -47,10 +48,11 @@ def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] |
     learned at 200k steps); everything else is the reference's (pearl_cheetah_vel.yaml).
     MAML-TRPO uses its preset (100 x 100 ReLU, 20 rollouts per step, inner step 0.1, KL 0.01) with 10 tasks per
     meta-batch; RL² the PPO settings of rl2_cheetah_vel.yaml. The multi-task baseline is SB3's PPO (SB3's SAC runs
-    ~75 steps/s here); from-scratch is SB3's SAC on each test task.
+    ~75 steps/s here); from-scratch is SB3's SAC on each test task. VariBAD (where ``varibad_preset`` is given) uses
+    the authors' configuration for the env (16 trials x 2 episodes).
     """
     maml = dict(maml_overrides or {}, meta_batch_size=10)
-    return {
+    plan = {
         "env": env,
         "eval_tasks": 20,
         "eval_episodes": 3,
@@ -70,6 +72,10 @@ def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] |
             "maml-trpo 20x": dict(agent="maml-trpo", preset=maml_preset, iterations=50, overrides=maml),
         },
     }
+    if varibad_preset is not None:
+        # 16 trials x 2 episodes x 200 steps = 6,400 per iteration (fewer where episodes end early)
+        plan["agents"]["varibad"] = dict(preset=varibad_preset, iterations=31)
+    return plan
 
 
 # One plan per task distribution: the env id, the evaluation (held-out test tasks, adaptation episodes) and, per
@@ -94,6 +100,8 @@ PLANS: dict[str, dict[str, Any]] = {
                                              adapt_episodes=10)),
             # 32 trials x 3 episodes x 20 steps = 1,920 per iteration
             "rl2": dict(iterations=15, overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
+            # 16 trials x 3 episodes x 20 steps = 960 per iteration
+            "varibad": dict(preset="varibad_navigation.yaml", iterations=31),
             "multitask": dict(iterations=30, overrides=dict(steps_per_iteration=1_000, max_episode_steps=20)),
             "scratch": dict(iterations=0, overrides=dict(max_episode_steps=20,
                                                          algorithm_kwargs={"learning_starts": 20})),
@@ -107,13 +115,15 @@ PLANS: dict[str, dict[str, Any]] = {
                                                   adapt_episodes=10)),
             "rl2 20x": dict(agent="rl2", iterations=300,
                             overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
+            "varibad 20x": dict(agent="varibad", preset="varibad_navigation.yaml", iterations=620),
         },
     },
     # MuJoCo locomotion: the same ~200k-step plan on each (see locomotion_plan)
     "cheetah-vel": locomotion_plan("metarl/HalfCheetahVel-v0", "maml_trpo_cheetah_vel.yaml",
-                                   maml_overrides=dict(env_kwargs={})),  # PEARL's U[0, 3], not MAML's U[0, 2]
+                                   maml_overrides=dict(env_kwargs={}),  # PEARL's U[0, 3], not MAML's U[0, 2]
+                                   varibad_preset="varibad_cheetah_vel.yaml"),
     "walker-params": locomotion_plan("metarl/Walker2dRandParams-v0", "maml_trpo_cheetah_vel.yaml",
-                                     maml_overrides=dict(env_kwargs={})),
+                                     maml_overrides=dict(env_kwargs={}), varibad_preset="varibad_walker_params.yaml"),
     "ant-goal": locomotion_plan("metarl/AntGoal-v0", "maml_trpo_ant_goal.yaml"),
 }
 

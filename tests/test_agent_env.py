@@ -10,6 +10,8 @@ from metarl.core.config import ConfigError, config_from_dict
 SMALL = {
     "maml-trpo": dict(meta_batch_size=2, episodes_per_task=2, max_episode_steps=5, hidden_sizes=[8]),
     "rl2": dict(meta_batch_size=2, episodes_per_trial=2, hidden_size=8, num_minibatches=1, max_episode_steps=5),
+    "varibad": dict(meta_batch_size=2, episodes_per_trial=2, encoder_hidden_size=8, decoder_hidden_sizes=[8],
+                    policy_hidden_sizes=[8], num_minibatches=1, max_episode_steps=5),
     "pearl": dict(num_train_tasks=2, hidden_sizes=[8], encoder_hidden_sizes=[8], meta_batch_size=2, batch_size=4,
                   embedding_batch_size=2, num_initial_steps=5, num_tasks_sample=1, num_steps_prior=5,
                   num_extra_rl_steps_posterior=0, gradient_steps=1, max_episode_steps=5, replay_capacity=20),
@@ -19,7 +21,7 @@ NAV = "metarl/Navigation2D-v0"
 
 
 @pytest.mark.api
-@pytest.mark.parametrize("name", ["maml-trpo", "rl2", "pearl", "oracle", "multitask", "scratch"])
+@pytest.mark.parametrize("name", ["maml-trpo", "rl2", "varibad", "pearl", "oracle", "multitask", "scratch"])
 def test_a_keyword_the_env_does_not_take_is_one_line_naming_env_and_keyword(name):
     agent_type, config_type = rl_agent_classes(name)
     with pytest.raises(ValueError, match="cannot make environment 'metarl/Navigation2D-v0'") as info:
@@ -30,6 +32,7 @@ def test_a_keyword_the_env_does_not_take_is_one_line_naming_env_and_keyword(name
 @pytest.mark.api
 @pytest.mark.parametrize("name, overrides", [
     ("maml-trpo", {"meta_batch_size": 10**12}), ("rl2", {"meta_batch_size": 10**12}),
+    ("varibad", {"meta_batch_size": 10**12}),
     ("pearl", {"num_train_tasks": 10**12}),
 ])
 def test_a_request_that_cannot_fit_in_memory_is_refused_before_anything_is_built(name, overrides):
@@ -41,7 +44,7 @@ def test_a_request_that_cannot_fit_in_memory_is_refused_before_anything_is_built
 
 @pytest.mark.api
 @pytest.mark.parametrize("name, expected", [
-    ("maml-trpo", 3), ("rl2", 1), ("pearl", 1), ("oracle", 1), ("multitask", 1), ("scratch", 1),
+    ("maml-trpo", 3), ("rl2", 1), ("varibad", 1), ("pearl", 1), ("oracle", 1), ("multitask", 1), ("scratch", 1),
 ])
 def test_episodes_per_stage_says_how_much_adaptation_data_each_column_has(name, expected):
     agent_type, config_type = rl_agent_classes(name)

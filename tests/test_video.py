@@ -20,6 +20,7 @@ from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
 from metarl.agents.oracle import Oracle, OracleConfig
 from metarl.agents.pearl import PEARL, PEARLConfig
 from metarl.agents.rl2 import RL2, RL2Config
+from metarl.agents.varibad import VariBAD, VariBADConfig
 from metarl.cli import main as cli_main
 from metarl.core.agent import RendersEpisodes
 from metarl.envs.recording import FrameRecorder, make_recording_envs
@@ -74,6 +75,9 @@ def make_agent(kind: str):
         return MAMLTRPO(NAV, MAMLTRPOConfig(**MAML_TINY))
     if kind == "rl2":
         return RL2(NAV, RL2Config(meta_batch_size=2, num_minibatches=1, hidden_size=8, max_episode_steps=STEPS))
+    if kind == "varibad":
+        return VariBAD(NAV, VariBADConfig(meta_batch_size=2, num_minibatches=1, encoder_hidden_size=8,
+                                          decoder_hidden_sizes=[8], policy_hidden_sizes=[8], max_episode_steps=STEPS))
     if kind == "pearl":
         return PEARL(NAV, PEARLConfig(**PEARL_TINY))
     return Oracle(NAV, OracleConfig(**PEARL_TINY))
@@ -127,7 +131,7 @@ def same_frames(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> bool:
 
 
 @pytest.mark.api
-@pytest.mark.parametrize("kind", ["maml-trpo", "rl2", "pearl", "oracle"])
+@pytest.mark.parametrize("kind", ["maml-trpo", "rl2", "varibad", "pearl", "oracle"])
 def test_render_episodes_shapes_and_determinism(kind):
     agent = make_agent(kind)
     assert isinstance(agent, RendersEpisodes)

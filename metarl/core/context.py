@@ -40,6 +40,13 @@ def kl_to_unit_gaussian(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return 0.5 * (var + mean**2 - 1.0 - var.log()).sum(-1)
 
 
+def kl_between_gaussians(mean: torch.Tensor, var: torch.Tensor, other_mean: torch.Tensor,
+                         other_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, var) || N(other_mean, other_var)) of diagonal Gaussians, summed over the last axis:
+    ½ Σ [log(σ'²/σ²) + (σ² + (μ − μ')²)/σ'² − 1]."""
+    return 0.5 * ((other_var / var).log() + (var + (mean - other_mean) ** 2) / other_var - 1.0).sum(-1)
+
+
 class ContextEncoder(nn.Module):
     """Ψ: one Gaussian factor per context transition; :meth:`posterior` multiplies them (order-invariant)."""
 
