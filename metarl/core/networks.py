@@ -1,5 +1,5 @@
-"""Backbones used across learners: an MLP (regression, policies), the Conv-4 of the few-shot literature and a FiLM
-layer (context-conditioned learners).
+"""Backbones used across learners: an MLP (regression, policies), the Conv-4 of the few-shot literature, a FiLM
+layer and input concatenation of a context vector (context-conditioned learners and policies).
 
 Both run under fast weights (``functional_call``) and ``vmap``. Normalisation never keeps running statistics
 (``track_running_stats=False``): under ``vmap`` there is no place to store them per task (the functorch MAML
@@ -114,6 +114,23 @@ class FiLM(nn.Module):
             gamma, beta = gamma.expand(h.shape[0], -1), beta.expand(h.shape[0], -1)
         shape = (h.shape[0], self.channels) + (1,) * (h.dim() - 2)
         return (1 + gamma.reshape(shape)) * h + beta.reshape(shape)
+
+
+def concat_context(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """``[x, context]`` along the last axis: the context repeated over every example (CAVIA's input conditioning).
+
+    ``context`` is ``[context_dim]``, shared by all of ``x`` (``[..., features]``: one task, e.g. under ``vmap``,
+    or the shared initialisation), or ``[tasks, context_dim]``, one per task, with ``x`` ``[tasks, ..., features]``
+    (batched fast weights). A zero context is the plain input padded with zeros.
+    """
+    if context.dim() == 1:
+        repeated = context.expand(*x.shape[:-1], context.shape[-1])
+    elif context.dim() == 2 and x.dim() >= 2 and context.shape[0] == x.shape[0]:
+        view = context.reshape(context.shape[0], *([1] * (x.dim() - 2)), context.shape[-1])
+        repeated = view.expand(*x.shape[:-1], context.shape[-1])
+    else:
+        raise ValueError(f"a context of shape {tuple(context.shape)} does not fit inputs of shape {tuple(x.shape)}")
+    return torch.cat([x, repeated], dim=-1)
 
 
 def head_parameter_names(module: nn.Module, head: str = "head") -> list[str]:
