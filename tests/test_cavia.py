@@ -126,6 +126,35 @@ def test_only_the_context_adapts_from_zero_and_batched_equals_a_loop_over_tasks(
         torch.testing.assert_close(learner.adapt(batch.support_x, batch.support_y)["context"], fast["context"])
 
 
+@pytest.mark.math
+def test_the_context_conditions_the_networks_where_the_paper_puts_it():
+    """By hand: FiLM scales and shifts the chosen Conv-4 block's batch-normalised maps before ReLU and pooling (the
+    first hidden layer's pre-activations for an MLP); concat feeds [x, φ]; a zero context is the plain network."""
+    g = torch.Generator().manual_seed(0)
+    with seeded(0):
+        conv = FiLMConv4((1, 16, 16), 3, context_dim=3, film_block=2, hidden=4).double()
+        film_mlp, concat_mlp = (ContextMLP(1, [6, 5], 1, 3, c).double() for c in ("film", "concat"))
+    phi = torch.randn(3, generator=g, dtype=torch.float64)
+    run = lambda model, x, context: functional_call(model, {**dict(model.named_parameters()), "context": context},
+                                                    (x,))
+
+    images = torch.randn(5, 1, 16, 16, generator=g, dtype=torch.float64)
+    blocks = conv.conv.features
+    gamma, beta = (conv.film.generator.weight @ phi).view(2, 4, 1, 1)
+    conv2d, norm, relu, pool = blocks[1]
+    h = pool(relu((1 + gamma) * norm(conv2d(blocks[0](images))) + beta))
+    torch.testing.assert_close(run(conv, images, phi), conv.head(blocks[4](blocks[3](blocks[2](h)))))
+    torch.testing.assert_close(run(conv, images, torch.zeros(3, dtype=torch.float64)), conv.head(conv.conv(images)))
+
+    x = torch.randn(7, 1, generator=g, dtype=torch.float64)
+    net = film_mlp.net
+    gamma, beta = (film_mlp.film.generator.weight @ phi).view(2, 6)
+    h = torch.relu((1 + gamma) * net[0](x) + beta)
+    torch.testing.assert_close(run(film_mlp, x, phi), net[4](torch.relu(net[2](h))))
+    torch.testing.assert_close(run(film_mlp, x, torch.zeros(3, dtype=torch.float64)), net(x))
+    torch.testing.assert_close(run(concat_mlp, x, phi), concat_mlp.net(torch.cat([x, phi.expand(7, 3)], -1)))
+
+
 @pytest.mark.api
 def test_the_outer_step_moves_theta_never_the_context_and_the_registry_builds_the_papers_networks(omniglot_dir):
     source = make_source("sinusoid", shots=5, query_shots=5)
