@@ -29,7 +29,8 @@ from metarl.envs.fewshot import make_source
 from metarl.evaluation import evaluate_fewshot
 from metarl.training import train
 from tests.test_fewshot import _quick, _rows
-from tests.test_maml_trpo import SMALL, autograd_and_central_differences, old_distribution, tiny_problem
+from tests.test_maml_trpo import SMALL, autograd_and_central_differences, old_distribution, tiny_problem, without_times
+from tests.test_maml_trpo import parameters as policy_vector
 
 
 # --- supervised: tiny float64 problems -----------------------------------------------------------------------------
@@ -248,14 +249,6 @@ def test_maml_trpo_adapt_setting_and_the_older_adapt_head_only_agree():
 
 def cavia_agent(**overrides) -> MAMLTRPO:
     return MAMLTRPO("metarl/Navigation2D-v0", CAVIATRPOConfig(**{**SMALL, **overrides}))
-
-
-def policy_vector(agent: MAMLTRPO) -> torch.Tensor:
-    return flatten([p.detach() for p in agent.policy.parameters()]).clone()
-
-
-def without_times(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not (k.startswith("time/") or k == "charts/SPS")}
 
 
 @pytest.mark.determinism
