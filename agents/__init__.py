@@ -9,6 +9,7 @@ maml        MAML (Finn et al. 2017), second order         gradient steps on the 
 fomaml      first-order MAML                              gradient steps (no second-order terms)
 meta-sgd    Meta-SGD (Li et al. 2017)                     gradient steps with learned per-weight sizes
 anil        ANIL (Raghu et al. 2020)                      gradient steps on the head only
+cavia       CAVIA (Zintgraf et al. 2019)                  gradient steps on a context vector only (concat/FiLM)
 reptile     Reptile (Nichol et al. 2018)                  gradient steps; first-order outer update
 protonet    Prototypical Networks (Snell et al. 2017)     class prototypes of the support embeddings
 matching    Matching Networks (Vinyals et al. 2016)       cosine attention over the support set (+ FCE)
@@ -22,8 +23,9 @@ l2o         learned optimiser (Andrychowicz et al. 2016)  steps of a coordinate-
 film        CNAPs-style FiLM (Requeima et al. 2019)       FiLM layers generated from the support set
 =========== ============================================ =============================================
 
-Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,
-``varibad``, ``pearl``, ``oracle``, ``multitask``, ``scratch``.
+Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``cavia-trpo``
+(MAML-TRPO adapting only a context vector, CAVIA), ``rl2``, ``varibad``, ``pearl``, ``oracle``, ``multitask``,
+``scratch``.
 
 Every entry names its module, class and config dataclass; modules are imported when first used. A new learner or
 agent is one file here plus one :func:`register` call below (or in the user's own code): ``metarl list``,
@@ -82,6 +84,8 @@ for _domain, _name, _module, _cls, _config, _summary in [
     ("fewshot", "meta-sgd", "meta_sgd", "MetaSGD", "metarl.agents.maml:MAMLConfig",
      "gradient steps, learned step sizes"),
     ("fewshot", "anil", "anil", "ANIL", "metarl.agents.maml:MAMLConfig", "gradient steps on the head only"),
+    ("fewshot", "cavia", "cavia", "CAVIA", "CAVIAConfig",
+     "gradient steps on a context vector that conditions the network (concatenated or FiLM)"),
     ("fewshot", "reptile", "reptile", "Reptile", "ReptileConfig",
      "SGD steps; outer update towards the adapted weights"),
     ("fewshot", "protonet", "protonet", "PrototypicalNetwork", "ProtoNetConfig",
@@ -102,6 +106,8 @@ for _domain, _name, _module, _cls, _config, _summary in [
     ("fewshot", "film", "film", "FiLMLearner", "FiLMConfig",
      "a set encoder of the support set generates FiLM scales and shifts for every hidden layer"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
+    ("meta-rl", "cavia-trpo", "maml_trpo", "MAMLTRPO", "CAVIATRPOConfig",
+     "policy-gradient inner step on a context vector only (CAVIA), TRPO outer loop"),
     ("meta-rl", "rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
     ("meta-rl", "varibad", "varibad", "VariBAD", "VariBADConfig",
      "a recurrent VAE's belief over the task (decoding rewards) conditions a PPO policy; whole trials"),

@@ -23,11 +23,18 @@ Spec. The meta-parameters θ are a policy initialisation. One meta-iteration:
 Defaults are the paper's (rllab's): 40 tasks, 20 episodes per task for support and query, α = 0.1, one inner step,
 δ = 0.01, γ = 0.99, λ = 1, 64x64 tanh Gaussian policy with state-independent log std (init std 1); CG 10 iterations,
 damping 1e-5, backtracking ratio 0.8, at most 15 backtracks; the Gaussian policy acts in ``[-1, 1]`` scaled to the
-action bounds (rllab's ``normalize(env)``). ``adapt_head_only`` adapts only the policy's output layer in the inner
-loop (an ANIL-style variant, Raghu et al. 2020). ``learn_inner_lr`` learns a step size per adapted parameter element
-(Meta-SGD, Li et al. 2017): α becomes a :class:`~metarl.core.adaptation.StepSizes` module shaped like θ, initialised
-to ``inner_lr`` and updated by the same TRPO step as θ (it is part of the parameter vector whose post-adaptation KL
-is limited). Both go through the core inner loop exactly as the supervised Meta-SGD and ANIL do. Box and Discrete
+action bounds (rllab's ``normalize(env)``).
+
+What the inner loop adapts (``adapt``, :func:`metarl.core.maml_rl.adapted_names`): ``"all"`` the policy's
+parameters (MAML); ``"head"`` only its output layer (an ANIL-style variant, Raghu et al. 2020; ``adapt_head_only``
+is the older spelling of it, kept for presets and recorded commands); ``"context"`` only a context vector φ of
+``context_dim`` entries that the policy reads beside the observation, ``[s, φ]``, reset to φ = 0 for every task
+and never meta-learned, while TRPO meta-learns every other weight through the context's inner step (CAVIA,
+Zintgraf et al., ICML 2019, section 4.3; registered as ``cavia-trpo``, :class:`CAVIATRPOConfig`).
+``learn_inner_lr`` learns a step size per adapted parameter element (Meta-SGD, Li et al. 2017): α becomes a
+:class:`~metarl.core.adaptation.StepSizes` module shaped like the adapted parameters, initialised to ``inner_lr``
+and updated by the same TRPO step as θ (it is part of the parameter vector whose post-adaptation KL is limited).
+All of them go through the core inner loop exactly as the supervised Meta-SGD, ANIL and CAVIA do. Box and Discrete
 action spaces. The presets (``experiments/presets/maml_trpo_*.yaml``) are the reference configurations per env.
 
 Cost. The Fisher-vector products go through the inner loop (:func:`metarl.core.maml_rl.meta_fisher`), ``cg_iters``
@@ -73,9 +80,18 @@ from metarl.core.agent_env import (
     make_task_env,
     stream_generator,
 )
-from metarl.core.config import check_choice, check_fields, check_int, check_number, check_positive, check_sizes
+from metarl.core.config import (
+    ConfigError,
+    check_choice,
+    check_fields,
+    check_int,
+    check_number,
+    check_positive,
+    check_sizes,
+)
 from metarl.core.device import resolve_device
 from metarl.core.maml_rl import (
+    ADAPTED_SUBSETS,
     InnerLoop,
     adapt_in_chunks,
     adaptation_stages,
@@ -84,6 +100,7 @@ from metarl.core.maml_rl import (
     joined_chunks,
     meta_fisher,
     meta_objective,
+    outer_parameters,
     process_episodes,
     task_subset,
 )
@@ -102,6 +119,8 @@ class MAMLTRPOConfig(AgentConfig):
     """Settings of MAML-TRPO (defaults: Finn et al. 2017 / rllab maml_rl)."""
 
     RENAMED_FIELDS: ClassVar[dict[str, str]] = {"discount": "gamma"}
+    agent_name: ClassVar[str] = "maml-trpo"
+    """the agent's name in checkpoints and evaluations (a variant's config names its own)"""
 
     meta_batch_size: int = 40
     """tasks per meta-iteration"""
@@ -115,8 +134,14 @@ class MAMLTRPOConfig(AgentConfig):
     """inner policy-gradient steps per adaptation"""
     first_order: bool = False
     """drop the second-order terms of the meta-gradient (first-order MAML)"""
+    adapt: str = "all"
+    """what the inner loop adapts: "all" parameters (MAML), the output layer only ("head", ANIL-style) or the
+    context vector only ("context", CAVIA: needs context_dim >= 1)"""
     adapt_head_only: bool = False
-    """adapt only the policy's output layer in the inner loop (ANIL-style)"""
+    """adapt only the policy's output layer in the inner loop (ANIL-style); the same as --adapt head"""
+    context_dim: int = 0
+    """context parameters φ appended to the policy's input, [obs, φ], zero at the start of every task (CAVIA);
+    0: none"""
     learn_inner_lr: bool = False
     """learn a step size per adapted parameter element, initialised to inner_lr (Meta-SGD)"""
     max_kl: float = 0.01
@@ -172,6 +197,18 @@ class MAMLTRPOConfig(AgentConfig):
         check_number(self.backtrack_ratio, "backtrack_ratio", low=0, high=1, low_open=True, high_open=True)
         check_fields(self, ("gamma", "gae_lambda"), check_number, low=0, high=1)
         check_choice(self.activation, "activation", ACTIVATIONS)
+        check_choice(self.adapt, "adapt", ADAPTED_SUBSETS)
+        check_int(self.context_dim, "context_dim", minimum=0)
+        if not isinstance(self.adapt_head_only, bool):
+            raise ConfigError(f"adapt_head_only must be true or false, got {self.adapt_head_only!r}")
+        if self.adapt_head_only and self.adapt == "context":
+            raise ConfigError("adapt_head_only (adapt='head') contradicts adapt='context': set one of them")
+        if self.adapt_head_only:
+            self.adapt = "head"
+        self.adapt_head_only = self.adapt == "head"  # the two spellings always agree (config.json records both)
+        if self.adapt == "context" and self.context_dim < 1:
+            raise ConfigError(f"adapt='context' needs context_dim >= 1 (the context the inner loop adapts), got "
+                              f"{self.context_dim}")
         check_sizes(self.hidden_sizes, "hidden_sizes")
         self.hidden_sizes = list(self.hidden_sizes)
         fisher_tasks = max(1, round(self.fisher_subsample * self.meta_batch_size))
@@ -182,10 +219,28 @@ class MAMLTRPOConfig(AgentConfig):
                 f"(raise fisher_subsample to keep at least {MIN_FISHER_TASKS})", UserWarning, stacklevel=3)
 
 
+@dataclass
+class CAVIATRPOConfig(MAMLTRPOConfig):
+    """CAVIA for meta-RL (Zintgraf et al., ICML 2019): MAML-TRPO whose inner step adapts only a context vector
+    appended to the policy's input (defaults: MAML-TRPO's, with the authors' released 2D-navigation context size and
+    inner step: 2 context parameters, α = 1)."""
+
+    agent_name: ClassVar[str] = "cavia-trpo"
+    adapt: str = "context"
+    """what the inner loop adapts: "all" parameters (MAML), the output layer only ("head", ANIL-style) or the
+    context vector only ("context", CAVIA: needs context_dim >= 1)"""
+    context_dim: int = 2
+    """context parameters φ appended to the policy's input, [obs, φ], zero at the start of every task (CAVIA);
+    0: none"""
+    inner_lr: float = 1.0
+    """step size α of the inner policy-gradient steps (the initial value of the learned ones with learn_inner_lr)"""
+
+
 def inner_loop(policy: Policy, config: MAMLTRPOConfig, step_sizes: Params | None = None) -> InnerLoop:
     """MAML-TRPO's inner loop (:class:`metarl.core.maml_rl.InnerLoop`): ``inner_steps`` steps of ``inner_lr``, or of
-    the learned ``step_sizes`` (``learn_inner_lr``), on every parameter or (``adapt_head_only``) the head's."""
-    return InnerLoop(tuple(adapted_names(policy, config.adapt_head_only)), config.inner_steps,
+    the learned ``step_sizes`` (``learn_inner_lr``), on the parameters ``adapt`` names (all, the head's, the
+    context's)."""
+    return InnerLoop(tuple(adapted_names(policy, config.adapt)), config.inner_steps,
                      config.inner_lr if step_sizes is None else step_sizes, config.first_order, config.task_chunk)
 
 
@@ -196,6 +251,7 @@ class MAMLTRPO:
 
     def __init__(self, env_id: str, config: MAMLTRPOConfig | None = None) -> None:
         self.config = config = config or MAMLTRPOConfig()
+        self.name = config.agent_name
         self.env_id = env_id
         self.device = resolve_device(config.device)
         self.envs_per_task = config.envs_per_task or config.episodes_per_task
@@ -206,12 +262,12 @@ class MAMLTRPO:
             with seeded(derive_seed(config.seed, "init")):
                 self.policy = make_policy(probe.observation_space, probe.action_space, config.hidden_sizes,
                                           config.init_std, ACTIVATIONS[config.activation],
-                                          config.normalize_actions).to(self.device)
+                                          config.normalize_actions, config.context_dim).to(self.device)
         finally:
             probe.close()
         self.continuous = not self.policy.discrete
         self.step_sizes = (StepSizes(dict(self.policy.named_parameters()), config.inner_lr,
-                                     adapted_names(self.policy, config.adapt_head_only))
+                                     adapted_names(self.policy, config.adapt))
                            if config.learn_inner_lr else None)
         self.env_pool = EnvPool(env_id, config)
         self.envs = self.env_pool.make(config.meta_batch_size * self.envs_per_task)
@@ -288,7 +344,7 @@ class MAMLTRPO:
             fast_at_theta = None
             return meta_objective(policy, params, support, query, old_dist, inner, differentiable, fast)
 
-        outer = [*params.values(), *(step_sizes or {}).values()]
+        outer = [*outer_parameters(params), *(step_sizes or {}).values()]  # not the context: it restarts at 0
         stats = trpo_step(
             outer, objective,
             max_kl=cfg.max_kl, cg_iters=cfg.cg_iters, damping=cfg.cg_damping,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from metarl.training import make_run_config, train
 
-LEARNERS = ("maml", "fomaml", "meta-sgd", "anil", "reptile", "blackbox")
+LEARNERS = ("maml", "fomaml", "meta-sgd", "anil", "cavia", "reptile", "blackbox")
 
 
 def main() -> None:

@@ -33,6 +33,9 @@ from metarl.training import make_run_config, train
 
 PRESETS = Path(__file__).parent / "presets"
 
+CAVIA_INNER = dict(inner_lr=1.0)
+"""cavia-trpo rows on MAML-TRPO presets: CAVIA's inner step size back over the preset's (MAML's 0.1)."""
+
 PEARL_CPU = dict(hidden_sizes=[128, 128], encoder_hidden_sizes=[128, 128], meta_batch_size=8, batch_size=128,
                  gradient_steps=2000)
 
@@ -63,6 +66,8 @@ def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] |
             "oracle": dict(preset="pearl_cheetah_vel.yaml", iterations=24, overrides=PEARL_CPU),
             # 10 tasks x 20 episodes x 200 steps x (support + query) = 80,000 per iteration
             "maml-trpo": dict(preset=maml_preset, iterations=2, overrides=maml),
+            # MAML-TRPO's preset and budget, the inner step on a context only (the preset's inner_lr is MAML's)
+            "cavia-trpo": dict(preset=maml_preset, iterations=2, overrides={**maml, **CAVIA_INNER}),
             # 20 trials x 2 episodes x 200 steps = 8,000 per iteration
             "rl2": dict(preset="rl2_cheetah_vel.yaml", iterations=25),
             "multitask": dict(iterations=98, overrides=dict(algorithm="ppo", steps_per_iteration=2_048,
@@ -98,6 +103,10 @@ PLANS: dict[str, dict[str, Any]] = {
             "maml-trpo": dict(preset="maml_trpo_navigation.yaml", iterations=7,
                               overrides=dict(max_episode_steps=20, meta_batch_size=10, episodes_per_task=10,
                                              adapt_episodes=10)),
+            # MAML-TRPO's row with the inner step on the policy's context only (CAVIA)
+            "cavia-trpo": dict(preset="maml_trpo_navigation.yaml", iterations=7,
+                               overrides=dict(max_episode_steps=20, meta_batch_size=10, episodes_per_task=10,
+                                              adapt_episodes=10, **CAVIA_INNER)),
             # 32 trials x 3 episodes x 20 steps = 1,920 per iteration
             "rl2": dict(iterations=15, overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
             # 16 trials x 3 episodes x 20 steps = 960 per iteration

@@ -53,6 +53,9 @@ PLANS: dict[str, dict] = {
     "anil": dict(meta_batch_size=4, iterations=300, inner_lr=0.4, inner_steps=1, eval_steps=(3,)),
     "meta-sgd": dict(meta_batch_size=4, iterations=300, inner_lr=0.4, inner_steps=1, eval_steps=(1,)),
     "reptile": dict(meta_batch_size=4, iterations=300, inner_lr=0.05, inner_steps=5, eval_steps=(10,)),
+    # CAVIA: the paper's two context steps in training and at test; α = 30, not its 1 (at α = 1 the zero-initialised
+    # context hardly moves within this budget: tests/test_cavia.py's Omniglot test)
+    "cavia": dict(meta_batch_size=4, iterations=300, inner_lr=30.0, inner_steps=2, eval_steps=(2,)),
     "blackbox": dict(meta_batch_size=4, iterations=300, outer_lr=3e-4),
 }
 

@@ -83,9 +83,30 @@ def inner_loss(policy: Policy, params: Params, data: TaskBatch) -> torch.Tensor:
     return -(log_prob * data.advantages * data.mask).sum(-1) / data.mask.sum(-1).clamp(min=1)
 
 
-def adapted_names(policy: Policy, head_only: bool = False) -> list[str]:
-    """Names of the parameters an inner loop adapts: the output layer's with ``head_only`` (ANIL), else all."""
-    return head_parameter_names(policy) if head_only else [name for name, _ in policy.named_parameters()]
+ADAPTED_SUBSETS = ("all", "head", "context")
+"""What an inner loop can adapt: every parameter (MAML), the output layer (ANIL), the context only (CAVIA)."""
+
+
+def adapted_names(policy: Policy, adapt: str | bool = "all") -> list[str]:
+    """Names of the parameters an inner loop adapts (``adapt`` one of :data:`ADAPTED_SUBSETS`): ``"all"`` (MAML;
+    a context too, where the policy has one), ``"head"`` the output layer's (ANIL), ``"context"`` the context
+    vector's only (CAVIA; the policy needs ``context_dim > 0``). A bool is the older ``head_only`` flag."""
+    if isinstance(adapt, bool):
+        adapt = "head" if adapt else "all"
+    if adapt == "head":
+        return head_parameter_names(policy)
+    if adapt == "context":
+        if not getattr(policy, "context_dim", 0):
+            raise ValueError("adapting the context needs a policy with a context (context_dim >= 1)")
+        return ["context"]
+    if adapt != "all":
+        raise ValueError(f"adapt must be one of {', '.join(ADAPTED_SUBSETS)}, got {adapt!r}")
+    return [name for name, _ in policy.named_parameters()]
+
+
+def outer_parameters(params: Params) -> list[torch.Tensor]:
+    """The parameters an outer step moves: those that require a gradient (a policy's context is zero, not learned)."""
+    return [value for value in params.values() if value.requires_grad]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Backbones used across learners: an MLP (regression, policies), the Conv-4 of the few-shot literature, a FiLM
-layer and either backbone with FiLM layers at its hidden layers (context-conditioned learners).
+layer, either backbone with FiLM layers at its hidden layers, and input concatenation of a context vector
+(context-conditioned learners and policies).
 
 Both run under fast weights (``functional_call``) and ``vmap``. Normalisation never keeps running statistics
 (``track_running_stats=False``): under ``vmap`` there is no place to store them per task (the functorch MAML
@@ -148,6 +149,23 @@ class FiLMConditioned(nn.Module):
             if i in self._sites:
                 h = self.films[self._sites[i]](h, context)
         return h
+
+
+def concat_context(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """``[x, context]`` along the last axis: the context repeated over every example (CAVIA's input conditioning).
+
+    ``context`` is ``[context_dim]``, shared by all of ``x`` (``[..., features]``: one task, e.g. under ``vmap``,
+    or the shared initialisation), or ``[tasks, context_dim]``, one per task, with ``x`` ``[tasks, ..., features]``
+    (batched fast weights). A zero context is the plain input padded with zeros.
+    """
+    if context.dim() == 1:
+        repeated = context.expand(*x.shape[:-1], context.shape[-1])
+    elif context.dim() == 2 and x.dim() >= 2 and context.shape[0] == x.shape[0]:
+        view = context.reshape(context.shape[0], *([1] * (x.dim() - 2)), context.shape[-1])
+        repeated = view.expand(*x.shape[:-1], context.shape[-1])
+    else:
+        raise ValueError(f"a context of shape {tuple(context.shape)} does not fit inputs of shape {tuple(x.shape)}")
+    return torch.cat([x, repeated], dim=-1)
 
 
 def head_parameter_names(module: nn.Module, head: str = "head") -> list[str]:

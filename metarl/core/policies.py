@@ -18,6 +18,13 @@ under other weights give the same numbers (tested):
 Architectures follow rllab / garage as used by MAML-RL (Finn et al. 2017): ``GaussianMLPPolicy`` is an MLP for the
 mean (64x64 tanh by default) and a state-independent log standard deviation (a free parameter vector, initial std 1,
 floored at ``min_std``); ``CategoricalMLPPolicy`` an MLP for the logits.
+
+Context (CAVIA, Zintgraf et al., ICML 2019). With ``context_dim > 0`` the MLP reads ``[obs, φ]``: a context vector
+φ (the parameter ``context``) is concatenated to every observation (:func:`metarl.core.networks.concat_context`).
+Its value in the module is zero and never learned (``requires_grad=False``): an inner loop that adapts
+``["context"]`` starts every task from φ = 0, and the policy with the zero context is the plain MLP on the
+observation padded with zeros. Batched fast weights carry a context ``[tasks, context_dim]`` like any adapted
+parameter.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 from torch import nn
 
 from .adaptation import Params
+from .networks import concat_context
 
 Distribution = tuple[torch.Tensor, ...]
 
@@ -46,17 +54,20 @@ class Policy(nn.Module):
     """An MLP ``obs -> hidden... -> out`` (``tanh`` between layers); subclasses turn the output into a distribution.
 
     The layers are named ``body.0``, ``body.2``, ... (weights ``body.<i>.weight``); :attr:`head_keys` names the
-    last layer's parameters (the "head" that ANIL-style variants adapt alone).
+    last layer's parameters (the "head" that ANIL-style variants adapt alone). With ``context_dim > 0`` the first
+    layer reads ``[obs, context]`` (see the module docstring).
     """
 
     discrete: bool = False
 
     def __init__(self, obs_dim: int, out_dim: int, hidden_sizes: Sequence[int] = (64, 64),
-                 activation: type[nn.Module] = nn.Tanh) -> None:
+                 activation: type[nn.Module] = nn.Tanh, context_dim: int = 0) -> None:
         super().__init__()
         if obs_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden_sizes):
             raise ValueError(f"layer sizes must be positive: obs {obs_dim}, hidden {list(hidden_sizes)}, out {out_dim}")
-        sizes = [obs_dim, *hidden_sizes, out_dim]
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        sizes = [obs_dim + context_dim, *hidden_sizes, out_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(a, b))
@@ -65,6 +76,9 @@ class Policy(nn.Module):
         self.body = nn.Sequential(*layers)
         self._linear_names = [f"body.{i}" for i, m in enumerate(self.body) if isinstance(m, nn.Linear)]
         self.obs_dim = obs_dim
+        self.context_dim = context_dim
+        if context_dim:  # φ: zero in the module, never learned; adapted per task from zero (CAVIA)
+            self.context = nn.Parameter(torch.zeros(context_dim), requires_grad=False)
 
     @property
     def head_keys(self) -> list[str]:
@@ -73,7 +87,7 @@ class Policy(nn.Module):
         return [f"{last}.weight", f"{last}.bias"]
 
     def _body(self, params: Params, obs: torch.Tensor) -> torch.Tensor:
-        h = obs
+        h = concat_context(obs, params["context"]) if self.context_dim else obs
         for i, name in enumerate(self._linear_names):
             h = _linear(h, params[f"{name}.weight"], params[f"{name}.bias"])
             if i < len(self._linear_names) - 1:
@@ -130,8 +144,8 @@ class GaussianMLPPolicy(Policy):
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (64, 64),
                  activation: type[nn.Module] = nn.Tanh, init_std: float = 1.0, min_std: float = 1e-6,
-                 action_bounds: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
-        super().__init__(obs_dim, action_dim, hidden_sizes, activation)
+                 action_bounds: tuple[Sequence[float], Sequence[float]] | None = None, context_dim: int = 0) -> None:
+        super().__init__(obs_dim, action_dim, hidden_sizes, activation, context_dim)
         if not (init_std > 0 and min_std > 0):
             raise ValueError(f"init_std and min_std must be > 0, got {init_std} and {min_std}")
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
@@ -192,8 +206,8 @@ class CategoricalMLPPolicy(Policy):
     discrete = True
 
     def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int] = (64, 64),
-                 activation: type[nn.Module] = nn.Tanh) -> None:
-        super().__init__(obs_dim, n_actions, hidden_sizes, activation)
+                 activation: type[nn.Module] = nn.Tanh, context_dim: int = 0) -> None:
+        super().__init__(obs_dim, n_actions, hidden_sizes, activation, context_dim)
         self.n_actions = n_actions
 
     def distribution(self, params: Params, obs: torch.Tensor) -> Distribution:
@@ -222,11 +236,12 @@ class CategoricalMLPPolicy(Policy):
 
 
 def make_policy(observation_space, action_space, hidden_sizes: Sequence[int] = (64, 64), init_std: float = 1.0,
-                activation: type[nn.Module] = nn.Tanh, normalize_actions: bool = False) -> Policy:
+                activation: type[nn.Module] = nn.Tanh, normalize_actions: bool = False, context_dim: int = 0) -> Policy:
     """The policy for a pair of Gymnasium spaces: Gaussian for a 1-D ``Box`` of actions, categorical for
     ``Discrete``; observations must be a 1-D ``Box``. Anything else is a one-line ``ValueError``.
 
     ``normalize_actions``: a Gaussian policy acts in ``[-1, 1]`` scaled to the ``Box`` bounds (when they are finite).
+    ``context_dim``: a (zero) context vector appended to the observation (CAVIA; see the module docstring).
     """
     from gymnasium import spaces
 
@@ -238,9 +253,9 @@ def make_policy(observation_space, action_space, hidden_sizes: Sequence[int] = (
         if normalize_actions and np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high)):
             bounds = (action_space.low, action_space.high)
         return GaussianMLPPolicy(obs_dim, int(action_space.shape[0]), hidden_sizes, activation, init_std,
-                                 action_bounds=bounds)
+                                 action_bounds=bounds, context_dim=context_dim)
     if isinstance(action_space, spaces.Discrete):
         if int(action_space.start) != 0:
             raise ValueError(f"Discrete action spaces must start at 0, got start={action_space.start}")
-        return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden_sizes, activation)
+        return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden_sizes, activation, context_dim)
     raise ValueError(f"unsupported action space {action_space}: use a 1-D Box (Gaussian policy) or Discrete")
