@@ -11,13 +11,17 @@ parameters ψ are the weights of a linear output layer on φ̃: one weight row �
 support set to a Gaussian q(ψ | D), permutation-invariantly:
 
 * regression: every support pair is encoded, e_i = g([φ_θ(x_i), y_i]) (an MLP), the encodings are mean-pooled,
-  r = mean_i e_i, and a head maps r to the mean and scale of every ψ_o;
+  r = mean_i e_i, and a head (an MLP) maps r to the mean and scale of every ψ_o;
 * classification (VERSA's context-independent approximation): e_i = g(φ_θ(x_i)) is mean-pooled per class,
   r_k = mean_{i: y_i = k} e_i, and the head maps r_k to the Gaussian of class k's weights ψ_k alone, so any number
   of ways works at training and test time. With ``prototype_mean`` (the default) the head's mean is a residual on
   [c_k, −‖c_k‖²/2], c_k = mean_{i: y_i = k} φ_θ(x_i): at a zero residual the logits are Prototypical Networks'
   (Snell et al. 2017, section 2.4: ProtoNet as a linear classifier), so training starts from a classifier that works
   (without it a random head's weights are not aligned with their class, and training starts at chance).
+
+With ``context_size`` (the default) the head reads [r, log n], n the number of points pooled: the mean alone does
+not say how many points it summarises, while an exact posterior narrows with n (its sufficient statistics are sums),
+so without it the posterior after one point is as narrow as after five (the papers pool by the mean alone).
 
 ``covariance="diagonal"`` (VERSA's mean-field) gives each weight its own standard deviation; ``"full"`` gives each
 row ψ_o a full covariance through a Cholesky factor (the exact posterior of a linear-Gaussian model is correlated:
@@ -28,10 +32,11 @@ Training (ML-PIP, end to end, all tasks of a meta-batch in one batched computati
 log-likelihood of every query target under L = ``train_samples`` reparameterised draws ψ_l ~ q(ψ | D),
 log (1/L) Σ_l p(y | x, ψ_l) (a logsumexp), averaged over queries and tasks; no KL term and no prior (the predictive
 itself is what is learned). The log of a mean of L draws is biased low, and more so for a wider q, so a small L
-shrinks the posterior; ``objective="exact"`` (regression) uses the closed form of the L → ∞ limit instead,
-log N(y; μ·φ̃, φ̃ᵀΣφ̃ + σ²), as f is linear in ψ. ``min_train_shots`` (regression) trains, as neural processes
-do, on context sets of random size: each training task keeps its first n support points, n uniform in
-[min_train_shots, shots], so a model trained on K shots has also seen what 1 or 2 points say.
+shrinks the posterior; ``objective="exact"`` (regression; ``"auto"``, the default, picks it there) uses the closed
+form of the L → ∞ limit instead, log N(y; μ·φ̃, φ̃ᵀΣφ̃ + σ²), as f is linear in ψ. ``min_train_shots``
+(regression) trains, as neural processes do, on context sets of random size: each training task keeps its first n
+support points, n uniform in [min_train_shots, shots], so a model trained on K shots has also seen what 1 or 2
+points say.
 
 Prediction: the model average over S = ``eval_samples`` draws, a mixture of S Normals per query and output
 (regression) or the mean of the S softmax vectors (classification). Draws come from generators seeded by the
@@ -81,9 +86,13 @@ class VersaConfig(FewShotLearnerConfig):
     Bayesian linear model on x itself)"""
     noise_std: float | None = None
     """regression observation noise σ, fixed; None: learned (one per output dimension)"""
-    objective: str = "sampled"
-    """training objective: sampled (VERSA's log-mean over L draws) or exact (regression only: the predictive
-    log-likelihood in closed form, log N(y; μ·φ̃, φ̃ᵀΣφ̃ + σ²), the L → ∞ limit, without its downward bias)"""
+    objective: str = "auto"
+    """training objective: sampled (VERSA's log-mean over L draws), exact (regression only: the predictive
+    log-likelihood in closed form, log N(y; μ·φ̃, φ̃ᵀΣφ̃ + σ²), the L → ∞ limit, without its downward bias) or auto
+    (exact for regression, sampled for classification)"""
+    context_size: bool = True
+    """the head also reads log n, the number of support points pooled (per class for classification), which their
+    mean alone loses; False: the mean alone (VERSA and neural processes as published)"""
     prototype_mean: bool = True
     """classification: the head gives the weights' mean as a residual on ProtoNet's linear classifier of the class,
     [c_k, −‖c_k‖²/2] with c_k the mean support feature, so training starts from a working classifier; False: the
@@ -99,7 +108,7 @@ class VersaConfig(FewShotLearnerConfig):
         check_int(self.eval_samples, "eval_samples", minimum=1)
         check_choice(self.covariance, "covariance", ["diagonal", "full"])
         check_choice(self.feature_map, "feature_map", ["learned", "identity"])
-        check_choice(self.objective, "objective", ["sampled", "exact"])
+        check_choice(self.objective, "objective", ["auto", "sampled", "exact"])
         check_positive(self.noise_std, "noise_std", optional=True)
         check_int(self.min_train_shots, "min_train_shots", minimum=1, optional=True)
 
@@ -157,10 +166,11 @@ class Versa(FewShotLearner):
         self.rows = output_dim if kind == "regression" else 1
         self.width = feature_dim + 1  # d features and a bias: the size of one row ψ_o
         self.full = self.config.covariance == "full"
+        self.exact = self.config.objective == "exact" or (self.config.objective == "auto" and kind == "regression")
         scale_size = self.width * (self.width + 1) // 2 if self.full else self.width
         encoder_in = feature_dim + (output_dim if kind == "regression" else 0)
         self.encoder = MLP(encoder_in, [hidden], hidden)
-        self.head = MLP(hidden, [hidden], self.rows * (self.width + scale_size))
+        self.head = MLP(hidden + int(self.config.context_size), [hidden], self.rows * (self.width + scale_size))
         if kind == "regression":
             if self.config.noise_std is None:  # softplus(raw) = 1 at the start
                 self.raw_noise = nn.Parameter(torch.full((output_dim,), math.log(math.e - 1)))
@@ -183,10 +193,14 @@ class Versa(FewShotLearner):
             encoded = self.encoder(torch.cat([phi, support_y], dim=-1))  # [tasks, n, hidden]
             weights = torch.ones(encoded.shape[:2], dtype=encoded.dtype, device=encoded.device) if mask is None \
                 else mask.to(encoded.dtype)
-            pooled = (weights.unsqueeze(-1) * encoded).sum(1, keepdim=True) / weights.sum(1).view(-1, 1, 1)
+            counts = weights.sum(1).view(-1, 1, 1)  # [tasks, 1, 1]
+            pooled = (weights.unsqueeze(-1) * encoded).sum(1, keepdim=True) / counts
         else:  # VERSA's context-independent approximation: each class's weights from its own pooled encodings
             ways = int(support_y.max()) + 1
             pooled = class_means(self.encoder(phi), support_y, ways)  # [tasks, ways, hidden]
+            counts = F.one_hot(support_y, ways).sum(1).unsqueeze(-1).to(pooled.dtype)  # [tasks, ways, 1]
+        if self.config.context_size:
+            pooled = torch.cat([pooled, counts.clamp_min(1).log()], dim=-1)
         out = self.head(pooled)  # [tasks, groups, rows * (width + scale)]
         tasks, groups = out.shape[:2]
         out = out.view(tasks, groups * self.rows, -1)
@@ -280,7 +294,7 @@ class Versa(FewShotLearner):
         # ALGO LOGIC: q(ψ | support) in one pass, L draws, the query's predictive log-likelihood (ML-PIP)
         posterior = self.posterior(batch.support_x, batch.support_y, self.training_mask(batch.support_x,
                                                                                            batch.support_y))
-        if self.config.objective == "exact":
+        if self.exact:
             mean, variance = self.output_moments(posterior, batch.query_x)
             std = (variance + self.noise.pow(2)).sqrt()
             loss = -Normal(mean, std, validate_args=False).log_prob(batch.query_y).sum(-1).mean()
