@@ -4,6 +4,10 @@ model average against a hand-written loop, calibration on sinusoid, learning on 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -353,3 +357,14 @@ def test_bad_versa_settings_are_refused_in_one_line(tmp_path, capsys, omniglot_d
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("metarl: error: ") and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.smoke
+def test_the_predictive_band_plot_trains_a_run_and_draws_it(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "experiments" / "predictive_bands.py"
+    out = tmp_path / "bands.png"
+    result = subprocess.run([sys.executable, str(script), "versa", "--run-dir", str(tmp_path / "run"), "--iterations",
+                             "2", "--set", "min_train_shots=1", "eval_tasks=2", "--tasks", "2", "--out", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 10_000 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
