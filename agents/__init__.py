@@ -19,7 +19,7 @@ mann        MANN (Santoro et al. 2016), LRUA memory       a sequence pass writin
 metanet     Meta Networks (Munkhdalai & Yu 2017)          fast weights generated from loss gradients
 meta-lstm   meta-learner LSTM (Ravi & Larochelle 2017)    updates from a coordinate-wise LSTM (gated steps)
 l2o         learned optimiser (Andrychowicz et al. 2016)  steps of a coordinate-wise LSTM optimiser
-versa       VERSA (Gordon et al. 2019), amortised Bayes   a Gaussian posterior over the output layer, model average
+versa       VERSA (Gordon et al. 2019), amortised Bayes   a Gaussian posterior over the output layer
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,

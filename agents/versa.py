@@ -147,19 +147,17 @@ class Versa(FewShotLearner):
             features, feature_dim = nn.Identity(), shape[0]
         else:
             features, feature_dim = standard_backbone(shape, None, running_stats=True)
-        if source.kind != "regression":
-            if config.min_train_shots is not None:
-                raise ConfigError("min_train_shots applies to regression sources only (classification keeps its "
-                                  "shots)")
-            if config.objective == "exact":
-                raise ConfigError("objective exact needs a regression source (a softmax has no closed-form "
-                                  "predictive): use sampled")
         return cls(features, feature_dim, source.kind, outputs if source.kind == "regression" else 1, config)
 
     def __init__(self, features: nn.Module, feature_dim: int, kind: str, output_dim: int = 1,
                  config: VersaConfig | None = None) -> None:
         super().__init__(kind)
         self.config = config or VersaConfig()
+        if kind == "classification" and self.config.min_train_shots is not None:
+            raise ConfigError("min_train_shots applies to regression sources only (classification keeps its shots)")
+        if kind == "classification" and self.config.objective == "exact":
+            raise ConfigError("objective exact needs a regression source (a softmax has no closed-form predictive): "
+                              "use sampled")
         hidden = self.config.hidden
         self.features = features
         self.output_dim = output_dim  # regression: outputs per query; classification: 1 (a row per class)
