@@ -21,6 +21,7 @@ metanet     Meta Networks (Munkhdalai & Yu 2017)          fast weights generated
 meta-lstm   meta-learner LSTM (Ravi & Larochelle 2017)    updates from a coordinate-wise LSTM (gated steps)
 l2o         learned optimiser (Andrychowicz et al. 2016)  steps of a coordinate-wise LSTM optimiser
 film        CNAPs-style FiLM (Requeima et al. 2019)       FiLM layers generated from the support set
+versa       VERSA (Gordon et al. 2019), amortised Bayes   a Gaussian posterior over the output layer
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``cavia-trpo``
@@ -105,6 +106,8 @@ for _domain, _name, _module, _cls, _config, _summary in [
     ("fewshot", "l2o", "l2o", "L2OLearner", "L2OConfig", "a coordinate-wise LSTM optimiser on the support loss"),
     ("fewshot", "film", "film", "FiLMLearner", "FiLMConfig",
      "a set encoder of the support set generates FiLM scales and shifts for every hidden layer"),
+    ("fewshot", "versa", "versa", "Versa", "VersaConfig",
+     "an amortised Gaussian posterior over the output layer; the model average over its draws"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
     ("meta-rl", "cavia-trpo", "maml_trpo", "MAMLTRPO", "CAVIATRPOConfig",
      "policy-gradient inner step on a context vector only (CAVIA), TRPO outer loop"),

@@ -4,8 +4,12 @@ For each learner and each K in --shots, a model is meta-trained with K-shot supp
 one model per K), then evaluated on held-out tasks (test split of the checkerboard, 200 tasks, evaluation seed
 12345, the same tasks for every learner) after 0, 1 and 10 inner gradient steps. Prints JSON lines as it goes and a
 markdown table at the end. Budgets: --iterations meta-iterations of 25 tasks (black-box: --blackbox-iterations).
+Probabilistic learners (``versa``) also report the predictive NLL, the coverage of the central 95% interval and its
+width, on the test split and on the ``ood`` split (amplitudes outside training), in a second table; VERSA trains on
+random context sizes 1..K (``LEARNER_FIELDS``), so that its bands at 1 or 2 shots mean something.
 
     .venv/bin/python experiments/fewshot_sinusoid.py --out experiments/out/sinusoid
+    .venv/bin/python experiments/fewshot_sinusoid.py --learners versa --shots 5 10 --iterations 20000
 """
 
 from __future__ import annotations
@@ -15,9 +19,15 @@ import json
 import time
 from pathlib import Path
 
-from metarl.training import make_run_config, train
+from metarl.agents import entry
+from metarl.evaluation import evaluate_fewshot
+from metarl.training import load_session, make_run_config, train
 
-LEARNERS = ("maml", "fomaml", "meta-sgd", "anil", "cavia", "reptile", "blackbox")
+LEARNERS = ("maml", "fomaml", "meta-sgd", "anil", "cavia", "reptile", "blackbox", "versa")
+ONE_PASS = ("blackbox", "versa")
+"""learners that adapt by one forward pass (no gradient steps)"""
+LEARNER_FIELDS = {"versa": {"min_train_shots": 1}}
+"""learner settings of this table beyond the defaults"""
 
 
 def main() -> None:
@@ -33,14 +43,23 @@ def main() -> None:
     for learner in args.learners:
         for shots in args.shots:
             iterations = args.blackbox_iterations if learner == "blackbox" else args.iterations
-            config = make_run_config(learner, shots=shots, iterations=iterations, seed=args.seed, threads=1,
-                                     eval_shots=(shots,), eval_steps=(0, 1, 10), eval_tasks=200, progress=False,
+            config = make_run_config(learner, LEARNER_FIELDS.get(learner, {}), shots=shots, iterations=iterations,
+                                     seed=args.seed, threads=1, eval_shots=(shots,), eval_steps=(0, 1, 10),
+                                     eval_tasks=200, progress=False,
                                      run_dir=str(args.out / f"{learner}-k{shots}-{time.strftime('%H%M%S')}"))
             start = time.perf_counter()
-            result = json.loads((train(config) / "evaluation.json").read_text())
+            run_dir = train(config)
+            result = json.loads((run_dir / "evaluation.json").read_text())
             row = {"learner": learner, "shots": shots, "iterations": iterations, "seed": args.seed,
-                   "train_seconds": round(time.perf_counter() - start, 1),
+                   "train_seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir),
                    "mse": {r["steps"]: (r["mse"], r["ci95"]) for r in result["results"]}}
+            if entry(learner).load()[0].probabilistic:  # NLL and 95% coverage/width, held-out and out of range
+                session = load_session(run_dir)  # scored in memory: the run's evaluation.json stays the test split
+                ood = evaluate_fewshot(session.learner, session.source, shots=(shots,), num_tasks=200, split="ood",
+                                       seed=config.evaluation.eval_seed)
+                row["calibration"] = {split: {key: r[key] for key in ("mse", "nll", "nll_ci95", "coverage95",
+                                                                       "coverage95_ci95", "interval_width95")}
+                                      for split, r in (("test", result["results"][0]), ("ood", ood["results"][0]))}
             print(json.dumps(row), flush=True)
             rows.append(row)
 
@@ -53,12 +72,22 @@ def main() -> None:
     print("\n| learner | shots | iterations | before | after 1 step | after 10 steps |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        if row["learner"] == "blackbox":
+        if row["learner"] in ONE_PASS:
             print(f"| {row['learner']} | {row['shots']} | {row['iterations']} | – | {cell(row, 0)} (one forward "
                   f"pass) | – |")
         else:
             print(f"| {row['learner']} | {row['shots']} | {row['iterations']} | {cell(row, 0)} | {cell(row, 1)} | "
                   f"{cell(row, 10)} |")
+
+    calibrated = [row for row in rows if "calibration" in row]
+    if calibrated:
+        print("\n| learner | shots | split | MSE | NLL | coverage of the central 95% interval | mean width |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for row in calibrated:
+            for split, c in row["calibration"].items():
+                print(f"| {row['learner']} | {row['shots']} | {split} | {c['mse']:.3f} | {c['nll']:.3f} ± "
+                      f"{c['nll_ci95']:.3f} | {c['coverage95']:.3f} ± {c['coverage95_ci95']:.3f} | "
+                      f"{c['interval_width95']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def test_the_dry_run_before_training_changes_no_weight_buffer_or_random_state(tm
 
 
 @pytest.mark.determinism
-@pytest.mark.parametrize("learner", ["maml", "reptile", "film", "cavia", *CLASSIFICATION_ONLY])
+@pytest.mark.parametrize("learner", ["maml", "reptile", "film", "cavia", "versa", *CLASSIFICATION_ONLY])
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, omniglot_dir, learner):
     """Every learner: a run killed after a checkpoint and resumed ends with the weights and metrics of an
     uninterrupted run with the same seed (so also: same seed, same result)."""

@@ -43,7 +43,7 @@ def quantile(dist: Distribution, q: float, *, iterations: int = 60) -> torch.Ten
     """The ``q``-quantile of a univariate predictive distribution, elementwise over its batch shape: ``icdf``
     where implemented, else bisection on the CDF between bounds that bracket it."""
     try:
-        return dist.icdf(torch.full(dist.batch_shape, q, dtype=dist.mean.dtype))
+        return dist.icdf(torch.full(dist.batch_shape, q, dtype=dist.mean.dtype, device=dist.mean.device))
     except NotImplementedError:
         pass
     mean, std = dist.mean, dist.stddev
