@@ -24,8 +24,6 @@ from metarl.evaluation import evaluate_fewshot
 from metarl.training import load_session, make_run_config, train
 
 LEARNERS = ("maml", "fomaml", "meta-sgd", "anil", "cavia", "reptile", "blackbox", "versa")
-ONE_PASS = ("blackbox", "versa")
-"""learners that adapt by one forward pass (no gradient steps)"""
 LEARNER_FIELDS = {"versa": {"min_train_shots": 1}}
 """learner settings of this table beyond the defaults"""
 
@@ -53,8 +51,9 @@ def main() -> None:
             row = {"learner": learner, "shots": shots, "iterations": iterations, "seed": args.seed,
                    "train_seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir),
                    "mse": {r["steps"]: (r["mse"], r["ci95"]) for r in result["results"]}}
-            if entry(learner).load()[0].probabilistic:  # NLL and 95% coverage/width, held-out and out of range
-                session = load_session(run_dir)  # scored in memory: the run's evaluation.json stays the test split
+            session = load_session(run_dir)
+            if session.learner.probabilistic:  # NLL and 95% coverage/width, held-out and out of range
+                # scored in memory: the run's evaluation.json stays the test split
                 ood = evaluate_fewshot(session.learner, session.source, shots=(shots,), num_tasks=200, split="ood",
                                        seed=config.evaluation.eval_seed)
                 row["calibration"] = {split: {key: r[key] for key in ("mse", "nll", "nll_ci95", "coverage95",
@@ -72,7 +71,7 @@ def main() -> None:
     print("\n| learner | shots | iterations | before | after 1 step | after 10 steps |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        if row["learner"] in ONE_PASS:
+        if not entry(row["learner"]).load()[0].uses_gradient_steps:  # one forward pass adapts
             print(f"| {row['learner']} | {row['shots']} | {row['iterations']} | – | {cell(row, 0)} (one forward "
                   f"pass) | – |")
         else:
