@@ -19,6 +19,7 @@ mann        MANN (Santoro et al. 2016), LRUA memory       a sequence pass writin
 metanet     Meta Networks (Munkhdalai & Yu 2017)          fast weights generated from loss gradients
 meta-lstm   meta-learner LSTM (Ravi & Larochelle 2017)    updates from a coordinate-wise LSTM (gated steps)
 l2o         learned optimiser (Andrychowicz et al. 2016)  steps of a coordinate-wise LSTM optimiser
+bmaml       Bayesian MAML (Yoon et al. 2018)              SVGD steps of meta-learned weight particles
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``rl2``,
@@ -98,6 +99,8 @@ for _domain, _name, _module, _cls, _config, _summary in [
     ("fewshot", "meta-lstm", "meta_lstm", "MetaLearnerLSTM", "MetaLSTMConfig",
      "a coordinate-wise LSTM updates the weights (learned input and forget gates)"),
     ("fewshot", "l2o", "l2o", "L2OLearner", "L2OConfig", "a coordinate-wise LSTM optimiser on the support loss"),
+    ("fewshot", "bmaml", "bmaml", "BMAML", "BMAMLConfig",
+     "SVGD on the support posterior of meta-learned weight particles; their model average predicts"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
     ("meta-rl", "rl2", "rl2", "RL2", "RL2Config", "a recurrent policy's memory across the episodes of a trial; PPO"),
     ("meta-rl", "pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
