@@ -18,11 +18,12 @@ a meta-batch in one batched computation. The result Θ_τ^n(D_τ) is the task's 
 * Prior: N(0, ``prior_std``² I) on every weight, or, ``prior_std=None`` (default), no explicit term: then the
   meta-learned initial particles and the few steps from them are the prior (as the early-stopped gradient descent
   of MAML is an implicit prior, Grant et al., ICLR 2018).
-* Step size: ε = ``inner_lr`` / w, where w is the weight of the mean support loss L̄ in the log-likelihood
-  (log p(D | θ) = −w L̄ + const: w = N for N support labels, w = N / (2σ²) for N regression targets). So with one
-  particle and no prior an SVGD step is exactly MAML's step θ − ``inner_lr`` ∇ L̄ on the mean support loss, the
-  step sizes carry over from MAML, and the step does not grow with the support size (ε sets the speed of SVGD, not
-  its fixed point, the posterior).
+* Step size: ε = ``inner_lr`` · M / w, where w is the weight of the mean support loss L̄ in the log-likelihood
+  (log p(D | θ) = −w L̄ + const: w = N for N support labels, w = N / (2σ²) for N regression targets) and M undoes
+  the 1/M of φ, in which a particle's own score has weight 1/M. So with one particle and no prior an SVGD step is
+  exactly MAML's step θ − ``inner_lr`` ∇ L̄ on the mean support loss, MAML's step sizes carry over, and the step
+  grows neither with the support size nor shrinks with the particles (ε sets the speed of SVGD, not its fixed
+  point, the posterior).
 * Prediction: the Bayesian model average over the particles, p(y | x, D_τ) = (1/M) Σ_m p(y | x, θ_τ^m):
   classification the mean of the particles' class probabilities (a ``Categorical``); regression an equal-weight
   ``MixtureSameFamily`` of N(f_{θ^m}(x), σ²).
@@ -179,7 +180,7 @@ class BMAML(FewShotLearner):
         if first_order is None:  # without an outer gradient to compute (evaluation) second order only costs time
             first_order = self.config.first_order or not torch.is_grad_enabled()
         return svgd_adapt(energy, particles, self.shapes, self.names, (x, y), steps=steps,
-                          step_size=self.config.inner_lr / weight, first_order=first_order,
+                          step_size=self.config.inner_lr * particles.shape[-2] / weight, first_order=first_order,
                           vectorized=self._vectorized, bandwidth=self.config.bandwidth, batched_particles=batched)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, *, steps: int | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ from metarl.agents.maml import MAML, MAMLConfig
 from metarl.cli import main as cli_main
 from metarl.core.adaptation import flatten_params, parameters_of, unflatten_params
 from metarl.core.batch import EpisodeBatch
+from metarl.core.calibration import task_nll
 from metarl.core.learner import single_task_loss
 from metarl.core.networks import MLP
 from metarl.core.svgd import median_bandwidth, pairwise_squared_distances, stein_direction
@@ -153,7 +154,7 @@ def _looped_svgd(learner: BMAML, x: torch.Tensor, y: torch.Tensor, steps: int) -
                 if config.prior_std is not None:
                     log_posterior = log_posterior - (leaf ** 2).sum() / (2 * config.prior_std ** 2)
                 scores.append(torch.autograd.grad(log_posterior, leaf)[0])
-            theta = theta + config.inner_lr / weight * stein_direction(theta, torch.stack(scores),
+            theta = theta + config.inner_lr * theta.shape[0] / weight * stein_direction(theta, torch.stack(scores),
                                                                         bandwidth=config.bandwidth)
         out.append(theta)
     return torch.stack(out)
@@ -181,7 +182,7 @@ def test_the_batched_inner_loop_over_tasks_and_particles_equals_a_loop(kind, net
 @pytest.mark.parametrize("kind", ["regression", "classification"])
 def test_with_one_particle_an_svgd_step_is_maml_s_step(kind):
     """One particle: k = 1 and ∇k = 0, so SVGD is gradient ascent on the log-posterior; with the step per unit of
-    mean support loss (inner_lr / w) it is MAML's fast weights exactly, step after step."""
+    mean support loss (inner_lr · M / w) it is MAML's fast weights exactly, step after step."""
     learner = _learner(kind, 1, inner_lr=0.05 if kind == "regression" else 0.5, inner_steps=3, noise_std=0.3)
     torch.manual_seed(0)  # the same initialisation as the particle's
     model = _mlp(*((2, 3) if kind == "classification" else (1, 1))).double()
@@ -261,9 +262,17 @@ def test_meta_gradient_through_two_svgd_steps_matches_finite_differences(kind, n
         def function():
             return learner.meta_loss(batch)[0].detach()
     for parameter, grad in zip(parameters, grads):
-        if learner.config.outer_loss == "chaser" and parameter is not learner.initial_particles:
-            continue  # σ's gradient comes from the query NLL term only (checked with the ensemble loss)
-        torch.testing.assert_close(grad, _finite_difference(function, parameter), rtol=1e-5, atol=1e-7)
+        if parameter is learner.initial_particles:
+            torch.testing.assert_close(grad, _finite_difference(function, parameter), rtol=1e-5, atol=1e-7)
+        elif learner.config.outer_loss == "chaser":
+            # σ (chaser loss): trained by the query NLL of the model average with the chaser particles held fixed
+            def nll():
+                return task_nll(learner.predictive(chaser, batch.query_x), batch.query_y).mean().detach()
+
+            torch.testing.assert_close(grad, _finite_difference(nll, parameter), rtol=1e-5, atol=1e-7)
+        else:
+            torch.testing.assert_close(grad, _finite_difference(function, parameter), rtol=1e-5, atol=1e-7)
+    assert len(parameters) == (2 if kind == "regression" else 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
