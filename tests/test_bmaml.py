@@ -325,29 +325,31 @@ def test_the_classification_predictive_averages_the_particles_class_probabilitie
 @pytest.mark.learning
 def test_bmaml_on_sinusoid_adapts_well_below_its_unadapted_particles(one_torch_thread):
     """600 meta-iterations of 10 tasks, 3 particles, the chaser loss: 10 SVGD steps on 10 shots cut held-out MSE
-    to below 70% of the unadapted particles' MSE, and the model average's 95% intervals cover at least half."""
+    below half the unadapted particles' MSE, lower the NLL of the model average, and its 95% intervals cover most
+    held-out targets."""
     source = make_source("sinusoid", shots=10, query_shots=10)
-    learner = make_learner("bmaml", source, seed=0, particles=3, meta_batch_size=10)
+    learner = make_learner("bmaml", source, seed=0, particles=3)
     optimizer = learner.configure_optimizer(1e-3)
     for iteration in range(600):
         learner.outer_step(source.sample(10, split="train", seed=iteration), optimizer)
     result = {row["steps"]: row for row in evaluate_fewshot(learner, source, shots=[10], steps=(0, 10),
                                                             num_tasks=100, seed=7)["results"]}
-    assert result[10]["mse"] < 0.7 * result[0]["mse"], result
-    assert result[10]["nll"] < result[0]["nll"] and result[10]["coverage95"] > 0.5, result
+    assert result[10]["mse"] < 0.5 * result[0]["mse"], result
+    assert result[10]["nll"] < result[0]["nll"] - 1.0 and result[10]["coverage95"] > 0.75, result
 
 
 @pytest.mark.learning
 def test_bmaml_on_held_out_omniglot_characters_beats_chance(one_torch_thread, omniglot_dir):
+    """30 meta-iterations of 2 tasks, 2 particles, the chaser loss (first order, to fit the time): 5-way 1-shot
+    accuracy of the model average on held-out characters well above chance (20%), with a small calibration error."""
     source = make_source("omniglot", root=str(omniglot_dir), ways=5, shots=1, query_shots=5)
-    learner = make_learner("bmaml", source, seed=0, particles=2, inner_lr=0.4)
+    learner = make_learner("bmaml", source, seed=0, particles=2, inner_lr=0.4, first_order=True)
     optimizer = learner.configure_optimizer(1e-3)
-    for iteration in range(40):
+    for iteration in range(30):
         learner.outer_step(source.sample(2, split="train", seed=iteration, ways=5, shots=1, query_shots=5), optimizer)
-    result = evaluate_fewshot(learner, source, shots=[1], steps=(3,), num_tasks=100, split="test", seed=7)
-    row = result["results"][0]
-    assert row["accuracy"] > 0.45, row  # chance 0.20
-    assert 0 <= row["ece"] < 0.3, row
+    row = evaluate_fewshot(learner, source, shots=[1], steps=(1,), num_tasks=50, split="test", seed=7)["results"][0]
+    assert row["accuracy"] > 0.3, row
+    assert 0 <= row["ece"] < 0.2, row
 
 
 @pytest.mark.determinism
