@@ -2,8 +2,10 @@
 
 For each learner and each K in --shots, a model is meta-trained with K-shot support sets (as in the MAML paper,
 one model per K), then evaluated on held-out tasks (test split of the checkerboard, 200 tasks, evaluation seed
-12345, the same tasks for every learner) after 0, 1 and 10 inner gradient steps. Prints JSON lines as it goes and a
-markdown table at the end. Budgets: --iterations meta-iterations of 25 tasks (black-box: --blackbox-iterations).
+12345, the same tasks for every learner) after 0, 1 and 10 inner gradient steps (probabilistic learners, e.g.
+``--learners bmaml``: also the NLL, 95%-interval coverage and width of their predictive, under "calibration" in the
+JSON lines). Prints JSON lines as it goes and a markdown table at the end. Budgets: --iterations meta-iterations
+of 25 tasks (black-box: --blackbox-iterations).
 
     .venv/bin/python experiments/fewshot_sinusoid.py --out experiments/out/sinusoid
 """
@@ -41,6 +43,9 @@ def main() -> None:
             row = {"learner": learner, "shots": shots, "iterations": iterations, "seed": args.seed,
                    "train_seconds": round(time.perf_counter() - start, 1),
                    "mse": {r["steps"]: (r["mse"], r["ci95"]) for r in result["results"]}}
+            if any("coverage95" in r for r in result["results"]):  # probabilistic learners: the predictive's scores
+                row["calibration"] = {r["steps"]: {k: r.get(k) for k in ("nll", "coverage95", "interval_width95")}
+                                      for r in result["results"]}
             print(json.dumps(row), flush=True)
             rows.append(row)
 

@@ -52,6 +52,7 @@ PLANS: dict[str, dict] = {
     "meta-sgd": dict(meta_batch_size=4, iterations=300, inner_lr=0.4, inner_steps=1, eval_steps=(1,)),
     "reptile": dict(meta_batch_size=4, iterations=300, inner_lr=0.05, inner_steps=5, eval_steps=(10,)),
     "blackbox": dict(meta_batch_size=4, iterations=300, outer_lr=3e-4),
+    "bmaml": dict(meta_batch_size=4, iterations=300, inner_lr=0.4, inner_steps=1, eval_steps=(3,)),
 }
 
 PUBLISHED = {  # Sung et al. 2018, Table 1 (accuracy %, 5w1s / 5w5s / 20w1s / 20w5s; full background)
