@@ -30,16 +30,18 @@ a meta-batch in one batched computation. The result Θ_τ^n(D_τ) is the task's 
 
 Outer loss (``outer_loss``):
 
-* ``chaser`` (default; the paper's BMAML, section 3.2): the particles after n = ``inner_steps`` SVGD steps on the
-  support set (the chaser) follow the particles after s = ``leader_steps`` more steps, from the chaser, on support ∪
-  query (the leader, a stop-gradient target): L = mean_τ Σ_m ‖θ_τ^{n,m} − stopgrad(θ_τ^{n+s,m})‖². The default,
-  because it is the method the paper calls BMAML and its answer to the meta-level overfitting of the ensemble loss:
-  the target is a posterior closer to the one all of the task's data give, not the fit of a few query points.
+* ``chaser`` (default; the paper's BMAML, its meta-update with the chaser loss): the particles after
+  n = ``inner_steps`` SVGD steps on the support set (the chaser) follow the particles after s = ``leader_steps``
+  more steps, from the chaser, on support ∪ query (the leader, a stop-gradient target):
+  L = mean_τ Σ_m ‖θ_τ^{n,m} − stopgrad(θ_τ^{n+s,m})‖². The default, because it is the method the paper calls BMAML
+  and its answer to the meta-level overfitting of the ensemble loss: the target is a posterior closer to the one
+  all of the task's data give, not the fit of a few query points.
   With ``learn_noise`` σ is then fitted by the query NLL of the model average with the chaser particles held fixed
   (an empirical-Bayes estimate; the inner steps see σ as a constant, else the chaser distance would favour any σ
   that slows the particles down).
-* ``ensemble`` (the paper's "Bayesian fast adaptation", section 3.1): the query negative log-likelihood of the model
-  average, −mean log (1/M) Σ_m p(y | x, θ_τ^{n,m}), differentiated through everything (σ included).
+* ``ensemble`` (the paper's "Bayesian fast adaptation", BFA, the meta-loss it sets out from): the query negative
+  log-likelihood of the model average, −mean log (1/M) Σ_m p(y | x, θ_τ^{n,m}), differentiated through everything
+  (σ included).
 
 Second order through the inner steps (the median bandwidth included) unless ``first_order``, which detaches the
 scores ∇ log p. With one particle the kernel is 1 and its gradient 0: BMAML is then MAML on the log-posterior
@@ -132,6 +134,9 @@ class BMAML(FewShotLearner):
         self.config = config or BMAMLConfig()
         if len(networks) != self.config.particles:
             raise ValueError(f"{len(networks)} networks given for {self.config.particles} particles")
+        if any(True for _ in networks[0].buffers()):
+            raise ValueError("BMAML's particles are weights only: use a network without buffers (batch norm "
+                             "without running statistics)")
         self.names = [name for name, _ in networks[0].named_parameters()]
         # Θ_0: one row of flattened weights per particle (the meta-parameters)
         self.initial_particles = nn.Parameter(

@@ -375,6 +375,8 @@ def test_the_checkpoint_holds_the_particles_not_the_architecture():
     assert learner.initial_particles.shape == (4, 1 * 40 + 40 + 40 * 40 + 40 + 40 + 1)
     fixed = make_learner("bmaml", make_source("sinusoid"), learn_noise=False)
     assert [name for name, _ in fixed.named_parameters()] == ["initial_particles"]
+    with pytest.raises(ValueError, match="without buffers"):
+        BMAML([nn.Sequential(nn.Linear(1, 3), nn.BatchNorm1d(3))], "regression", BMAMLConfig(particles=1))
 
 
 @pytest.mark.api
