@@ -207,14 +207,18 @@ class BMAML(FewShotLearner):
             outputs = batched_forward(self.architecture, fast, inputs)
         return outputs.view(tasks, particles, *outputs.shape[1:])
 
-    def predictive(self, state: torch.Tensor, query_x: torch.Tensor) -> Distribution:
-        outputs = self.particle_outputs(state, query_x)
+    def model_average(self, outputs: torch.Tensor) -> Distribution:
+        """The Bayesian model average of the particles' outputs ``[tasks, M, n, out]``: the mean of their class
+        probabilities, or the equal-weight mixture of N(output, σ²)."""
         if self.kind == "classification":
             return Categorical(probs=outputs.softmax(dim=-1).mean(dim=1), validate_args=False)
         means = outputs.permute(0, 2, 3, 1)  # [tasks, queries, out, M]: the particles are the mixture components
         components = Normal(means, self.noise_std().expand_as(means), validate_args=False)
         return MixtureSameFamily(Categorical(logits=torch.zeros_like(means), validate_args=False), components,
                                  validate_args=False)
+
+    def predictive(self, state: torch.Tensor, query_x: torch.Tensor) -> Distribution:
+        return self.model_average(self.particle_outputs(state, query_x))
 
     def predict(self, state: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """The model average's mean (regression) or log class probabilities (classification)."""
@@ -229,22 +233,22 @@ class BMAML(FewShotLearner):
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         chaser = self.adapt(batch.support_x, batch.support_y)  # Θ^n(support), differentiable in Θ_0
         if self.config.outer_loss == "ensemble":
-            loss = task_nll(self.predictive(chaser, batch.query_x), batch.query_y).mean()
-            nll = loss.detach()
+            average = self.predictive(chaser, batch.query_x)
+            loss = nll = task_nll(average, batch.query_y).mean()
         else:
             x = torch.cat([batch.support_x, batch.query_x], dim=1)
             y = torch.cat([batch.support_y, batch.query_y], dim=1)
             leader = self._svgd(chaser.detach(), x, y, self.config.leader_steps, batched=True, first_order=True)
             loss = (chaser - leader.detach()).pow(2).sum(dim=(1, 2)).mean()
-            nll = task_nll(self.predictive(chaser.detach(), batch.query_x), batch.query_y).mean()
+            average = self.predictive(chaser.detach(), batch.query_x)
+            nll = task_nll(average, batch.query_y).mean()
             if self.kind == "regression" and self.config.learn_noise:
                 loss = loss + nll  # σ's only gradient: the particles are detached in this term
-            nll = nll.detach()
-        metrics = {"loss": float(loss.detach()), "query_nll": float(nll)}
+        metrics = {"loss": float(loss.detach()), "query_nll": float(nll.detach())}
         with torch.no_grad():
-            mean = self.predict(chaser.detach(), batch.query_x)
-            metrics["accuracy" if self.kind == "classification" else "query_mse"] = float(
-                task_scores(mean, batch.query_y, self.kind).mean())
-            if self.kind == "regression":
+            if self.kind == "classification":
+                metrics["accuracy"] = float(task_scores(average.probs, batch.query_y, self.kind).mean())
+            else:
+                metrics["query_mse"] = float(task_scores(average.mean, batch.query_y, self.kind).mean())
                 metrics["noise_std"] = float(self.noise_std())
         return loss, metrics
