@@ -22,6 +22,7 @@ meta-lstm   meta-learner LSTM (Ravi & Larochelle 2017)    updates from a coordin
 l2o         learned optimiser (Andrychowicz et al. 2016)  steps of a coordinate-wise LSTM optimiser
 film        CNAPs-style FiLM (Requeima et al. 2019)       FiLM layers generated from the support set
 versa       VERSA (Gordon et al. 2019), amortised Bayes   a Gaussian posterior over the output layer
+bmaml       Bayesian MAML (Yoon et al. 2018)              SVGD steps of meta-learned weight particles
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``cavia-trpo``
@@ -108,6 +109,8 @@ for _domain, _name, _module, _cls, _config, _summary in [
      "a set encoder of the support set generates FiLM scales and shifts for every hidden layer"),
     ("fewshot", "versa", "versa", "Versa", "VersaConfig",
      "an amortised Gaussian posterior over the output layer; the model average over its draws"),
+    ("fewshot", "bmaml", "bmaml", "BMAML", "BMAMLConfig",
+     "SVGD on the support posterior of meta-learned weight particles; their model average predicts"),
     ("meta-rl", "maml-trpo", "maml_trpo", "MAMLTRPO", "MAMLTRPOConfig", "policy-gradient inner step, TRPO outer loop"),
     ("meta-rl", "cavia-trpo", "maml_trpo", "MAMLTRPO", "CAVIATRPOConfig",
      "policy-gradient inner step on a context vector only (CAVIA), TRPO outer loop"),

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metarl.core.adaptation import Params, batched_task_loss, parameters_of
+from metarl.core.adaptation import Params, batched_task_loss, flatten_params, parameters_of, unflatten_params
 from metarl.core.config import check_int, check_positive
 from metarl.core.learner import FewShotLearnerConfig
 from metarl.core.networks import Conv4, standard_backbone
@@ -59,21 +59,6 @@ def preprocess_gradient(x: torch.Tensor, p: float = PREPROCESS_P) -> torch.Tenso
     first = torch.where(big, torch.log(x.abs().clamp_min(1e-38)) / p, torch.full_like(x, -1.0))
     second = torch.where(big, torch.sign(x), math.exp(p) * x)
     return torch.stack([first, second], dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Fast weights as one flat vector per task (the coordinates the coordinate-wise optimisers see)
-
-def flatten_params(params: Params, names: Sequence[str], batch_dims: int = 0) -> torch.Tensor:
-    """Concatenate ``params[names]`` into ``[*batch, n]`` (``batch_dims`` leading dimensions kept)."""
-    return torch.cat([params[name].flatten(batch_dims) for name in names], dim=-1)
-
-
-def unflatten_params(flat: torch.Tensor, like: Params, names: Sequence[str]) -> Params:
-    """Views of ``flat`` (``[*batch, n]``) shaped like ``like[names]`` with the leading batch dimensions of ``flat``."""
-    batch = flat.shape[:-1]
-    sizes = [like[name].numel() for name in names]
-    return {name: piece.view(*batch, *like[name].shape) for name, piece in zip(names, flat.split(sizes, dim=-1))}
 
 
 def lstm_step(cell: nn.LSTMCell, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):

@@ -47,11 +47,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from metarl.core.adaptation import Params, batched_task_loss, parameters_of
+from metarl.core.adaptation import Params, batched_task_loss, flatten_params, parameters_of, unflatten_params
 from metarl.core.config import check_int, check_number
 from metarl.core.learner import FewShotLearnerConfig
 
-from .l2o import flatten_params, learner_backbone, lstm_step, preprocess_gradient, unflatten_params
+from .l2o import learner_backbone, lstm_step, preprocess_gradient
 from .maml import MAML
 
 

@@ -4,9 +4,10 @@ For each learner and each K in --shots, a model is meta-trained with K-shot supp
 one model per K), then evaluated on held-out tasks (test split of the checkerboard, 200 tasks, evaluation seed
 12345, the same tasks for every learner) after 0, 1 and 10 inner gradient steps. Prints JSON lines as it goes and a
 markdown table at the end. Budgets: --iterations meta-iterations of 25 tasks (black-box: --blackbox-iterations).
-Probabilistic learners (``versa``) also report the predictive NLL, the coverage of the central 95% interval and its
-width, on the test split and on the ``ood`` split (amplitudes outside training), in a second table; VERSA trains on
-random context sizes 1..K (``LEARNER_FIELDS``), so that its bands at 1 or 2 shots mean something.
+Probabilistic learners (``versa``, ``bmaml``) also report the predictive NLL, the coverage of the central 95%
+interval and its width, on the test split and on the ``ood`` split (amplitudes outside training), after each number
+of inner steps, in a second table; VERSA trains on random context sizes 1..K (``LEARNER_FIELDS``), so that its bands
+at 1 or 2 shots mean something.
 
     .venv/bin/python experiments/fewshot_sinusoid.py --out experiments/out/sinusoid
     .venv/bin/python experiments/fewshot_sinusoid.py --learners versa --shots 5 10 --iterations 20000
@@ -55,10 +56,10 @@ def main() -> None:
             if session.learner.probabilistic:  # NLL and 95% coverage/width, held-out and out of range
                 # scored in memory: the run's evaluation.json stays the test split
                 ood = evaluate_fewshot(session.learner, session.source, shots=(shots,), num_tasks=200, split="ood",
-                                       seed=config.evaluation.eval_seed)
-                row["calibration"] = {split: {key: r[key] for key in ("mse", "nll", "nll_ci95", "coverage95",
-                                                                       "coverage95_ci95", "interval_width95")}
-                                      for split, r in (("test", result["results"][0]), ("ood", ood["results"][0]))}
+                                       steps=config.evaluation.eval_steps, seed=config.evaluation.eval_seed)
+                row["calibration"] = {split: {r["steps"]: {key: r.get(key) for key in (
+                    "mse", "nll", "nll_ci95", "coverage95", "coverage95_ci95", "interval_width95")} for r in rows_}
+                    for split, rows_ in (("test", result["results"]), ("ood", ood["results"]))}
             print(json.dumps(row), flush=True)
             rows.append(row)
 
@@ -80,13 +81,17 @@ def main() -> None:
 
     calibrated = [row for row in rows if "calibration" in row]
     if calibrated:
-        print("\n| learner | shots | split | MSE | NLL | coverage of the central 95% interval | mean width |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| learner | shots | split | steps | MSE | NLL | coverage of the central 95% interval | mean width |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for row in calibrated:
-            for split, c in row["calibration"].items():
-                print(f"| {row['learner']} | {row['shots']} | {split} | {c['mse']:.3f} | {c['nll']:.3f} ± "
-                      f"{c['nll_ci95']:.3f} | {c['coverage95']:.3f} ± {c['coverage95_ci95']:.3f} | "
-                      f"{c['interval_width95']:.2f} |")
+            for split, by_steps in row["calibration"].items():
+                for steps, c in by_steps.items():
+                    if c["mse"] is None or c.get("nll") is None:
+                        print(f"| {row['learner']} | {row['shots']} | {split} | {steps} | diverged | | | |")
+                        continue
+                    print(f"| {row['learner']} | {row['shots']} | {split} | {steps} | {c['mse']:.3f} | "
+                          f"{c['nll']:.3f} ± {c['nll_ci95']:.3f} | {c['coverage95']:.3f} ± "
+                          f"{c['coverage95_ci95']:.3f} | {c['interval_width95']:.2f} |")
 
 
 if __name__ == "__main__":

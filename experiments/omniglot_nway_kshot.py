@@ -57,6 +57,7 @@ PLANS: dict[str, dict] = {
     # context hardly moves within this budget: tests/test_cavia.py's Omniglot test)
     "cavia": dict(meta_batch_size=4, iterations=300, inner_lr=30.0, inner_steps=2, eval_steps=(2,)),
     "blackbox": dict(meta_batch_size=4, iterations=300, outer_lr=3e-4),
+    "bmaml": dict(meta_batch_size=4, iterations=300, inner_lr=0.4, inner_steps=1, eval_steps=(3,)),
 }
 
 PUBLISHED = {  # Sung et al. 2018, Table 1 (accuracy %, 5w1s / 5w5s / 20w1s / 20w5s; full background)

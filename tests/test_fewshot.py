@@ -21,6 +21,7 @@ from metarl.training import RunConfig, load_session, make_run_config, train
 REGRESSION_LEARNERS = [name for name in LEARNERS if "regression" in entry(name).load()[0].task_kinds]
 CLASSIFICATION_LEARNERS = [name for name in LEARNERS if "classification" in entry(name).load()[0].task_kinds]
 CLASSIFICATION_ONLY = [name for name in CLASSIFICATION_LEARNERS if name not in REGRESSION_LEARNERS]
+PROBABILISTIC = [name for name in REGRESSION_LEARNERS if entry(name).load()[0].probabilistic]
 
 
 def _quick(tmp_path: Path, **overrides) -> RunConfig:
@@ -123,7 +124,7 @@ def test_the_dry_run_before_training_changes_no_weight_buffer_or_random_state(tm
 
 
 @pytest.mark.determinism
-@pytest.mark.parametrize("learner", ["maml", "reptile", "film", "cavia", "versa", *CLASSIFICATION_ONLY])
+@pytest.mark.parametrize("learner", ["maml", "reptile", "film", "cavia", *CLASSIFICATION_ONLY, *PROBABILISTIC])
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, omniglot_dir, learner):
     """Every learner: a run killed after a checkpoint and resumed ends with the weights and metrics of an
     uninterrupted run with the same seed (so also: same seed, same result)."""

@@ -11,16 +11,10 @@ import torch
 from torch import nn
 
 from metarl.agents import make_learner
-from metarl.agents.l2o import (
-    LearnedOptimiser,
-    flatten_params,
-    lstm_step,
-    meta_train_step,
-    preprocess_gradient,
-    unflatten_params,
-)
+from metarl.agents.l2o import LearnedOptimiser, lstm_step, meta_train_step, preprocess_gradient
 from metarl.agents.meta_lstm import MetaLearnerLSTM, MetaLSTMCell, MetaLSTMConfig
 from metarl.cli import main as cli_main
+from metarl.core.adaptation import flatten_params, unflatten_params
 from metarl.core.networks import MLP, Conv4
 from metarl.envs.fewshot import make_source
 

@@ -29,7 +29,7 @@ same meta-gradient) as ``k + m`` steps in one call (tested).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,6 +52,19 @@ def functional_forward(module: nn.Module) -> Callable[[Params, torch.Tensor], to
         return functional_call(module, params, (x,))
 
     return forward
+
+
+def flatten_params(params: Params, names: Sequence[str], batch_dims: int = 0) -> torch.Tensor:
+    """Concatenate ``params[names]`` into ``[*batch, n]`` (``batch_dims`` leading dimensions kept): fast weights as
+    one flat vector per task (the coordinates of the coordinate-wise optimisers, the particles of SVGD)."""
+    return torch.cat([params[name].flatten(batch_dims) for name in names], dim=-1)
+
+
+def unflatten_params(flat: torch.Tensor, like: Params, names: Sequence[str]) -> Params:
+    """Views of ``flat`` (``[*batch, n]``) shaped like ``like[names]`` with the leading batch dimensions of ``flat``."""
+    batch = flat.shape[:-1]
+    sizes = [like[name].numel() for name in names]
+    return {name: piece.view(*batch, *like[name].shape) for name, piece in zip(names, flat.split(sizes, dim=-1))}
 
 
 def num_tasks_of(task_data: Any) -> int:
