@@ -287,7 +287,7 @@ def oracle_return(means: Sequence[float] | np.ndarray, pulls: int) -> float:
 
 
 # --- the finite-horizon Gittins index ----------------------------------------------------------------------------
-GITTINS_GRID = 128  # retirement rewards λ on which the calibration DP is run (see gittins_indices)
+GITTINS_GRID = 64  # retirement rewards λ on which the calibration DP is run (see gittins_indices)
 
 
 @functools.lru_cache(maxsize=4)
