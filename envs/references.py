@@ -569,6 +569,8 @@ def mdp_reference_returns(name: str, transitions: np.ndarray, mean_rewards: np.n
     tasks, n_states, n_actions, _ = transitions.shape
     start = np.full(n_states, 1.0 / n_states) if uniform_start else np.eye(n_states)[0]
     if name in ("oracle", "random"):
+        if params:
+            raise ValueError(f"MDP reference {name!r} takes no parameters, got {params}")
         per_episode = expected_episode_return(transitions, mean_rewards, horizon, start,
                                               "max" if name == "oracle" else "mean")
         return np.repeat(per_episode[:, None], episodes, axis=1)

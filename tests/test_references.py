@@ -258,6 +258,8 @@ def test_mdp_references_learn_within_a_trial_and_beat_random():
      "parameters"),
     (lambda: mdp_reference_returns("ucrl2", np.ones((2, 3, 2, 3)) / 3, np.ones((2, 3, 2)), 5, None, delta=2.0),
      "delta"),
+    (lambda: mdp_reference_returns("random", np.ones((2, 3, 2, 3)) / 3, np.ones((2, 3, 2)), 5, None, beta=1.0),
+     "no parameters"),
     (lambda: gittins_indices(0), "horizon"),
     (lambda: gittins_index(0, 0, 0), "remaining"),
 ])
