@@ -43,8 +43,8 @@ BANDIT_COLUMNS: list[tuple[str, str, dict[str, Any], tuple[str, tuple[float, ...
     ("gittins", "gittins", {}, None),
     ("thompson", "thompson", {}, None),
     ("ucb1", "ucb1", {"c": 1.0}, None),
-    ("ucb1_tuned", "ucb1", {}, ("c", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0))),
-    ("epsilon_greedy", "epsilon_greedy", {}, ("epsilon", (0.01, 0.02, 0.05, 0.1, 0.2))),
+    ("ucb1_tuned", "ucb1", {}, ("c", (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))),
+    ("epsilon_greedy", "epsilon_greedy", {}, ("epsilon", (0.001, 0.003, 0.01, 0.03, 0.1))),
     ("greedy", "greedy", {}, None),
     ("random", "random", {}, None),
 ]
@@ -53,8 +53,8 @@ MDP_COLUMNS: list[tuple[str, str, dict[str, Any], tuple[str, tuple[float, ...]] 
     ("psrl", "psrl", {}, None),
     ("opsrl", "opsrl", {}, ("samples", (2, 5, 10))),
     ("ucrl2", "ucrl2", {}, ("scale", (0.01, 0.03, 0.1, 0.3, 1.0))),
-    ("beb", "beb", {}, ("beta", (0.3, 1.0, 3.0, 10.0))),
-    ("epsilon_greedy", "epsilon_greedy", {}, ("epsilon", (0.01, 0.03, 0.1, 0.2))),
+    ("beb", "beb", {}, ("beta", (0.1, 0.3, 1.0, 3.0, 10.0))),
+    ("epsilon_greedy", "epsilon_greedy", {}, ("epsilon", (0.003, 0.01, 0.03, 0.1))),
     ("greedy", "greedy", {}, None),
     ("random", "random", {}, None),
 ]
