@@ -10,7 +10,8 @@ returns ``[tasks, episodes]`` per-episode returns averaged over ``runs`` simulat
 
 ## Bernoulli bandits (``metarl/BernoulliBandit-v0``; a trial is ``n`` pulls, one pull per episode)
 
-Every Bayesian policy uses the uniform ``Beta(1, 1)`` prior of the task law (means ~ U[0, 1]).
+Every Bayesian policy uses the uniform ``Beta(1, 1)`` prior of the task law (means ~ U[0, 1]). Ties go to a uniformly
+random arm, except in UCB1 (the lowest index, as the function this module took over always did).
 
 | name | policy | parameter |
 | --- | --- | --- |
