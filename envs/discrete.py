@@ -2,9 +2,10 @@
 
 An RL² *trial* chains several episodes of one task, keeping the agent's hidden state across episode boundaries;
 these environments provide the episodes (one pull of a bandit, ten steps of an MDP) and the task distributions.
-The module also has the classic bandit baselines an RL² agent is compared with — random arms, UCB1 and Thompson
-sampling — whose returns are computed honestly by simulating Bernoulli pulls, and exact dynamic-programming
-returns for the tabular MDPs (optimal policy with the MDP known, and uniformly random actions).
+The policies an RL² agent is compared with on these tasks (Gittins indices, Thompson sampling, UCB1, PSRL, UCRL2,
+BEB, ...) live in :mod:`metarl.envs.references`; the bandit functions this module used to hold
+(``random_policy_return``, ``ucb1_return``, ``thompson_sampling_return``, ``oracle_return``) are imported here
+under their old names, and the MDP's exact optimal and random returns are methods of :class:`TabularMDPEnv`.
 
 Reference: Duan, Schulman, Chen, Bartlett, Sutskever & Abbeel 2016, "RL²: Fast Reinforcement Learning via Slow
 Reinforcement Learning", section 4.1 (multi-armed bandits) and 4.2 (tabular MDPs).
@@ -23,6 +24,13 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from .base import SPLITS, TaskEnvMixin, TaskError, check_task_fields, checkerboard_uniform
+from .references import (  # noqa: F401  (the old names of the bandit baselines, now in references)
+    expected_episode_return,
+    oracle_return,
+    random_policy_return,
+    thompson_sampling_return,
+    ucb1_return,
+)
 
 __all__ = [
     "BernoulliBanditTask",
@@ -146,83 +154,6 @@ class BernoulliBanditEnv(TaskEnvMixin, gym.Env, EzPickle):
             "task": self._task,
         }
         return np.zeros(1, dtype=np.float32), reward, True, False, info
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Bandit baselines: honest simulations, vectorised over independent runs
-# ------------------------------------------------------------------------------------------------------------------
-def _bandit_args(means: Sequence[float] | np.ndarray, pulls: int, runs: int) -> np.ndarray:
-    arr = np.asarray(means, dtype=np.float64)
-    if arr.ndim != 1 or arr.size < 1 or not np.all((arr >= 0) & (arr <= 1)):
-        raise ValueError(f"means must be a 1-D sequence of probabilities in [0, 1], got {means!r}")
-    if not isinstance(pulls, (int, np.integer)) or pulls < 0:
-        raise ValueError(f"pulls must be a non-negative integer, got {pulls!r}")
-    if not isinstance(runs, (int, np.integer)) or runs < 1:
-        raise ValueError(f"runs must be a positive integer, got {runs!r}")
-    return arr
-
-
-def random_policy_return(
-    means: Sequence[float] | np.ndarray, pulls: int, rng: np.random.Generator, runs: int = 1000
-) -> float:
-    """Mean total reward of ``pulls`` uniformly random pulls, averaged over ``runs`` simulated trials."""
-    arr = _bandit_args(means, pulls, runs)
-    total = np.zeros(runs)
-    for _ in range(pulls):
-        arm = rng.integers(0, arr.size, size=runs)
-        total += rng.random(runs) < arr[arm]
-    return float(total.mean())
-
-
-def ucb1_return(means: Sequence[float] | np.ndarray, pulls: int, rng: np.random.Generator, runs: int = 1000) -> float:
-    """Mean total reward of UCB1 (Auer et al. 2002) over ``pulls`` pulls, averaged over ``runs`` simulated trials.
-
-    Each arm is pulled once; then the arm maximising ``empirical mean + sqrt(2 ln t / n_arm)`` (``t`` pulls so far,
-    ties to the lowest index).
-    """
-    arr = _bandit_args(means, pulls, runs)
-    k = arr.size
-    counts = np.zeros((runs, k))
-    sums = np.zeros((runs, k))
-    rows = np.arange(runs)
-    total = np.zeros(runs)
-    for t in range(pulls):
-        if t < k:
-            arm = np.full(runs, t)
-        else:
-            arm = np.argmax(sums / counts + np.sqrt(2.0 * math.log(t) / counts), axis=1)
-        reward = rng.random(runs) < arr[arm]
-        counts[rows, arm] += 1
-        sums[rows, arm] += reward
-        total += reward
-    return float(total.mean())
-
-
-def thompson_sampling_return(
-    means: Sequence[float] | np.ndarray, pulls: int, rng: np.random.Generator, runs: int = 1000
-) -> float:
-    """Mean total reward of Thompson sampling over ``pulls`` pulls, averaged over ``runs`` simulated trials.
-
-    Beta(1, 1) priors (the uniform law the means are drawn from); each pull samples every arm's posterior and pulls
-    the arm with the largest sample.
-    """
-    arr = _bandit_args(means, pulls, runs)
-    successes = np.ones((runs, arr.size))
-    failures = np.ones((runs, arr.size))
-    rows = np.arange(runs)
-    total = np.zeros(runs)
-    for _ in range(pulls):
-        arm = np.argmax(rng.beta(successes, failures), axis=1)
-        reward = rng.random(runs) < arr[arm]
-        successes[rows, arm] += reward
-        failures[rows, arm] += ~reward
-        total += reward
-    return float(total.mean())
-
-
-def oracle_return(means: Sequence[float] | np.ndarray, pulls: int) -> float:
-    """Expected total reward of always pulling the best arm (exact): ``pulls * max(means)``."""
-    return float(pulls * _bandit_args(means, pulls, 1).max())
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -377,7 +308,7 @@ class TabularMDPEnv(TaskEnvMixin, gym.Env, EzPickle):
         info = {"reward_mean": reward_mean, "reward_noise": reward_noise, "state": self._state, "task": self._task}
         return self._obs(), reward_mean + reward_noise, self._t >= self.horizon, False, info
 
-    # --- exact references -----------------------------------------------------------------------------------
+    # --- exact references (the reference policies themselves: metarl.envs.references) -----------------------
     def _start_distribution(self) -> np.ndarray:
         if self.uniform_start:
             return np.full(self.n_states, 1.0 / self.n_states)
@@ -388,15 +319,10 @@ class TabularMDPEnv(TaskEnvMixin, gym.Env, EzPickle):
     def optimal_expected_return(self, task: TabularMDPTask | None = None) -> float:
         """Expected episode return of the optimal (time-dependent) policy that knows the MDP: finite-horizon DP."""
         transitions, mean_rewards = self.parameters(task)
-        value = np.zeros(self.n_states)
-        for _ in range(self.horizon):
-            value = (mean_rewards + transitions @ value).max(axis=1)
-        return float(self._start_distribution() @ value)
+        return float(expected_episode_return(transitions, mean_rewards, self.horizon, self._start_distribution()))
 
     def random_expected_return(self, task: TabularMDPTask | None = None) -> float:
         """Expected episode return of uniformly random actions (exact)."""
         transitions, mean_rewards = self.parameters(task)
-        value = np.zeros(self.n_states)
-        for _ in range(self.horizon):
-            value = (mean_rewards + transitions @ value).mean(axis=1)
-        return float(self._start_distribution() @ value)
+        return float(expected_episode_return(transitions, mean_rewards, self.horizon, self._start_distribution(),
+                                             "mean"))
