@@ -61,11 +61,12 @@ import torch
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core import ppo
 from metarl.core.agent_env import check_checkpoint
-from metarl.core.config import check_int
+from metarl.core.config import ConfigError, check_choice, check_fields, check_int
 from metarl.core.device import resolve_device, torch_threads
-from metarl.core.recurrent import RecurrentPolicy
+from metarl.core.recurrent import RecurrentPolicy, TrialPolicy
 from metarl.core.seeding import derive_seed, seeded
-from metarl.core.trials import TrialAgent, TrialPPOConfig, collect_trials, make_trial_envs
+from metarl.core.sequence import POSITIONS, TransformerPolicy
+from metarl.core.trials import TrialAgent, TrialPPOConfig, collect_trials, episode_step_limit, make_trial_envs
 from metarl.envs.vector import TaskVectorEnv
 
 
@@ -73,12 +74,33 @@ from metarl.envs.vector import TaskVectorEnv
 class RL2Config(TrialPPOConfig):
     """Hyperparameters of RL² with recurrent PPO (defaults: MDP-style; see the presets for bandits and MuJoCo)."""
 
+    sequence_model: str = "gru"
+    """the policy's sequence model over the trial: gru (Duan et al. 2016) or transformer (causal, with a key/value
+    cache: metarl.core.sequence)"""
     hidden_size: int = 256
     """GRU hidden units (256 in Duan et al. 2016)"""
+    transformer_layers: int = 2
+    """Transformer blocks (sequence_model transformer)"""
+    transformer_heads: int = 4
+    """attention heads per block; must divide transformer_d_model"""
+    transformer_d_model: int = 64
+    """width of the Transformer's tokens and features"""
+    transformer_context: int | None = None
+    """most steps of a trial the Transformer attends over (its cache and learned positions); None: the training
+    trial's steps, episodes_per_trial x the env's episode step limit; must be >= them"""
+    transformer_positions: str = "learned"
+    """absolute positions over the whole trial (across episode boundaries): learned or sinusoidal"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int(self.hidden_size, "hidden_size", minimum=1)
+        check_choice(self.sequence_model, "sequence_model", ("gru", "transformer"))
+        check_fields(self, ("hidden_size", "transformer_layers", "transformer_heads", "transformer_d_model"),
+                     check_int, minimum=1)
+        check_int(self.transformer_context, "transformer_context", minimum=1, optional=True)
+        check_choice(self.transformer_positions, "transformer_positions", POSITIONS)
+        if self.transformer_d_model % self.transformer_heads:
+            raise ConfigError(f"transformer_d_model ({self.transformer_d_model}) must be divisible by "
+                              f"transformer_heads ({self.transformer_heads})")
 
 
 class RL2(TrialAgent):
@@ -94,31 +116,52 @@ class RL2(TrialAgent):
         self.task_env = self.envs.single_task_env
         self.discrete, self.action_size = self.inputs.discrete, self.inputs.action_size
         with seeded(derive_seed(config.seed, "init")):
-            self.policy = RecurrentPolicy(self.inputs.size, config.hidden_size, self.action_size, self.discrete,
-                                          config.init_log_std).to(self.device)
+            self.policy = self.make_policy().to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.value_stats = ppo.RunningMeanStd()  # stays the identity unless normalize_values
         self.iterations_done = 0
         self.total_env_steps = 0
         self.rejected_updates = 0
 
+    def make_policy(self) -> TrialPolicy:
+        """The GRU, or the causal Transformer with a context of ``transformer_context`` steps (default: the
+        training trial's); one-line ``ValueError`` when that context cannot hold a training trial."""
+        cfg = self.config
+        if cfg.sequence_model == "gru":
+            return RecurrentPolicy(self.inputs.size, cfg.hidden_size, self.action_size, self.discrete,
+                                   cfg.init_log_std)
+        per_episode = episode_step_limit(self.envs)
+        trial_steps = None if per_episode is None else cfg.episodes_per_trial * per_episode
+        if trial_steps is None and cfg.transformer_context is None:
+            raise ValueError(f"{self.env_id} sets no episode step limit: give RL²'s transformer a "
+                             "transformer_context (or a max_episode_steps)")
+        context = cfg.transformer_context or trial_steps
+        if trial_steps is not None and context < trial_steps:
+            raise ValueError(f"transformer_context ({context}) must be >= the trial's steps ({trial_steps}: "
+                             f"episodes_per_trial {cfg.episodes_per_trial} x {per_episode} steps per episode)")
+        return TransformerPolicy(self.inputs.size, self.action_size, self.discrete, cfg.init_log_std,
+                                 layers=cfg.transformer_layers, heads=cfg.transformer_heads,
+                                 d_model=cfg.transformer_d_model, context=context,
+                                 positions=cfg.transformer_positions)
+
     # --- rollouts: one trial per sub-env, in lockstep (metarl.core.trials) --------------------------------------------
     @torch.no_grad()
     def collect_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env_seed: int,
                        generator: torch.Generator, deterministic: bool = False,
                        record_hidden: bool = False) -> dict[str, Any]:
-        """Run one trial of ``num_episodes`` episodes per task (task ``i`` on sub-env ``i``) from a zero hidden state.
+        """Run one trial of ``num_episodes`` episodes per task (task ``i`` on sub-env ``i``) from a fresh state (a
+        zero hidden state, an empty key/value cache).
 
         Returns ``[N, T]`` tensors ``inputs`` (``[N, T, in]``: exactly what the GRU read), ``actions``,
         ``log_probs``, ``values``, ``rewards``, ``dones`` (step ended an episode), ``mask`` (step inside the trial);
         ``episode_returns`` ``[N, num_episodes]`` (numpy), ``env_steps`` (sub-env steps simulated: ``N * T``, the
-        padding included) and, with ``record_hidden``, ``hidden``
+        padding included) and, with ``record_hidden`` (GRU only), ``hidden``
         ``[N, T, H]`` (the hidden state *entering* step t; row 0 is the fresh trial state).
         """
 
         def act(x: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-            # ALGO LOGIC: the GRU reads (observation, previous action, previous reward, done flag) and acts
-            entering = hidden[0].cpu()
+            # ALGO LOGIC: the sequence model reads (observation, previous action, previous reward, done) and acts
+            entering = hidden[0].cpu() if record_hidden else None
             head, value, hidden, _ = self.policy(x[:, None].to(self.device), hidden)
             head, value = head[:, 0].cpu(), self.value_stats.denormalize(value[:, 0].cpu())
             if self.discrete:
@@ -136,12 +179,12 @@ class RL2(TrialAgent):
                 columns["hidden"] = entering
             return action, hidden, columns
 
-        hidden = torch.zeros(1, len(tasks), self.config.hidden_size, device=self.device)  # a trial starts from scratch
+        hidden = self.policy.initial_state(len(tasks), self.device)  # a trial starts from scratch
         return collect_trials(envs, tasks, num_episodes, env_seed, self.inputs, act, hidden)
 
     # --- meta-training -----------------------------------------------------------------------------------------------
     def minibatch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """PPO loss of a minibatch of whole trials, recomputing the GRU over each trial from a zero hidden state."""
+        """PPO loss of a minibatch of whole trials, recomputing the sequence model over each trial from its start."""
         head, values, _, _ = self.policy(batch["inputs"])  # values on the critic's (standardised) scale
         log_probs, entropy = self.policy.log_prob_entropy(head, batch["actions"])
         return self.ppo_loss(log_probs, entropy, values, batch)

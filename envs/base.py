@@ -144,6 +144,8 @@ class TaskEnvMixin:
     splits: tuple[str, ...] = SPLITS
     #: False only where a distribution is too small to hold tasks out (HalfCheetahDir: two directions)
     splits_disjoint: bool = True
+    #: most steps of an episode where the env ends every episode itself (no TimeLimit needed); None: unbounded
+    episode_step_limit: int | None = None
     _task: Any
     _pending_task: Any
 

@@ -101,6 +101,7 @@ class BernoulliBanditEnv(TaskEnvMixin, gym.Env, EzPickle):
     metadata = {"render_modes": [], "render_fps": 1}
     task_type = BernoulliBanditTask
     splits = SPLITS
+    episode_step_limit = 1  # one pull
 
     def __init__(self, k: int = 5) -> None:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 2:
@@ -244,6 +245,7 @@ class TabularMDPEnv(TaskEnvMixin, gym.Env, EzPickle):
             raise ValueError(f"noise_std must be a non-negative number, got {noise_std!r}")
         EzPickle.__init__(self, n_states, n_actions, horizon, noise_std, uniform_start)
         self.n_states, self.n_actions, self.horizon = int(n_states), int(n_actions), int(horizon)
+        self.episode_step_limit = self.horizon
         self.noise_std = float(noise_std)
         self.uniform_start = bool(uniform_start)
         self.action_space = spaces.Discrete(self.n_actions)

@@ -32,6 +32,8 @@ ENVIRONMENTS: list[tuple[str, str, int | None, dict]] = [
     # discrete (RL^2)
     ("metarl/BernoulliBandit-v0", "metarl.envs.discrete:BernoulliBanditEnv", None, {}),
     ("metarl/TabularMDP-v0", "metarl.envs.discrete:TabularMDPEnv", None, {}),
+    # memory (Ni et al. 2023): the env ends each episode itself after corridor_length + 1 steps
+    ("metarl/PassiveTMaze-v0", "metarl.envs.memory:PassiveTMazeEnv", None, {}),
     # Meta-World (optional extra `metarl[metaworld]`)
     ("metarl/MetaWorldML1-v0", "metarl.envs.metaworld:MetaWorldML1Env", 500, {}),
     ("metarl/MetaWorldML10-v0", "metarl.envs.metaworld:MetaWorldML10Env", 500, {}),

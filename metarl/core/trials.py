@@ -152,6 +152,15 @@ def make_trial_envs(agent: str, env_id: str, config: TrialPPOConfig) -> tuple[Tr
     return inputs, pool, pool.make(config.meta_batch_size)
 
 
+def episode_step_limit(envs: TaskVectorEnv) -> int | None:
+    """Most steps one episode of ``envs`` can take: its time limit, else the ``episode_step_limit`` its task env
+    declares (one that ends every episode itself: a bandit's single pull, a tabular MDP's or a T-Maze's horizon),
+    the smaller of the two where both exist; None when neither bounds an episode."""
+    limits = [limit for limit in (envs.max_episode_steps, getattr(envs.envs[0], "episode_step_limit", None))
+              if limit is not None]
+    return min(limits) if limits else None
+
+
 Act = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any, dict[str, torch.Tensor]]]
 """``act(x, state) -> (action, state, columns)``: the agent's step on inputs ``x`` ``[n, size]`` from its recurrent
 ``state``; ``action`` as the policy samples it (indices, or unclipped ``Box`` actions), ``columns`` per-step tensors

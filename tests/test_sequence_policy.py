@@ -1,0 +1,145 @@
+"""The Transformer trial policy (metarl.core.sequence) in RL², and the passive T-Maze (envs/memory.py)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import metarl.envs  # noqa: F401
+from metarl.agents.rl2 import RL2, RL2Config
+from metarl.cli import main as cli_main
+from metarl.core.sequence import TransformerPolicy
+
+
+@pytest.mark.math
+def test_cached_steps_equal_the_full_causal_pass_and_later_inputs_do_not_change_earlier_outputs():
+    torch.manual_seed(0)
+    policy = TransformerPolicy(7, 3, True, 0.0, layers=2, heads=4, d_model=16, context=30).double()
+    x = torch.randn(5, 30, 7, dtype=torch.float64)
+    head, value, _, _ = policy(x)
+    cache = policy.initial_state(5)
+    heads, values = [], []
+    for t in range(0, 30, 1):
+        h, v, cache, _ = policy(x[:, t:t + 1], cache)
+        heads.append(h)
+        values.append(v)
+    torch.testing.assert_close(torch.cat(heads, 1), head, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.cat(values, 1), value, rtol=0, atol=1e-12)
+    changed = x.clone()
+    changed[:, 12] += 1.0
+    head2, _, _, _ = policy(changed)
+    torch.testing.assert_close(head2[:, :12], head[:, :12], rtol=0, atol=0)
+    assert (head2[:, 12:] - head[:, 12:]).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="context"):
+        policy(torch.zeros(1, 31, 7, dtype=torch.float64))
+
+
+@pytest.mark.api
+def test_rl2_transformer_rollout_matches_its_recomputation_and_acts_one_token_per_step():
+    agent = RL2("metarl/BernoulliBandit-v0", RL2Config(meta_batch_size=4, episodes_per_trial=6, num_minibatches=2,
+                                                       sequence_model="transformer", transformer_d_model=16))
+    shapes = []
+    hook = agent.policy.embed.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    tasks = agent.task_env.sample_tasks(4, seed=0)
+    batch = agent.collect_trials(agent.envs, tasks, 6, env_seed=0, generator=torch.Generator().manual_seed(1))
+    hook.remove()
+    assert set(shapes) == {(4, 1, 8)} and len(shapes) == 6
+    head, values, _, _ = agent.policy(batch["inputs"])
+    log_probs, _ = agent.policy.log_prob_entropy(head, batch["actions"])
+    torch.testing.assert_close(log_probs.detach(), batch["log_probs"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values.detach(), batch["values"], atol=1e-5, rtol=1e-5)
+    agent.close()
+
+
+@pytest.mark.determinism
+def test_same_seed_same_transformer_run():
+    def run():
+        agent = RL2("metarl/BernoulliBandit-v0", RL2Config(meta_batch_size=4, episodes_per_trial=5,
+                                                           num_minibatches=2, sequence_model="transformer",
+                                                           transformer_d_model=16))
+        metrics = [agent.train_iteration(i) for i in range(2)]
+        state = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+        agent.close()
+        return metrics, state
+
+    (m1, s1), (m2, s2) = run(), run()
+    assert m1[-1]["losses/policy"] == m2[-1]["losses/policy"]
+    for key, value in s1.items():
+        assert torch.equal(value, s2[key]), key
+
+
+@pytest.mark.api
+@pytest.mark.parametrize("argv, message", [
+    (["--sequence-model", "lstm"], "sequence_model must be one of gru, transformer"),
+    (["--sequence-model", "transformer", "--transformer-d-model", "30", "--transformer-heads", "4"],
+     "transformer_d_model (30) must be divisible by transformer_heads (4)"),
+    (["--sequence-model", "transformer", "--transformer-context", "5", "--episodes-per-trial", "10"],
+     "transformer_context (5) must be >= the trial's steps (10"),
+    (["--transformer-layers", "0"], "transformer_layers must be an integer >= 1"),
+    (["--transformer-positions", "rotary"], "transformer_positions must be one of learned, sinusoidal"),
+])
+def test_bad_transformer_settings_are_refused_in_one_line(tmp_path, capsys, argv, message):
+    argv = ["train", "rl2", "--env", "metarl/BernoulliBandit-v0", *argv, "--run-dir", str(tmp_path / "run"),
+            "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("metarl: error: ") and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.learning
+def test_transformer_rl2_reaches_the_grus_score_on_a_ten_pull_bandit():
+    scores = {}
+    for model, lr in (("gru", 3e-3), ("transformer", 1e-3)):
+        agent = RL2("metarl/BernoulliBandit-v0", RL2Config(meta_batch_size=64, episodes_per_trial=10,
+                                                           hidden_size=128, learning_rate=lr, gamma=1.0,
+                                                           gae_lambda=0.3, seed=0, sequence_model=model))
+        for i in range(100):
+            agent.train_iteration(i)
+        tasks = agent.task_env.sample_tasks(300, split="test", seed=2024)
+        scores[model] = agent.meta_test(tasks, 10, seed=0).sum(axis=1).mean()
+        agent.close()
+    assert scores["transformer"] >= scores["gru"] - 0.2 and scores["transformer"] > 5.5, scores  # random: 5.02
+
+
+# --- the passive T-Maze -------------------------------------------------------------------------------------------
+def _play(env, remember: bool, rng) -> float:
+    obs, _ = env.reset(seed=int(rng.integers(1 << 30)))
+    cue, total, done = obs[1], 0.0, False
+    while not done:
+        at_junction = obs[0] == 1
+        turn = (1 if cue > 0 else 3) if remember else int(rng.choice([1, 3]))
+        obs, reward, done, _, _ = env.step(turn if at_junction else 0)
+        total += reward
+    return total
+
+
+@pytest.mark.api
+@pytest.mark.parametrize("length", [1, 10, 100])
+def test_tmaze_oracle_always_succeeds_memoryless_half_the_time(length):
+    env = gym.make("metarl/PassiveTMaze-v0", corridor_length=length).unwrapped
+    assert env.episode_step_limit == length + 1
+    rng = np.random.default_rng(0)
+    oracle, memoryless = [], []
+    for task in env.sample_tasks(200, seed=1):
+        env.set_task(task)
+        oracle.append(_play(env, True, rng))
+        memoryless.append(_play(env, False, rng))
+    assert np.all(np.array(oracle) == 1.0)
+    assert set(memoryless) <= {0.0, 1.0} and 0.4 < np.mean(memoryless) < 0.6
+    with pytest.raises(ValueError, match="corridor_length"):
+        gym.make("metarl/PassiveTMaze-v0", corridor_length=0)
+
+
+@pytest.mark.learning
+def test_gru_rl2_remembers_the_cue_in_a_five_step_tmaze():
+    agent = RL2("metarl/PassiveTMaze-v0", RL2Config(meta_batch_size=32, episodes_per_trial=1, hidden_size=32,
+                                                    learning_rate=1e-3, entropy_coef=0.1, gamma=1.0,
+                                                    num_minibatches=2, seed=0, env_kwargs={"corridor_length": 5}))
+    for i in range(300):
+        agent.train_iteration(i)
+    returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=1), 1, seed=0)
+    agent.close()
+    assert (returns[:, 0] > 0.5).mean() >= 0.8  # a memoryless policy: 0.5
