@@ -266,3 +266,13 @@ def test_film_with_zero_context_is_the_plain_layer_and_otherwise_scales_and_shif
     assert torch.allclose(film(vectors, shared), film(vectors, shared.expand(2, 3)))
     with pytest.raises(ValueError, match="context_dim"):
         FiLM(0, 4)
+
+
+def test_merge_values_merges_mappings_key_by_key_and_an_empty_mapping_clears():
+    from metarl.core.config import merge_values
+
+    base = {"env_kwargs": {"velocity_range": [0.0, 2.0], "other": 1}, "seed": 0}
+    assert merge_values(base, {"env_kwargs": {"other": 2}}) == {"env_kwargs": {"velocity_range": [0.0, 2.0],
+                                                                               "other": 2}, "seed": 0}
+    assert merge_values(base, {"env_kwargs": {}}) == {"env_kwargs": {}, "seed": 0}
+    assert base["env_kwargs"] == {"velocity_range": [0.0, 2.0], "other": 1}  # the base is not changed

@@ -231,10 +231,11 @@ def parse_overrides(pairs: Iterable[str] | None) -> dict[str, Any]:
 
 
 def merge_values(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` on top; mappings are merged key by key (so a dotted ``--set`` keeps the rest)."""
+    """``base`` with ``update`` on top; mappings are merged key by key (so a dotted ``--set`` keeps the rest), except
+    that an empty mapping replaces: ``env_kwargs: {}`` over a preset's ``env_kwargs`` clears them."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+        if isinstance(value, Mapping) and value and isinstance(merged.get(key), Mapping):
             merged[key] = merge_values(merged[key], value)
         else:
             merged[key] = value
