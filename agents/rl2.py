@@ -51,7 +51,6 @@ Bernoulli bandits (Duan et al. 2016, section 4.1)" and the all-agents tables.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -60,7 +59,6 @@ import torch
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core import ppo
-from metarl.core.agent_env import check_checkpoint
 from metarl.core.config import ConfigError, check_choice, check_fields, check_int
 from metarl.core.device import resolve_device, torch_threads
 from metarl.core.recurrent import RecurrentPolicy, TrialPolicy
@@ -205,18 +203,5 @@ class RL2(TrialAgent):
         return self.finish_iteration(iteration, batch, returns, losses, rejected, start, rollout_time)
 
     # --- checkpoints (meta-test: metarl.core.trials.TrialAgent) -------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Network, Adam state and counters (random streams derive from the seed and iteration: nothing else)."""
-        return {
-            "name": self.name,
-            "config": dataclasses.asdict(self.config),
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            **self.trial_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_checkpoint(state, self.name)
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.load_trial_state(state)
+    def checkpoint_parts(self) -> dict[str, Any]:
+        return {"policy": self.policy, "optimizer": self.optimizer}

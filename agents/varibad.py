@@ -58,7 +58,6 @@ rewards are not normalised (the critic's targets are). Presets: ``experiments/pr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -68,7 +67,7 @@ from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core import ppo
-from metarl.core.agent_env import check_checkpoint, check_test_request
+from metarl.core.agent_env import check_test_request
 from metarl.core.config import check_fields, check_int, check_number, check_positive, check_sizes
 from metarl.core.context import kl_between_gaussians, kl_to_unit_gaussian
 from metarl.core.device import resolve_device, torch_threads
@@ -335,22 +334,7 @@ class VariBAD(TrialAgent):
                 "actions": data["actions"].cpu(), "rewards": batch["rewards"], "dones": batch["dones"],
                 "mask": batch["mask"], "episode_returns": batch["episode_returns"]}
 
-    def state_dict(self) -> dict[str, Any]:
-        """Networks, both Adam states and counters (random streams derive from the seed and iteration)."""
-        return {
-            "name": self.name,
-            "config": dataclasses.asdict(self.config),
-            "vae": self.vae.state_dict(),
-            "policy": self.policy.state_dict(),
-            "vae_optimizer": self.vae_optimizer.state_dict(),
-            "policy_optimizer": self.policy_optimizer.state_dict(),
-            **self.trial_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_checkpoint(state, self.name)
-        self.vae.load_state_dict(state["vae"])
-        self.policy.load_state_dict(state["policy"])
-        self.vae_optimizer.load_state_dict(state["vae_optimizer"])
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.load_trial_state(state)
+    def checkpoint_parts(self) -> dict[str, Any]:
+        """Networks and both Adam states (counters: :meth:`TrialAgent.state_dict`)."""
+        return {"vae": self.vae, "policy": self.policy, "vae_optimizer": self.vae_optimizer,
+                "policy_optimizer": self.policy_optimizer}

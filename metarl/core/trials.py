@@ -21,6 +21,7 @@ of whole trials (a non-finite loss or gradient norm rejects that step), the iter
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -36,7 +37,7 @@ from metarl.envs.vector import TaskVectorEnv
 
 from . import ppo
 from .agent import AgentConfig
-from .agent_env import EnvPool, check_memory, check_test_request, env_bytes_estimate, make_task_env
+from .agent_env import EnvPool, check_checkpoint, check_memory, check_test_request, env_bytes_estimate, make_task_env
 from .config import ConfigError, check_fields, check_int, check_number, check_positive
 from .device import torch_threads
 from .rl import generalized_advantages
@@ -355,12 +356,23 @@ class TrialAgent:
         })
         return metrics
 
-    def trial_state(self) -> dict[str, Any]:
-        """The counters and value statistics of a checkpoint (the networks and optimisers are the agent's)."""
-        return {"iterations_done": self.iterations_done, "total_env_steps": self.total_env_steps,
+    # --- checkpoints -----------------------------------------------------------------------------------------------
+    def checkpoint_parts(self) -> dict[str, Any]:
+        """The agent's networks and optimisers by checkpoint key (each has ``state_dict``/``load_state_dict``)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Name, config, the :meth:`checkpoint_parts`, counters and value statistics: all a resume needs (random
+        streams derive from the seed and the iteration)."""
+        return {"name": self.name, "config": dataclasses.asdict(self.config),
+                **{key: part.state_dict() for key, part in self.checkpoint_parts().items()},
+                "iterations_done": self.iterations_done, "total_env_steps": self.total_env_steps,
                 "rejected_updates": self.rejected_updates, "value_stats": self.value_stats.state_dict()}
 
-    def load_trial_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_checkpoint(state, self.name)
+        for key, part in self.checkpoint_parts().items():
+            part.load_state_dict(state[key])
         self.iterations_done = int(state["iterations_done"])
         self.total_env_steps = int(state["total_env_steps"])
         self.rejected_updates = int(state["rejected_updates"])
