@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from metarl.envs.base import TaskEnvMixin, task_to_dict
+
 
 def weights_only_round_trip(state: dict) -> dict:
     """``state`` saved with ``torch.save`` and read back with ``weights_only=True`` (what checkpoints go through)."""
@@ -29,3 +38,38 @@ def rollout(env, actions, seed: int):
         if terminated or truncated:
             break
     return np.array(observations), np.array(rewards)
+
+
+# A tiny deterministic task env for the trial agents (RL², VariBAD): episodes of ``length`` steps, obs = (step in
+# episode, length), reward = action + 1; tasks of different lengths make trials of different lengths in one batch.
+
+@dataclasses.dataclass(frozen=True)
+class LengthTask:
+    length: int
+
+
+class CountingEnv(TaskEnvMixin, gym.Env):
+    task_type = LengthTask
+
+    def __init__(self, observation: str = "box", action: str = "discrete") -> None:
+        self.observation_space = (spaces.Box(0.0, 10.0, (2,), np.float32) if observation == "box"
+                                  else spaces.Dict({"x": spaces.Discrete(3)}))
+        self.action_space = spaces.Discrete(2) if action == "discrete" else spaces.MultiDiscrete([2, 2])
+        self._init_task(LengthTask(1))
+        self._t = 0
+
+    def _sample_task_list(self, n: int, split: str, rng: np.random.Generator) -> list[LengthTask]:
+        return [LengthTask(int(v)) for v in rng.integers(1, 4, size=n)]
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self._t, self._task.length], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._apply_pending_task()
+        self._t = 0
+        return self._obs(), {"task": task_to_dict(self._task)}
+
+    def step(self, action):
+        self._t += 1
+        return self._obs(), float(int(action) + 1), self._t >= self._task.length, False, {}

@@ -12,52 +12,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from gymnasium import spaces
 
 from metarl.agents.rl2 import RL2, RL2Config
 from metarl.core import ppo
 from metarl.core.agent import MetaRLAgent
-from metarl.envs.base import TaskEnvMixin, task_to_dict
 from metarl.envs.discrete import random_policy_return, thompson_sampling_return
+from tests.helpers import CountingEnv, LengthTask
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "presets").glob("rl2_*.yaml"))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# A tiny deterministic task env: episodes of `length` steps, obs = (step in episode, length), reward = action + 1
-# ----------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class LengthTask:
-    length: int
-
-
-class CountingEnv(TaskEnvMixin, gym.Env):
-    task_type = LengthTask
-
-    def __init__(self, observation: str = "box", action: str = "discrete") -> None:
-        self.observation_space = (spaces.Box(0.0, 10.0, (2,), np.float32) if observation == "box"
-                                  else spaces.Dict({"x": spaces.Discrete(3)}))
-        self.action_space = spaces.Discrete(2) if action == "discrete" else spaces.MultiDiscrete([2, 2])
-        self._init_task(LengthTask(1))
-        self._t = 0
-
-    def _sample_task_list(self, n: int, split: str, rng: np.random.Generator) -> list[LengthTask]:
-        return [LengthTask(int(v)) for v in rng.integers(1, 4, size=n)]
-
-    def _obs(self) -> np.ndarray:
-        return np.array([self._t, self._task.length], dtype=np.float32)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        self._apply_pending_task()
-        self._t = 0
-        return self._obs(), {"task": task_to_dict(self._task)}
-
-    def step(self, action):
-        self._t += 1
-        return self._obs(), float(int(action) + 1), self._t >= self._task.length, False, {}
-
-
+# The tiny deterministic task env of tests/helpers.py: episodes of `length` steps, reward = action + 1
 gym.register("test_rl2/Counting-v0", entry_point=CountingEnv)
 
 

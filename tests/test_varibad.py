@@ -3,7 +3,6 @@ bad input."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -13,56 +12,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from gymnasium import spaces
 
 from metarl.agents.varibad import VariBAD, VariBADConfig, subsample
 from metarl.cli import main as cli_main
 from metarl.core.agent import MetaRLAgent
 from metarl.core.context import kl_between_gaussians, kl_to_unit_gaussian
-from metarl.envs.base import TaskEnvMixin, task_to_dict
 from metarl.envs.discrete import random_policy_return, thompson_sampling_return
-from tests.helpers import weights_only_round_trip
+from tests.helpers import CountingEnv, LengthTask, weights_only_round_trip
 
 BANDIT = "metarl/BernoulliBandit-v0"
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "presets").glob("varibad_*.yaml"))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# A tiny task env with episodes of `length` steps: obs = (step in episode, length), reward = action + 1; trials of
-# different lengths share a batch, so the ELBO must handle padding
-# ----------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class LengthTask:
-    length: int
-
-
-class StepsEnv(TaskEnvMixin, gym.Env):
-    task_type = LengthTask
-
-    def __init__(self) -> None:
-        self.observation_space = spaces.Box(0.0, 10.0, (2,), np.float32)
-        self.action_space = spaces.Discrete(2)
-        self._init_task(LengthTask(1))
-        self._t = 0
-
-    def _sample_task_list(self, n: int, split: str, rng: np.random.Generator) -> list[LengthTask]:
-        return [LengthTask(int(v)) for v in rng.integers(1, 4, size=n)]
-
-    def _obs(self) -> np.ndarray:
-        return np.array([self._t, self._task.length], dtype=np.float32)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        self._apply_pending_task()
-        self._t = 0
-        return self._obs(), {"task": task_to_dict(self._task)}
-
-    def step(self, action):
-        self._t += 1
-        return self._obs(), float(int(action) + 1), self._t >= self._task.length, False, {}
-
-
-gym.register("test_varibad/Steps-v0", entry_point=StepsEnv)
+# The tiny task env of tests/helpers.py: trials of different lengths share a batch, so the ELBO must handle padding
+gym.register("test_varibad/Steps-v0", entry_point=CountingEnv)
 
 
 def small_config(**overrides: Any) -> VariBADConfig:
