@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first, by exact version, so pip takes the local CPU build instead of a multi-GB CUDA one.
 $(STAMP): $(BIN)/python pyproject.toml setup.py envs/_physics_worker.c constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[metaworld,test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[metaworld,test,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)
