@@ -21,7 +21,10 @@ without a plan gets the default plan of its kind, so a newly registered learner 
 metric learners train on 20-way episodes and are scored at 5 and 20 ways; all are scored at 1 and 5 shots.
 Gradient-based learners take ``eval_steps`` steps at test. Every run directory is kept
 (``--out``/LEARNER-Wway) and a finished one is not trained again (an unfinished one is resumed), so the script can
-be stopped and started again; ``results.json`` there holds every cell.
+be stopped and started again; ``results.json`` there holds every cell. Each finished record is also kept in
+``--records`` (``experiments/records/nway_kshot/LEARNER-Wway.json``, committed: a few KB each, with the commit that
+trained it), so that the table can be completed over sessions on machines that do not have the earlier run
+directories: a learner with a kept record and no run directory is not trained again (``--rescore`` needs the run).
 """
 
 from __future__ import annotations
@@ -93,7 +96,10 @@ def run_learner(name: str, ways: int, args: argparse.Namespace) -> dict:
     record_path = run_dir / "results.json"
     kept = json.loads(record_path.read_text()) if record_path.exists() else None
     if kept is not None and not args.rescore:
-        return kept
+        return keep_record(kept, args.records)
+    earlier = args.records / f"{name}-{ways}way.json"
+    if kept is None and earlier.exists() and not (run_dir / "config.json").exists() and not args.rescore:
+        return json.loads(earlier.read_text())  # finished in an earlier session, on another machine
     config = make_run_config(name, source="omniglot", data_root=str(args.data), ways=ways, shots=1, query_shots=5,
                              augment=True, eval_tasks=1, eval_shots=(1,), eval_steps=tuple(eval_steps),
                              seed=args.seed, threads=args.threads, progress=False, log_every=50,
@@ -128,8 +134,28 @@ def run_learner(name: str, ways: int, args: argparse.Namespace) -> dict:
     record = {"learner": name, "train_ways": ways, "run_dir": str(run_dir), "plan": plan_of(name, ways, args.scale),
               "iterations": config.iterations, "episodes": config.iterations * config.learner.meta_batch_size,
               "train_minutes": minutes, "eval_tasks": args.eval_tasks, "eval_seed": args.eval_seed,
-              "seed": args.seed, "cells": rows}
+              "seed": args.seed, "commit": (kept or {}).get("commit") or head_commit(), "cells": rows}
     atomic_write_json(record_path, record)
+    return keep_record(record, args.records)
+
+
+def head_commit() -> str | None:
+    """The checked-out commit (short hash), recorded with each run; None outside a git checkout."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def keep_record(record: dict, records: Path) -> dict:
+    """Copy a finished run's record into the committed ``records`` directory (atomic); returns it."""
+    records.mkdir(parents=True, exist_ok=True)
+    path = records / f"{record['learner']}-{record['train_ways']}way.json"
+    if not path.exists() or json.loads(path.read_text()) != record:
+        atomic_write_json(path, record)
     return record
 
 
@@ -210,6 +236,8 @@ def main() -> None:
     parser.add_argument("--calibration", action="store_true",
                         help="with --table: print accuracy, NLL and ECE per cell and write reliability diagrams")
     parser.add_argument("--figures", type=Path, default=Path("experiments/figures"))
+    parser.add_argument("--records", type=Path, default=Path(__file__).parent / "records" / "nway_kshot",
+                        help="committed copies of the finished records (the table across sessions)")
     args = parser.parse_args()
     known = classification_learners()
     names = args.learners if args.learners is not None else known
@@ -218,7 +246,11 @@ def main() -> None:
         parser.error(f"not a classification learner: {', '.join(unknown)} (choose from {', '.join(known)})")
     records = []
     if args.table:
-        records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*/results.json"))]
+        found = {p.parent.name: keep_record(json.loads(p.read_text()), args.records)
+                 for p in sorted(args.out.glob("*/results.json"))}
+        for path in sorted(args.records.glob("*.json")):  # finished in earlier sessions
+            found.setdefault(path.stem, json.loads(path.read_text()))
+        records = list(found.values())
         records = sorted((r for r in records if r["learner"] in names),
                          key=lambda r: (names.index(r["learner"]), r["train_ways"]))
     else:
