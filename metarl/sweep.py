@@ -304,7 +304,8 @@ def _check_existing(trial: Trial) -> None:
         key = differences[0]
         detail = key
         if isinstance(existing.get(key), dict) and isinstance(wanted.get(key), dict):
-            inner = sorted(k for k in set(existing[key]) | set(wanted[key]) if existing[key].get(k) != wanted[key].get(k))
+            inner = sorted(k for k in set(existing[key]) | set(wanted[key])
+                           if existing[key].get(k) != wanted[key].get(k))
             detail = f"{key}.{inner[0]}: {existing[key].get(inner[0])!r} there, {wanted[key].get(inner[0])!r} here" \
                 if inner else key
         else:
@@ -427,9 +428,27 @@ def _describe_failure(err: BaseException) -> tuple[str, bool]:
     return f"{type(err).__name__}: {text[0] if text else ''}", True  # worker or node died, out of memory
 
 
-def run_sweep(trials: list[Trial], options: SweepOptions, *, log: Any = print) -> dict[str, dict[str, Any]]:
+def _check_resources(ray: Any, trials: list[Trial], options: SweepOptions, started: bool, log: Any) -> None:
+    """A trial asking for more CPUs or GPUs than the Ray cluster has would wait forever: refused on a local instance
+    started here, a warning on a cluster (an autoscaler may add nodes)."""
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    need_cpus = max(t.threads for t in trials)
+    problem = None
+    if need_cpus > cpus:
+        problem = f"a trial asks for {need_cpus} CPUs (threads) and the Ray cluster has {cpus:g}"
+    elif options.gpus_per_trial > gpus:
+        problem = f"--gpus-per-trial {options.gpus_per_trial:g} and the Ray cluster has {gpus:g} GPUs"
+    if problem and started:
+        raise ConfigError(f"{problem}: ask for less")
+    if problem:
+        log(f"  warning: {problem}; trials wait until the cluster has them")
+
+
+def run_sweep(trials: list[Trial], options: SweepOptions, states: dict[str, str] | None = None, *,
+              log: Any = print) -> dict[str, dict[str, Any]]:
     """Run the unfinished trials as Ray tasks, each retried up to ``options.retries`` times (resuming its run
-    directory); returns each trial's outcome by label."""
+    directory); returns each trial's outcome by label. ``states``: :func:`trial_state` by label, if known."""
     from metarl.agents import entry
 
     ray = _require_ray()
@@ -437,7 +456,7 @@ def run_sweep(trials: list[Trial], options: SweepOptions, *, log: Any = print) -
     outcome: dict[str, dict[str, Any]] = {}
     todo: deque[tuple[Trial, int]] = deque()
     for trial in trials:
-        state = trial_state(trial)
+        state = states[trial.label] if states is not None else trial_state(trial)
         outcome[trial.label] = {"state": state, "attempts": 0}
         if state == "finished":
             log(f"  {trial.label}: finished already, skipped")
@@ -447,6 +466,7 @@ def run_sweep(trials: list[Trial], options: SweepOptions, *, log: Any = print) -
         return outcome
     started = _connect(ray)
     try:
+        _check_resources(ray, [t for t, _ in todo], options, started, log)
         remote = ray.remote(run_trial)
         running: dict[Any, tuple[Trial, int]] = {}
         finished = sum(o["state"] == "finished" for o in outcome.values())
@@ -547,16 +567,21 @@ def sweep(argv: list[str], *, log: Any = print) -> dict[str, Any]:
     _require_ray()
     _check_ray_address()
     trials = plan_trials(options, flat, preset)
-    todo = [t for t in trials if trial_state(t) != "finished"]
+    if options.gpus_per_trial == 0 and any(str(t.record["learner"].get("device", "cpu")).startswith("cuda")
+                                           for t in trials):
+        raise ConfigError("device cuda needs --gpus-per-trial (for example 1, or 0.5 for two trials per GPU) so "
+                          "that Ray gives each trial a GPU")
+    states = {t.label: trial_state(t) for t in trials}
+    todo = [t for t in trials if states[t.label] != "finished"]
     check_points(todo, options.name)
     record: dict[str, Any] = {"command": ["metarl", "sweep", *argv], "name": options.name,
                               "grid": {key: [text for text, _ in values] for key, values in options.grid},
                               "seeds": sorted({t.seed for t in trials}), "trials": {}}
     options.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(options.out / "sweep.json", {**record, "trials": {
-        t.label: {"state": trial_state(t), "seed": t.seed, "grid": dict(t.point)} for t in trials}})
+        t.label: {"state": states[t.label], "seed": t.seed, "grid": dict(t.point)} for t in trials}})
     log(f"sweep of {options.name}: {len(trials)} trials ({len(todo)} to run) in {options.out}")
-    outcome = run_sweep(trials, options, log=log)
+    outcome = run_sweep(trials, options, states, log=log)
     record["trials"] = {t.label: {**outcome[t.label], "seed": t.seed, "grid": dict(t.point)} for t in trials}
     log("summary (mean of the seed means ± 95% CI over seeds; meta-RL: episode 0 -> last episode):")
     record["summary"] = summarise(trials, options.out, log=log)
@@ -566,15 +591,16 @@ def sweep(argv: list[str], *, log: Any = print) -> dict[str, Any]:
         raise RunError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed[:3])}"
                        f"{', ...' if len(failed) > 3 else ''}): see {options.out / 'sweep.json'}; run the same command "
                        "again to resume them")
-    log(f"wrote {options.out / 'sweep.json'}; `metarl aggregate DIR/LABEL-seed* --out ...` combines any seeds again")
+    log(f"wrote {options.out / 'sweep.json'}; `metarl aggregate {trials[0].run_dir.parent / trials[0].point_label}"
+        "-seed* --out DIR` combines a grid point's seeds again")
     return record
 
 
 def sweep_command(argv: list[str]) -> int:
     """The ``metarl sweep`` subcommand (dispatched by :mod:`metarl.cli`)."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"{USAGE}\n\n{__doc__.split(chr(10) * 2, 2)[2]}\n`metarl sweep NAME --help` also lists NAME's train "
-              "options.")
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", __doc__.split("\n\n", 2)[2]).replace("``", "`")
+        print(f"{USAGE}\n\n{text}\n`metarl sweep NAME --help` also lists NAME's train options.")
         return 0 if argv else 2
     if any(a in ("-h", "--help") for a in argv[1:]):
         print(f"{USAGE}\n\nsweep options:\n"
@@ -585,7 +611,7 @@ def sweep_command(argv: list[str]) -> int:
               "  --max-concurrent N    at most N trials at once (default: as many as Ray places; each asks for "
               "`threads` CPUs, 1 unless given)\n"
               "  --retries N           attempts after a crash, each resuming the run from its checkpoint (default 2)\n"
-              "  --gpus-per-trial G    GPUs each trial asks Ray for (default 0)\n\n"
+              "  --gpus-per-trial G    GPUs each trial asks Ray for (default 0; needed with --device cuda)\n\n"
               "train options follow (as `metarl train NAME`):\n")
         sys.stdout.flush()
         from metarl.cli import train_values

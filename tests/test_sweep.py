@@ -91,6 +91,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
         (["--step-size", "-1"], "step_size must be > 0"),
         (["--nonsense", "1"], "unrecognized option --nonsense"),
         (["--env", "NoSuchEnv-v0"], "cannot make environment"),
+        (["--device", "cuda"], "device cuda needs --gpus-per-trial"),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, extra, message):
@@ -154,11 +155,31 @@ def test_ray_is_imported_by_the_sweep_command_only():
     assert "--grid KEY=V1,V2" in result.stdout
 
 
+def test_trials_asking_for_more_than_the_cluster_has():
+    from types import SimpleNamespace
+
+    from metarl.core.config import ConfigError
+    from metarl.sweep import SweepOptions, _check_resources
+
+    fake_ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    trials = [SimpleNamespace(threads=1), SimpleNamespace(threads=3)]
+    options = SweepOptions(name="maml", out=Path("x"), seeds=None, grid=[])
+    with pytest.raises(ConfigError, match="a trial asks for 3 CPUs .* has 2: ask for less"):
+        _check_resources(fake_ray, trials, options, started=True, log=print)
+    warnings = []
+    _check_resources(fake_ray, trials, options, started=False, log=warnings.append)  # a cluster may grow
+    assert len(warnings) == 1 and "trials wait until the cluster has them" in warnings[0]
+    options.gpus_per_trial = 0.5
+    with pytest.raises(ConfigError, match="--gpus-per-trial 0.5 and the Ray cluster has 0 GPUs"):
+        _check_resources(fake_ray, trials[:1], options, started=True, log=print)
+
+
 def test_grid_values_split_at_top_level_commas():
     assert split_values("a,[1, 2],{x: 3, y: 4},'p,q'") == ["a", "[1, 2]", "{x: 3, y: 4}", "'p,q'"]
     grid = parse_grid(["hidden_sizes=[32, 32],[64]", "env_kwargs.goal-x=1,2", "inner-lr=0.1"])
     assert grid[0] == ("hidden_sizes", [("[32, 32]", {"hidden_sizes": [32, 32]}), ("[64]", {"hidden_sizes": [64]})])
-    assert grid[1] == ("env_kwargs.goal-x", [("1", {"env_kwargs": {"goal-x": 1}}), ("2", {"env_kwargs": {"goal-x": 2}})])
+    assert grid[1] == ("env_kwargs.goal-x", [("1", {"env_kwargs": {"goal-x": 1}}),
+                                             ("2", {"env_kwargs": {"goal-x": 2}})])
     assert grid[2] == ("inner_lr", [("0.1", {"inner_lr": 0.1})])
     assert parse_grid(["lr=1e-3,2E+1"])[0][1] == [("1e-3", {"lr": 0.001}), ("2E+1", {"lr": 20.0})]  # not strings
 
@@ -229,3 +250,19 @@ def test_a_rerun_skips_finished_trials_and_resumes_unfinished_ones(tmp_path, loc
     assert "finished already, skipped" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/last.pt")} == before
     assert all(t["state"] == "finished" for t in json.loads((out / "sweep.json").read_text())["trials"].values())
+
+
+@pytest.mark.smoke
+def test_a_few_shot_sweep_of_maml(tmp_path, local_ray, capsys):
+    out = tmp_path / "sweep"
+    assert cli_main(["sweep", "maml", "--out", str(out), "--seeds", "0", "1", "--grid", "inner_lr=0.01,1e-1",
+                     "--iterations", "2", "--checkpoint-every", "2", "--meta-batch-size", "2", "--eval-tasks", "4",
+                     "--eval-steps", "0", "1"]) == 0
+    printed = capsys.readouterr().out
+    for value in ("0.01", "1e-1"):
+        runs = [out / f"maml-inner_lr={value}-seed{seed}" for seed in (0, 1)]
+        assert all((run / "evaluation.json").is_file() for run in runs)
+        assert json.loads((runs[0] / "config.json").read_text())["learner"]["inner_lr"] == float(value)
+        combined = json.loads((out / "aggregate" / f"maml-inner_lr={value}" / "evaluation_seeds.json").read_text())
+        assert combined["metric"] == "mse" and [len(r["per_seed"]) for r in combined["results"]] == [2, 2]
+        assert f"maml-inner_lr={value} (2 seeds): shots=" in printed
