@@ -591,8 +591,9 @@ def sweep(argv: list[str], *, log: Any = print) -> dict[str, Any]:
         raise RunError(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed[:3])}"
                        f"{', ...' if len(failed) > 3 else ''}): see {options.out / 'sweep.json'}; run the same command "
                        "again to resume them")
-    log(f"wrote {options.out / 'sweep.json'}; `metarl aggregate {trials[0].run_dir.parent / trials[0].point_label}"
-        "-seed* --out DIR` combines a grid point's seeds again")
+    again = (f"; `metarl aggregate {trials[0].run_dir.parent / trials[0].point_label}-seed* --out DIR` combines a "
+             "grid point's seeds again" if trials[0].record["domain"] == "meta-rl" else "")
+    log(f"wrote {options.out / 'sweep.json'}{again}")
     return record
 
 

@@ -5,8 +5,10 @@ uninterrupted run; a re-run skips finished trials and resumes unfinished ones; b
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,14 +52,27 @@ def _uninterrupted(trial_dir: Path, where: Path) -> Path:
     return train(make_run_config(record["name"], values))
 
 
+def _same_state(x, y) -> bool:
+    """Checkpoint contents equal: tensors exactly, containers element by element."""
+    if isinstance(x, torch.Tensor):
+        return isinstance(y, torch.Tensor) and torch.equal(x, y)
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_same_state(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(_same_state(a, b) for a, b in zip(x, y))
+    return x == y
+
+
 def _assert_same_run(a: Path, b: Path) -> None:
+    """The same checkpoint, metrics.csv (all but its timing columns) and held-out evaluation."""
     ca, cb = load_checkpoint(a / "checkpoints" / "last.pt"), load_checkpoint(b / "checkpoints" / "last.pt")
     assert ca["iteration"] == cb["iteration"] and ca["env_steps"] == cb["env_steps"]
-    assert torch.equal(ca["state"]["value"], cb["state"]["value"])
+    assert _same_state(ca["state"], cb["state"])
     rows = [(d / "metrics.csv").read_text().splitlines() for d in (a, b)]
     header = rows[0][0].split(",")
-    keep = [i for i, c in enumerate(header) if c not in ("time", "charts/iterations_per_s", "charts/env_steps_per_s")]
-    assert [[line.split(",")[i] for i in keep] for line in rows[0]] == \
+    timing = [c for c in header if c in ("time", "charts/SPS") or c.startswith("time/") or c.endswith("_per_s")]
+    keep = [i for i, c in enumerate(header) if c not in timing]
+    assert len(rows[0]) > 1 and [[line.split(",")[i] for i in keep] for line in rows[0]] == \
         [[line.split(",")[i] for i in keep] for line in rows[1]]
     ea, eb = (json.loads((d / "evaluation.json").read_text()) for d in (a, b))
     assert ea["splits"] == eb["splits"]
@@ -197,6 +212,7 @@ def test_a_killed_trial_resumes_and_equals_an_uninterrupted_run(tmp_path, local_
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert marker.is_file(), "no trial was killed"  # exactly one trial's worker killed itself at iteration 5
+    assert int(marker.read_text()) != os.getpid()  # a Ray worker, not this process
     labels = [f"crashonce-step_size={v}-seed{s}" for v in ("0.1", "0.3") for s in (0, 1)]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("crashonce-")) == sorted(labels)
     record = json.loads((out / "sweep.json").read_text())
@@ -266,3 +282,37 @@ def test_a_few_shot_sweep_of_maml(tmp_path, local_ray, capsys):
         combined = json.loads((out / "aggregate" / f"maml-inner_lr={value}" / "evaluation_seeds.json").read_text())
         assert combined["metric"] == "mse" and [len(r["per_seed"]) for r in combined["results"]] == [2, 2]
         assert f"maml-inner_lr={value} (2 seeds): shots=" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.determinism
+def test_maml_trpo_trial_whose_ray_worker_is_killed_from_outside_equals_an_uninterrupted_run(tmp_path, local_ray):
+    """SIGKILL from another thread to the Ray worker holding the run's lock once its first checkpoint exists."""
+    import signal
+    import threading
+
+    out = tmp_path / "sweep"
+    trial = out / "maml-trpo-seed3"
+    killed: dict[str, int] = {}
+
+    def kill_the_worker() -> None:
+        deadline = time.monotonic() + 300
+        while not (trial / "checkpoints" / "last.pt").exists():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        killed["pid"] = int((trial / ".lock").read_text().split()[0])
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_worker, daemon=True)
+    killer.start()
+    options = ["--env", "metarl/Navigation2D-v0", "--iterations", "8", "--checkpoint-every", "2",
+               "--meta-batch-size", "4", "--eval-tasks", "3", "--max-episode-steps", "20"]
+    assert cli_main(["sweep", "maml-trpo", "--out", str(out), "--seeds", "3", *options]) == 0
+    killer.join(timeout=5)
+    assert killed and killed["pid"] != os.getpid()
+    record = json.loads((out / "sweep.json").read_text())["trials"]["maml-trpo-seed3"]
+    assert record["attempts"] == 2 and record["how"] == "resumed"
+    assert cli_main(["train", "maml-trpo", "--seed", "3", "--threads", "1", "--run-dir", str(tmp_path / "reference"),
+                     "--no-progress", *options]) == 0
+    _assert_same_run(trial, tmp_path / "reference")
