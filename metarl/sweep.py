@@ -182,9 +182,9 @@ def parse_sweep_args(argv: list[str]) -> SweepOptions:
         arg = rest[index]
         flag, eq, inline = arg.partition("=")
         if flag not in SWEEP_OPTIONS:
-            if flag == "--seed" or flag == "--run-dir" or (arg == "--set" and index + 1 < len(rest)
-                                                            and rest[index + 1].split("=")[0].strip().replace(
-                                                                "-", "_") in ("seed", "run_dir")):
+            set_pair = inline if eq else (rest[index + 1] if index + 1 < len(rest) else "")
+            if flag in ("--seed", "--run-dir") or (flag == "--set" and set_pair.split("=")[0].strip().replace(
+                    "-", "_") in ("seed", "run_dir")):
                 raise ConfigError("give seeds with --seeds and the sweep's folder with --out (each trial's seed and "
                                   "run directory are the sweep's)")
             train_options.append(arg)
@@ -290,7 +290,7 @@ def _check_existing(trial: Trial) -> None:
         raise RunError(f"{run_dir} exists and is not a directory")
     config_path = run_dir / "config.json"
     if not config_path.is_file():
-        if any(p.name != ".lock" for p in run_dir.iterdir()):
+        if any(run_dir.iterdir()):
             raise RunError(f"{run_dir} exists and is not a metarl run directory (no config.json): move it away")
         return
     try:

@@ -52,6 +52,26 @@ def _uninterrupted(trial_dir: Path, where: Path) -> Path:
     return train(make_run_config(record["name"], values))
 
 
+def _interrupted_run(run_dir: Path, seed: int, monkeypatch) -> None:
+    """``run_dir``: a trial of ``_argv``'s sweep stopped at iteration 3 (its last checkpoint: iteration 2)."""
+    from tests.sweep_agent import CrashOnceAgent
+
+    original = CrashOnceAgent.train_iteration
+
+    def interrupted(self, iteration):
+        if iteration == 3:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(CrashOnceAgent, "train_iteration", interrupted)
+    values = dict(env="metarl/Navigation2D-v0", iterations=6, checkpoint_every=2, eval_tasks=4, eval_episodes=3,
+                  seed=seed, threads=1, progress=False, run_dir=str(run_dir))
+    with pytest.raises(KeyboardInterrupt):
+        train(make_run_config("crashonce", values))
+    monkeypatch.setattr(CrashOnceAgent, "train_iteration", original)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 2
+
+
 def _same_state(x, y) -> bool:
     """Checkpoint contents equal: tensors exactly, containers element by element."""
     if isinstance(x, torch.Tensor):
@@ -207,53 +227,41 @@ def test_grid_values_split_at_top_level_commas():
 def test_a_killed_trial_resumes_and_equals_an_uninterrupted_run(tmp_path, local_ray, capsys):
     marker = tmp_path / "crashed"
     out = tmp_path / "sweep"
-    code = cli_main(_argv(out, "--seeds", "0", "1", "--grid", "step_size=0.1,0.3", "--crash-marker", str(marker),
-                          "--crash-at", "5"))
+    code = cli_main(_argv(out, "--seeds", "0", "1", "--crash-marker", str(marker), "--crash-at", "5"))
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert marker.is_file(), "no trial was killed"  # exactly one trial's worker killed itself at iteration 5
     assert int(marker.read_text()) != os.getpid()  # a Ray worker, not this process
-    labels = [f"crashonce-step_size={v}-seed{s}" for v in ("0.1", "0.3") for s in (0, 1)]
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("crashonce-")) == sorted(labels)
+    labels = ["crashonce-seed0", "crashonce-seed1"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("crashonce-")) == labels
     record = json.loads((out / "sweep.json").read_text())
     attempts = {label: t["attempts"] for label, t in record["trials"].items()}
-    assert sorted(attempts.values()) == [1, 1, 1, 2], attempts
+    assert sorted(attempts.values()) == [1, 2], attempts
     assert all(t["state"] == "finished" for t in record["trials"].values())
     crashed = next(label for label, n in attempts.items() if n == 2)
     assert record["trials"][crashed]["how"] == "resumed" and "resuming from its last checkpoint" in printed
-    for label in labels:  # every trial, the crashed one included, equals an undisturbed run of its config
+    for label in labels:  # both trials, the killed one included, equal an undisturbed run of their config
         _assert_same_run(out / label, _uninterrupted(out / label, tmp_path / "reference"))
-    # the summary: per grid point, the seeds combined as `metarl aggregate` does
-    for value in ("0.1", "0.3"):
-        combined = json.loads((out / "aggregate" / f"crashonce-step_size={value}" / "evaluation_seeds.json")
-                              .read_text())
-        assert combined["num_seeds"] == 2 and set(combined["splits"]) == {"test", "ood"}
-        assert (out / "aggregate" / f"crashonce-step_size={value}" / "adaptation_seeds.png").is_file()
-    assert cli_main(["aggregate", str(out / labels[0]), str(out / labels[1])]) == 0
+    # the summary: the seeds combined as `metarl aggregate` does
+    combined = json.loads((out / "aggregate" / "crashonce" / "evaluation_seeds.json").read_text())
+    assert combined["num_seeds"] == 2 and set(combined["splits"]) == {"test", "ood"}
+    assert (out / "aggregate" / "crashonce" / "adaptation_seeds.png").is_file()
+    assert cli_main(["aggregate", *(str(out / label) for label in labels)]) == 0
+    assert combined["splits"] == json.loads(json.dumps(_aggregate_splits(out, labels)))
+
+
+def _aggregate_splits(out: Path, labels: list[str]) -> dict:
+    from metarl.evaluation import combine_meta_rl_seeds
+
+    return combine_meta_rl_seeds([json.loads((out / label / "evaluation.json").read_text())
+                                  for label in labels])["splits"]
 
 
 @pytest.mark.determinism
 def test_a_rerun_skips_finished_trials_and_resumes_unfinished_ones(tmp_path, local_ray, capsys, monkeypatch):
     out = tmp_path / "sweep"
     argv = _argv(out, "--seeds", "0", "1", "--max-concurrent", "1")
-    # seed 1's trial was interrupted at iteration 3 by an earlier sweep (its last checkpoint: iteration 2)
-    from tests.sweep_agent import CrashOnceAgent
-
-    original = CrashOnceAgent.train_iteration
-
-    def interrupted(self, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(CrashOnceAgent, "train_iteration", interrupted)
-    values = dict(env="metarl/Navigation2D-v0", iterations=6, checkpoint_every=2, eval_tasks=4, eval_episodes=3,
-                  seed=1, threads=1, progress=False, run_dir=str(out / "crashonce-seed1"))
-    with pytest.raises(KeyboardInterrupt):
-        train(make_run_config("crashonce", values))
-    monkeypatch.setattr(CrashOnceAgent, "train_iteration", original)
-    assert load_checkpoint(out / "crashonce-seed1" / "checkpoints" / "last.pt")["iteration"] == 2
-
+    _interrupted_run(out / "crashonce-seed1", seed=1, monkeypatch=monkeypatch)  # by an earlier sweep
     assert cli_main(argv) == 0
     record = json.loads((out / "sweep.json").read_text())
     assert record["trials"]["crashonce-seed0"]["how"] == "trained"
@@ -266,6 +274,35 @@ def test_a_rerun_skips_finished_trials_and_resumes_unfinished_ones(tmp_path, loc
     assert "finished already, skipped" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/last.pt")} == before
     assert all(t["state"] == "finished" for t in json.loads((out / "sweep.json").read_text())["trials"].values())
+
+
+@pytest.mark.determinism
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path, local_ray, capsys):
+    marker, out = tmp_path / "raised", tmp_path / "sweep"
+    assert cli_main(_argv(out, "--seeds", "4", "--crash-marker", str(marker), "--crash-at", "3", "--crash-how",
+                          "raise")) == 0
+    assert marker.is_file() and "raised RuntimeError: a crash at iteration 3; resuming" in capsys.readouterr().out
+    record = json.loads((out / "sweep.json").read_text())["trials"]["crashonce-seed4"]
+    assert record["attempts"] == 2 and record["how"] == "resumed"
+    _assert_same_run(out / "crashonce-seed4", _uninterrupted(out / "crashonce-seed4", tmp_path / "reference"))
+
+
+@pytest.mark.api
+def test_bad_input_inside_a_trial_is_not_retried(tmp_path, local_ray, capsys, monkeypatch):
+    """A run directory locked by another process (here: this one) fails its trial at once, with one line."""
+    from metarl.runs import RunLock
+
+    out = tmp_path / "sweep"
+    _interrupted_run(out / "crashonce-seed0", seed=0, monkeypatch=monkeypatch)
+    with RunLock(out / "crashonce-seed0"):
+        assert cli_main(_argv(out, "--retries", "3")) == 2
+    captured = capsys.readouterr()
+    assert "failed after 1 attempt(s): RunError:" in captured.out and "is in use by another metarl process" in \
+        captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "1 of 1 trials failed (crashonce-seed0)" in err[0] and "run the same command again" \
+        in err[0], err
+    assert json.loads((out / "sweep.json").read_text())["trials"]["crashonce-seed0"]["state"] == "failed"
 
 
 @pytest.mark.smoke
