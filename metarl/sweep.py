@@ -408,7 +408,11 @@ def _connect(ray: Any) -> bool:
     """``ray.init()`` unless Ray is initialised already (by the caller's program or a test); True if started here."""
     if ray.is_initialized():
         return False
-    ray.init(log_to_driver=True)
+    try:
+        ray.init(log_to_driver=True)
+    except Exception as err:  # Ray raises ConnectionError, RuntimeError or ValueError for a cluster it cannot join
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"ray.init failed: {message}") from None
     return True
 
 
@@ -504,6 +508,11 @@ def run_sweep(trials: list[Trial], options: SweepOptions, states: dict[str, str]
 # The summary: per grid point, over seeds
 
 
+def _plus_minus(mean: float, ci95: float | None, digits: int) -> str:
+    return f"{mean:.{digits}f}" + (f" ± {ci95:.{digits}f}" if ci95 is not None and ci95 == ci95 else
+                                   " (one seed: no interval)")
+
+
 def summarise(trials: list[Trial], out: Path, *, log: Any = print) -> dict[str, Any]:
     """Per grid point with every seed finished: the seeds combined (meta-RL: :func:`metarl.evaluation
     .combine_meta_rl_seeds`, as ``metarl aggregate``; few-shot: each cell's metric over seeds), written to
@@ -529,8 +538,9 @@ def summarise(trials: list[Trial], out: Path, *, log: Any = print) -> dict[str, 
             cells = {split: {"pre_adaptation": data["episodes"][0], "post_adaptation": data["episodes"][-1]}
                      for split, data in combined["splits"].items()}
             log(f"  {point_label} ({len(members)} seeds): " + "; ".join(
-                f"{split} return {c['pre_adaptation']['return']:.2f} -> {c['post_adaptation']['return']:.2f} ± "
-                f"{c['post_adaptation']['ci95']:.2f}" for split, c in cells.items()))
+                f"{split} return {c['pre_adaptation']['return']:.2f} -> "
+                f"{_plus_minus(c['post_adaptation']['return'], c['post_adaptation']['ci95'], 2)}"
+                for split, c in cells.items()))
             summary[point_label] = {"protocol": "meta-rl", "seeds": [t.seed for t in members], "splits": cells,
                                     "aggregate": str(folder)}
             continue
@@ -545,7 +555,7 @@ def summarise(trials: list[Trial], out: Path, *, log: Any = print) -> dict[str, 
                     "runs": [str(p) for p in paths]}
         save_json(folder / "evaluation_seeds.json", combined)
         log(f"  {point_label} ({len(members)} seeds): " + "; ".join(
-            f"shots={r['shots']} steps={r['steps']} {metric} " + (f"{r[metric]:.4f} ± {r['ci95']:.4f}"
+            f"shots={r['shots']} steps={r['steps']} {metric} " + (_plus_minus(r[metric], r["ci95"], 4)
                                                                   if r[metric] is not None else "diverged")
             for r in rows))
         summary[point_label] = {"protocol": "fewshot", "seeds": [t.seed for t in members], "results": rows,
@@ -583,7 +593,8 @@ def sweep(argv: list[str], *, log: Any = print) -> dict[str, Any]:
     log(f"sweep of {options.name}: {len(trials)} trials ({len(todo)} to run) in {options.out}")
     outcome = run_sweep(trials, options, states, log=log)
     record["trials"] = {t.label: {**outcome[t.label], "seed": t.seed, "grid": dict(t.point)} for t in trials}
-    log("summary (mean of the seed means ± 95% CI over seeds; meta-RL: episode 0 -> last episode):")
+    log("summary (mean of the seed means ± 95% CI over seeds, over tasks for one meta-RL seed; meta-RL: episode 0 "
+        "-> last episode):")
     record["summary"] = summarise(trials, options.out, log=log)
     atomic_write_json(options.out / "sweep.json", record)
     failed = [label for label, o in outcome.items() if o["state"] == "failed"]
