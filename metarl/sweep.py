@@ -265,6 +265,9 @@ def plan_trials(options: SweepOptions, flat: dict[str, Any], preset: str | None)
             if label in labels:
                 raise ConfigError(f"grid points ({', '.join(f'{k}={t}' for k, t in labels[label])}) and ({where}) "
                                   f"give the same run directory {label}: give distinct values")
+            if len(label.encode()) > 255:
+                raise ConfigError(f"run directory name {label[:60]}... is longer than a file name may be (255 bytes): "
+                                  "sweep fewer keys or shorter values")
             labels[label] = point
             trial_values = {**values, "seed": seed, "run_dir": str(options.out / label)}
             try:
