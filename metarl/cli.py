@@ -4,6 +4,7 @@
     metarl evaluate RUN_DIR [--eval-tasks N ...] [--threads N] [--video]        evaluate a run again
     metarl resume RUN_DIR [--iterations N]                                      continue a killed run
     metarl aggregate RUN_DIR RUN_DIR ... [--out DIR]                            meta-RL: mean ± 95% CI over seeds
+    metarl sweep NAME --out DIR [--seeds S ...] [--grid KEY=V1,V2 ...] [...]    seeds x values as Ray tasks (extra ray)
     metarl list                                                                 learners, agents, sources, envs
 
 ``metarl train NAME --help`` lists every field of the run, of NAME's config, of its task source or env and of its
@@ -34,7 +35,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-COMMANDS = ("train", "evaluate", "resume", "aggregate", "list")
+COMMANDS = ("train", "evaluate", "resume", "aggregate", "sweep", "list")
 
 
 class CommandError(ValueError):
@@ -183,9 +184,8 @@ def _peek_option(argv: list[str], flag: str) -> str | None:
 
 
 def _cmd_train(argv: list[str]) -> int:
-    from metarl.agents import entry, names
-    from metarl.core.config import parse_overrides
-    from metarl.training import RUN_FIELDS, make_run_config, section_types, train
+    from metarl.agents import names
+    from metarl.training import make_run_config, train
 
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
@@ -195,6 +195,20 @@ def _cmd_train(argv: list[str]) -> int:
             return 0
         raise CommandError("train needs a learner or agent name (see `metarl list`)")
     name, rest = argv[0], argv[1:]
+    flat, preset = train_values(name, rest)
+    run = make_run_config(name, flat, preset=preset)
+    run_dir = train(run)
+    print_result(run_dir)
+    return 0
+
+
+def train_values(name: str, rest: list[str], prog: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """The flat field values and the preset of ``metarl train NAME REST...`` (what ``make_run_config`` takes), parsed
+    as the train command parses them; ``prog`` names the command in ``--help`` and errors (``metarl sweep``)."""
+    from metarl.agents import entry
+    from metarl.core.config import parse_overrides
+    from metarl.training import RUN_FIELDS, make_run_config, section_types
+
     found = entry(name)
     overrides, rest = _take_option(rest, "--set", repeatable=True)
     preset = _peek_option(rest, "--preset")
@@ -227,7 +241,7 @@ def _cmd_train(argv: list[str]) -> int:
     command_type = dataclasses.make_dataclass(
         "train", [(section, Annotated[cls, _group(titles.get(section, "run"))],
                    dataclasses.field(default_factory=lambda d=defaults[section]: d)) for section, cls in parts])
-    prog = f"metarl train {name}"
+    prog = prog or f"metarl train {name}"
     parsed = _parse_with_tyro(command_type, command_type(**defaults), rest, prog,
                               f"Meta-train {name} ({found.summary}), then evaluate it on held-out tasks. Options "
                               "not given keep the defaults shown (a preset's where --preset is given); fields "
@@ -236,10 +250,7 @@ def _cmd_train(argv: list[str]) -> int:
     for section, _ in parts:
         flat.update(dataclasses.asdict(getattr(parsed, section)))
     flat.pop("preset", None)
-    run = make_run_config(name, flat, preset=preset)
-    run_dir = train(run)
-    print_result(run_dir)
-    return 0
+    return flat, preset
 
 
 def _group(title: str) -> Any:
@@ -381,6 +392,12 @@ def _cmd_aggregate(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_sweep(argv: list[str]) -> int:
+    from metarl.sweep import sweep_command
+
+    return sweep_command(argv)
+
+
 def _cmd_list(argv: list[str]) -> int:
     from metarl.agents import REGISTRY
     from metarl.envs import ENVIRONMENTS
@@ -455,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in ("train", "resume", "evaluate") and not any(a in ("-h", "--help") for a in rest):
             configure_process()
         handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "resume": _cmd_resume,
-                    "aggregate": _cmd_aggregate, "list": _cmd_list}
+                    "aggregate": _cmd_aggregate, "sweep": _cmd_sweep, "list": _cmd_list}
         return handlers[command](rest)
     except KeyboardInterrupt:
         print("metarl: interrupted (a run with a checkpoint continues with `metarl resume RUN_DIR`)", file=sys.stderr)
