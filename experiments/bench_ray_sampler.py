@@ -16,7 +16,7 @@ Prints one JSON object:
   added first, so the replacement has a CPU): the group replaces its worker and the episode's numbers equal the
   local vector env's.
 * ``model``: the per-step cost fitted to ``vector_step``, ``t(W) = t_fixed + W t_call + N t_x + (N / W) t_env``
-  (``t_env`` one sub-env's step, ``t_x`` the per-sub-env transfer and merge, ``t_call`` the driver's cost per worker
+  (``t_env`` one sub-env's step (the slowest worker steps ``ceil(N / W)``), ``t_x`` the per-sub-env transfer and merge, ``t_call`` the driver's cost per worker
   call, ``t_fixed`` the rest), extrapolated to M machines of one worker each at the MAML paper's HalfCheetahVel batch
   (40 tasks x 5 sub-envs, 200-step episodes, 20 episodes per task: 200 sub-envs, 4 rounds); the speed-up of
   collection and of a whole iteration (with the learner time per env step measured in ``iterations``), against the
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pickle
 import platform
 import subprocess
@@ -56,9 +57,10 @@ MACHINES = [1, 2, 4, 8, 16, 32, 64, 128]
 CONFIGS = {MAMLTRPO: MAMLTRPOConfig, PEARL: PEARLConfig}
 
 
-def iteration_rates(agent_type: Any, options: dict[str, Any], iterations: int) -> dict[str, Any]:
+def iteration_rates(agent_type: Any, options: dict[str, Any], iterations: int, worker_counts: list[int]
+                    ) -> dict[str, Any]:
     out = {}
-    for sampler, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+    for sampler, workers in (("local", 1), *(("ray", w) for w in worker_counts)):
         agent = agent_type(CHEETAH, CONFIGS[agent_type](**options, sampler=sampler, num_workers=workers))
         try:
             rows = []
@@ -75,7 +77,7 @@ def iteration_rates(agent_type: Any, options: dict[str, Any], iterations: int) -
                      "env_steps_per_iteration": steps / len(kept)}
         if kept[0][2] is not None:
             out[name]["learner_seconds_per_env_step"] = sum(r[2] for r in kept) / steps
-    for name in ("ray_1_workers", "ray_2_workers"):
+    for name in (f"ray_{w}_workers" for w in worker_counts):
         out[name]["ratio_to_local"] = out[name]["env_steps_per_s"] / out["local"]["env_steps_per_s"]
     return out
 
@@ -93,10 +95,11 @@ def step_seconds(envs: Any, steps: int, rng: np.random.Generator) -> tuple[float
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
-def vector_steps(sizes: list[int], steps: int) -> dict[str, Any]:
+def vector_steps(sizes: list[int], steps: int, worker_counts: list[int]) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"num_envs": sizes, "local": [], "ray_1_workers": [], "ray_2_workers": [],
-                           "driver_cpu_ray_1_workers": [], "driver_cpu_ray_2_workers": []}
+    out: dict[str, Any] = {"num_envs": sizes, "workers": worker_counts, "local": [],
+                           **{f"ray_{w}_workers": [] for w in worker_counts},
+                           **{f"driver_cpu_ray_{w}_workers": [] for w in worker_counts}}
     for n in sizes:
         local = TaskVectorEnv(CHEETAH, n, max_episode_steps=100, physics_threads=1)
         out["local"].append(step_seconds(local, steps, rng)[0])
@@ -107,7 +110,7 @@ def vector_steps(sizes: list[int], steps: int) -> dict[str, Any]:
         out.setdefault("bytes_per_sub_env_step", []).append(
             (back + len(pickle.dumps(np.zeros((n, 6)), protocol=5))) / n)
         local.close()
-    for w in (1, 2):  # one group at a time: the instance has 2 CPUs
+    for w in worker_counts:  # one group at a time: the instance has as many CPUs as the largest group
         group = WorkerGroup(CHEETAH, w, max_episode_steps=100)
         try:
             for n in sizes:
@@ -122,17 +125,18 @@ def vector_steps(sizes: list[int], steps: int) -> dict[str, Any]:
 
 
 def fit(vs: dict[str, Any]) -> dict[str, float]:
-    """Least squares lines of seconds per step against N, then the model's four constants (clipped at 0)."""
+    """``t_env``: the slope of the local seconds per step against N; ``t_fixed``, ``t_call``, ``t_x``: least squares
+    over every Ray point ``(N, W)`` of ``t - (N / W) t_env = t_fixed + W t_call + N t_x`` (each clipped at 0)."""
     n = np.asarray(vs["num_envs"], dtype=float)
-    s0, _ = np.polyfit(n, vs["local"], 1)
-    s1, i1 = np.polyfit(n, vs["ray_1_workers"], 1)
-    s2, i2 = np.polyfit(n, vs["ray_2_workers"], 1)
-    t_env_local = max(s0, 0.0)
-    t_x = max(s1 - t_env_local, 0.0)
-    t_call = max(i2 - i1, 0.0)
-    t_fixed = max(i1 - t_call, 0.0)
-    return {"t_env": t_env_local, "t_x": t_x, "t_call": t_call, "t_fixed": t_fixed,
-            "slope_ray_2_workers": float(s2), "intercept_ray_1_workers": float(i1)}
+    t_env = max(float(np.polyfit(n, vs["local"], 1)[0]), 0.0)
+    rows, targets = [], []
+    for w in vs["workers"]:
+        for size, seconds in zip(n, vs[f"ray_{w}_workers"]):
+            rows.append([1.0, w, size])
+            targets.append(seconds - size / w * t_env)
+    (t_fixed, t_call, t_x), *_ = np.linalg.lstsq(np.asarray(rows), np.asarray(targets), rcond=None)
+    return {"t_env": t_env, "t_fixed": max(float(t_fixed), 0.0), "t_call": max(float(t_call), 0.0),
+            "t_x": max(float(t_x), 0.0)}
 
 
 def model(constants: dict[str, float], learner_per_step: float, bytes_per_step: float,
@@ -146,14 +150,14 @@ def model(constants: dict[str, float], learner_per_step: float, bytes_per_step: 
 
     def step_level(m: int) -> float:
         w = min(m, n)
-        return vector_steps_per_iteration * (c["t_fixed"] + w * c["t_call"] + n * c["t_x"] + (n / w) * c["t_env"])
+        return vector_steps_per_iteration * (c["t_fixed"] + w * c["t_call"] + n * c["t_x"] + math.ceil(n / w) * c["t_env"])
 
     weights_bytes = 4 * (20 * 100 + 100 * 100 + 100 * 12)  # the 100x100 policy of the preset, float32
 
     def episode_level(m: int) -> float:
         w = min(m, n)
         moved = (env_steps * bytes_per_step + w * weights_bytes) / bandwidth
-        return (n / w) * rounds * horizon * collections * c["t_env"] + collections * w * c["t_call"] + moved
+        return math.ceil(n / w) * rounds * horizon * collections * c["t_env"] + collections * w * c["t_call"] + moved
 
     out: dict[str, Any] = {"machines": MACHINES, "env_steps_per_iteration": env_steps,
                            "learner_seconds_per_iteration": learner, "bandwidth_bytes_per_s": bandwidth,
@@ -240,17 +244,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="vector steps per size in vector_step")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to measure")
     parser.add_argument("--out", type=Path, default=Path("experiments/figures/ray_sampler_scaling.png"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result: dict[str, Any] = {"commit": commit, "machine": platform.processor() or platform.machine(),
                               "ray": ray.__version__}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     try:
-        result["iterations"] = {"maml_trpo": iteration_rates(MAMLTRPO, MAML, args.iterations),
-                                "pearl": iteration_rates(PEARL, PEARL_SMALL, args.iterations)}
-        result["vector_step"] = vector_steps(args.sizes, args.steps)
+        result["iterations"] = {"maml_trpo": iteration_rates(MAMLTRPO, MAML, args.iterations, args.workers),
+                                "pearl": iteration_rates(PEARL, PEARL_SMALL, args.iterations, args.workers)}
+        result["vector_step"] = vector_steps(args.sizes, args.steps, args.workers)
     finally:
         ray.shutdown()
     result["cluster"] = cluster_check()
