@@ -15,9 +15,10 @@ Prints one JSON object:
   CPU, each node 1): where 3 workers were placed (distinct nodes), and a node removed mid-episode (a fourth node
   added first, so the replacement has a CPU): the group replaces its worker and the episode's numbers equal the
   local vector env's.
-* ``model``: the per-step cost fitted to ``vector_step``, ``t(W) = t_fixed + W t_call + N t_x + (N / W) t_env``
-  (``t_env`` one sub-env's step (the slowest worker steps ``ceil(N / W)``), ``t_x`` the per-sub-env transfer and merge, ``t_call`` the driver's cost per worker
-  call, ``t_fixed`` the rest), extrapolated to M machines of one worker each at the MAML paper's HalfCheetahVel batch
+* ``model``: the per-step cost fitted to ``vector_step``, ``t(W) = t_fixed + W t_call + N t_x + ceil(N / W) t_env``
+  (``t_env`` one sub-env's step, on the slowest worker ``ceil(N / W)`` of them; ``t_x`` the per-sub-env transfer
+  and merge; ``t_call`` the driver's cost per worker call; ``t_fixed`` the rest), extrapolated to M machines of one
+  worker each at the MAML paper's HalfCheetahVel batch
   (40 tasks x 5 sub-envs, 200-step episodes, 20 episodes per task: 200 sub-envs, 4 rounds); the speed-up of
   collection and of a whole iteration (with the learner time per env step measured in ``iterations``), against the
   ideal line, for this step-level sampler and for an episode-level one (whole rollouts on the workers, weights out
@@ -82,17 +83,25 @@ def iteration_rates(agent_type: Any, options: dict[str, Any], iterations: int, w
     return out
 
 
+REPEATS = 5
+
+
 def step_seconds(envs: Any, steps: int, rng: np.random.Generator) -> tuple[float, float]:
-    """Wall and driver-CPU seconds per vector step (episodes of 100 steps, autoreset in between)."""
+    """Wall and driver-CPU seconds per vector step (episodes of 100 steps, autoreset in between): the medians of
+    :data:`REPEATS` blocks of ``steps`` steps (the machine is shared)."""
     envs.set_tasks(envs.single_task_env.sample_tasks(envs.num_envs, seed=0))
     envs.reset(seed=0)
     shape = (envs.num_envs, *envs.single_action_space.shape)
     actions = [rng.uniform(-1, 1, size=shape) for _ in range(steps)]
     envs.step(actions[0])
-    wall, cpu = time.perf_counter(), time.process_time()
-    for a in actions:
-        envs.step(a)
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+    walls, cpus = [], []
+    for _ in range(REPEATS):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for a in actions:
+            envs.step(a)
+        walls.append((time.perf_counter() - wall) / steps)
+        cpus.append((time.process_time() - cpu) / steps)
+    return float(np.median(walls)), float(np.median(cpus))
 
 
 def vector_steps(sizes: list[int], steps: int, worker_counts: list[int]) -> dict[str, Any]:
@@ -125,18 +134,22 @@ def vector_steps(sizes: list[int], steps: int, worker_counts: list[int]) -> dict
 
 
 def fit(vs: dict[str, Any]) -> dict[str, float]:
-    """``t_env``: the slope of the local seconds per step against N; ``t_fixed``, ``t_call``, ``t_x``: least squares
-    over every Ray point ``(N, W)`` of ``t - (N / W) t_env = t_fixed + W t_call + N t_x`` (each clipped at 0)."""
+    """The model's constants from ``vector_step``: ``t_env`` the slope of the local seconds per step against N; the
+    driver's CPU per step ``d0 + W t_call + N t_x`` by least squares over every Ray point ``(N, W)`` (CPU time is
+    steadier than wall time on a shared machine); ``t_fixed = d0 +`` the latency, the median over the points of
+    what the wall time leaves after the driver's CPU and ``ceil(N / W) t_env`` (each clipped at 0)."""
     n = np.asarray(vs["num_envs"], dtype=float)
     t_env = max(float(np.polyfit(n, vs["local"], 1)[0]), 0.0)
-    rows, targets = [], []
+    rows, cpu, rest = [], [], []
     for w in vs["workers"]:
-        for size, seconds in zip(n, vs[f"ray_{w}_workers"]):
+        for size, wall, driver in zip(n, vs[f"ray_{w}_workers"], vs[f"driver_cpu_ray_{w}_workers"]):
             rows.append([1.0, w, size])
-            targets.append(seconds - size / w * t_env)
-    (t_fixed, t_call, t_x), *_ = np.linalg.lstsq(np.asarray(rows), np.asarray(targets), rcond=None)
-    return {"t_env": t_env, "t_fixed": max(float(t_fixed), 0.0), "t_call": max(float(t_call), 0.0),
-            "t_x": max(float(t_x), 0.0)}
+            cpu.append(driver)
+            rest.append(wall - driver - math.ceil(size / w) * t_env)
+    (d0, t_call, t_x), *_ = np.linalg.lstsq(np.asarray(rows), np.asarray(cpu), rcond=None)
+    latency = max(float(np.median(rest)), 0.0)
+    return {"t_env": t_env, "t_fixed": max(float(d0), 0.0) + latency, "t_call": max(float(t_call), 0.0),
+            "t_x": max(float(t_x), 0.0), "driver_cpu_fixed": float(d0), "latency": latency}
 
 
 def model(constants: dict[str, float], learner_per_step: float, bytes_per_step: float,
@@ -150,14 +163,16 @@ def model(constants: dict[str, float], learner_per_step: float, bytes_per_step: 
 
     def step_level(m: int) -> float:
         w = min(m, n)
-        return vector_steps_per_iteration * (c["t_fixed"] + w * c["t_call"] + n * c["t_x"] + math.ceil(n / w) * c["t_env"])
+        per_step = c["t_fixed"] + w * c["t_call"] + n * c["t_x"] + math.ceil(n / w) * c["t_env"]
+        return vector_steps_per_iteration * per_step
 
     weights_bytes = 4 * (20 * 100 + 100 * 100 + 100 * 12)  # the 100x100 policy of the preset, float32
 
     def episode_level(m: int) -> float:
         w = min(m, n)
         moved = (env_steps * bytes_per_step + w * weights_bytes) / bandwidth
-        return math.ceil(n / w) * rounds * horizon * collections * c["t_env"] + collections * w * c["t_call"] + moved
+        stepping = math.ceil(n / w) * rounds * horizon * collections * c["t_env"]
+        return stepping + collections * w * c["t_call"] + moved
 
     out: dict[str, Any] = {"machines": MACHINES, "env_steps_per_iteration": env_steps,
                            "learner_seconds_per_iteration": learner, "bandwidth_bytes_per_s": bandwidth,
