@@ -1,9 +1,9 @@
 """The Ray sampler (issue 19): rollout workers as Ray actors behind the vector-env interface.
 
-Same seed, same numbers as the local sampler (the vector env step by step; MAML-TRPO, RL² and PEARL iterations and
-meta-tests); a worker killed mid-iteration is replaced and the run's numbers equal an undisturbed run's; bad input
-(Ray missing, num_workers <= 0, more workers than sub-envs, an unreachable RAY_ADDRESS) is one line before any work;
-the local sampler never imports Ray. One local Ray instance (2 CPUs) for the module.
+Same seed, same numbers as the local sampler (the vector env step by step; MAML-TRPO, RL², PEARL and VariBAD
+iterations and meta-tests); a worker killed mid-iteration is replaced and the run's numbers equal an undisturbed
+run's; bad input (Ray missing, num_workers <= 0, more workers than sub-envs, an unreachable RAY_ADDRESS) is one line
+before any work; the local sampler never imports Ray. One local Ray instance (2 CPUs) for the module.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray")
 from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig  # noqa: E402
 from metarl.agents.pearl import PEARL, PEARLConfig  # noqa: E402
 from metarl.agents.rl2 import RL2, RL2Config  # noqa: E402
+from metarl.agents.varibad import VariBAD, VariBADConfig  # noqa: E402
 from metarl.core import distributed  # noqa: E402
 from metarl.core.config import ConfigError  # noqa: E402
 from metarl.envs.base import TaskError  # noqa: E402
@@ -34,6 +35,10 @@ RL2_SMALL = dict(meta_batch_size=4, episodes_per_trial=3, hidden_size=16, num_mi
 PEARL_TINY = dict(num_train_tasks=6, hidden_sizes=[16], encoder_hidden_sizes=[16], meta_batch_size=4, batch_size=8,
                   embedding_batch_size=5, num_initial_steps=20, num_tasks_sample=2, num_steps_prior=10,
                   num_extra_rl_steps_posterior=10, gradient_steps=3, max_episode_steps=10, replay_capacity=100)
+
+VARIBAD_SMALL = dict(meta_batch_size=4, episodes_per_trial=2, max_episode_steps=5, num_minibatches=2,
+                     encoder_hidden_size=8, decoder_hidden_sizes=[8], policy_hidden_sizes=[8], latent_dim=3,
+                     vae_updates=2)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -162,7 +167,9 @@ def check_against_local(nav_workers, mode: str) -> None:
     (MAMLTRPO, NAV, lambda **kw: MAMLTRPOConfig(**MAML_SMALL, **kw)),
     (RL2, "metarl/BernoulliBandit-v0", lambda **kw: RL2Config(**RL2_SMALL, **kw)),
     (PEARL, NAV, lambda **kw: PEARLConfig(**PEARL_TINY, **kw)),
-], ids=["maml-trpo", "rl2", "pearl"])
+    pytest.param(VariBAD, NAV, lambda **kw: VariBADConfig(**VARIBAD_SMALL, **kw), marks=pytest.mark.slow,
+                 id="varibad"),  # RL²'s trial path with final_obs: slow only because Ray starts 2 more actors
+], ids=["maml-trpo", "rl2", "pearl", None])
 def test_agent_gives_the_local_samplers_numbers(local_ray, agent_type, env_id, config):
     results = []
     for sampler in ("local", "ray"):
