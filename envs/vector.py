@@ -142,6 +142,28 @@ def _batch_values(key: str, values: list[Any], present: list[int], num_envs: int
     return array
 
 
+def reset_request(seed: int | Sequence[int | None] | None, options: dict[str, Any] | None,
+                  num_envs: int) -> tuple[list[int | None], dict[str, Any], np.ndarray | None]:
+    """The arguments of a vector ``reset``, checked: one seed per sub-env (an int ``s`` gives sub-env ``i`` the
+    seed ``s + i``), the other options, and ``options["reset_mask"]`` (None: every sub-env)."""
+    if seed is None:
+        seeds: list[int | None] = [None] * num_envs
+    elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        seeds = [int(seed) + i for i in range(num_envs)]
+    else:
+        seeds = list(seed)
+        if len(seeds) != num_envs:
+            raise ValueError(f"expected {num_envs} seeds (one per sub-env), got {len(seeds)}")
+    options = dict(options or {})
+    mask = options.pop("reset_mask", None)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (num_envs,) or mask.dtype != np.bool_ or not mask.any():
+            raise ValueError(f"options['reset_mask'] must be a boolean array of shape ({num_envs},) with "
+                             f"at least one True, got {mask!r}")
+    return seeds, options, mask
+
+
 def _peel(env: gym.Env) -> tuple[gym.Env, int | None]:
     """Strip the pass-through wrappers ``gymnasium.make`` adds; return the core env and the time limit found."""
     max_steps = None
@@ -334,24 +356,11 @@ class TaskVectorEnv(VectorEnv):
         ``seed``: ``None``, an int (sub-env ``i`` gets ``seed + i``) or one seed per sub-env. Other options are
         passed to each sub-env's ``reset``.
         """
-        if seed is None:
-            seeds: list[int | None] = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             super().reset(seed=int(seed))
-            seeds = [int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"expected {self.num_envs} seeds (one per sub-env), got {len(seeds)}")
-        options = dict(options or {})
-        mask = options.pop("reset_mask", None)
+        seeds, options, mask = reset_request(seed, options, self.num_envs)
         if mask is None:
             mask = np.ones(self.num_envs, dtype=np.bool_)
-        else:
-            mask = np.asarray(mask)
-            if mask.shape != (self.num_envs,) or mask.dtype != np.bool_ or not mask.any():
-                raise ValueError(f"options['reset_mask'] must be a boolean array of shape ({self.num_envs},) with "
-                                 f"at least one True, got {mask!r}")
         if "tasks" in options:
             self.set_tasks(options.pop("tasks"))
         sub_options = options or None

@@ -40,7 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .config import SeededConfig, check_int, check_mapping
+from .config import ConfigError, SeededConfig, check_choice, check_int, check_mapping
 
 
 @dataclass
@@ -52,11 +52,24 @@ class AgentConfig(SeededConfig):
     """keyword arguments for gymnasium.make (e.g. {"velocity_range": [0, 2]})"""
     max_episode_steps: int | None = None
     """episode length; None: the environment's registered time limit"""
+    sampler: str = "local"
+    """where the sub-environments run: local (in this process) or ray (split over num_workers Ray actors, the
+    metarl[ray] extra; joins the cluster at RAY_ADDRESS, else starts a local Ray instance); the same episodes"""
+    num_workers: int = 1
+    """Ray rollout workers (actors, one CPU each) the sub-environments are split over (sampler ray only); at most
+    the number of sub-environments the agent steps"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_mapping(self.env_kwargs, "env_kwargs")
         check_int(self.max_episode_steps, "max_episode_steps", minimum=1, optional=True)
+        check_choice(self.sampler, "sampler", ("local", "ray"))
+        check_int(self.num_workers, "num_workers", minimum=1)
+        if self.sampler == "ray":
+            from .distributed import INSTALL_HINT, ray_installed
+
+            if not ray_installed():
+                raise ConfigError(f"sampler 'ray' needs Ray, which is not installed: {INSTALL_HINT}")
 
 
 @runtime_checkable

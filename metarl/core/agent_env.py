@@ -174,19 +174,40 @@ class EnvPool:
     """The vector envs of one agent, all made alike from ``(env_id, config)``: :meth:`make` builds one, :meth:`test`
     keeps one per number of tasks for meta-test, :meth:`recording` a one-env ``rgb_array`` copy for videos, and
     :meth:`close` closes every env it made and kept. ``vector_kwargs`` go to every :class:`TaskVectorEnv`
-    (e.g. RL²'s ``autoreset_mode``)."""
+    (e.g. RL²'s ``autoreset_mode``).
+
+    With ``config.sampler == "ray"`` the vector envs are :class:`~metarl.core.ray_sampler.RayVectorEnv` (the same
+    interface and results) over one group of ``config.num_workers`` Ray actors, started at the first :meth:`make`
+    (the agent's training envs: more workers than their sub-envs is refused there) and shared by the meta-test envs
+    (spread over at most as many workers as they have sub-envs); :meth:`close` stops the actors."""
 
     def __init__(self, env_id: str, config: Any, **vector_kwargs: Any) -> None:
         self.env_id, self.config, self.vector_kwargs = env_id, config, vector_kwargs
         self._kept: list[TaskVectorEnv] = []
         self._test: dict[int, TaskVectorEnv] = {}
+        self._workers: Any = None  # the Ray worker group (sampler "ray"), made at the first make()
+
+    def _make_ray(self, num_envs: int) -> Any:
+        from .ray_sampler import WorkerGroup  # imports Ray: only for sampler "ray"
+
+        strict = self._workers is None
+        if strict:
+            if self.config.num_workers > num_envs:  # refused before any actor starts
+                raise ValueError(f"num_workers={self.config.num_workers} is more than the {num_envs} "
+                                 f"sub-environments this agent steps: use at most {num_envs} workers")
+            self._workers = WorkerGroup(self.env_id, self.config.num_workers, self.config.env_kwargs,
+                                        self.config.max_episode_steps)
+        return self._workers.vector_env(num_envs, strict=strict, **self.vector_kwargs)
 
     def make(self, num_envs: int, keep: bool = True) -> TaskVectorEnv:
         """A new vector env of ``num_envs`` sub-envs; closed by :meth:`close` unless ``keep`` is False (the caller
         closes it)."""
         try:
-            envs = TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
-                                 max_episode_steps=self.config.max_episode_steps, **self.vector_kwargs)
+            if getattr(self.config, "sampler", "local") == "ray":
+                envs = self._make_ray(num_envs)
+            else:
+                envs = TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
+                                     max_episode_steps=self.config.max_episode_steps, **self.vector_kwargs)
         except (gym.error.Error, TypeError) as err:
             raise ValueError(f"cannot make environment {self.env_id!r}: {_one_line(err)}") from None
         if keep:
@@ -210,3 +231,6 @@ class EnvPool:
             envs.close()
         self._kept.clear()
         self._test.clear()
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None

@@ -157,7 +157,7 @@ def episode_step_limit(envs: TaskVectorEnv) -> int | None:
     """Most steps one episode of ``envs`` can take: its time limit, else the ``episode_step_limit`` its task env
     declares (one that ends every episode itself: a bandit's single pull, a tabular MDP's or a T-Maze's horizon),
     the smaller of the two where both exist; None when neither bounds an episode."""
-    limits = [limit for limit in (envs.max_episode_steps, getattr(envs.envs[0], "episode_step_limit", None))
+    limits = [limit for limit in (envs.max_episode_steps, getattr(envs.single_task_env, "episode_step_limit", None))
               if limit is not None]
     return min(limits) if limits else None
 
