@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from metarl.core.config import ConfigError, merge_values, parse_overrides
+from metarl.core.distributed import check_reachable, connect, import_ray
 from metarl.runs import RunError, atomic_write_json
 
 SWEEP_OPTIONS = ("--seeds", "--grid", "--out", "--max-concurrent", "--retries", "--gpus-per-trial")
@@ -55,19 +56,12 @@ GRID_REFUSED = {"seed": "give seeds with --seeds", "run_dir": "the sweep names e
                 "preset": "give one --preset for the whole sweep", "progress": "trials show no progress bar",
                 "source": "run one sweep per source"}
 
+PURPOSE = "metarl sweep"
+"""how the Ray errors name what needs Ray"""
+
 USAGE = ("usage: metarl sweep NAME --out DIR [--seeds S [S ...]] [--grid KEY=V1,V2[,...] ...] [--max-concurrent N]\n"
          "                    [--retries N] [--gpus-per-trial G] [train options: --preset FILE, --set KEY=VALUE, "
          "--FIELD VALUE ...]")
-
-
-def _require_ray() -> Any:
-    """The ``ray`` module, or a one-line error naming the extra to install. (To be folded into
-    ``metarl/core/distributed.py`` with the Ray rollout workers' guard.)"""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError('ray is not installed: pip install "metarl[ray]"') from None
-    return ray
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -387,38 +381,6 @@ def run_trial(name: str, values: dict[str, Any], entry: Any = None) -> dict[str,
 # The driver
 
 
-def _check_ray_address(timeout: float = 5.0) -> None:
-    """``RAY_ADDRESS`` of the form ``host:port`` or ``ray://host:port`` must accept a TCP connection within
-    ``timeout`` seconds: ``ray.init`` itself waits minutes on an unreachable address."""
-    import socket
-
-    address = os.environ.get("RAY_ADDRESS", "").strip()
-    if not address or address in ("auto", "local"):
-        return
-    host_port = address.split("://", 1)[-1].rstrip("/")
-    host, sep, port = host_port.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"RAY_ADDRESS={address!r} is not host:port (or ray://host:port, auto)")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
-        raise RunError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({reason}): start it with `ray start "
-                       "--head` there, or unset RAY_ADDRESS for a local Ray instance") from None
-
-
-def _connect(ray: Any) -> bool:
-    """``ray.init()`` unless Ray is initialised already (by the caller's program or a test); True if started here."""
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(log_to_driver=True)
-    except Exception as err:  # Ray raises ConnectionError, RuntimeError or ValueError for a cluster it cannot join
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunError(f"ray.init failed: {message}") from None
-    return True
-
-
 def _describe_failure(err: BaseException) -> tuple[str, bool]:
     """(one line, whether to retry) for what a trial's ``ray.get`` raised."""
     import ray.exceptions as rex
@@ -458,7 +420,7 @@ def run_sweep(trials: list[Trial], options: SweepOptions, states: dict[str, str]
     directory); returns each trial's outcome by label. ``states``: :func:`trial_state` by label, if known."""
     from metarl.agents import entry
 
-    ray = _require_ray()
+    ray = import_ray(PURPOSE)
     found = entry(options.name)
     outcome: dict[str, dict[str, Any]] = {}
     todo: deque[tuple[Trial, int]] = deque()
@@ -471,7 +433,8 @@ def run_sweep(trials: list[Trial], options: SweepOptions, states: dict[str, str]
             todo.append((trial, 0))
     if not todo:
         return outcome
-    started = _connect(ray)
+    started = not ray.is_initialized()  # shut down at the end only what this sweep started
+    connect(PURPOSE, log_to_driver=True)
     try:
         _check_resources(ray, [t for t, _ in todo], options, started, log)
         remote = ray.remote(run_trial)
@@ -577,8 +540,8 @@ def sweep(argv: list[str], *, log: Any = print) -> dict[str, Any]:
 
     options = parse_sweep_args(argv)
     flat, preset = train_values(options.name, options.train_options, prog=f"metarl sweep {options.name}")
-    _require_ray()
-    _check_ray_address()
+    import_ray(PURPOSE)
+    check_reachable(os.environ.get("RAY_ADDRESS", "").strip())
     trials = plan_trials(options, flat, preset)
     if options.gpus_per_trial == 0 and any(str(t.record["learner"].get("device", "cpu")).startswith("cuda")
                                            for t in trials):

@@ -167,14 +167,15 @@ def test_ray_missing_and_an_unreachable_ray_address(tmp_path, capsys, monkeypatc
     with monkeypatch.context() as patch:
         patch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
         assert cli_main(_argv(out)) == 2
-        assert capsys.readouterr().err.strip() == 'metarl: error: ray is not installed: pip install "metarl[ray]"'
+        assert capsys.readouterr().err.strip() == ('metarl: error: metarl sweep needs Ray, which is not installed: '
+                                                  'install the extra: pip install "metarl[ray]" (or make install)')
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens on port 1: refused at once
     assert cli_main(_argv(out)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1" in err[0], err
-    monkeypatch.setenv("RAY_ADDRESS", "nonsense")
+    assert len(err) == 1 and "cannot reach the Ray cluster at RAY_ADDRESS='127.0.0.1:1'" in err[0], err
+    monkeypatch.setenv("RAY_ADDRESS", "host:notaport")
     assert cli_main(_argv(out)) == 2
-    assert "is not host:port" in capsys.readouterr().err
+    assert "is not a Ray address" in capsys.readouterr().err
     assert not out.exists()
 
 

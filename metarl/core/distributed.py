@@ -1,7 +1,8 @@
 """Ray, the optional extra (``pip install "metarl[ray]"``): the one place metarl imports it and connects to it.
 
-Nothing here imports Ray at module import, and nothing in metarl imports this module's Ray-facing functions unless a
-config asks for Ray (``sampler="ray"``); the default local sampler never imports Ray.
+Nothing here imports Ray at module import, and nothing in metarl calls this module's Ray-facing functions unless a
+config asks for Ray (``sampler="ray"``) or a command needs it (``metarl sweep``); the default local sampler never
+imports Ray.
 
 * :func:`ray_installed` says whether the extra is installed, without importing Ray (a config's ``__post_init__`` uses
   it, so a missing extra is refused before anything is built).
@@ -38,12 +39,12 @@ def ray_installed() -> bool:
         return False
 
 
-def import_ray() -> Any:
-    """The ``ray`` module; one-line :class:`ConfigError` when the extra is not installed."""
+def import_ray(purpose: str = "sampler 'ray'") -> Any:
+    """The ``ray`` module; one-line :class:`ConfigError` naming ``purpose`` when the extra is not installed."""
     try:
         return importlib.import_module("ray")
     except ImportError:
-        raise ConfigError(f"sampler 'ray' needs Ray, which is not installed: {INSTALL_HINT}") from None
+        raise ConfigError(f"{purpose} needs Ray, which is not installed: {INSTALL_HINT}") from None
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -75,16 +76,17 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
                           "start it (ray start --head) or unset RAY_ADDRESS for a local instance") from None
 
 
-def connect() -> Any:
-    """The ``ray`` module with a running instance (see the module docstring); one-line errors."""
-    ray = import_ray()
+def connect(purpose: str = "sampler 'ray'", log_to_driver: bool = False) -> Any:
+    """The ``ray`` module with a running instance (see the module docstring); one-line errors. ``log_to_driver``:
+    show the workers' output here (a sweep's trials)."""
+    ray = import_ray(purpose)
     if ray.is_initialized():
         return ray
     address = os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
     try:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ValueError) as err:
         text = str(err).strip().splitlines()
         raise ConfigError(f"cannot start or join a Ray instance: {text[0] if text else type(err).__name__}") from None
