@@ -305,7 +305,7 @@ def test_learns_the_hidden_sign_from_its_first_episode(model, one_torch_thread):
                          transformer_d_model=32, hidden_size=32, hidden_sizes=[64, 64], batch_size=32,
                          gradient_steps=20, learning_rate=1e-3, gamma=0.9, seed=0, deterministic_test=True)
     agent = AMAGO("test_amago/Sign-v0", config)
-    for iteration in range(40):
+    for iteration in range(25):  # every one of seeds 0-2 and both models is above 0.85 by 20
         agent.train_iteration(iteration)
     returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=2024), 4, seed=0)
     agent.close()
