@@ -65,8 +65,15 @@ from torch import nn
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core.agent import AgentConfig
 from metarl.core.agent_env import stream_generator
-from metarl.core.config import ConfigError, check_choice, check_fields, check_int, check_number, check_positive, \
-    check_sizes
+from metarl.core.config import (
+    ConfigError,
+    check_choice,
+    check_fields,
+    check_int,
+    check_number,
+    check_positive,
+    check_sizes,
+)
 from metarl.core.device import resolve_device, torch_threads
 from metarl.core.recurrent import RecurrentPolicy, TrialPolicy
 from metarl.core.replay import TaskReplayBuffer
@@ -229,7 +236,7 @@ class AMAGO(TrialAgent):
         self.replay = TaskReplayBuffer(1, cfg.replay_capacity, shapes, device=self.device)
         self.iterations_done = self.total_env_steps = self.rejected_updates = self.total_gradient_steps = 0
 
-    # --- acting: one token per step through the cache (metarl.core.trials.collect_trials) ------------------------------
+    # --- acting: one token per step through the cache (metarl.core.trials.collect_trials) ----------------------------
     @torch.no_grad()
     def collect_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env_seed: int,
                        generator: torch.Generator, deterministic: bool = False) -> dict[str, Any]:
@@ -245,7 +252,7 @@ class AMAGO(TrialAgent):
         state = self.encoder.initial_state(len(tasks), self.device)
         return collect_trials(envs, tasks, num_episodes, env_seed, self.inputs, act, state)
 
-    # --- meta-training -------------------------------------------------------------------------------------------------
+    # --- meta-training -----------------------------------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:
         """Collect ``meta_batch_size`` trials into the replay, then ``gradient_steps`` all-timestep updates."""
         with torch_threads(self.config.torch_threads):

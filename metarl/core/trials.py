@@ -232,7 +232,8 @@ class TrialAgent:
     ``torch_threads`` and ``deterministic_test``), ``device``, ``env_pool``, ``envs`` (its training envs) and
     ``task_env``, ``value_stats`` (:class:`~metarl.core.ppo.RunningMeanStd`; None where it has none) and the counters
     ``iterations_done``, ``total_env_steps`` and ``rejected_updates``, and defines ``collect_trials(envs, tasks,
-    num_episodes, env_seed, generator, deterministic=False)``; its ``train_iteration`` reads top to bottom in its own file."""
+    num_episodes, env_seed, generator, deterministic=False)``; its ``train_iteration`` reads top to bottom in its own
+    file."""
 
     config: Any
     device: torch.device
