@@ -11,7 +11,8 @@ Spec
       in ``SAME_STEP`` autoreset, the per-step input is the observation, the previous action (the clipped action the
       env received), the previous reward and a done flag (the previous step ended an episode). The time step enters
       as the Transformer's absolute position over the whole trial (not restarted at episode boundaries); the GRU
-      counts for itself. Actions: a bounded ``Box`` (the tanh-Gaussian squashes into it).
+      counts for itself. Observations: a flat ``Box``; actions: a bounded ``Box`` (the tanh-Gaussian squashes
+      into it).
     * **Shared encoder.** ``sequence_model`` transformer (default) or gru reads the trial causally: its features h_t
       (``[B, T, F]``, step t sees steps 0 … t) are the agent's state at every step. On them sit the SAC actor
       π(a | h_t) (tanh-squashed Gaussian) and twin critics Q_j(h_t, a) with Polyak target copies Q'_j (as AMAGO,
@@ -246,7 +247,8 @@ class AMAGO(TrialAgent):
         def act(x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
             # ALGO LOGIC: the encoder reads (observation, previous action, reward, done); the actor acts on h_t
             _, _, state, features = self.encoder(x[:, None].to(self.device), state)
-            action = self.actor.sample(features[:, 0], generator, deterministic)[0]
+            noise = torch.randn(len(x), self.action_size, generator=generator).to(self.device)  # a CPU stream
+            action = self.actor.sample(features[:, 0], deterministic=deterministic, noise=noise)[0]
             return action.cpu(), state, {}
 
         state = self.encoder.initial_state(len(tasks), self.device)
@@ -267,6 +269,7 @@ class AMAGO(TrialAgent):
         # ALGO LOGIC: gradient steps on batches of whole trials from the replay, every timestep at once
         generator = stream_generator(cfg.seed, "updates", iteration, device=self.device)
         stats: dict[str, list[float]] = {}
+        rejected_before = self.rejected_updates
         for _ in range(cfg.gradient_steps):
             trials = {k: v[0] for k, v in self.replay.sample([0], cfg.batch_size, generator).items()}
             for key, value in self.gradient_step(trials, generator).items():
@@ -280,6 +283,7 @@ class AMAGO(TrialAgent):
             "charts/first_episode_return": float(returns[:, 0].mean()),
             "charts/last_episode_return": float(returns[:, -1].mean()),
             "charts/alpha": float(self.log_alpha.detach().exp()),
+            "charts/rejected_updates": float(self.rejected_updates - rejected_before),
             "charts/rejected_updates_total": float(self.rejected_updates),
             "charts/replay_trials": float(self.replay.sizes[0]),
             "charts/rollout_seconds": rollout_time,
@@ -337,21 +341,21 @@ class AMAGO(TrialAgent):
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(total)):
             self.rejected_updates += 1
-            return {"charts/rejected_updates": 1.0}
+            return {}
         total.backward()
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         grad_norm = nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm or float("inf"))
         if not bool(torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.rejected_updates += 1
-            return {"charts/rejected_updates": 1.0}
+            return {}
         self.optimizer.step()
         soft_update_(self.target_critic, self.critic, cfg.tau)
         self.total_gradient_steps += 1
         return {"losses/critic": float(q_loss.detach()), "losses/actor": float(pi_loss.detach()),
                 "losses/temperature": float(alpha_loss.detach()), "losses/grad_norm": float(grad_norm),
                 "charts/q_mean": float(q_mean), "charts/entropy": -float(log_prob.detach().mean()),
-                "charts/transitions_per_step": float(rows), "charts/rejected_updates": 0.0}
+                "charts/transitions_per_step": float(rows)}
 
     # --- checkpoints (meta-test: metarl.core.trials.TrialAgent) -----------------------------------------------------
     def checkpoint_parts(self) -> dict[str, Any]:
