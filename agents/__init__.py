@@ -26,8 +26,8 @@ bmaml       Bayesian MAML (Yoon et al. 2018)              SVGD steps of meta-lea
 =========== ============================================ =============================================
 
 Meta-RL agents (``domain="meta-rl"``; constructed as ``Agent(env_id, config)``): ``maml-trpo``, ``cavia-trpo``
-(MAML-TRPO adapting only a context vector, CAVIA), ``rl2``, ``varibad``, ``pearl``, ``oracle``, ``multitask``,
-``scratch``.
+(MAML-TRPO adapting only a context vector, CAVIA), ``rl2``, ``varibad``, ``pearl``, ``amago`` (off-policy
+in-context, AMAGO-style), ``oracle``, ``multitask``, ``scratch``.
 
 Every entry names its module, class and config dataclass; modules are imported when first used. A new learner or
 agent is one file here plus one :func:`register` call below (or in the user's own code): ``metarl list``,
@@ -118,6 +118,8 @@ for _domain, _name, _module, _cls, _config, _summary in [
     ("meta-rl", "varibad", "varibad", "VariBAD", "VariBADConfig",
      "a recurrent VAE's belief over the task (decoding rewards) conditions a PPO policy; whole trials"),
     ("meta-rl", "pearl", "pearl", "PEARL", "PEARLConfig", "a probabilistic task context conditioning SAC"),
+    ("meta-rl", "amago", "amago", "AMAGO", "AMAGOConfig",
+     "off-policy in-context (AMAGO-style): one Transformer over whole trials, SAC actor and critics at every step"),
     ("meta-rl", "oracle", "oracle", "Oracle", "OracleConfig", "SAC conditioned on the true task (upper bound)"),
     ("meta-rl", "multitask", "sb3_baselines", "MultiTaskBaseline", "MultiTaskConfig", "one SB3 policy for all tasks"),
     ("meta-rl", "scratch", "sb3_baselines", "FromScratchBaseline", "FromScratchConfig",

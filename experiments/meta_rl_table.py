@@ -111,6 +111,8 @@ PLANS: dict[str, dict[str, Any]] = {
             "rl2": dict(iterations=15, overrides=dict(max_episode_steps=20, meta_batch_size=32, episodes_per_trial=3)),
             # 16 trials x 3 episodes x 20 steps = 960 per iteration
             "varibad": dict(preset="varibad_navigation.yaml", iterations=31),
+            # off-policy in-context (AMAGO-style): 16 trials x 3 episodes x 20 steps = 960 per iteration
+            "amago": dict(preset="amago_navigation.yaml", iterations=31),
             "multitask": dict(iterations=30, overrides=dict(steps_per_iteration=1_000, max_episode_steps=20)),
             "scratch": dict(iterations=0, overrides=dict(max_episode_steps=20,
                                                          algorithm_kwargs={"learning_starts": 20})),

@@ -17,11 +17,14 @@ SMALL = {
                   num_extra_rl_steps_posterior=0, gradient_steps=1, max_episode_steps=5, replay_capacity=20),
 }
 SMALL["oracle"] = SMALL["pearl"]
+SMALL["amago"] = dict(meta_batch_size=2, episodes_per_trial=2, transformer_d_model=8, transformer_heads=2,
+                      hidden_sizes=[8], batch_size=2, gradient_steps=1, replay_capacity=4, max_episode_steps=5)
 NAV = "metarl/Navigation2D-v0"
 
 
 @pytest.mark.api
-@pytest.mark.parametrize("name", ["maml-trpo", "rl2", "varibad", "pearl", "oracle", "multitask", "scratch"])
+@pytest.mark.parametrize("name", ["maml-trpo", "rl2", "varibad", "pearl", "amago", "oracle", "multitask",
+                                  "scratch"])
 def test_a_keyword_the_env_does_not_take_is_one_line_naming_env_and_keyword(name):
     agent_type, config_type = rl_agent_classes(name)
     with pytest.raises(ValueError, match="cannot make environment 'metarl/Navigation2D-v0'") as info:
@@ -44,7 +47,8 @@ def test_a_request_that_cannot_fit_in_memory_is_refused_before_anything_is_built
 
 @pytest.mark.api
 @pytest.mark.parametrize("name, expected", [
-    ("maml-trpo", 3), ("rl2", 1), ("varibad", 1), ("pearl", 1), ("oracle", 1), ("multitask", 1), ("scratch", 1),
+    ("maml-trpo", 3), ("rl2", 1), ("varibad", 1), ("pearl", 1), ("amago", 1), ("oracle", 1), ("multitask", 1),
+    ("scratch", 1),
 ])
 def test_episodes_per_stage_says_how_much_adaptation_data_each_column_has(name, expected):
     agent_type, config_type = rl_agent_classes(name)

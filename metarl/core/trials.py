@@ -227,18 +227,20 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
 
 
 class TrialAgent:
-    """The methods RL² and VariBAD share (see the module docstring). A subclass sets ``config`` (a
-    :class:`TrialPPOConfig`), ``device``, ``env_pool``, ``envs`` (its training envs) and ``task_env``, ``value_stats``
-    (:class:`~metarl.core.ppo.RunningMeanStd`) and the counters ``iterations_done``, ``total_env_steps`` and
-    ``rejected_updates``, and defines ``collect_trials(envs, tasks, num_episodes, env_seed, generator,
-    deterministic=False)``; its ``train_iteration`` reads top to bottom in its own file."""
+    """The methods RL², VariBAD and the off-policy AMAGO agent share (see the module docstring). A subclass sets
+    ``config`` (a :class:`TrialPPOConfig`, or any config with ``meta_batch_size``, ``episodes_per_trial``,
+    ``torch_threads`` and ``deterministic_test``), ``device``, ``env_pool``, ``envs`` (its training envs) and
+    ``task_env``, ``value_stats`` (:class:`~metarl.core.ppo.RunningMeanStd`; None where it has none) and the counters
+    ``iterations_done``, ``total_env_steps`` and ``rejected_updates``, and defines ``collect_trials(envs, tasks,
+    num_episodes, env_seed, generator, deterministic=False)``; its ``train_iteration`` reads top to bottom in its own
+    file."""
 
     config: Any
     device: torch.device
     env_pool: EnvPool
     envs: TaskVectorEnv
     task_env: Any
-    value_stats: ppo.RunningMeanStd
+    value_stats: ppo.RunningMeanStd | None = None  # None: an agent without a value normaliser (off-policy)
     iterations_done: int
     total_env_steps: int
     rejected_updates: int
@@ -367,7 +369,8 @@ class TrialAgent:
         return {"name": self.name, "config": dataclasses.asdict(self.config),
                 **{key: part.state_dict() for key, part in self.checkpoint_parts().items()},
                 "iterations_done": self.iterations_done, "total_env_steps": self.total_env_steps,
-                "rejected_updates": self.rejected_updates, "value_stats": self.value_stats.state_dict()}
+                "rejected_updates": self.rejected_updates,
+                **({} if self.value_stats is None else {"value_stats": self.value_stats.state_dict()})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_checkpoint(state, self.name)
@@ -376,7 +379,8 @@ class TrialAgent:
         self.iterations_done = int(state["iterations_done"])
         self.total_env_steps = int(state["total_env_steps"])
         self.rejected_updates = int(state["rejected_updates"])
-        self.value_stats.load_state_dict(state["value_stats"])
+        if self.value_stats is not None:
+            self.value_stats.load_state_dict(state["value_stats"])
 
     # --- meta-test ---------------------------------------------------------------------------------------------------
     def meta_test_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> dict[str, Any]:

@@ -1,0 +1,313 @@
+"""The AMAGO-style off-policy in-context agent: all-timestep TD targets against a per-step loop, cached acting,
+gradient routing, determinism and resume, bad input, learning on a tiny in-context task."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from metarl.agents.amago import AMAGO, AMAGOConfig
+from metarl.cli import main as cli_main
+from metarl.core.agent import MetaRLAgent
+from metarl.core.sac import critic_target
+from metarl.envs.base import TaskEnvMixin, task_to_dict
+from tests.helpers import weights_only_round_trip
+
+NAVIGATION = "metarl/Navigation2D-v0"
+
+
+# A tiny continuous in-context task: a hidden sign s = ±1, one-step episodes with reward s · a for a in [-1, 1].
+# Episode 0 can only explore (any fixed action earns 0 in expectation over s); a policy that reads its previous action
+# and reward earns 1 in every later episode, a policy without memory still 0.
+@dataclasses.dataclass(frozen=True)
+class SignTask:
+    sign: int
+
+
+class SignEnv(TaskEnvMixin, gym.Env):
+    task_type = SignTask
+    episode_step_limit = 1
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self._init_task(SignTask(1))
+
+    def _sample_task_list(self, n: int, split: str, rng: np.random.Generator) -> list[SignTask]:
+        return [SignTask(int(s)) for s in rng.choice([-1, 1], size=n)]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._apply_pending_task()
+        return np.zeros(1, np.float32), {"task": task_to_dict(self._task)}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), float(self._task.sign * np.clip(action[0], -1, 1)), True, False, {}
+
+
+gym.register("test_amago/Sign-v0", entry_point=SignEnv)
+
+
+def small_config(**overrides: Any) -> AMAGOConfig:
+    options = dict(meta_batch_size=4, episodes_per_trial=2, max_episode_steps=4, transformer_layers=1,
+                   transformer_heads=2, transformer_d_model=16, hidden_size=16, hidden_sizes=[16], batch_size=3,
+                   gradient_steps=3, replay_capacity=10)
+    options.update(overrides)
+    return AMAGOConfig(**options)
+
+
+def parameters(agent: AMAGO) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v.detach().clone() for name in ("encoder", "actor", "critic", "target_critic",
+                                                           "temperature")
+            for k, v in getattr(agent, name).state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def navigation_agent():
+    agent = AMAGO(NAVIGATION, small_config(gamma=0.9, reward_scale=2.0))
+    agent.train_iteration(0)  # the target critics drift from the critics
+    yield agent
+    agent.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# math
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.math
+def test_all_timestep_td_loss_matches_a_per_timestep_loop(navigation_agent):
+    agent = navigation_agent
+    trials = {k: v[0] for k, v in agent.replay.sample([0], 3, torch.Generator().manual_seed(0)).items()}
+    # trial 1 ends after 5 of its 8 steps (a shorter trial padded in the replay), trial 2 after 1
+    for i, length in ((1, 5), (2, 1)):
+        for key in trials:
+            trials[key][i, length:] = 0
+    _, _, _, features = agent.encoder(trials["inputs"])
+    data = agent.transitions(features, trials)
+    rows = len(data["rewards"])
+    assert rows == 8 + 5 + 1
+    generator = torch.Generator().manual_seed(1)
+    data["next_noise"] = torch.randn(rows, agent.action_size, generator=generator)
+    alpha = torch.tensor(0.3)
+    loss, _ = agent.critic_loss(data, alpha)
+
+    # the loop: for each real step its own uncached encoder pass over the trial's prefix, then SAC's target
+    cfg, row, squared = agent.config, 0, []
+    with torch.no_grad():
+        for i in range(3):
+            steps = int(trials["mask"][i].sum())
+            for t in range(steps):
+                h_t = agent.encoder(trials["inputs"][i:i + 1, :t + 1])[3][0, -1]
+                torch.testing.assert_close(data["observations"][row], h_t, atol=1e-5, rtol=1e-5)
+                terminal = float(t == steps - 1)
+                assert data["terminated"][row] == terminal
+                if terminal:
+                    h_next = torch.zeros_like(h_t)
+                else:
+                    h_next = agent.encoder(trials["inputs"][i:i + 1, :t + 2])[3][0, -1]
+                next_action, next_log_prob, _, _ = agent.actor.sample(h_next[None],
+                                                                      noise=data["next_noise"][row:row + 1])
+                next_q1, next_q2 = agent.target_critic(torch.cat([h_next[None], next_action], -1))
+                y = critic_target(trials["rewards"][i, t:t + 1], torch.tensor([terminal]), next_q1, next_q2,
+                                  next_log_prob, alpha, cfg.gamma, cfg.reward_scale)
+                q1, q2 = agent.critic(torch.cat([h_t, trials["actions"][i, t]])[None])
+                squared.append(((q1 - y) ** 2 + (q2 - y) ** 2).item())
+                row += 1
+    assert row == rows
+    assert loss.item() == pytest.approx(float(np.mean(squared)), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.math
+@pytest.mark.parametrize("actor_trains_encoder", [True, False])
+def test_the_actor_loss_never_moves_the_critics_and_reaches_the_encoder_only_through_the_actor(actor_trains_encoder):
+    agent = AMAGO(NAVIGATION, small_config(critic_loss_weight=0.0, learn_temperature=False,
+                                           actor_trains_encoder=actor_trains_encoder))
+    agent.sample_trials(0)
+    batch = agent.sample_trials(0)
+    trials = agent.padded(batch)
+    before = parameters(agent)
+    agent.gradient_step(trials, torch.Generator().manual_seed(0))
+    after = parameters(agent)
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    # the target critics follow the (unchanged) critics, so they stay too
+    assert changed == ({"actor", "encoder"} if actor_trains_encoder else {"actor"})
+    agent.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# acting, smoke
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.api
+@pytest.mark.parametrize("model", ["transformer", "gru"])
+def test_cached_acting_matches_one_uncached_pass(model):
+    agent = AMAGO(NAVIGATION, small_config(sequence_model=model, episodes_per_trial=3))
+    tasks = agent.task_env.sample_tasks(4, seed=0)
+    batch = agent.collect_trials(agent.envs, tasks, 3, env_seed=0, generator=torch.Generator(), deterministic=True)
+    assert batch["inputs"].shape == (4, 12, 2 + 2 + 2) and batch["mask"].all()
+    with torch.no_grad():
+        features = agent.encoder(batch["inputs"])[3]
+        actions = agent.actor.sample(features, deterministic=True)[0]
+    torch.testing.assert_close(actions, batch["actions"], atol=1e-5, rtol=1e-5)
+    # the previous action in the next step's input is the action taken; episode boundaries flagged
+    torch.testing.assert_close(batch["inputs"][:, 1:, 2:4], batch["actions"][:, :-1])
+    assert batch["inputs"][:, 4, 5].eq(1).all() and batch["inputs"][:, 3, 5].eq(0).all()
+    agent.close()
+
+
+@pytest.mark.smoke
+def test_smoke_train_and_meta_test():
+    agent = AMAGO(NAVIGATION, small_config())
+    assert isinstance(agent, MetaRLAgent) and agent.episodes_per_stage == 1
+    metrics = [agent.train_iteration(i) for i in range(2)]
+    assert metrics[-1]["env_steps"] == 4 * 2 * 4 and agent.replay.sizes[0] == 8
+    assert np.isfinite(metrics[-1]["losses/critic"]) and metrics[-1]["charts/transitions_per_step"] == 3 * 8
+    returns = agent.meta_test(agent.task_env.sample_tasks(3, split="test", seed=0), 2, seed=0)
+    assert returns.shape == (3, 2) and np.all(np.isfinite(returns))
+    agent.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# determinism, resume
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.determinism
+@pytest.mark.parametrize("model", ["transformer", "gru"])
+def test_same_seed_same_run_and_resume_is_exact(model):
+    def fresh(seed: int = 0) -> AMAGO:
+        return AMAGO(NAVIGATION, small_config(sequence_model=model, seed=seed))
+
+    straight = fresh()
+    straight_metrics = [straight.train_iteration(i) for i in range(3)]
+    resumed = fresh()
+    resumed.train_iteration(0)
+    state = weights_only_round_trip(resumed.state_dict())
+    resumed.close()
+    reloaded = fresh()
+    reloaded.load_state_dict(state)
+    reloaded_metrics = [reloaded.train_iteration(i) for i in (1, 2)]
+    for key, value in parameters(straight).items():
+        torch.testing.assert_close(parameters(reloaded)[key], value, rtol=0, atol=0)
+    timing = ("charts/rollout_seconds", "charts/gradient_steps_per_s")
+    for key, value in straight_metrics[-1].items():
+        assert key in timing or reloaded_metrics[-1][key] == value, key
+    assert reloaded.total_gradient_steps == straight.total_gradient_steps == 9 and reloaded.iterations_done == 3
+    tasks = straight.task_env.sample_tasks(3, split="test", seed=5)
+    np.testing.assert_array_equal(straight.meta_test(tasks, 2, seed=7), reloaded.meta_test(tasks, 2, seed=7))
+    other = fresh(seed=1)
+    other.train_iteration(0)
+    assert any(not torch.equal(v, parameters(straight)[k]) for k, v in parameters(other).items())
+    for agent in (straight, reloaded, other):
+        agent.close()
+
+
+@pytest.mark.determinism
+def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    from metarl.runs import load_checkpoint
+    from metarl.training import make_run_config, train
+
+    overrides = {k: v for k, v in dataclasses.asdict(small_config()).items()
+                 if k in ("meta_batch_size", "episodes_per_trial", "max_episode_steps", "transformer_layers",
+                          "transformer_heads", "transformer_d_model", "hidden_sizes", "batch_size",
+                          "gradient_steps", "replay_capacity")}
+
+    def run(name: str):
+        return make_run_config("amago", overrides, env=NAVIGATION, iterations=5, checkpoint_every=2, eval_tasks=3,
+                               eval_episodes=2, progress=False, run_dir=str(tmp_path / name))
+
+    full = train(run("full"))
+    original = AMAGO.train_iteration
+
+    def dying(self, iteration):
+        if iteration == 3:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(AMAGO, "train_iteration", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(run("killed"))
+    monkeypatch.setattr(AMAGO, "train_iteration", original)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 2
+    assert cli_main(["resume", str(tmp_path / "killed"), "--no-progress"]) == 0
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt")["state"] for d in (full, tmp_path / "killed"))
+    for part in ("encoder", "actor", "critic", "target_critic", "temperature"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    assert torch.equal(a["replay"]["storage"]["inputs"], b["replay"]["storage"]["inputs"])
+    import json
+
+    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (full, tmp_path / "killed")]
+    assert evaluations[0]["splits"]["test"]["per_task_returns"] == evaluations[1]["splits"]["test"]["per_task_returns"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.api
+@pytest.mark.parametrize("env, argv, message", [
+    (NAVIGATION, ["--transformer-d-model", "30", "--transformer-heads", "4"],
+     "transformer_d_model (30) must be divisible by transformer_heads (4)"),
+    (NAVIGATION, ["--transformer-context", "50", "--episodes-per-trial", "3", "--max-episode-steps", "20"],
+     "transformer_context (50) must be >= the trial's steps (60"),
+    (NAVIGATION, ["--meta-batch-size", "8", "--replay-capacity", "4"],
+     "replay_capacity (4) must hold one iteration's trials (meta_batch_size 8)"),
+    (NAVIGATION, ["--episodes-per-trial", "0"], "episodes_per_trial must be an integer >= 1"),
+    (NAVIGATION, ["--sequence-model", "lstm"], "sequence_model must be one of gru, transformer"),
+    (NAVIGATION, ["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (NAVIGATION, ["--tau", "0"], "tau must be"),
+    ("metarl/BernoulliBandit-v0", [], "amago needs a bounded Box action space"),
+])
+def test_bad_settings_are_refused_in_one_line(tmp_path, capsys, env, argv, message):
+    argv = ["train", "amago", "--env", env, *argv, "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("metarl: error: ") and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.api
+def test_bad_calls_are_rejected():
+    agent = AMAGO(NAVIGATION, small_config())
+    with pytest.raises(ValueError, match="num_episodes"):
+        agent.meta_test(agent.task_env.sample_tasks(2, seed=0), 0, seed=0)
+    with pytest.raises(ValueError, match="agent"):
+        agent.load_state_dict({"name": "pearl"})
+    with pytest.raises(ValueError, match="context is 8"):  # a meta-test trial longer than the Transformer's context
+        agent.meta_test(agent.task_env.sample_tasks(2, seed=0), 3, seed=0)
+    agent.close()
+
+
+@pytest.mark.api
+def test_nan_loss_rejects_the_update():
+    agent = AMAGO(NAVIGATION, small_config())
+    with torch.no_grad():
+        agent.critic.q1[-1].bias.fill_(float("nan"))
+    before = parameters(agent)
+    metrics = agent.train_iteration(0)
+    assert metrics["charts/rejected_updates"] == 3 and agent.rejected_updates == 3 and "losses/critic" not in metrics
+    for key, value in parameters(agent).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
+    agent.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# learning
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.learning
+@pytest.mark.parametrize("model", ["transformer", "gru"])
+def test_learns_the_hidden_sign_from_its_first_episode(model, one_torch_thread):
+    """4 one-step episodes of the sign task: without memory every episode earns 0 in expectation; AMAGO must earn
+    more than 0.6 per episode after the first (optimum 1), well above its first episode."""
+    config = AMAGOConfig(meta_batch_size=16, episodes_per_trial=4, sequence_model=model, transformer_layers=1,
+                         transformer_d_model=32, hidden_size=32, hidden_sizes=[64, 64], batch_size=32,
+                         gradient_steps=20, learning_rate=1e-3, gamma=0.9, seed=0, deterministic_test=True)
+    agent = AMAGO("test_amago/Sign-v0", config)
+    for iteration in range(25):  # every one of seeds 0-2 and both models is above 0.85 by 20
+        agent.train_iteration(iteration)
+    returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=2024), 4, seed=0)
+    agent.close()
+    later = returns[:, 1:].mean()
+    assert later > 0.6 and later > returns[:, 0].mean() + 0.5, returns.mean(0)
