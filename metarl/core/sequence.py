@@ -31,6 +31,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from .recurrent import TrialPolicy
 
@@ -85,10 +86,16 @@ class CausalBlock(nn.Module):
             keys[:, :, offset:offset + steps] = k
             values[:, :, offset:offset + steps] = v
             k, v = keys[:, :, :offset + steps], values[:, :, :offset + steps]
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, heads, T, offset + T]
-        query_position = torch.arange(offset, offset + steps, device=x.device)[:, None]
-        future = torch.arange(offset + steps, device=x.device)[None, :] > query_position
-        attended = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+        # softmax(q kᵀ / √d_head) v in one fused kernel: no [T, offset + T] score matrix is materialised (the
+        # training pass over a 1,000-step trial) and the cached step streams over the keys once
+        if steps == 1:  # acting: the one new step attends over every cached step, no mask
+            attended = functional.scaled_dot_product_attention(q, k, v)
+        elif offset == 0:  # a whole trial (or its first chunk): the square causal mask
+            attended = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a chunk after cached steps: step offset + i attends over 0 … offset + i
+            query_position = torch.arange(offset, offset + steps, device=x.device)[:, None]
+            visible = torch.arange(offset + steps, device=x.device)[None, :] <= query_position
+            attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=visible)
         x = x + self.out(attended.transpose(1, 2).reshape(batch, steps, d_model))
         return x + self.mlp(self.mlp_norm(x))
 
