@@ -3,7 +3,7 @@
 cache removes), and RL² trials per second, GRU against Transformer, on 100-pull bandits and on tabular MDPs. Prints
 JSON and writes it to ``--out``.
 
-    .venv/bin/python experiments/bench_sequence_policy.py                  # writes experiments/out/bench_sequence_policy.json
+    .venv/bin/python experiments/bench_sequence_policy.py     # -> experiments/out/bench_sequence_policy.json
     .venv/bin/python experiments/bench_sequence_policy.py --batch 1 --repeats 9
 
 Acting (:class:`metarl.core.sequence.TransformerPolicy` at RL²'s default size: 2 layers, 4 heads, width 64, a
@@ -110,7 +110,7 @@ def trials_per_second(repeats: int) -> dict[str, Any]:
         agents = {model: RL2(env_id, RL2Config(seed=0, sequence_model=model, **fields)) for model in ("gru",
                                                                                                      "transformer")}
         times: dict[str, dict[str, list[float]]] = {m: {"total": [], "rollout": []} for m in agents}
-        for model, agent in agents.items():
+        for agent in agents.values():
             agent.train_iteration(0)  # warm-up
         for iteration in range(1, repeats + 1):
             for model, agent in agents.items():

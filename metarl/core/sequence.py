@@ -106,6 +106,9 @@ class TransformerPolicy(TrialPolicy):
     def __init__(self, input_size: int, action_size: int, discrete: bool, init_log_std: float, *, layers: int,
                  heads: int, d_model: int, context: int, positions: str = "learned") -> None:
         super().__init__()
+        for name, value in (("layers", layers), ("heads", heads), ("d_model", d_model), ("context", context)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
         if positions not in POSITIONS:
