@@ -4,23 +4,27 @@ cache removes), and RL² trials per second, GRU against Transformer, on 100-pull
 JSON and writes it to ``--out``.
 
     .venv/bin/python experiments/bench_sequence_policy.py     # -> experiments/out/bench_sequence_policy.json
-    .venv/bin/python experiments/bench_sequence_policy.py --batch 1 --repeats 9
+    .venv/bin/python experiments/bench_sequence_policy.py --batch 8 --repeats 9 --skip-trials
 
-Acting (:class:`metarl.core.sequence.TransformerPolicy` at RL²'s default size: 2 layers, 4 heads, width 64, a
-batch of ``--batch`` trials in lockstep, ``torch.no_grad`` as collection runs it):
+Acting (:class:`metarl.core.sequence.TransformerPolicy` at RL²'s default size: 2 layers, 4 heads, width 64, for
+each ``--batch`` size: that many trials in lockstep, ``torch.no_grad`` as collection runs it):
 
 * ``cached_mean_step_ms``: one trial of C steps from an empty cache, one token per call, total time / C;
 * ``cached_step_at_context_ms``: one more step when the cache already holds C − 1 steps (the step at context C);
 * ``uncached_step_at_context_ms``: the same step computed without a cache, one causal pass over all C steps (what
   acting would cost if each step re-ran the context);
-* ratios: context 1,000 over context 100 per step (the target: within 2× with the cache), uncached over cached.
+* ratios: context 1,000 over context 100 per step (the target: within 2× with the cache), uncached over cached;
+* ``cache_megabytes_read_at_context``: the keys and values a cached step reads (2 · layers · batch · width · C
+  float32s), the part of its cost that must grow with C whatever the implementation.
 
 Trials per second (``RL2.train_iteration``: collecting ``meta_batch_size`` trials and the PPO epochs on them):
 100-pull bandits with ``experiments/rl2_bandits.py``'s 100-pull settings (k = 5), and tabular MDPs (10 states,
 5 actions, horizon 10, trials of 10 episodes) with ``experiments/presets/rl2_tabular_mdp.yaml``; the Transformer at
 its default size with the same PPO settings. The GRU is the reference: ``ratio_to_gru`` = Transformer trials/s over
-GRU trials/s. The two models alternate iteration by iteration, in one process, one torch thread, and every figure is
-the median over ``--repeats`` (the machine is shared: only ratios measured in one run are comparable).
+GRU trials/s (``collection_wall_s``: the iteration's collection, wall clock, from its metrics). The two models
+alternate iteration by iteration, in one process, one torch thread. Times are CPU seconds of this process
+(``time.process_time``), so that the other jobs of a shared machine count less (they still share its caches and
+memory bandwidth); every figure is the median over ``--repeats``; only ratios measured in one run are comparable.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from rl2_bandits import HUNDRED_PULLS  # noqa: E402  (the 100-pull settings of the bandit table)
 
 CONTEXTS = (100, 1000)
+clock = time.process_time  # CPU seconds of this process: the other jobs of a shared machine do not count
 
 
 def acting_costs(batch: int, repeats: int, layers: int, heads: int, d_model: int) -> dict[str, Any]:
@@ -63,20 +68,20 @@ def acting_costs(batch: int, repeats: int, layers: int, heads: int, d_model: int
         for _ in range(repeats):
             for context in CONTEXTS:
                 cache = policy.initial_state(batch)
-                start = time.perf_counter()
+                start = clock()
                 for t in range(context):
                     policy(x[:, t:t + 1], cache)
-                samples[context]["mean"].append((time.perf_counter() - start) / context)
+                samples[context]["mean"].append((clock() - start) / context)
                 steps = []
                 for _ in range(20):  # the step at context C, the cache holding C - 1 steps
                     cache.length = context - 1
-                    start = time.perf_counter()
+                    start = clock()
                     policy(x[:, context - 1:context], cache)
-                    steps.append(time.perf_counter() - start)
+                    steps.append(clock() - start)
                 samples[context]["at"].append(statistics.median(steps))
-                start = time.perf_counter()
+                start = clock()
                 policy(x[:, :context])  # no cache: the whole context again for the one new step
-                samples[context]["uncached"].append(time.perf_counter() - start)
+                samples[context]["uncached"].append(clock() - start)
     for context in CONTEXTS:
         rows[str(context)] = {
             "cached_mean_step_ms": round(1e3 * statistics.median(samples[context]["mean"]), 4),
@@ -88,6 +93,8 @@ def acting_costs(batch: int, repeats: int, layers: int, heads: int, d_model: int
         row = rows[str(context)]
         row["uncached_over_cached_at_context"] = round(row["uncached_step_at_context_ms"]
                                                        / row["cached_step_at_context_ms"], 2)
+        # what a cached step must read: every cached key and value of every layer (float32)
+        row["cache_megabytes_read_at_context"] = round(2 * layers * batch * d_model * context * 4 / 1e6, 3)
     ratios = {f"{key}_1000_over_100": round(large[key] / small[key], 3)
               for key in ("cached_mean_step_ms", "cached_step_at_context_ms", "uncached_step_at_context_ms")}
     return {"batch": batch, "layers": layers, "heads": heads, "d_model": d_model, "contexts": rows,
@@ -114,23 +121,20 @@ def trials_per_second(repeats: int) -> dict[str, Any]:
             agent.train_iteration(0)  # warm-up
         for iteration in range(1, repeats + 1):
             for model, agent in agents.items():
-                start = time.perf_counter()
+                start = clock()
                 metrics = agent.train_iteration(iteration)
-                times[model]["total"].append(time.perf_counter() - start)
+                times[model]["total"].append(clock() - start)
                 times[model]["rollout"].append(metrics["charts/rollout_seconds"])
         row: dict[str, Any] = {"env": env_id, "meta_batch_size": fields["meta_batch_size"],
                                "steps_per_trial": None, "config": {k: v for k, v in fields.items()}}
         for model, agent in agents.items():
             total, rollout = statistics.median(times[model]["total"]), statistics.median(times[model]["rollout"])
             row[model] = {"trials_per_s": round(agent.config.meta_batch_size / total, 2),
-                          "collection_trials_per_s": round(agent.config.meta_batch_size / rollout, 2),
-                          "iteration_s": round(total, 3), "collection_s": round(rollout, 3),
+                          "iteration_cpu_s": round(total, 3), "collection_wall_s": round(rollout, 3),
                           "parameters": sum(p.numel() for p in agent.policy.parameters())}
             row["steps_per_trial"] = getattr(agent.policy, "context", row["steps_per_trial"])
             agent.close()
         row["transformer_ratio_to_gru"] = round(row["transformer"]["trials_per_s"] / row["gru"]["trials_per_s"], 3)
-        row["transformer_collection_ratio_to_gru"] = round(row["transformer"]["collection_trials_per_s"]
-                                                           / row["gru"]["collection_trials_per_s"], 3)
         table[name] = row
     return table
 
@@ -145,7 +149,8 @@ def commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64, help="trials in lockstep while acting (RL²'s meta-batch)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64],
+                        help="trials in lockstep while acting (1: one trial, as at deployment; 64: RL²'s meta-batch)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds per figure (medians)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-trials", action="store_true", help="only the acting costs")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench_sequence_policy.json")
     args = parser.parse_args(argv)
-    if min(args.batch, args.repeats, args.layers, args.heads, args.d_model) < 1 or args.d_model % args.heads:
+    if min(*args.batch, args.repeats, args.layers, args.heads, args.d_model) < 1 or args.d_model % args.heads:
         parser.error("--batch, --repeats, --layers, --heads, --d-model must be >= 1, heads dividing d-model")
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -162,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python", *sys.argv]), "threads": torch.get_num_threads(),
         "repeats": args.repeats, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                              "torch": torch.__version__},
-        "acting": acting_costs(args.batch, args.repeats, args.layers, args.heads, args.d_model),
+        "acting": {str(batch): acting_costs(batch, args.repeats, args.layers, args.heads, args.d_model)
+                   for batch in args.batch},
     }
     if not args.skip_trials:
         result["trials_per_second"] = trials_per_second(args.repeats)

@@ -237,3 +237,17 @@ def test_gru_rl2_remembers_the_cue_in_a_five_step_tmaze():
     returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=1), 1, seed=0)
     agent.close()
     assert (returns[:, 0] > 0.5).mean() >= 0.8  # a memoryless policy: 0.5
+
+
+@pytest.mark.learning
+def test_transformer_rl2_remembers_the_cue_in_a_five_step_tmaze():
+    agent = RL2("metarl/PassiveTMaze-v0", RL2Config(meta_batch_size=32, episodes_per_trial=1, learning_rate=3e-3,
+                                                    entropy_coef=0.1, gamma=1.0, num_minibatches=2, seed=0,
+                                                    sequence_model="transformer", transformer_layers=1,
+                                                    transformer_heads=2, transformer_d_model=16,
+                                                    env_kwargs={"corridor_length": 5}))
+    for i in range(60):
+        agent.train_iteration(i)
+    returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=1), 1, seed=0)
+    agent.close()
+    assert (returns[:, 0] > 0).mean() >= 0.8  # success (the cued side at the end); a memoryless policy: 0.5
