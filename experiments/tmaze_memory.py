@@ -95,7 +95,7 @@ def greedy_successes(run_dir: Path, tasks: int) -> np.ndarray:
 
 
 def cell_summary(run_dirs: list[Path], tasks: int) -> dict[str, Any]:
-    per_seed, greedy_per_seed, seconds = [], [], []
+    per_seed, greedy_per_seed, seconds, curves = [], [], [], []
     for run_dir in run_dirs:
         evaluation = json.loads((run_dir / "evaluation.json").read_text())
         returns = np.asarray(evaluation["splits"]["test"]["per_task_returns"])[:, 0]
@@ -103,6 +103,10 @@ def cell_summary(run_dirs: list[Path], tasks: int) -> dict[str, Any]:
         greedy_per_seed.append(greedy_successes(run_dir, len(returns)))
         metrics = (run_dir / "metrics.csv").read_text().splitlines()
         header = metrics[0].split(",")
+        returns_by_iteration = [float(line.split(",")[header.index("charts/trial_return")]) for line in metrics[1:]]
+        best = int(np.argmax(returns_by_iteration))
+        curves.append({"best_train_return": round(returns_by_iteration[best], 3), "best_at_iteration": best + 1,
+                       "last_10_train_return": round(float(np.mean(returns_by_iteration[-10:])), 3)})
         times = [float(line.split(",")[header.index("time")]) for line in metrics[1:]]
         seconds.append((times[-1] - times[0]) * len(times) / max(len(times) - 1, 1))  # wall, from logged times
     row: dict[str, Any] = {"seeds": len(run_dirs), "episodes_per_seed": int(len(per_seed[0]))}
@@ -112,6 +116,7 @@ def cell_summary(run_dirs: list[Path], tasks: int) -> dict[str, Any]:
         row[name] = {"success": round(float(pooled.mean()), 4), "ci95": [round(low, 4), round(high, 4)],
                      "per_seed": [round(float(o.mean()), 4) for o in outcomes]}
     row["train_seconds_per_seed"] = [round(s, 1) for s in seconds]
+    row["training_curve_per_seed"] = curves  # the mean trial return of the training batches (1: all succeed)
     return row
 
 
@@ -146,16 +151,21 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def markdown(table: dict[str, dict[str, Any]], lengths: list[int]) -> str:
-    lines = ["| H | " + " | ".join(f"{m}-RL² sampled | {m}-RL² greedy" for m in MODELS) + " |",
-             "| --- |" + " --- | --- |" * len(MODELS)]
+    lines = ["| H | model | seeds × episodes | success, sampled [95%] | per seed | success, greedy [95%] | "
+             "best training return (iteration) → last 10 |", "|" + " --- |" * 7]
     for h in lengths:
-        cells = []
         for model in MODELS:
             row = table.get(model, {}).get(str(h))
-            for kind in ("sampled", "greedy"):
-                cells.append("not run" if row is None else
-                             f"{row[kind]['success']:.2f} [{row[kind]['ci95'][0]:.2f}, {row[kind]['ci95'][1]:.2f}]")
-        lines.append(f"| {h} | " + " | ".join(cells) + " |")
+            if row is None:
+                lines.append(f"| {h} | {model} | not run | | | | |")
+                continue
+            sampled, greedy = row["sampled"], row["greedy"]
+            curve = "; ".join(f"{c['best_train_return']:.2f} ({c['best_at_iteration']}) → "
+                              f"{c['last_10_train_return']:.2f}" for c in row["training_curve_per_seed"])
+            lines.append(f"| {h} | {model} | {row['seeds']} × {row['episodes_per_seed']} | {sampled['success']:.2f} "
+                         f"[{sampled['ci95'][0]:.2f}, {sampled['ci95'][1]:.2f}] | "
+                         + ", ".join(f"{v:.2f}" for v in sampled["per_seed"])
+                         + f" | {greedy['success']:.2f} [{greedy['ci95'][0]:.2f}, {greedy['ci95'][1]:.2f}] | {curve} |")
     return "\n".join(lines)
 
 
