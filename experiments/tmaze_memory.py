@@ -126,8 +126,8 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for model, marker in zip(MODELS, ("o", "s")):
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for model, marker, color in zip(MODELS, ("o", "s"), ("tab:blue", "tab:red")):
         for kind, style in (("sampled", "-"), ("greedy", ":")):
             cells = sorted((int(h), row[kind]) for h, row in table.get(model, {}).items())
             if not cells:
@@ -135,15 +135,18 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
             xs = [h for h, _ in cells]
             ys = [c["success"] for _, c in cells]
             err = [[c["success"] - c["ci95"][0] for _, c in cells], [c["ci95"][1] - c["success"] for _, c in cells]]
-            ax.errorbar(xs, ys, yerr=err, marker=marker, linestyle=style, capsize=3,
-                        label=f"{model}-RL² ({kind} actions)")
+            ax.errorbar(xs, ys, yerr=err, marker=marker, linestyle=style, capsize=3, color=color,
+                        markerfacecolor=color if kind == "sampled" else "white", label=f"{model}-RL² ({kind} actions)")
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--", label="chance (memoryless)")
     ax.set_xscale("log")
+    lengths = sorted({int(h) for rows in table.values() for h in rows})
+    ax.set_xticks(lengths, [str(h) for h in lengths])
+    ax.minorticks_off()
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("corridor length H (steps from cue to junction)")
     ax.set_ylabel("success rate (held-out, 95% Wilson)")
     ax.set_title("Passive T-Maze: success by memory length")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
