@@ -18,7 +18,9 @@ Spec
       ``context`` positions, preallocated). ``forward(x [B, 1, in], cache)`` embeds the new step at position
       ``cache.length``, writes its keys and values into the cache and attends over the cached ones: the cost of a
       step is the projections and MLP of one token plus a dot product with each cached key, never the whole
-      context again. A trial longer than ``context`` steps is refused (``ValueError``).
+      context again (attention is one fused ``scaled_dot_product_attention`` call: no score matrix is built, and
+      the one-token step needs no mask). A trial longer than ``context`` steps is refused (``ValueError``), as are
+      fewer than one layer, head or context step, and heads that do not divide ``d_model``.
     * **Training.** ``forward(inputs [B, T, in])`` (no state) is one causal pass over the whole trial from its
       first step, as the GRU recomputes from a zero hidden state; it equals the cached step-by-step outputs up to
       floating-point rounding. Padded steps after a trial's end (lockstep collection) come after all its real
