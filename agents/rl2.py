@@ -39,6 +39,26 @@ Spec
       ``deterministic_test=True`` takes the mode (argmax / Gaussian mean) instead. ``render_episodes(task,
       num_episodes, seed)`` runs the same trial (:meth:`RL2.meta_test_trials`) on an ``rgb_array`` env of the
       task and returns the frames of each of its episodes (``metarl evaluate --video``).
+    * **Transformer option** (``sequence_model = "transformer"``, :mod:`metarl.core.sequence`). The GRU replaced by
+      a causal Transformer over the whole trial (Vaswani et al. 2017, "Attention Is All You Need": scaled
+      dot-product multi-head attention; pre-LayerNorm blocks as in GPT-2), everything else unchanged: the same
+      per-step input as the GRU (observation, previous action, previous reward, done flag; Duan et al. 2016), one
+      token per step, PPO on whole trials recomputed from the trial's first step. *Positions* run over the whole
+      trial, 0 … ``transformer_context`` − 1, and do not restart at an episode boundary: the done flag tells
+      episodes apart, the position how far into the trial a step is (``transformer_positions``: learned, or
+      Vaswani's sinusoids). *Context*: ``transformer_context`` steps (default: the training trial,
+      ``episodes_per_trial`` × the env's episode step limit); a shorter one, or a meta-test trial
+      (``--eval-episodes``) that would not fit, is refused in one line before training. *Acting* keeps a
+      preallocated key/value cache per layer (the trial's state, empty at its start): a step projects one token and
+      attends over the cached keys, never re-running the context (the cached steps equal the full causal pass; cost
+      per step and what the cache buys: ``experiments/bench_sequence_policy.py``). *Shape checks*: at least one
+      layer and head, ``transformer_heads`` dividing ``transformer_d_model``. No dropout (PPO's ratio needs the
+      same network at acting and at training). *What AMAGO does differently* (Grigsby et al., "AMAGO: Scalable
+      In-Context Reinforcement Learning for Adaptive Agents", ICLR 2024): it is off-policy — a replay of whole
+      trajectories, actor and critic heads on one shared Transformer encoder of the trajectory, a loss at every
+      timestep with several discount factors at once — and built for contexts of thousands of steps; here the
+      Transformer is only RL²'s sequence model under on-policy PPO (the off-policy in-context agent of issue 18 is
+      AMAGO's shape).
     * **Shared with VariBAD** (:mod:`metarl.core.trials`): the PPO settings (:class:`~metarl.core.trials.
       TrialPPOConfig`), the per-step input, the lockstep trials, whole-trial GAE, the PPO loss and epochs, meta-test.
     * **Randomness.** Tasks, env resets, action sampling and minibatch order of iteration ``i`` all come from
@@ -202,6 +222,25 @@ class RL2(TrialAgent):
                                                     list(self.policy.parameters()), self.optimizer)
         return self.finish_iteration(iteration, batch, returns, losses, rejected, start, rollout_time)
 
-    # --- checkpoints (meta-test: metarl.core.trials.TrialAgent) -------------------------------------------------------
+    # --- meta-test (metarl.core.trials.TrialAgent), checked against the Transformer's context ------------------------
+    def check_meta_test(self, num_episodes: int) -> None:
+        """One-line ``ValueError`` when a trial of ``num_episodes`` episodes cannot fit the Transformer's context
+        (the run loop calls it with ``--eval-episodes`` before training)."""
+        per_episode = episode_step_limit(self.envs)
+        context = getattr(self.policy, "context", None)
+        if context is not None and per_episode is not None and int(num_episodes) * per_episode > context:
+            raise ValueError(f"a meta-test trial of {num_episodes} episodes x {per_episode} steps exceeds the "
+                             f"Transformer's context of {context} steps: evaluate at most {context // per_episode} "
+                             "episodes or raise transformer_context")
+
+    def meta_test(self, tasks: list[Any], num_episodes: int, seed: int):
+        self.check_meta_test(num_episodes)
+        return super().meta_test(tasks, num_episodes, seed)
+
+    def render_episodes(self, task: Any, num_episodes: int, seed: int):
+        self.check_meta_test(num_episodes)
+        return super().render_episodes(task, num_episodes, seed)
+
+    # --- checkpoints -------------------------------------------------------------------------------------------------
     def checkpoint_parts(self) -> dict[str, Any]:
         return {"policy": self.policy, "optimizer": self.optimizer}

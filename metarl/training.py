@@ -440,9 +440,17 @@ class MetaRLSession:
             for split in run.evaluation.eval_splits:
                 if split not in offered and split != "ood":
                     check_choice(split, f"eval_splits of {run.task.env}", offered)
+            check_meta_test = getattr(self.agent, "check_meta_test", None)  # e.g. a context the trial must fit
+            if check_meta_test is not None:
+                check_meta_test(self.eval_episodes)
         except BaseException:
             self.agent.close()
             raise
+
+    @property
+    def eval_episodes(self) -> int:
+        """Episodes per meta-test trial: ``eval_episodes``, else the agent's trial length, else 3."""
+        return self.run.evaluation.eval_episodes or int(getattr(self.agent.config, "episodes_per_trial", 3))
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
         return self.agent.train_iteration(iteration)
@@ -463,7 +471,7 @@ class MetaRLSession:
         from metarl.evaluation import evaluate_meta_rl, plot_meta_rl, save_json
 
         run = self.run
-        episodes = run.evaluation.eval_episodes or int(getattr(self.agent.config, "episodes_per_trial", 3))
+        episodes = self.eval_episodes
         result = evaluate_meta_rl(self.agent, run.task.env, splits=run.evaluation.eval_splits,
                                   num_tasks=run.evaluation.eval_tasks, num_episodes=episodes,
                                   seed=run.evaluation.eval_seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -34,6 +36,37 @@ def test_cached_steps_equal_the_full_causal_pass_and_later_inputs_do_not_change_
     assert (head2[:, 12:] - head[:, 12:]).abs().max() > 1e-6
     with pytest.raises(ValueError, match="context"):
         policy(torch.zeros(1, 31, 7, dtype=torch.float64))
+
+
+@pytest.mark.math
+def test_cache_filled_in_chunks_of_any_size_equals_the_full_causal_pass():
+    torch.manual_seed(1)
+    policy = TransformerPolicy(5, 2, False, 0.0, layers=2, heads=2, d_model=8, context=40,
+                               positions="sinusoidal").double()
+    x = torch.randn(3, 40, 5, dtype=torch.float64)
+    head, value, _, features = policy(x)
+    cache, outputs, start = policy.initial_state(3), [], 0
+    for size in (1, 7, 1, 22, 9):  # a chunk after cached steps attends over them and causally within itself
+        h, v, cache, f = policy(x[:, start:start + size], cache)
+        outputs.append((h, v, f))
+        start += size
+    assert cache.length == 40
+    for got, want in zip(zip(*outputs), (head, value, features)):
+        torch.testing.assert_close(torch.cat(got, 1), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.api
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layers=0), "layers must be an integer >= 1"), (dict(heads=0), "heads must be an integer >= 1"),
+    (dict(heads=3), "d_model (16) must be divisible by heads (3)"), (dict(context=0), "context must be an integer"),
+    (dict(positions="rotary"), "positions must be one of learned, sinusoidal"),
+])
+def test_transformer_policy_refuses_impossible_shapes(kwargs, message):
+    options = dict(layers=1, heads=2, d_model=16, context=10)
+    options.update(kwargs)
+    with pytest.raises(ValueError) as error:
+        TransformerPolicy(4, 2, True, 0.0, **options)
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.api
@@ -70,6 +103,58 @@ def test_same_seed_same_transformer_run():
         assert torch.equal(value, s2[key]), key
 
 
+@pytest.mark.determinism
+def test_transformer_rl2_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    from metarl.runs import load_checkpoint
+    from metarl.training import make_run_config, train
+
+    def run(name: str):  # two T-Maze episodes per trial: the positions run on across the episode boundary
+        return make_run_config("rl2", dict(meta_batch_size=4, num_minibatches=2, episodes_per_trial=2,
+                                           sequence_model="transformer", transformer_d_model=8, transformer_heads=2,
+                                           transformer_layers=1, env_kwargs={"corridor_length": 3}),
+                               env="metarl/PassiveTMaze-v0", iterations=5, checkpoint_every=2, eval_tasks=4,
+                               eval_episodes=2, progress=False, run_dir=str(tmp_path / name))
+
+    full = train(run("full"))
+    original = RL2.train_iteration
+
+    def dying(self, iteration):
+        if iteration == 3:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(RL2, "train_iteration", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(run("killed"))
+    monkeypatch.setattr(RL2, "train_iteration", original)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 2
+    assert cli_main(["resume", str(tmp_path / "killed"), "--no-progress"]) == 0
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt")["state"] for d in (full, tmp_path / "killed"))
+    assert any(key.startswith("blocks.") for key in a["policy"])
+    for part in ("policy", "optimizer"):
+        flat_a, flat_b = (torch.nn.utils.parameters_to_vector([t for t in _tensors(s[part])]) for s in (a, b))
+        assert torch.equal(flat_a, flat_b), part
+    assert a["value_stats"] == b["value_stats"] and a["total_env_steps"] == b["total_env_steps"]
+    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (full, tmp_path / "killed")]
+    assert evaluations[0]["splits"]["test"]["per_task_returns"] == evaluations[1]["splits"]["test"]["per_task_returns"]
+    rows = [[line.split(",") for line in (d / "metrics.csv").read_text().splitlines()]
+            for d in (full, tmp_path / "killed")]
+    learning = [i for i, name in enumerate(rows[0][0]) if name.startswith("losses/") or name.endswith("_return")]
+    assert len(rows[0]) == 6 and [[r[i] for i in learning] for r in rows[0]] == [[r[i] for i in learning]
+                                                                               for r in rows[1]]
+
+
+def _tensors(state):
+    """Every tensor of a (nested) state dict, in a fixed order."""
+    if isinstance(state, torch.Tensor):
+        return [state.double().flatten()]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in _tensors(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in _tensors(item)]
+    return [torch.tensor([float(state)], dtype=torch.float64)] if isinstance(state, (int, float)) else []
+
+
 @pytest.mark.api
 @pytest.mark.parametrize("argv, message", [
     (["--sequence-model", "lstm"], "sequence_model must be one of gru, transformer"),
@@ -79,6 +164,15 @@ def test_same_seed_same_transformer_run():
      "transformer_context (5) must be >= the trial's steps (10"),
     (["--transformer-layers", "0"], "transformer_layers must be an integer >= 1"),
     (["--transformer-positions", "rotary"], "transformer_positions must be one of learned, sinusoidal"),
+    (["--sequence-model", "transformer", "--transformer-heads", "0"], "transformer_heads must be an integer >= 1"),
+    (["--sequence-model", "transformer", "--transformer-layers", "-1"],
+     "transformer_layers must be an integer >= 1"),
+    (["--sequence-model", "transformer", "--transformer-context", "0"],
+     "transformer_context must be an integer >= 1"),
+    (["--sequence-model", "transformer", "--episodes-per-trial", "10", "--eval-episodes", "20"],
+     "a meta-test trial of 20 episodes x 1 steps exceeds the Transformer's context of 10 steps"),
+    (["--sequence-model", "transformer", "--episodes-per-trial", "10", "--transformer-context", "15",
+      "--eval-episodes", "16"], "evaluate at most 15 episodes or raise transformer_context"),
 ])
 def test_bad_transformer_settings_are_refused_in_one_line(tmp_path, capsys, argv, message):
     argv = ["train", "rl2", "--env", "metarl/BernoulliBandit-v0", *argv, "--run-dir", str(tmp_path / "run"),
@@ -143,3 +237,17 @@ def test_gru_rl2_remembers_the_cue_in_a_five_step_tmaze():
     returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=1), 1, seed=0)
     agent.close()
     assert (returns[:, 0] > 0.5).mean() >= 0.8  # a memoryless policy: 0.5
+
+
+@pytest.mark.learning
+def test_transformer_rl2_remembers_the_cue_in_a_five_step_tmaze():
+    agent = RL2("metarl/PassiveTMaze-v0", RL2Config(meta_batch_size=32, episodes_per_trial=1, learning_rate=3e-3,
+                                                    entropy_coef=0.1, gamma=1.0, num_minibatches=2, seed=0,
+                                                    sequence_model="transformer", transformer_layers=1,
+                                                    transformer_heads=2, transformer_d_model=16,
+                                                    env_kwargs={"corridor_length": 5}))
+    for i in range(60):
+        agent.train_iteration(i)
+    returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=1), 1, seed=0)
+    agent.close()
+    assert (returns[:, 0] > 0).mean() >= 0.8  # success (the cued side at the end); a memoryless policy: 0.5

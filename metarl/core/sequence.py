@@ -18,7 +18,9 @@ Spec
       ``context`` positions, preallocated). ``forward(x [B, 1, in], cache)`` embeds the new step at position
       ``cache.length``, writes its keys and values into the cache and attends over the cached ones: the cost of a
       step is the projections and MLP of one token plus a dot product with each cached key, never the whole
-      context again. A trial longer than ``context`` steps is refused (``ValueError``).
+      context again (attention is one fused ``scaled_dot_product_attention`` call: no score matrix is built, and
+      the one-token step needs no mask). A trial longer than ``context`` steps is refused (``ValueError``), as are
+      fewer than one layer, head or context step, and heads that do not divide ``d_model``.
     * **Training.** ``forward(inputs [B, T, in])`` (no state) is one causal pass over the whole trial from its
       first step, as the GRU recomputes from a zero hidden state; it equals the cached step-by-step outputs up to
       floating-point rounding. Padded steps after a trial's end (lockstep collection) come after all its real
@@ -31,6 +33,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from .recurrent import TrialPolicy
 
@@ -85,10 +88,16 @@ class CausalBlock(nn.Module):
             keys[:, :, offset:offset + steps] = k
             values[:, :, offset:offset + steps] = v
             k, v = keys[:, :, :offset + steps], values[:, :, :offset + steps]
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, heads, T, offset + T]
-        query_position = torch.arange(offset, offset + steps, device=x.device)[:, None]
-        future = torch.arange(offset + steps, device=x.device)[None, :] > query_position
-        attended = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+        # softmax(q kᵀ / √d_head) v in one fused kernel: no [T, offset + T] score matrix is materialised (the
+        # training pass over a 1,000-step trial) and the cached step streams over the keys once
+        if steps == 1:  # acting: the one new step attends over every cached step, no mask
+            attended = functional.scaled_dot_product_attention(q, k, v)
+        elif offset == 0:  # a whole trial (or its first chunk): the square causal mask
+            attended = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a chunk after cached steps: step offset + i attends over 0 … offset + i
+            query_position = torch.arange(offset, offset + steps, device=x.device)[:, None]
+            visible = torch.arange(offset + steps, device=x.device)[None, :] <= query_position
+            attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=visible)
         x = x + self.out(attended.transpose(1, 2).reshape(batch, steps, d_model))
         return x + self.mlp(self.mlp_norm(x))
 
@@ -99,6 +108,9 @@ class TransformerPolicy(TrialPolicy):
     def __init__(self, input_size: int, action_size: int, discrete: bool, init_log_std: float, *, layers: int,
                  heads: int, d_model: int, context: int, positions: str = "learned") -> None:
         super().__init__()
+        for name, value in (("layers", layers), ("heads", heads), ("d_model", d_model), ("context", context)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
         if positions not in POSITIONS:
