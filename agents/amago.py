@@ -68,7 +68,6 @@ from metarl.core.agent import AgentConfig
 from metarl.core.agent_env import stream_generator
 from metarl.core.config import (
     ConfigError,
-    check_choice,
     check_fields,
     check_int,
     check_number,
@@ -76,7 +75,7 @@ from metarl.core.config import (
     check_sizes,
 )
 from metarl.core.device import resolve_device, torch_threads
-from metarl.core.recurrent import RecurrentPolicy, TrialPolicy
+from metarl.core.recurrent import TrialPolicy
 from metarl.core.replay import TaskReplayBuffer
 from metarl.core.sac import (
     TanhGaussianActor,
@@ -89,7 +88,7 @@ from metarl.core.sac import (
     temperature_loss,
 )
 from metarl.core.seeding import derive_seed, seeded
-from metarl.core.sequence import POSITIONS, TransformerPolicy
+from metarl.core.sequence import check_sequence_fields, make_sequence_model, trial_context
 from metarl.core.trials import TrialAgent, collect_trials, episode_step_limit, make_trial_envs
 from metarl.envs.vector import TaskVectorEnv
 
@@ -157,17 +156,11 @@ class AMAGOConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, ("meta_batch_size", "episodes_per_trial", "hidden_size", "transformer_layers",
-                            "transformer_heads", "transformer_d_model", "replay_capacity", "batch_size"), check_int,
+        check_fields(self, ("meta_batch_size", "episodes_per_trial", "replay_capacity", "batch_size"), check_int,
                      minimum=1)
+        check_sequence_fields(self)
         check_int(self.gradient_steps, "gradient_steps", minimum=0)
-        check_int(self.transformer_context, "transformer_context", minimum=1, optional=True)
         check_int(self.torch_threads, "torch_threads", minimum=1, optional=True)
-        check_choice(self.sequence_model, "sequence_model", ("gru", "transformer"))
-        check_choice(self.transformer_positions, "transformer_positions", POSITIONS)
-        if self.transformer_d_model % self.transformer_heads:
-            raise ConfigError(f"transformer_d_model ({self.transformer_d_model}) must be divisible by "
-                              f"transformer_heads ({self.transformer_heads})")
         if self.meta_batch_size > self.replay_capacity:
             raise ConfigError(f"replay_capacity ({self.replay_capacity}) must hold one iteration's trials "
                               f"(meta_batch_size {self.meta_batch_size})")
@@ -198,10 +191,7 @@ class AMAGO(TrialAgent):
                 raise ValueError(f"{self.name} replays whole trials of a fixed length: {env_id} sets no episode "
                                  "step limit, give a max_episode_steps")
             self.trial_steps = cfg.episodes_per_trial * per_episode
-            context = cfg.transformer_context or self.trial_steps
-            if cfg.sequence_model == "transformer" and context < self.trial_steps:
-                raise ValueError(f"transformer_context ({context}) must be >= the trial's steps ({self.trial_steps}: "
-                                 f"episodes_per_trial {cfg.episodes_per_trial} x {per_episode} steps per episode)")
+            context = None if cfg.sequence_model == "gru" else trial_context(cfg, self.trial_steps, env_id, self.name)
         except ValueError:
             self.env_pool.close()
             raise
@@ -210,16 +200,9 @@ class AMAGO(TrialAgent):
         self.action_size = self.inputs.action_size
         self.target_entropy = -float(self.action_size) if cfg.target_entropy is None else float(cfg.target_entropy)
         with seeded(derive_seed(cfg.seed, "init")):
-            if cfg.sequence_model == "gru":
-                self.encoder: TrialPolicy = RecurrentPolicy(self.inputs.size, cfg.hidden_size, self.action_size,
-                                                            False, 0.0)
-                features = cfg.hidden_size
-            else:
-                self.encoder = TransformerPolicy(self.inputs.size, self.action_size, False, 0.0,
-                                                 layers=cfg.transformer_layers, heads=cfg.transformer_heads,
-                                                 d_model=cfg.transformer_d_model, context=context,
-                                                 positions=cfg.transformer_positions)
-                features = cfg.transformer_d_model
+            self.encoder: TrialPolicy = make_sequence_model(cfg, self.inputs.size, self.action_size, False, 0.0,
+                                                            context)
+            features = cfg.hidden_size if cfg.sequence_model == "gru" else cfg.transformer_d_model
             self.actor = TanhGaussianActor(features, self.action_size, cfg.hidden_sizes, space.low, space.high)
             self.critic = TwinQ(features + self.action_size, cfg.hidden_sizes)
             self.target_critic = TwinQ(features + self.action_size, cfg.hidden_sizes)

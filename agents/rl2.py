@@ -79,11 +79,10 @@ import torch
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core import ppo
-from metarl.core.config import ConfigError, check_choice, check_fields, check_int
 from metarl.core.device import resolve_device, torch_threads
-from metarl.core.recurrent import RecurrentPolicy, TrialPolicy
+from metarl.core.recurrent import TrialPolicy
 from metarl.core.seeding import derive_seed, seeded
-from metarl.core.sequence import POSITIONS, TransformerPolicy
+from metarl.core.sequence import check_sequence_fields, make_sequence_model, trial_context
 from metarl.core.trials import TrialAgent, TrialPPOConfig, collect_trials, episode_step_limit, make_trial_envs
 from metarl.envs.vector import TaskVectorEnv
 
@@ -111,14 +110,7 @@ class RL2Config(TrialPPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice(self.sequence_model, "sequence_model", ("gru", "transformer"))
-        check_fields(self, ("hidden_size", "transformer_layers", "transformer_heads", "transformer_d_model"),
-                     check_int, minimum=1)
-        check_int(self.transformer_context, "transformer_context", minimum=1, optional=True)
-        check_choice(self.transformer_positions, "transformer_positions", POSITIONS)
-        if self.transformer_d_model % self.transformer_heads:
-            raise ConfigError(f"transformer_d_model ({self.transformer_d_model}) must be divisible by "
-                              f"transformer_heads ({self.transformer_heads})")
+        check_sequence_fields(self)
 
 
 class RL2(TrialAgent):
@@ -145,22 +137,10 @@ class RL2(TrialAgent):
         """The GRU, or the causal Transformer with a context of ``transformer_context`` steps (default: the
         training trial's); one-line ``ValueError`` when that context cannot hold a training trial."""
         cfg = self.config
-        if cfg.sequence_model == "gru":
-            return RecurrentPolicy(self.inputs.size, cfg.hidden_size, self.action_size, self.discrete,
-                                   cfg.init_log_std)
         per_episode = episode_step_limit(self.envs)
-        trial_steps = None if per_episode is None else cfg.episodes_per_trial * per_episode
-        if trial_steps is None and cfg.transformer_context is None:
-            raise ValueError(f"{self.env_id} sets no episode step limit: give RL²'s transformer a "
-                             "transformer_context (or a max_episode_steps)")
-        context = cfg.transformer_context or trial_steps
-        if trial_steps is not None and context < trial_steps:
-            raise ValueError(f"transformer_context ({context}) must be >= the trial's steps ({trial_steps}: "
-                             f"episodes_per_trial {cfg.episodes_per_trial} x {per_episode} steps per episode)")
-        return TransformerPolicy(self.inputs.size, self.action_size, self.discrete, cfg.init_log_std,
-                                 layers=cfg.transformer_layers, heads=cfg.transformer_heads,
-                                 d_model=cfg.transformer_d_model, context=context,
-                                 positions=cfg.transformer_positions)
+        context = None if cfg.sequence_model == "gru" else trial_context(
+            cfg, None if per_episode is None else cfg.episodes_per_trial * per_episode, self.env_id, "RL²")
+        return make_sequence_model(cfg, self.inputs.size, self.action_size, self.discrete, cfg.init_log_std, context)
 
     # --- rollouts: one trial per sub-env, in lockstep (metarl.core.trials) --------------------------------------------
     @torch.no_grad()

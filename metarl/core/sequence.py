@@ -35,9 +35,51 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from .recurrent import TrialPolicy
+from .config import ConfigError, check_choice, check_fields, check_int
+from .recurrent import RecurrentPolicy, TrialPolicy
 
 POSITIONS = ("learned", "sinusoidal")
+SEQUENCE_MODELS = ("gru", "transformer")
+
+
+def check_sequence_fields(config) -> None:
+    """Validate the sequence-model fields a trial agent's config holds (``sequence_model``, ``hidden_size``,
+    ``transformer_layers``/``heads``/``d_model``/``context``/``positions``: RL², the AMAGO-style agent); one-line
+    :class:`~metarl.core.config.ConfigError`."""
+    check_choice(config.sequence_model, "sequence_model", SEQUENCE_MODELS)
+    check_fields(config, ("hidden_size", "transformer_layers", "transformer_heads", "transformer_d_model"),
+                 check_int, minimum=1)
+    check_int(config.transformer_context, "transformer_context", minimum=1, optional=True)
+    check_choice(config.transformer_positions, "transformer_positions", POSITIONS)
+    if config.transformer_d_model % config.transformer_heads:
+        raise ConfigError(f"transformer_d_model ({config.transformer_d_model}) must be divisible by "
+                          f"transformer_heads ({config.transformer_heads})")
+
+
+def trial_context(config, trial_steps: int | None, env_id: str, agent: str) -> int:
+    """The Transformer's context: ``transformer_context``, default the training trial's ``trial_steps``
+    (``episodes_per_trial`` x the episode step limit; None when the env sets none). One-line ``ValueError`` when
+    neither is known or the context cannot hold a training trial."""
+    if trial_steps is None and config.transformer_context is None:
+        raise ValueError(f"{env_id} sets no episode step limit: give {agent}'s transformer a transformer_context "
+                         "(or a max_episode_steps)")
+    context = config.transformer_context or trial_steps
+    if trial_steps is not None and context < trial_steps:
+        raise ValueError(f"transformer_context ({context}) must be >= the trial's steps ({trial_steps}: "
+                         f"episodes_per_trial {config.episodes_per_trial} x {trial_steps // config.episodes_per_trial}"
+                         " steps per episode)")
+    return context
+
+
+def make_sequence_model(config, input_size: int, action_size: int, discrete: bool, init_log_std: float,
+                        context: int | None) -> TrialPolicy:
+    """The trial model a config names: the GRU (``hidden_size``) or the causal Transformer over ``context`` steps
+    (from :func:`trial_context`; unused by the GRU)."""
+    if config.sequence_model == "gru":
+        return RecurrentPolicy(input_size, config.hidden_size, action_size, discrete, init_log_std)
+    return TransformerPolicy(input_size, action_size, discrete, init_log_std, layers=config.transformer_layers,
+                             heads=config.transformer_heads, d_model=config.transformer_d_model, context=context,
+                             positions=config.transformer_positions)
 
 
 class KeyValueCache:
