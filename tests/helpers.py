@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -73,3 +74,33 @@ class CountingEnv(TaskEnvMixin, gym.Env):
     def step(self, action):
         self._t += 1
         return self._obs(), float(int(action) + 1), self._t >= self._task.length, False, {}
+
+
+def kill_and_resume(monkeypatch, agent_type: type, run, kill_at: int, checkpointed: int) -> tuple[dict, dict]:
+    """Resume after a kill: ``train(run("full"))`` uninterrupted; ``train(run("killed"))`` with
+    ``agent_type.train_iteration`` raising ``KeyboardInterrupt`` at iteration ``kill_at`` (its last checkpoint must
+    be at ``checkpointed``), then ``metarl resume`` of it. Returns both runs' last-checkpoint agent states
+    (``(full, resumed)``) for the caller to compare."""
+    import pytest
+
+    from metarl.cli import main as cli_main
+    from metarl.runs import load_checkpoint
+    from metarl.training import train
+
+    full = train(run("full"))
+    original = agent_type.train_iteration
+
+    def dying(self, iteration):
+        if iteration == kill_at:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(agent_type, "train_iteration", dying)
+    with pytest.raises(KeyboardInterrupt):
+        killed = run("killed")
+        train(killed)
+    monkeypatch.setattr(agent_type, "train_iteration", original)
+    killed_dir = Path(killed.run_dir)
+    assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["iteration"] == checkpointed
+    assert cli_main(["resume", str(killed_dir), "--no-progress"]) == 0
+    return tuple(load_checkpoint(d / "checkpoints" / "last.pt")["state"] for d in (full, killed_dir))

@@ -17,7 +17,7 @@ from metarl.cli import main as cli_main
 from metarl.core.agent import MetaRLAgent
 from metarl.core.sac import critic_target
 from metarl.envs.base import TaskEnvMixin, task_to_dict
-from tests.helpers import weights_only_round_trip
+from tests.helpers import kill_and_resume, weights_only_round_trip
 
 NAVIGATION = "metarl/Navigation2D-v0"
 
@@ -206,8 +206,7 @@ def test_same_seed_same_run_and_resume_is_exact(model):
 
 @pytest.mark.determinism
 def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    from metarl.runs import load_checkpoint
-    from metarl.training import make_run_config, train
+    from metarl.training import make_run_config
 
     overrides = {k: v for k, v in dataclasses.asdict(small_config()).items()
                  if k in ("meta_batch_size", "episodes_per_trial", "max_episode_steps", "transformer_layers",
@@ -218,28 +217,14 @@ def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, mon
         return make_run_config("amago", overrides, env=NAVIGATION, iterations=5, checkpoint_every=2, eval_tasks=3,
                                eval_episodes=2, progress=False, run_dir=str(tmp_path / name))
 
-    full = train(run("full"))
-    original = AMAGO.train_iteration
-
-    def dying(self, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(AMAGO, "train_iteration", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(run("killed"))
-    monkeypatch.setattr(AMAGO, "train_iteration", original)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 2
-    assert cli_main(["resume", str(tmp_path / "killed"), "--no-progress"]) == 0
-    a, b = (load_checkpoint(d / "checkpoints" / "last.pt")["state"] for d in (full, tmp_path / "killed"))
+    a, b = kill_and_resume(monkeypatch, AMAGO, run, kill_at=3, checkpointed=2)
     for part in ("encoder", "actor", "critic", "target_critic", "temperature"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), (part, key)
     assert torch.equal(a["replay"]["storage"]["inputs"], b["replay"]["storage"]["inputs"])
     import json
 
-    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (full, tmp_path / "killed")]
+    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (tmp_path / "full", tmp_path / "killed")]
     assert evaluations[0]["splits"]["test"]["per_task_returns"] == evaluations[1]["splits"]["test"]["per_task_returns"]
 
 

@@ -11,6 +11,7 @@ import metarl.agents as agents
 from metarl.cli import main as cli_main
 from metarl.runs import load_checkpoint
 from metarl.training import RunConfig, make_run_config, train
+from tests.helpers import kill_and_resume
 
 
 @pytest.fixture(autouse=True)
@@ -41,22 +42,11 @@ def test_run_directory_and_evaluation(tmp_path):
 
 @pytest.mark.determinism
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    full = train(_run(tmp_path, "full", iterations=6))
     from tests.dummy_agent import DummyAgent
 
-    original = DummyAgent.train_iteration
-
-    def dying(self, iteration):
-        if iteration == 5:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(DummyAgent, "train_iteration", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(_run(tmp_path, "killed", iterations=6))
-    monkeypatch.setattr(DummyAgent, "train_iteration", original)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 4
-    assert cli_main(["resume", str(tmp_path / "killed"), "--no-progress"]) == 0
+    full = tmp_path / "full"
+    kill_and_resume(monkeypatch, DummyAgent, lambda name: _run(tmp_path, name, iterations=6), kill_at=5,
+                    checkpointed=4)
     a = load_checkpoint(full / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
     assert torch.equal(a["state"]["value"], b["state"]["value"])

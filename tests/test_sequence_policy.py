@@ -13,6 +13,7 @@ import metarl.envs  # noqa: F401
 from metarl.agents.rl2 import RL2, RL2Config
 from metarl.cli import main as cli_main
 from metarl.core.sequence import TransformerPolicy
+from tests.helpers import kill_and_resume
 
 
 @pytest.mark.math
@@ -105,8 +106,7 @@ def test_same_seed_same_transformer_run():
 
 @pytest.mark.determinism
 def test_transformer_rl2_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    from metarl.runs import load_checkpoint
-    from metarl.training import make_run_config, train
+    from metarl.training import make_run_config
 
     def run(name: str):  # two T-Maze episodes per trial: the positions run on across the episode boundary
         return make_run_config("rl2", dict(meta_batch_size=4, num_minibatches=2, episodes_per_trial=2,
@@ -115,30 +115,16 @@ def test_transformer_rl2_killed_and_resumed_reproduces_the_uninterrupted_run(tmp
                                env="metarl/PassiveTMaze-v0", iterations=5, checkpoint_every=2, eval_tasks=4,
                                eval_episodes=2, progress=False, run_dir=str(tmp_path / name))
 
-    full = train(run("full"))
-    original = RL2.train_iteration
-
-    def dying(self, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(RL2, "train_iteration", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(run("killed"))
-    monkeypatch.setattr(RL2, "train_iteration", original)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 2
-    assert cli_main(["resume", str(tmp_path / "killed"), "--no-progress"]) == 0
-    a, b = (load_checkpoint(d / "checkpoints" / "last.pt")["state"] for d in (full, tmp_path / "killed"))
+    a, b = kill_and_resume(monkeypatch, RL2, run, kill_at=3, checkpointed=2)
     assert any(key.startswith("blocks.") for key in a["policy"])
     for part in ("policy", "optimizer"):
         flat_a, flat_b = (torch.nn.utils.parameters_to_vector([t for t in _tensors(s[part])]) for s in (a, b))
         assert torch.equal(flat_a, flat_b), part
     assert a["value_stats"] == b["value_stats"] and a["total_env_steps"] == b["total_env_steps"]
-    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (full, tmp_path / "killed")]
+    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (tmp_path / "full", tmp_path / "killed")]
     assert evaluations[0]["splits"]["test"]["per_task_returns"] == evaluations[1]["splits"]["test"]["per_task_returns"]
     rows = [[line.split(",") for line in (d / "metrics.csv").read_text().splitlines()]
-            for d in (full, tmp_path / "killed")]
+            for d in (tmp_path / "full", tmp_path / "killed")]
     learning = [i for i, name in enumerate(rows[0][0]) if name.startswith("losses/") or name.endswith("_return")]
     assert len(rows[0]) == 6 and [[r[i] for i in learning] for r in rows[0]] == [[r[i] for i in learning]
                                                                                for r in rows[1]]

@@ -18,7 +18,7 @@ from metarl.cli import main as cli_main
 from metarl.core.agent import MetaRLAgent
 from metarl.core.context import kl_between_gaussians, kl_to_unit_gaussian
 from metarl.envs.discrete import random_policy_return, thompson_sampling_return
-from tests.helpers import CountingEnv, LengthTask, weights_only_round_trip
+from tests.helpers import CountingEnv, LengthTask, kill_and_resume, weights_only_round_trip
 
 BANDIT = "metarl/BernoulliBandit-v0"
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "presets").glob("varibad_*.yaml"))
@@ -281,8 +281,7 @@ def test_same_seed_same_run_and_resume_from_a_state_dict_is_exact():
 
 @pytest.mark.determinism
 def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    from metarl.runs import load_checkpoint
-    from metarl.training import make_run_config, train
+    from metarl.training import make_run_config
 
     def run(name: str):
         return make_run_config("varibad", dict(meta_batch_size=4, num_minibatches=2, encoder_hidden_size=8,
@@ -291,27 +290,13 @@ def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, mon
                                env="metarl/Navigation2D-v0", iterations=5, checkpoint_every=2, eval_tasks=3,
                                eval_episodes=2, progress=False, run_dir=str(tmp_path / name))
 
-    full = train(run("full"))
-    original = VariBAD.train_iteration
-
-    def dying(self, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(VariBAD, "train_iteration", dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(run("killed"))
-    monkeypatch.setattr(VariBAD, "train_iteration", original)
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["iteration"] == 2
-    assert cli_main(["resume", str(tmp_path / "killed"), "--no-progress"]) == 0
-    a, b = (load_checkpoint(d / "checkpoints" / "last.pt")["state"] for d in (full, tmp_path / "killed"))
+    a, b = kill_and_resume(monkeypatch, VariBAD, run, kill_at=3, checkpointed=2)
     for part in ("vae", "policy"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), (part, key)
     import json
 
-    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (full, tmp_path / "killed")]
+    evaluations = [json.loads((d / "evaluation.json").read_text()) for d in (tmp_path / "full", tmp_path / "killed")]
     assert evaluations[0]["splits"]["test"]["per_task_returns"] == evaluations[1]["splits"]["test"]["per_task_returns"]
 
 
