@@ -420,6 +420,18 @@ def print_result(run_dir: Path) -> None:
         for split, data in result["splits"].items():
             cells = "  ".join(f"ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}" for e in data["episodes"])
             print(f"  {split:>5}: {cells}")
+            if any(e.get("success") is not None for e in data["episodes"]):
+                cells = "  ".join(f"ep{e['episode']}: {e['success']:.2f} ± {e['success_ci95'] or 0:.2f}"
+                                  for e in data["episodes"] if e.get("success") is not None)
+                print(f"  {'':>5}  success: {cells}")
+            success = (data.get("benchmark") or {}).get("success")
+            if success and success.get("post_adaptation"):
+                protocol = result.get("benchmark_protocol", {})
+                print(f"  {protocol.get('name', 'benchmark')} protocol ({protocol.get('benchmark', '')}, reward "
+                      f"{protocol.get('reward_function_version', '?')}): success before adaptation "
+                      f"{success['pre_adaptation']['mean']:.3f} ± {success['pre_adaptation']['ci95']:.3f}, after "
+                      f"{success['post_adaptation']['mean']:.3f} ± {success['post_adaptation']['ci95']:.3f} "
+                      f"({success['post_adaptation']['tasks']} test tasks)")
     else:
         metric = result["metric"]
         print(f"held-out {metric} ({result['split']} split, {result['num_tasks']} tasks, mean ± 95% CI):")

@@ -15,6 +15,13 @@ data behind it (``adaptation_episodes``: the episodes the agent adapted on befor
 times the episode step limit), so plots that compare agents can put experience on the x-axis
 (``plot_meta_rl(..., x_axis="adaptation_episodes")``).
 
+Success: for any env whose ``info`` carries ``"success"`` (Meta-World), every meta-RL column also holds the success
+rate over tasks with its 95% interval (an episode succeeds when success was reached at any of its steps, Meta-World's
+rule; :mod:`metarl.core.outcomes`), and the plot draws it beside the return. A task environment with a benchmark
+protocol of its own (``benchmark_protocol``: Meta-World's, :mod:`metarl.envs.metaworld`) is evaluated with it by
+default (``protocol="auto"``): its tasks, columns and rounds, its metric before and after adaptation
+(``benchmark``), and what it must name (``benchmark_protocol``, ``env_info``: e.g. the reward-function version).
+
 Results go to JSON (``save_json``) and a PNG (``plot_adaptation``).
 """
 
