@@ -449,6 +449,10 @@ class MetaRLSession:
             for split in run.evaluation.eval_splits:
                 if split not in offered and split != "ood":
                     check_choice(split, f"eval_splits of {run.task.env}", offered)
+            own = getattr(getattr(task_env, "unwrapped", task_env), "benchmark_protocol", None)
+            if run.evaluation.protocol == "benchmark" and task_env is not None and not callable(own):
+                raise ConfigError(f"protocol benchmark: {run.task.env} has no benchmark protocol of its own (use "
+                                  "protocol generic or auto)")
         except BaseException:
             self.agent.close()
             raise

@@ -231,3 +231,18 @@ def test_plot_draws_a_success_panel_beside_the_return(tmp_path) -> None:
         plot_meta_rl({**result, "splits": {"test": {"episodes": [
             {k: v for k, v in r.items() if not k.startswith("success")} for r in rows]}}}, tmp_path / "without.png")
     assert [call.args[:2] for call in subplots.call_args_list] == [(1, 2), (1, 1)]
+
+
+@pytest.mark.api
+def test_a_benchmark_protocol_on_an_env_without_one_is_refused_before_work(tmp_path) -> None:
+    from metarl.core.config import ConfigError
+    from metarl.training import make_run_config, train
+
+    run = make_run_config("rl2", {"env": ENV_ID, "iterations": 1, "meta_batch_size": 2, "hidden_size": 8,
+                                  "num_minibatches": 1, "protocol": "benchmark", "progress": False,
+                                  "run_dir": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match="no benchmark protocol"):
+        train(run)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="protocol"):
+        make_run_config("rl2", {"env": ENV_ID, "protocol": "metaworld"})
