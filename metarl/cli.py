@@ -372,6 +372,14 @@ def _cmd_aggregate(argv: list[str]) -> int:
             seeds = ", ".join(f"{x:.1f}" for x in e["per_seed"])
             print(f"  {split:>5} ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}  (pooled ± "
                   f"{e['pooled_ci95']:.2f}; seeds: {seeds})")
+            if e.get("success") is not None:
+                print(f"  {'':>5}   success {e['success']:.3f} ± {e['success_ci95']:.3f}  (pooled ± "
+                      f"{e['success_pooled_ci95']:.3f}; seeds: {', '.join(f'{x:.3f}' for x in e['success_per_seed'])})")
+        success = (data.get("benchmark") or {}).get("success")
+        if success:
+            print(f"  {split:>5} benchmark protocol success: before adaptation {success['pre_adaptation']['mean']:.3f}"
+                  f" ± {success['pre_adaptation']['ci95']:.3f}, after {success['post_adaptation']['mean']:.3f} ± "
+                  f"{success['post_adaptation']['ci95']:.3f} (over seeds)")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         save_json(args.out / "evaluation_seeds.json", combined)

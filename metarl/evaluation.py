@@ -464,6 +464,15 @@ def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
                            success_pooled_ci95=stats["pooled_ci95"], success_per_seed=stats["per_seed"])
             combined["splits"][split].update(pre_adaptation_success=episodes[0]["success"],
                                              post_adaptation_success=episodes[-1]["success"])
+        benchmarks = [(r["splits"][split].get("benchmark") or {}).get("success") or {} for r in results]
+        if all(b.get("pre_adaptation") and b.get("post_adaptation") for b in benchmarks):
+            # a benchmark protocol's success before / after adaptation: mean of the seeds' means ± t over seeds
+            combined["splits"][split]["benchmark"] = {"success": {
+                stage: {**mean_confidence_interval([b[stage]["mean"] for b in benchmarks]),
+                        "per_seed": [b[stage]["mean"] for b in benchmarks]}
+                for stage in ("pre_adaptation", "post_adaptation")}}
+    if all("benchmark_protocol" in r for r in results):
+        combined["benchmark_protocol"] = first["benchmark_protocol"]
     return combined
 
 

@@ -246,3 +246,21 @@ def test_a_benchmark_protocol_on_an_env_without_one_is_refused_before_work(tmp_p
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="protocol"):
         make_run_config("rl2", {"env": ENV_ID, "protocol": "metaworld"})
+
+
+@pytest.mark.math
+def test_seeds_combine_success_like_the_return() -> None:
+    from metarl.evaluation import combine_meta_rl_seeds
+
+    def result(successes, post):
+        return {"protocol": "meta-rl", "agent": "a", "env": "e", "num_tasks": 2, "num_episodes": 2, "seed": 1,
+                "splits": {"test": {"per_task_returns": [[0.0, 1.0], [0.0, 1.0]], "per_task_successes": successes,
+                                    "benchmark": {"success": {"pre_adaptation": {"mean": 0.0},
+                                                              "post_adaptation": {"mean": post}}}}}}
+
+    combined = combine_meta_rl_seeds([result([[0.0, 1.0], [0.0, 0.0]], 0.5), result([[0.0, 1.0], [0.0, 1.0]], 1.0)])
+    test = combined["splits"]["test"]
+    assert [e["success"] for e in test["episodes"]] == [0.0, 0.75]
+    assert test["episodes"][1]["success_per_seed"] == [0.5, 1.0]
+    assert test["benchmark"]["success"]["post_adaptation"]["mean"] == 0.75
+    assert test["benchmark"]["success"]["post_adaptation"]["per_seed"] == [0.5, 1.0]
