@@ -1,4 +1,5 @@
-"""Meta-World's ML1, ML10 and ML45 benchmarks behind the metarl task-environment protocol.
+"""Meta-World's ML1, ML10, ML25 and ML45 benchmarks behind the metarl task-environment protocol, with Meta-World's
+own evaluation protocol.
 
 Meta-World (Yu et al., 2019, "Meta-World: A Benchmark and Evaluation for Multi-Task and Meta Reinforcement
 Learning"; package ``metaworld`` 3.1.1, optional extra ``metarl[metaworld]``) ships each benchmark as an object
@@ -12,6 +13,7 @@ id                            class                     tasks
 ``metarl/MetaWorldML1-v0``    :class:`MetaWorldML1Env`  one class (``task_name``, default ``reach-v3``); train and
                                                         test are two disjoint sets of 50 goal variations each
 ``metarl/MetaWorldML10-v0``   :class:`MetaWorldML10Env` 10 train classes, 5 held-out test classes, 50 each
+``metarl/MetaWorldML25-v0``   :class:`MetaWorldML25Env` 25 train classes, 5 held-out test classes, 50 each
 ``metarl/MetaWorldML45-v0``   :class:`MetaWorldML45Env` 45 train classes, 5 held-out test classes, 50 each
 ============================  ========================  ===========================================================
 
@@ -29,7 +31,9 @@ Observation space
     and the goal position (3), which the ML benchmarks hide (always zero): the agent must infer the task.
 
 Rewards
-    Meta-World's own shaped reward (``reward_function_version="v2"``, between 0 and 10), passed through as the single
+    Meta-World's own shaped reward (``reward_function_version``: ``"v2"`` by default, between 0 and 10, the reward of
+    Meta-World+ and of metaworld 3.x; ``"v1"`` the original paper's), named in every evaluation result
+    (``env_info``, :meth:`MetaWorldTaskEnv.evaluation_metadata`), passed through as the single
     term ``info["reward_metaworld"]`` (so ``reward == info["reward_metaworld"]``). Meta-World's diagnostic entries
     (``success``, ``near_object``, ``grasp_success``, ``grasp_reward``, ``in_place_reward``, ``obj_to_target``,
     ``unscaled_reward``) are passed through unchanged; ``info["success"]`` is 1.0 when the task is solved.
@@ -64,6 +68,7 @@ Arguments
     ===================  ===========================================================================================
     ``task_name``        (ML1 only) the Meta-World class, e.g. ``"reach-v3"``, ``"push-v3"``, ``"pick-place-v3"``
     ``benchmark_seed``   seed Meta-World builds the benchmark's goals from (default 0); tasks carry it
+    ``reward_function_version``  ``"v2"`` (default) or ``"v1"``: which of Meta-World's reward functions
     ``render_mode``      ``None`` or ``"rgb_array"``
     ``camera_name``      Meta-World camera for rendering (e.g. ``"corner"``); ``None`` for its default
     ``width, height``    render size in pixels (480)
@@ -76,8 +81,42 @@ Costs
     ML10 and 30 s for ML45 on a 2-core machine. It happens once per process and benchmark seed (cached), on the
     first ``reset``, ``task_descriptor`` or check that needs the goals, never in the constructor.
 
+Seeding
+    Everything is fixed by ``benchmark_seed`` (the goals) and the task: Meta-World's ``reset(seed=...)`` ignores its
+    seed (Farama-Foundation/Metaworld#555) and its class environments draw a new goal from NumPy's *global*
+    generator at reset unless a task froze it (``_get_state_rand_vec``; #364, #350), and older versions kept the
+    previous episode's frame-stacked observation across resets (#385). This adapter therefore resets to the task's
+    frozen goal only (a reset that finds the goal unfrozen raises ``RuntimeError`` rather than drawing from the
+    global generator), never touches NumPy's global state (Meta-World's benchmark build restores it), and tests that
+    the same seeds give the same goals and first observations, other seeds other ones, and that a reset after any
+    number of steps reproduces the first one (tests/test_envs_metaworld.py). One pitfall stays Meta-World's: ML1's
+    test goals of ``benchmark_seed=s`` are built from seed ``s + 1``, so they are the *train* goals of
+    ``benchmark_seed=s + 1`` — compare runs of one ML1 benchmark seed only.
+
+Meta-World's evaluation protocol
+    :meth:`MetaWorldTaskEnv.benchmark_protocol`, what ``metarl evaluate`` runs for these ids (``protocol: auto``, the
+    default; ``protocol: generic`` for the plain held-out evaluation). It follows
+    ``metaworld.evaluation.metalearning_evaluation`` of metaworld 3.1.1 and the Meta-World+ paper (McLean et al.,
+    2025): the benchmark's **test classes** (ML1: its one class's test goals); ``rounds`` (Meta-World's
+    ``num_evals``, 10) rounds of a meta-batch of **20** test tasks, the classes equally represented (``20 / K``
+    tasks of each of the ``K`` test classes per round: **40 goals per class** for ML10/ML25/ML45, 200 for ML1, whose
+    50 test goals are then each visited 4 times); per task, **10 adaptation episodes** (one adaptation step) then
+    **3 evaluation episodes**; the metric is the **success rate** of the evaluation episodes (an episode succeeds when
+    ``info["success"]`` is set at any step, :mod:`metarl.core.outcomes`), averaged over tasks (equal to Meta-World's
+    mean over classes, the classes being balanced). Goals are dealt the way Meta-World's test sub-envs visit them:
+    each class's goals in a seeded random order, without repetition until all 50 are used. In metarl's meta-test
+    columns (``meta_test``: column 0 before adaptation, column k after adapting on k stages of ``episodes_per_stage``
+    episodes): ``ceil(10 / episodes_per_stage)`` adaptation columns, then ``ceil(3 / episodes_per_stage)``
+    evaluation columns — RL² and PEARL (one episode per stage): 13 episodes, success of episodes 10–12; MAML-TRPO
+    with ``adapt_episodes = 10``: its one gradient step on 10 episodes, success of the 10 rollouts after it. The
+    episodes actually used are recorded (``adaptation_episodes_used``, ``evaluation_episodes_used``). Two
+    differences, both recorded in the result: evaluation episodes are not ended at the first success
+    (``terminate_on_success``; the success count is the same, returns are not comparable with Meta-World's), and an
+    agent whose stage holds more episodes than Meta-World's (MAML-TRPO with ``adapt_episodes > 10``) adapts on more.
+
 Version history
-    v0: first version (Meta-World 3.1.1, ``*-v3`` classes).
+    v0: first version (Meta-World 3.1.1, ``*-v3`` classes). ML25, ``reward_function_version`` and the benchmark
+    protocol added without changing any episode.
 """
 
 from __future__ import annotations
@@ -107,6 +146,15 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 TASKS_PER_CLASS = 50
 """Meta-World builds 50 tasks (goal variations) per class and split."""
 
+REWARD_FUNCTION_VERSIONS = ("v2", "v1")
+"""Meta-World's reward functions (``reward_function_version`` of its environments); v2 is the default."""
+
+PROTOCOL = {"meta_batch_size": 20, "rounds": 10, "adaptation_steps": 1, "adaptation_episodes": 10,
+            "evaluation_episodes": 3}
+"""Meta-World's meta-learning evaluation (``metaworld.evaluation.metalearning_evaluation`` defaults, metaworld
+3.1.1, with its ML test envs' ``meta_batch_size=20``): rounds (``num_evals``), test tasks per round, adaptation steps,
+adaptation episodes per step, evaluation episodes."""
+
 RAND_VEC_DIM = 6
 """Longest Meta-World task random vector (3 for some classes, 6 for others); the descriptor pads to this."""
 
@@ -133,10 +181,10 @@ def metaworld_benchmark(benchmark: str, seed: int, task_name: str | None = None)
         if key not in _BENCHMARKS:
             if benchmark == "ML1":
                 _BENCHMARKS[key] = metaworld.ML1(task_name, seed=int(seed))
-            elif benchmark in ("ML10", "ML45"):
+            elif benchmark in ("ML10", "ML25", "ML45"):
                 _BENCHMARKS[key] = getattr(metaworld, benchmark)(seed=int(seed))
             else:
-                raise ValueError(f"unknown Meta-World benchmark {benchmark!r}: expected ML1, ML10 or ML45")
+                raise ValueError(f"unknown Meta-World benchmark {benchmark!r}: expected ML1, ML10, ML25 or ML45")
         return _BENCHMARKS[key]
 
 
@@ -168,6 +216,7 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         self,
         task_name: str | None = None,
         benchmark_seed: int = 0,
+        reward_function_version: str = "v2",
         render_mode: str | None = None,
         camera_name: str | None = None,
         width: int = 480,
@@ -181,6 +230,10 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
             raise ValueError(f"benchmark_seed must be an integer, got {benchmark_seed!r}")
         if max_cached_envs is not None and (not isinstance(max_cached_envs, int) or max_cached_envs < 1):
             raise ValueError(f"max_cached_envs must be a positive integer or None, got {max_cached_envs!r}")
+        if reward_function_version not in REWARD_FUNCTION_VERSIONS:
+            raise ValueError(f"reward_function_version must be one of {', '.join(REWARD_FUNCTION_VERSIONS)}, got "
+                             f"{reward_function_version!r}")
+        self.reward_function_version = reward_function_version
         self.task_name = task_name
         self.benchmark_seed = int(benchmark_seed)
         self.render_mode = render_mode
@@ -233,7 +286,8 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
             self._envs.move_to_end(env_name)
             return self._envs[env_name]
         cls = _mw_env_dict.ALL_V3_ENVIRONMENTS[env_name]
-        env = cls(render_mode=self.render_mode, camera_name=self.camera_name, width=self.width, height=self.height)
+        env = cls(reward_function_version=self.reward_function_version, render_mode=self.render_mode,
+                  camera_name=self.camera_name, width=self.width, height=self.height)
         self._envs[env_name] = env
         if self.max_cached_envs is not None:
             while len(self._envs) > self.max_cached_envs:
@@ -296,6 +350,67 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         rand_vec[: vec.shape[0]] = vec
         return np.concatenate([one_hot, rand_vec]).tolist()
 
+    # --- Meta-World's evaluation protocol -----------------------------------------------------------------
+    def evaluation_metadata(self) -> dict[str, Any]:
+        """What every evaluation result names (``env_info``): benchmark, class (ML1), benchmark seed, reward
+        function version and the Meta-World version."""
+        import importlib.metadata
+
+        return {"benchmark": self.benchmark_name, "task_name": self.task_name, "benchmark_seed": self.benchmark_seed,
+                "reward_function_version": self.reward_function_version,
+                "metaworld_version": importlib.metadata.version("metaworld")}
+
+    def protocol_tasks(self, rounds: int, seed: int) -> list[MetaWorldTask]:
+        """The test tasks of Meta-World's protocol, round after round (``rounds`` × 20): per round ``20 / K`` goals
+        of each of the ``K`` test classes; each class's goals dealt from seeded random orders of its 50 test goals,
+        a new order only once all 50 are used (as Meta-World's pseudorandom test sub-envs visit them)."""
+        classes = self.classes["test"]
+        size = PROTOCOL["meta_batch_size"]
+        if size % len(classes):
+            raise ValueError(f"Meta-World's meta-batch of {size} does not divide among {len(classes)} test classes")
+        per_round = size // len(classes)
+        rng = np.random.default_rng((int(seed), len(classes), 0x4D57))
+        dealt: dict[str, list[int]] = {}
+        for name in classes:
+            order: list[int] = []
+            while len(order) < rounds * per_round:
+                order += rng.permutation(TASKS_PER_CLASS).tolist()
+            dealt[name] = order
+        return [MetaWorldTask(self.benchmark_name, name, "test", int(dealt[name][r * per_round + j]),
+                              self.benchmark_seed)
+                for r in range(rounds) for name in classes for j in range(per_round)]
+
+    def benchmark_protocol(self, episodes_per_stage: int, rounds: int | None, seed: int) -> dict[str, Any]:
+        """Meta-World's meta-learning evaluation for an agent whose meta-test columns hold ``episodes_per_stage``
+        episodes each (see the module docstring): the tasks, the adaptation and evaluation columns, the chunks
+        (one ``meta_test`` call per round of 20) and what the result must name."""
+        if isinstance(episodes_per_stage, bool) or not isinstance(episodes_per_stage, int) or episodes_per_stage < 1:
+            raise ValueError(f"episodes_per_stage must be a positive integer, got {episodes_per_stage!r}")
+        rounds = PROTOCOL["rounds"] if rounds is None else rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+        adaptation = PROTOCOL["adaptation_steps"] * -(-PROTOCOL["adaptation_episodes"] // episodes_per_stage)
+        evaluation = -(-PROTOCOL["evaluation_episodes"] // episodes_per_stage)
+        tasks = self.protocol_tasks(rounds, seed)
+        classes = self.classes["test"]
+        return {
+            "name": "metaworld", "metric": "success",
+            "source": "metaworld.evaluation.metalearning_evaluation (metaworld 3.1.1); Meta-World+ (McLean et al. 2025)",
+            **self.evaluation_metadata(), "split": "test", "test_classes": list(classes),
+            "meta_batch_size": PROTOCOL["meta_batch_size"], "rounds": rounds,
+            "goals_per_class": rounds * PROTOCOL["meta_batch_size"] // len(classes),
+            "distinct_goals_per_class": min(TASKS_PER_CLASS, rounds * PROTOCOL["meta_batch_size"] // len(classes)),
+            "adaptation_steps": PROTOCOL["adaptation_steps"], "adaptation_episodes": PROTOCOL["adaptation_episodes"],
+            "evaluation_episodes": PROTOCOL["evaluation_episodes"], "episodes_per_stage": episodes_per_stage,
+            "adaptation_episodes_used": adaptation * episodes_per_stage,
+            "evaluation_episodes_used": evaluation * episodes_per_stage,
+            "num_episodes": adaptation + evaluation, "evaluation_columns": list(range(adaptation,
+                                                                                     adaptation + evaluation)),
+            "chunk": PROTOCOL["meta_batch_size"], "terminate_on_success": False,
+            "success_rule": "info['success'] set at any step of the episode",
+            "groups": [task.env_name for task in tasks], "tasks": tasks,
+        }
+
     # --- gymnasium API -----------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -305,6 +420,10 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         task = self._task
         env = self._class_env(task.env_name)
         env.set_task(self.metaworld_task(task))  # cheap; re-set each reset since class envs are shared by tasks
+        if not getattr(env, "_freeze_rand_vec", True):  # Meta-World would draw a goal from NumPy's global RNG
+            raise RuntimeError(f"Meta-World left the goal of {task.env_name} unfrozen after set_task: its reset would "
+                               "draw a new goal from NumPy's global generator (this adapter is written for "
+                               "metaworld==3.1.1)")
         self._active = env
         obs, mw_info = env.reset()
         obs = np.asarray(obs, dtype=np.float64)
@@ -363,6 +482,7 @@ class MetaWorldML1Env(MetaWorldTaskEnv):
         self,
         task_name: str = "reach-v3",
         benchmark_seed: int = 0,
+        reward_function_version: str = "v2",
         render_mode: str | None = None,
         camera_name: str | None = None,
         width: int = 480,
@@ -374,11 +494,13 @@ class MetaWorldML1Env(MetaWorldTaskEnv):
             raise ValueError(
                 f"unknown Meta-World class {task_name!r}; choose one of {', '.join(_mw_env_dict.ALL_V3_ENVIRONMENTS)}"
             )
-        super().__init__(task_name, benchmark_seed, render_mode, camera_name, width, height, max_cached_envs)
+        super().__init__(task_name, benchmark_seed, reward_function_version, render_mode, camera_name, width, height,
+                         max_cached_envs)
         EzPickle.__init__(
             self,
             task_name=task_name,
             benchmark_seed=benchmark_seed,
+            reward_function_version=reward_function_version,
             render_mode=render_mode,
             camera_name=camera_name,
             width=width,
@@ -401,16 +523,19 @@ class MetaWorldML10Env(MetaWorldTaskEnv):
     def __init__(
         self,
         benchmark_seed: int = 0,
+        reward_function_version: str = "v2",
         render_mode: str | None = None,
         camera_name: str | None = None,
         width: int = 480,
         height: int = 480,
         max_cached_envs: int | None = 4,
     ) -> None:
-        super().__init__(None, benchmark_seed, render_mode, camera_name, width, height, max_cached_envs)
+        super().__init__(None, benchmark_seed, reward_function_version, render_mode, camera_name, width, height,
+                         max_cached_envs)
         EzPickle.__init__(
             self,
             benchmark_seed=benchmark_seed,
+            reward_function_version=reward_function_version,
             render_mode=render_mode,
             camera_name=camera_name,
             width=width,
@@ -420,6 +545,18 @@ class MetaWorldML10Env(MetaWorldTaskEnv):
 
     def _class_names(self) -> dict[str, tuple[str, ...]]:
         return {split: tuple(_mw_env_dict.ML10_V3[split]) for split in ("train", "test")}
+
+
+class MetaWorldML25Env(MetaWorldML10Env):
+    """Meta-World ML25 (metaworld 3.x): 25 train skills, 5 held-out test skills, 50 goal variations each.
+
+    See :mod:`metarl.envs.metaworld` for spaces, reward, episode end, task law and descriptor.
+    """
+
+    benchmark_name = "ML25"
+
+    def _class_names(self) -> dict[str, tuple[str, ...]]:
+        return {split: tuple(_mw_env_dict.ML25_V3[split]) for split in ("train", "test")}
 
 
 class MetaWorldML45Env(MetaWorldTaskEnv):
@@ -433,16 +570,19 @@ class MetaWorldML45Env(MetaWorldTaskEnv):
     def __init__(
         self,
         benchmark_seed: int = 0,
+        reward_function_version: str = "v2",
         render_mode: str | None = None,
         camera_name: str | None = None,
         width: int = 480,
         height: int = 480,
         max_cached_envs: int | None = 4,
     ) -> None:
-        super().__init__(None, benchmark_seed, render_mode, camera_name, width, height, max_cached_envs)
+        super().__init__(None, benchmark_seed, reward_function_version, render_mode, camera_name, width, height,
+                         max_cached_envs)
         EzPickle.__init__(
             self,
             benchmark_seed=benchmark_seed,
+            reward_function_version=reward_function_version,
             render_mode=render_mode,
             camera_name=camera_name,
             width=width,

@@ -37,6 +37,7 @@ ENVIRONMENTS: list[tuple[str, str, int | None, dict]] = [
     # Meta-World (optional extra `metarl[metaworld]`)
     ("metarl/MetaWorldML1-v0", "metarl.envs.metaworld:MetaWorldML1Env", 500, {}),
     ("metarl/MetaWorldML10-v0", "metarl.envs.metaworld:MetaWorldML10Env", 500, {}),
+    ("metarl/MetaWorldML25-v0", "metarl.envs.metaworld:MetaWorldML25Env", 500, {}),
     ("metarl/MetaWorldML45-v0", "metarl.envs.metaworld:MetaWorldML45Env", 500, {}),
 ]
 

@@ -383,6 +383,14 @@ def _cmd_aggregate(argv: list[str]) -> int:
             seeds = ", ".join(f"{x:.1f}" for x in e["per_seed"])
             print(f"  {split:>5} ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}  (pooled ± "
                   f"{e['pooled_ci95']:.2f}; seeds: {seeds})")
+            if e.get("success") is not None:
+                print(f"  {'':>5}   success {e['success']:.3f} ± {e['success_ci95']:.3f}  (pooled ± "
+                      f"{e['success_pooled_ci95']:.3f}; seeds: {', '.join(f'{x:.3f}' for x in e['success_per_seed'])})")
+        success = (data.get("benchmark") or {}).get("success")
+        if success:
+            print(f"  {split:>5} benchmark protocol success: before adaptation {success['pre_adaptation']['mean']:.3f}"
+                  f" ± {success['pre_adaptation']['ci95']:.3f}, after {success['post_adaptation']['mean']:.3f} ± "
+                  f"{success['post_adaptation']['ci95']:.3f} (over seeds)")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         save_json(args.out / "evaluation_seeds.json", combined)
@@ -437,6 +445,18 @@ def print_result(run_dir: Path) -> None:
         for split, data in result["splits"].items():
             cells = "  ".join(f"ep{e['episode']}: {e['return']:.2f} ± {e['ci95']:.2f}" for e in data["episodes"])
             print(f"  {split:>5}: {cells}")
+            if any(e.get("success") is not None for e in data["episodes"]):
+                cells = "  ".join(f"ep{e['episode']}: {e['success']:.2f} ± {e['success_ci95'] or 0:.2f}"
+                                  for e in data["episodes"] if e.get("success") is not None)
+                print(f"  {'':>5}  success: {cells}")
+            success = (data.get("benchmark") or {}).get("success")
+            if success and success.get("post_adaptation"):
+                protocol = result.get("benchmark_protocol", {})
+                print(f"  {protocol.get('name', 'benchmark')} protocol ({protocol.get('benchmark', '')}, reward "
+                      f"{protocol.get('reward_function_version', '?')}): success before adaptation "
+                      f"{success['pre_adaptation']['mean']:.3f} ± {success['pre_adaptation']['ci95']:.3f}, after "
+                      f"{success['post_adaptation']['mean']:.3f} ± {success['post_adaptation']['ci95']:.3f} "
+                      f"({success['post_adaptation']['tasks']} test tasks)")
     else:
         metric = result["metric"]
         print(f"held-out {metric} ({result['split']} split, {result['num_tasks']} tasks, mean ± 95% CI):")

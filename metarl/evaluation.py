@@ -15,6 +15,13 @@ data behind it (``adaptation_episodes``: the episodes the agent adapted on befor
 times the episode step limit), so plots that compare agents can put experience on the x-axis
 (``plot_meta_rl(..., x_axis="adaptation_episodes")``).
 
+Success: for any env whose ``info`` carries ``"success"`` (Meta-World), every meta-RL column also holds the success
+rate over tasks with its 95% interval (an episode succeeds when success was reached at any of its steps, Meta-World's
+rule; :mod:`metarl.core.outcomes`), and the plot draws it beside the return. A task environment with a benchmark
+protocol of its own (``benchmark_protocol``: Meta-World's, :mod:`metarl.envs.metaworld`) is evaluated with it by
+default (``protocol="auto"``): its tasks, columns and rounds, its metric before and after adaptation
+(``benchmark``), and what it must name (``benchmark_protocol``, ``env_info``: e.g. the reward-function version).
+
 Results go to JSON (``save_json``) and a PNG (``plot_adaptation``).
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,7 @@ import torch
 from metarl.core.batch import EpisodeBatch
 from metarl.core.calibration import expected_calibration_error, reliability_bins
 from metarl.core.learner import FewShotLearner
+from metarl.core.outcomes import record_success
 from metarl.core.seeding import derive_seed
 from metarl.runs import atomic_write_bytes, atomic_write_json
 
@@ -230,15 +239,67 @@ def random_policy_returns(env: Any, tasks: Sequence[Any], seed: int) -> np.ndarr
     return np.asarray(returns, dtype=np.float64)
 
 
+def _success_columns(successes: np.ndarray | None, num_episodes: int) -> list[dict[str, Any]]:
+    """Per column, the success rate over tasks with its 95% interval (tasks without a value are left out)."""
+    rows = []
+    for k in range(num_episodes):
+        column = successes[:, k] if successes is not None else np.array([])
+        known = column[np.isfinite(column)]
+        if known.size == 0:
+            rows.append({"success": None, "success_ci95": None, "success_tasks": 0})
+            continue
+        summary = mean_confidence_interval(known)
+        rows.append({"success": summary["mean"], "success_ci95": summary["ci95"], "success_tasks": summary["n"]})
+    return rows
+
+
+def _meta_test(agent: Any, tasks: list[Any], num_episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The agent's ``meta_test`` with the success of every column recorded (:mod:`metarl.core.outcomes`):
+    ``([tasks, num_episodes] returns, [tasks, num_episodes] success rates or None)``."""
+    with record_success() as recorder:
+        returns = np.asarray(agent.meta_test(tasks, num_episodes, seed), dtype=np.float64)
+    if returns.shape != (len(tasks), num_episodes):
+        raise ValueError(f"meta_test returned shape {returns.shape}, expected {(len(tasks), num_episodes)}")
+    return returns, recorder.column_matrix(len(tasks), num_episodes)
+
+
+def resolve_protocol(env: Any, protocol: str) -> str:
+    """The protocol an evaluation runs: ``"generic"`` (:func:`evaluate_meta_rl`'s held-out splits) or
+    ``"benchmark"`` (the task environment's own, ``env.unwrapped.benchmark_protocol``, e.g. Meta-World's);
+    ``"auto"`` picks the env's own where it has one. One-line ``ValueError`` for ``"benchmark"`` on an env without."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    has_own = callable(getattr(env.unwrapped, "benchmark_protocol", None))
+    if protocol == "benchmark" and not has_own:
+        raise ValueError(f"{env.spec.id if env.spec else env} has no benchmark protocol of its own: use "
+                         "protocol 'generic'")
+    return "benchmark" if protocol == "benchmark" or (protocol == "auto" and has_own) else "generic"
+
+
+PROTOCOLS = ("auto", "generic", "benchmark")
+"""Values of ``evaluate_meta_rl(protocol=...)`` (the ``protocol`` evaluation field)."""
+
+
 def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test",), num_tasks: int = 20,
                      num_episodes: int = 3, seed: int = 12345,
-                     env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                     env_kwargs: dict[str, Any] | None = None, protocol: str = "generic",
+                     protocol_rounds: int | None = None) -> dict[str, Any]:
     """Meta-test ``agent`` on held-out tasks of every split the env offers among ``splits``.
 
     The tasks are sampled from ``gymnasium.make(env_id, **env_kwargs)``: pass the agent's own ``env_kwargs`` (e.g.
     HalfCheetahVel's ``velocity_range``) so the held-out tasks come from the distribution it was trained on; by
     default the agent's ``config.env_kwargs`` where it has one. Each split also records the return of random actions
     on the same tasks and episode length (``random_policy_return``, drawn as the reference level of the plot).
+
+    Success: where the env reports ``info["success"]`` (Meta-World), every column also holds the success rate over
+    tasks (an episode succeeds when success was reached at any of its steps, Meta-World's rule:
+    :mod:`metarl.core.outcomes`) with its 95% interval, and ``per_task_successes`` the ``[tasks, episodes]`` rates.
+
+    ``protocol``: ``"generic"`` (the above), ``"benchmark"`` (the env's own protocol instead:
+    ``env.unwrapped.benchmark_protocol(episodes_per_stage, rounds, seed)`` gives its tasks, adaptation columns,
+    evaluation columns and chunks — Meta-World's in :mod:`metarl.envs.metaworld`; ``splits``, ``num_tasks`` and
+    ``num_episodes`` are then the protocol's, ``protocol_rounds`` its number of evaluation rounds, None: its own), or
+    ``"auto"`` (the env's own where it has one).
     """
     import gymnasium as gym
 
@@ -251,37 +312,98 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
     step_limit = getattr(getattr(agent, "config", None), "max_episode_steps", None) or (
         env.spec.max_episode_steps if env.spec is not None else None)
     reference_env = gym.make(env_id, **({"max_episode_steps": step_limit} if step_limit else {}), **env_kwargs)
+    benchmark: dict[str, Any] | None = None
     try:
-        offered = tuple(getattr(env.unwrapped, "splits", ("train", "test")))
+        if resolve_protocol(env, protocol) == "benchmark":
+            benchmark = env.unwrapped.benchmark_protocol(per_stage, protocol_rounds, seed)
+            plan = {benchmark["split"]: benchmark["tasks"]}
+            num_episodes, num_tasks = int(benchmark["num_episodes"]), len(benchmark["tasks"])
+            chunk = int(benchmark.get("chunk") or num_tasks)
+        else:
+            offered = tuple(getattr(env.unwrapped, "splits", ("train", "test")))
+            plan = {split: env.unwrapped.sample_tasks(num_tasks, split=split, seed=derive_seed(seed, "tasks", split))
+                    for split in splits if split in offered}
+            chunk = None
         by_split: dict[str, Any] = {}
-        for split in splits:
-            if split not in offered:
-                continue
-            tasks = env.unwrapped.sample_tasks(num_tasks, split=split, seed=derive_seed(seed, "tasks", split))
-            returns = np.asarray(agent.meta_test(tasks, num_episodes, derive_seed(seed, "meta-test", split)),
-                                 dtype=np.float64)
-            if returns.shape != (len(tasks), num_episodes):
-                raise ValueError(f"meta_test returned shape {returns.shape}, expected {(len(tasks), num_episodes)}")
+        for split, tasks in plan.items():
+            if chunk is None:  # the generic protocol: one meta_test call per split (the seeds of earlier results)
+                returns, successes = _meta_test(agent, tasks, num_episodes, derive_seed(seed, "meta-test", split))
+            else:  # a benchmark's rounds of meta_batch tasks, each its own meta_test call
+                parts = [_meta_test(agent, tasks[i:i + chunk], num_episodes, derive_seed(seed, "meta-test", split, i))
+                         for i in range(0, len(tasks), chunk)]
+                returns = np.concatenate([r for r, _ in parts])
+                successes = (None if all(s is None for _, s in parts) else np.concatenate(
+                    [s if s is not None else np.full(r.shape, np.nan) for r, s in parts]))
             episodes = [mean_confidence_interval(returns[:, k]) for k in range(num_episodes)]
+            success_rows = _success_columns(successes, num_episodes)
             random = mean_confidence_interval(random_policy_returns(reference_env, tasks,
                                                                     derive_seed(seed, "reference", split)))
             by_split[split] = {
                 "episodes": [{"episode": k, "return": e["mean"], "ci95": e["ci95"], "std": e["std"],
                               "adaptation_episodes": k * per_stage,
-                              "max_adaptation_env_steps": k * per_stage * step_limit if step_limit else None}
+                              "max_adaptation_env_steps": k * per_stage * step_limit if step_limit else None,
+                              **(success_rows[k] if successes is not None else {})}
                              for k, e in enumerate(episodes)],
                 "pre_adaptation_return": episodes[0]["mean"],
                 "post_adaptation_return": episodes[-1]["mean"],
                 "per_task_returns": returns.tolist(),
                 "random_policy_return": {"return": random["mean"], "ci95": random["ci95"]},
             }
+            if successes is not None:
+                by_split[split].update({
+                    "pre_adaptation_success": success_rows[0]["success"],
+                    "post_adaptation_success": success_rows[-1]["success"],
+                    "per_task_successes": [[None if not np.isfinite(v) else float(v) for v in row]
+                                           for row in successes],
+                })
+            if benchmark is not None:
+                by_split[split]["benchmark"] = benchmark_summary(benchmark, returns, successes)
+        describe = getattr(env.unwrapped, "evaluation_metadata", None)
+        env_info = describe() if callable(describe) else None
     finally:
         env.close()
         reference_env.close()
     if not by_split:
         raise ValueError(f"{env_id} offers none of the splits {list(splits)}")
-    return {"protocol": "meta-rl", "agent": getattr(agent, "name", type(agent).__name__), "env": env_id,
-            "num_tasks": num_tasks, "num_episodes": num_episodes, "seed": seed, "splits": by_split}
+    result = {"protocol": "meta-rl", "agent": getattr(agent, "name", type(agent).__name__), "env": env_id,
+              "num_tasks": num_tasks, "num_episodes": num_episodes, "seed": seed, "splits": by_split}
+    if env_info is not None:
+        result["env_info"] = env_info
+    if benchmark is not None:
+        result["benchmark_protocol"] = {k: v for k, v in benchmark.items() if k != "tasks"}
+    return result
+
+
+def benchmark_summary(benchmark: dict[str, Any], returns: np.ndarray,
+                      successes: np.ndarray | None) -> dict[str, Any]:
+    """A benchmark protocol's scores: per task, the mean over the protocol's evaluation columns (after adaptation)
+    and column 0 (before any adaptation) of the success rate (the benchmark's metric) and of the return; the mean
+    over tasks with a 95% interval, the mean per group (Meta-World: per test class) and the mean of the group means
+    (Meta-World's headline number: its classes are equally represented, so it equals the mean over tasks)."""
+    columns = list(benchmark["evaluation_columns"])
+    groups = list(benchmark.get("groups") or ["all"] * returns.shape[0])
+    out: dict[str, Any] = {"metric": benchmark.get("metric", "success"), "evaluation_columns": columns}
+    for name, matrix in (("success", successes), ("return", returns)):
+        if matrix is None:
+            out[name] = None
+            continue
+        with warnings.catch_warnings():  # a task whose evaluation columns hold no value stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            post = np.nanmean(matrix[:, columns], axis=1)
+        pre = matrix[:, 0]
+        entry: dict[str, Any] = {}
+        for stage, values in (("pre_adaptation", pre), ("post_adaptation", post)):
+            known = np.isfinite(values)
+            if not known.any():
+                entry[stage] = None
+                continue
+            summary = mean_confidence_interval(values[known])
+            by_group = {g: float(np.mean([values[i] for i, x in enumerate(groups) if x == g and known[i]]))
+                        for g in dict.fromkeys(g for g, k in zip(groups, known) if k)}
+            entry[stage] = {"mean": summary["mean"], "ci95": summary["ci95"], "tasks": summary["n"],
+                            "per_group": by_group, "mean_of_groups": float(np.mean(list(by_group.values())))}
+        out[name] = entry
+    return out
 
 
 def seed_statistics(per_task_returns: Sequence[np.ndarray]) -> list[dict[str, Any]]:
@@ -334,12 +456,31 @@ def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         episodes = seed_statistics([r["splits"][split]["per_task_returns"] for r in results])
         combined["splits"][split] = {"episodes": episodes, "pre_adaptation_return": episodes[0]["return"],
                                      "post_adaptation_return": episodes[-1]["return"]}
+        successes = [np.asarray(r["splits"][split].get("per_task_successes") or [], dtype=np.float64)
+                     for r in results]
+        if all(a.size and np.isfinite(a).all() for a in successes):  # the same statistics for the success rate
+            for row, stats in zip(episodes, seed_statistics(successes)):
+                row.update(success=stats["return"], success_ci95=stats["ci95"],
+                           success_pooled_ci95=stats["pooled_ci95"], success_per_seed=stats["per_seed"])
+            combined["splits"][split].update(pre_adaptation_success=episodes[0]["success"],
+                                             post_adaptation_success=episodes[-1]["success"])
+        benchmarks = [(r["splits"][split].get("benchmark") or {}).get("success") or {} for r in results]
+        if all(b.get("pre_adaptation") and b.get("post_adaptation") for b in benchmarks):
+            # a benchmark protocol's success before / after adaptation: mean of the seeds' means ± t over seeds
+            combined["splits"][split]["benchmark"] = {"success": {
+                stage: {**mean_confidence_interval([b[stage]["mean"] for b in benchmarks]),
+                        "per_seed": [b[stage]["mean"] for b in benchmarks]}
+                for stage in ("pre_adaptation", "post_adaptation")}}
+    if all("benchmark_protocol" in r for r in results):
+        combined["benchmark_protocol"] = first["benchmark_protocol"]
     return combined
 
 
 def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x_axis: str = "episode") -> Path:
     """PNG adaptation curve: return per adaptation episode (0 = before adaptation), one line per split;
-    ``x_axis="adaptation_episodes"`` puts the episodes of adaptation data behind each column on the x-axis."""
+    ``x_axis="adaptation_episodes"`` puts the episodes of adaptation data behind each column on the x-axis. Where the
+    result holds success rates (an env reporting ``info["success"]``), a second panel beside it draws the success
+    rate per adaptation episode with its 95% interval."""
     if x_axis not in ("episode", "adaptation_episodes"):
         raise ValueError(f"x_axis must be 'episode' or 'adaptation_episodes', got {x_axis!r}")
 
@@ -348,7 +489,11 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    with_success = any(e.get("success") is not None for data in result["splits"].values() for e in data["episodes"])
+    fig, axes = plt.subplots(1, 2 if with_success else 1, figsize=(11 if with_success else 5.5, 4), squeeze=False)
+    ax = axes[0][0]
+    xlabel = ("adaptation episode (0 = before adaptation)" if x_axis == "episode"
+              else "episodes of adaptation data")
     for split, data in result["splits"].items():
         xs = [e.get(x_axis, e["episode"]) for e in data["episodes"]]
         ys = [e["return"] for e in data["episodes"]]
@@ -359,11 +504,27 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x
         if reference is not None:
             ax.axhline(reference["return"], linestyle="--", linewidth=1, color=line[0].get_color(),
                        label=f"random actions ({split})")
-    ax.set_xlabel("adaptation episode (0 = before adaptation)" if x_axis == "episode"
-                  else "episodes of adaptation data")
+        if with_success:
+            rows = [e for e in data["episodes"] if e.get("success") is not None]
+            sxs = [e.get(x_axis, e["episode"]) for e in rows]
+            serrs = [0.0 if e.get("success_ci95") is None or math.isnan(e["success_ci95"]) else e["success_ci95"]
+                     for e in rows]
+            axes[0][1].errorbar(sxs, [e["success"] for e in rows], yerr=serrs, marker="o", capsize=3,
+                                color=line[0].get_color(), label=f"{split} tasks")
+            axes[0][1].set_xticks(sxs)
+    ax.set_xlabel(xlabel)
     seeds = result.get("num_seeds")
     ax.set_ylabel(f"return (mean of {seeds} seeds, 95% CI over seeds)" if seeds else "return (mean over tasks, 95% CI)")
     ax.set_title(title or f"{result['agent']} on {result['env']}")
     ax.grid(alpha=0.3)
     ax.legend()
+    if with_success:
+        success_ax = axes[0][1]
+        success_ax.set_ylim(-0.02, 1.02)
+        success_ax.set_xlabel(xlabel)
+        success_ax.set_ylabel(f"success rate (mean of {seeds} seeds, 95% CI over seeds)" if seeds
+                              else "success rate (mean over tasks, 95% CI)")
+        success_ax.set_title("success (reached at any step of the episode)")
+        success_ax.grid(alpha=0.3)
+        success_ax.legend()
     return save_figure(fig, path)

@@ -46,6 +46,7 @@ from metarl.core.config import (
     merge_values,
 )
 from metarl.core.device import torch_threads
+from metarl.core.outcomes import record_success
 from metarl.core.seeding import derive_seed
 from metarl.runs import (
     MetricsLogger,
@@ -120,8 +121,16 @@ class MetaRLEvaluation:
     """splits to evaluate; ood is skipped where the env has none, any other split the env lacks is refused"""
     eval_seed: int = 12345
     """seed of the held-out tasks (the same for every agent)"""
+    protocol: str = "auto"
+    """auto: the env's own benchmark protocol where it has one (Meta-World's: metarl.envs.metaworld), else generic;
+    generic: eval_tasks held-out tasks per split, eval_episodes each; benchmark: the env's own (an error without)"""
+    protocol_rounds: int | None = None
+    """evaluation rounds of the env's own protocol (Meta-World: rounds of 20 test tasks, 10 by default); None: the
+    protocol's own number"""
 
     def __post_init__(self) -> None:
+        check_choice(self.protocol, "protocol", ("auto", "generic", "benchmark"))
+        check_int(self.protocol_rounds, "protocol_rounds", minimum=1, optional=True)
         check_int(self.eval_tasks, "eval_tasks", minimum=1)
         check_int(self.eval_episodes, "eval_episodes", minimum=1, optional=True)
         self.eval_splits = tuple(self.eval_splits)
@@ -443,6 +452,10 @@ class MetaRLSession:
             check_meta_test = getattr(self.agent, "check_meta_test", None)  # e.g. a context the trial must fit
             if check_meta_test is not None:
                 check_meta_test(self.eval_episodes)
+            own = getattr(getattr(task_env, "unwrapped", task_env), "benchmark_protocol", None)
+            if run.evaluation.protocol == "benchmark" and task_env is not None and not callable(own):
+                raise ConfigError(f"protocol benchmark: {run.task.env} has no benchmark protocol of its own (use "
+                                  "protocol generic or auto)")
         except BaseException:
             self.agent.close()
             raise
@@ -474,7 +487,8 @@ class MetaRLSession:
         episodes = self.eval_episodes
         result = evaluate_meta_rl(self.agent, run.task.env, splits=run.evaluation.eval_splits,
                                   num_tasks=run.evaluation.eval_tasks, num_episodes=episodes,
-                                  seed=run.evaluation.eval_seed)
+                                  seed=run.evaluation.eval_seed, protocol=run.evaluation.protocol,
+                                  protocol_rounds=run.evaluation.protocol_rounds)
         result["config"] = run.to_dict()
         save_json(run_dir / "evaluation.json", result)
         plot_meta_rl(result, run_dir / "adaptation.png", title=f"{run.name} on {run.task.env}")
@@ -597,7 +611,10 @@ def _loop(run: RunConfig, session: Any, run_dir: Path, state: dict[str, Any]) ->
     try:
         for iteration in range(start, run.iterations):
             tick = time.perf_counter()
-            metrics = dict(session.train_iteration(iteration))
+            with record_success() as success:  # info["success"] of the episodes the iteration finished, if any
+                metrics = dict(session.train_iteration(iteration))
+            if success.success_rate is not None:
+                metrics.setdefault("charts/success_rate", success.success_rate)
             seconds = time.perf_counter() - tick
             steps = int(metrics.pop("env_steps", 0))
             env_steps += steps

@@ -3,6 +3,7 @@ every id meets, ML45 under ``-m slow``: tests/test_env_contract.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import gymnasium as gym
@@ -235,3 +236,198 @@ def test_ml45_constructs_and_steps_a_held_out_class() -> None:
     assert obs.shape == (39,) and np.isfinite(reward)
     assert env.task_descriptor().shape == (50 + 6,)
     env.close()
+
+
+# --- seeding, checked against Meta-World's known seeding bugs (module docstring, "Seeding") ---------------------
+def _rand_vecs(benchmark, split: str, env_name: str) -> np.ndarray:
+    listing = benchmark.train_tasks if split == "train" else benchmark.test_tasks
+    return np.stack([pickle.loads(t.data)["rand_vec"] for t in listing if t.env_name == env_name])
+
+
+def _first_observations(env, tasks) -> np.ndarray:
+    out = []
+    for task in tasks:
+        env.set_task(task)
+        out.append(env.reset(seed=0)[0])
+    return np.stack(out)
+
+
+@pytest.mark.determinism
+def test_ml1_same_seed_same_goals_and_first_observations_other_seed_other_ones(ml1: MetaWorldML1Env) -> None:
+    import metaworld
+
+    np.random.seed(1234)  # Meta-World's goals must not depend on NumPy's global state (#364, #350)
+    fresh = metaworld.ML1("reach-v3", seed=0)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(_rand_vecs(fresh, split, "reach-v3"), _rand_vecs(ml1.benchmark, split,
+                                                                                         "reach-v3"))
+    other = MetaWorldML1Env("reach-v3", benchmark_seed=1)
+    tasks = ml1.sample_tasks(5, split="test", seed=4)
+    assert tasks == MetaWorldML1Env("reach-v3", benchmark_seed=0).sample_tasks(5, split="test", seed=4)
+    assert tasks != ml1.sample_tasks(5, split="test", seed=5)
+    twin = MetaWorldML1Env("reach-v3", benchmark_seed=0)
+    np.testing.assert_array_equal(_first_observations(ml1, tasks), _first_observations(twin, tasks))
+    shifted = [dataclasses.replace(t, benchmark_seed=1) for t in tasks]
+    assert not np.allclose(_first_observations(ml1, tasks), _first_observations(other, shifted))
+    assert not np.array_equal(_rand_vecs(other.benchmark, "train", "reach-v3"),
+                              _rand_vecs(ml1.benchmark, "train", "reach-v3"))
+    # Meta-World's own pitfall (documented): the test goals of seed s are the train goals of seed s + 1
+    np.testing.assert_array_equal(_rand_vecs(ml1.benchmark, "test", "reach-v3"),
+                                  _rand_vecs(other.benchmark, "train", "reach-v3"))
+    twin.close()
+    other.close()
+
+
+@pytest.mark.determinism
+def test_reset_reproduces_whatever_came_before_and_leaves_numpy_global_state(ml1: MetaWorldML1Env) -> None:
+    task = ml1.sample_tasks(1, split="train", seed=8)[0]
+    ml1.set_task(task)
+    first, _ = ml1.reset(seed=0)
+    state = np.random.get_state()
+    for seed in (0, 1, None):
+        for _ in range(25):
+            ml1.step(ml1.action_space.sample())
+        again, _ = ml1.reset(seed=seed)  # Meta-World ignores reset's seed (#555); the task fixes the state
+        np.testing.assert_array_equal(again, first)  # #385: the frame stack is not carried across resets
+    after = np.random.get_state()
+    assert after[0] == state[0] and np.array_equal(after[1], state[1]) and after[2:] == state[2:]
+
+
+@pytest.mark.determinism
+def test_an_unfrozen_goal_is_refused_not_drawn_from_the_global_rng(ml1: MetaWorldML1Env) -> None:
+    ml1.set_task(ml1.sample_tasks(1, seed=0)[0])
+    ml1.reset(seed=0)
+    original = type(ml1._active).set_task
+
+    def unfreezing(self, task):
+        original(self, task)
+        self._freeze_rand_vec = False
+
+    env = ml1._active
+    env.set_task = unfreezing.__get__(env)
+    try:
+        with pytest.raises(RuntimeError, match="global generator"):
+            ml1.reset(seed=0)
+    finally:
+        del env.set_task
+
+
+@pytest.mark.determinism
+def test_ml10_same_seed_same_goals_and_first_observations(ml10: MetaWorldML10Env) -> None:
+    twin = MetaWorldML10Env(benchmark_seed=0)
+    for split in ("train", "test"):
+        tasks = ml10.sample_tasks(6, split=split, seed=11)
+        assert tasks == twin.sample_tasks(6, split=split, seed=11)
+        assert tasks != ml10.sample_tasks(6, split=split, seed=12)
+        np.testing.assert_array_equal(_first_observations(ml10, tasks), _first_observations(twin, tasks))
+        others = ml10.sample_tasks(6, split=split, seed=12)
+        assert not np.array_equal(_first_observations(ml10, tasks), _first_observations(ml10, others))
+    twin.close()
+
+
+@pytest.mark.slow
+@pytest.mark.determinism
+def test_ml10_goals_are_rebuilt_identically_and_differ_across_seeds(ml10: MetaWorldML10Env) -> None:
+    import metaworld
+
+    ml10.benchmark  # noqa: B018 - the cached benchmark of seed 0
+    np.random.seed(99)
+    fresh, other = metaworld.ML10(seed=0), metaworld.ML10(seed=1)
+    for split, classes in ml10.classes.items():
+        for name in classes:
+            np.testing.assert_array_equal(_rand_vecs(fresh, split, name), _rand_vecs(ml10.benchmark, split, name))
+            assert not np.array_equal(_rand_vecs(other, split, name), _rand_vecs(fresh, split, name))
+
+
+# --- reward function version and Meta-World's evaluation protocol --------------------------------------------
+@pytest.mark.api
+def test_reward_function_version_is_chosen_named_and_checked(ml1: MetaWorldML1Env) -> None:
+    v1 = MetaWorldML1Env("reach-v3", reward_function_version="v1")
+    task = ml1.sample_tasks(1, split="train", seed=2)[0]
+    rewards = []
+    for env in (ml1, v1):
+        env.set_task(task)
+        env.reset(seed=0)
+        rewards.append(env.step(np.full(4, 0.5, dtype=np.float32))[1])
+    assert rewards[0] != rewards[1]
+    assert ml1.evaluation_metadata()["reward_function_version"] == "v2"
+    assert v1.evaluation_metadata() == {"benchmark": "ML1", "task_name": "reach-v3", "benchmark_seed": 0,
+                                        "reward_function_version": "v1", "metaworld_version": "3.1.1"}
+    assert pickle.loads(pickle.dumps(v1)).reward_function_version == "v1"
+    with pytest.raises(ValueError, match="reward_function_version"):
+        MetaWorldML1Env("reach-v3", reward_function_version="v3")
+    v1.close()
+
+
+@pytest.mark.api
+def test_metaworld_protocol_tasks_columns_and_seeds(ml1: MetaWorldML1Env, ml10: MetaWorldML10Env) -> None:
+    from metarl.envs.metaworld import MetaWorldML25Env
+
+    ml25 = MetaWorldML25Env()
+    for env, classes in ((ml1, 1), (ml10, 5), (ml25, 5)):
+        protocol = env.benchmark_protocol(1, None, 0)
+        tasks = protocol["tasks"]
+        assert len(tasks) == 200 and protocol["chunk"] == 20 and protocol["rounds"] == 10
+        assert protocol["test_classes"] == list(env.classes["test"]) and len(protocol["test_classes"]) == classes
+        assert all(t.split == "test" for t in tasks) and protocol["groups"] == [t.env_name for t in tasks]
+        for start in range(0, 200, 20):  # every round holds each class equally
+            names = [t.env_name for t in tasks[start:start + 20]]
+            assert {names.count(n) for n in set(names)} == {20 // classes}
+        for name in env.classes["test"]:
+            indices = [t.index for t in tasks if t.env_name == name]
+            assert protocol["goals_per_class"] == len(indices) == 200 // classes
+            assert len(set(indices)) == min(50, len(indices)), "goals repeat only once all 50 are used"
+        assert protocol["reward_function_version"] == "v2" and protocol["metric"] == "success"
+        assert env.benchmark_protocol(1, None, 0)["tasks"] == tasks
+        assert env.benchmark_protocol(1, None, 1)["tasks"] != tasks
+    # in-context agents: 10 adaptation episodes, then 3 evaluated; MAML-TRPO with 10 rollouts per stage: 1 + 1
+    in_context, maml = ml10.benchmark_protocol(1, 2, 0), ml10.benchmark_protocol(10, 2, 0)
+    assert (in_context["num_episodes"], in_context["evaluation_columns"]) == (13, [10, 11, 12])
+    assert (maml["num_episodes"], maml["evaluation_columns"], maml["evaluation_episodes_used"]) == (2, [1], 10)
+    assert len(in_context["tasks"]) == 40
+    assert ml25.classes["test"] == ("basketball-v3", "door-close-v3", "shelf-place-v3", "sweep-v3",
+                                    "button-press-v3") and len(ml25.classes["train"]) == 25
+    with pytest.raises(ValueError, match="rounds"):
+        ml10.benchmark_protocol(1, 0, 0)
+    ml25.close()
+
+
+class _ScriptedAgent:
+    """A stand-in agent: returns and success known per task and column (success rises with adaptation on the
+    first test class only), recorded the way the core collectors record them."""
+
+    name = "scripted"
+    episodes_per_stage = 1
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def meta_test(self, tasks, num_episodes: int, seed: int) -> np.ndarray:
+        from metarl.core.outcomes import record_meta_test_column
+
+        self.calls.append(len(tasks))
+        first = np.array([t.env_name == "reach-v3" for t in tasks], dtype=np.float64)
+        for column in range(num_episodes):
+            record_meta_test_column(column, first * (column >= 10))
+        return np.tile(np.arange(num_episodes, dtype=np.float64), (len(tasks), 1))
+
+
+@pytest.mark.api
+def test_evaluate_runs_metaworld_protocol_and_names_it() -> None:
+    from metarl.evaluation import evaluate_meta_rl
+
+    agent = _ScriptedAgent()
+    result = evaluate_meta_rl(agent, "metarl/MetaWorldML1-v0", seed=3, protocol="auto", protocol_rounds=1)
+    assert agent.calls == [20] and result["num_episodes"] == 13 and result["num_tasks"] == 20
+    protocol = result["benchmark_protocol"]
+    assert protocol["name"] == "metaworld" and protocol["reward_function_version"] == "v2"
+    assert "tasks" not in protocol and result["env_info"]["reward_function_version"] == "v2"
+    summary = result["splits"]["test"]["benchmark"]
+    assert summary["success"]["pre_adaptation"]["mean"] == 0.0
+    assert summary["success"]["post_adaptation"]["mean"] == 1.0  # ML1 reach: every task is the first class
+    assert summary["return"]["post_adaptation"]["mean"] == pytest.approx(11.0)  # columns 10, 11, 12
+    generic = evaluate_meta_rl(agent, "metarl/MetaWorldML1-v0", num_tasks=2, num_episodes=3, seed=3,
+                               protocol="generic")
+    assert "benchmark_protocol" not in generic and generic["env_info"]["benchmark"] == "ML1"
+    with pytest.raises(ValueError, match="protocol must be"):
+        evaluate_meta_rl(agent, "metarl/MetaWorldML1-v0", protocol="metaworld")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .agent_env import stream_generator
+from .outcomes import EpisodeSuccess, record_episodes, record_meta_test_column, step_successes
 from .networks import MLP
 from .seeding import derive_seed
 
@@ -98,11 +99,13 @@ def posterior_sampling(envs: Any, tasks: list[Any], num_episodes: int, seed: int
         envs.set_tasks(list(tasks))
         obs, _ = envs.reset(seed=[int(s) for s in seeds.integers(0, 2**31 - 1, size=n)])
         active = np.ones(n, dtype=np.bool_)
+        success = EpisodeSuccess(n)
         while active.any():
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
             action = act(obs_t, z, generator)
-            next_obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+            next_obs, reward, term, trunc, infos = envs.step(action.cpu().numpy())
             returns[:, episode] += reward * active
+            success.update(*step_successes(infos, n), active)
             step = {"observations": obs_t, "actions": action,
                     "rewards": torch.as_tensor(reward, dtype=torch.float32, device=device),
                     "next_observations": torch.as_tensor(next_obs, dtype=torch.float32, device=device)}
@@ -110,4 +113,6 @@ def posterior_sampling(envs: Any, tasks: list[Any], num_episodes: int, seed: int
             context_mask.append(torch.as_tensor(active, dtype=torch.float32, device=device)[:, None])
             active &= ~(term | trunc)
             obs = next_obs
+        record_episodes(success.values())
+        record_meta_test_column(episode, success.values())
     return returns

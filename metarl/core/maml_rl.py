@@ -39,6 +39,7 @@ from .baselines import linear_baseline_values
 from .networks import head_parameter_names
 from .policies import Policy
 from .rl import discounted_returns, generalized_advantages, normalize_per_task
+from .outcomes import record_meta_test_column
 from .sampling import Episodes, collect_episodes
 from .seeding import derive_seed
 from .trpo import gauss_newton_fvp
@@ -212,6 +213,8 @@ def adaptation_stages(envs: Any, policy: Policy, weights: Params, inner: InnerLo
     for stage in range(num_stages):
         episodes = collect_episodes(envs, policy, fast, tasks, episodes_per_stage,
                                     seed=derive_seed(seed, "meta_test", stage), generator=generator)
+        if episodes.successes is not None:  # the stage's success rate per task (metarl.core.outcomes)
+            record_meta_test_column(stage, episodes.successes.double().nanmean(1).cpu().numpy())
         yield fast, episodes
         if stage + 1 < num_stages:
             adapted = adapt_policy(policy, fast, process_episodes(episodes, settings), inner, batched_params=True)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .outcomes import EpisodeSuccess, record_episodes, step_successes
+
 
 class TaskReplayBuffer:
     """``num_tasks`` ring buffers of ``capacity`` transitions, each field one tensor ``[num_tasks, capacity, ...]``.
@@ -166,17 +168,21 @@ def collect_transitions(envs: Any, tasks: Sequence[Any], steps: int, act: Callab
     counts = np.zeros(n, dtype=np.int64)
     resetting = np.zeros(n, dtype=np.bool_)
     running, finished = np.zeros(n), []
+    success = EpisodeSuccess(n)
     rows: list[tuple] = []
     while counts.min() < steps:
         action = np.asarray(act(obs))
-        next_obs, reward, term, trunc, _ = envs.step(action)
+        next_obs, reward, term, trunc, infos = envs.step(action)
         keep = ~resetting & (counts < steps)  # a NEXT_STEP autoreset step is not a transition
         rows.append((keep, obs, action, reward, next_obs, term))
         counts += keep
         running += reward * keep
+        success.update(*step_successes(infos, n), keep)
         ended = keep & (term | trunc)
         finished += running[ended].tolist()
         running[ended] = 0.0
+        record_episodes(success.values(ended))
+        success.clear(ended)
         if resetting.any():
             on_episode_start(np.flatnonzero(resetting))
         resetting = ~resetting & (term | trunc)

@@ -31,6 +31,7 @@ import torch
 
 from .adaptation import Params
 from .device import torch_threads
+from .outcomes import EpisodeSuccess, record_episodes, step_successes
 from .policies import Policy
 
 MAX_STEPS_WITHOUT_LIMIT = 10_000
@@ -55,6 +56,9 @@ class Episodes:
     """``[tasks, E]`` the seed each episode's sub-env was reset with"""
     env_seconds: float = 0.0
     """wall time spent in ``envs.reset``/``envs.step``"""
+    successes: torch.Tensor | None = None
+    """``[tasks, E]`` float: 1.0 when ``info["success"]`` was set at any step of the episode, 0.0 when not, NaN where
+    no step reported it (:mod:`metarl.core.outcomes`); None when the env reports no success at all"""
     policy_seconds: float = 0.0
     """wall time spent computing and sampling actions"""
 
@@ -141,6 +145,7 @@ def collect_episodes(
             env_seconds += perf_counter() - start
             active = np.ones(num_envs, dtype=np.bool_)
             terminated = np.zeros(num_envs, dtype=np.bool_)
+            success = EpisodeSuccess(num_envs)
             steps_obs, steps_act, steps_rew, steps_mask = [], [], [], []
             for _ in range(limit):
                 start = perf_counter()
@@ -149,8 +154,9 @@ def collect_episodes(
                     action = policy.sample(policy.distribution(params, obs_t), generator)
                 action_np = policy.env_action(action).reshape(num_envs, *action.shape[2:]).cpu().numpy()
                 mid = perf_counter()
-                obs, reward, term, trunc, _ = envs.step(action_np)
+                obs, reward, term, trunc, infos = envs.step(action_np)
                 env_seconds += perf_counter() - mid
+                success.update(*step_successes(infos, num_envs), active)
                 policy_seconds += mid - start
                 steps_obs.append(obs_t)
                 steps_act.append(action)
@@ -170,7 +176,7 @@ def collect_episodes(
             rewards = torch.as_tensor(np.stack(steps_rew, axis=-1), dtype=dtype).reshape(num_tasks, per_task, -1)
             terminated_t = torch.as_tensor(terminated).reshape(num_tasks, per_task)
             round_data.append((observations, actions, rewards.to(device), mask.to(device), terminated_t,
-                               seeds.reshape(num_tasks, per_task)))
+                               seeds.reshape(num_tasks, per_task), success.values().reshape(num_tasks, per_task)))
 
     horizon = max(d[0].shape[2] for d in round_data)
 
@@ -189,8 +195,11 @@ def collect_episodes(
     # the last round may run surplus episodes (dropped above) longer than every kept one: cut their padding
     mask = gather(3)
     keep = int(mask.sum(dim=2).max())
+    successes = gather(6, padded=False)
+    record_episodes(successes)
     return Episodes(
         observations=gather(0)[:, :, :keep], actions=gather(1)[:, :, :keep], rewards=gather(2)[:, :, :keep],
         mask=mask[:, :, :keep], terminated=gather(4, padded=False), reset_seeds=gather(5, padded=False),
         env_seconds=env_seconds, policy_seconds=policy_seconds,
+        successes=torch.as_tensor(successes, dtype=dtype) if np.isfinite(successes).any() else None,
     )

@@ -40,6 +40,7 @@ from .agent import AgentConfig
 from .agent_env import EnvPool, check_checkpoint, check_memory, check_test_request, env_bytes_estimate, make_task_env
 from .config import ConfigError, check_fields, check_int, check_number, check_positive
 from .device import torch_threads
+from .outcomes import EpisodeSuccess, record_episodes, record_meta_test_column, step_successes
 from .rl import generalized_advantages
 from .seeding import derive_seed
 
@@ -177,7 +178,9 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
     Returns ``[N, T]`` tensors ``inputs`` (``[N, T, size]``: what ``act`` read), ``actions``, ``rewards`` (0 on
     padding), ``dones`` (step ended an episode), ``mask`` (step inside the trial) and ``act``'s columns;
     ``final_inputs`` ``[N, size]`` (the input after the last step: it carries the last step's reward);
-    ``episode_returns`` ``[N, num_episodes]`` (numpy), ``env_steps`` (sub-env steps simulated: ``N * T``, the padding
+    ``episode_returns`` ``[N, num_episodes]`` (numpy), ``episode_successes`` ``[N, num_episodes]`` (numpy: 1.0 when
+    ``info["success"]`` was set at any step of the episode, NaN where not reported; :mod:`metarl.core.outcomes`),
+    ``env_steps`` (sub-env steps simulated: ``N * T``, the padding
     included) and, with ``record_next_obs``, ``next_obs`` ``[N, T, obs_size]`` (the observation each step led to:
     the episode's last one where it ended, not the next episode's first).
     """
@@ -190,6 +193,8 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
     episode = np.zeros(n, dtype=np.int64)
     active = np.ones(n, dtype=bool)
     episode_returns = np.zeros((n, num_episodes))
+    episode_successes = np.full((n, num_episodes), np.nan)
+    success = EpisodeSuccess(n)
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("inputs", "actions", "rewards", "dones", "mask",
                                                               "next_obs")}
     limit = num_episodes * (envs.max_episode_steps or MAX_STEPS_PER_EPISODE)
@@ -204,6 +209,10 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
         done = terminated | truncated
         # bookkeeping: rewards go to the current episode of each still-running trial
         episode_returns[active, episode[active]] += reward[active]
+        success.update(*step_successes(infos, n, done), active)
+        ended = np.flatnonzero(done & active)
+        episode_successes[ended, episode[ended]] = success.values(ended)
+        success.clear(ended)
         step_mask = torch.as_tensor(active, dtype=torch.float32)
         episode += done & active
         active &= episode < num_episodes
@@ -222,6 +231,8 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
     batch["final_inputs"] = torch.cat([inputs.observations(obs), prev_action, prev_reward[:, None],
                                        prev_done[:, None]], dim=1)
     batch["episode_returns"] = episode_returns
+    batch["episode_successes"] = episode_successes
+    record_episodes(episode_successes)
     batch["env_steps"] = n * len(columns["mask"])
     return batch
 
@@ -388,8 +399,11 @@ class TrialAgent:
         from a fresh recurrent state, actions from a generator seeded by ``seed`` (see ``collect_trials``)."""
         generator = torch.Generator().manual_seed(derive_seed(seed, "meta_test", "actions"))
         with torch_threads(self.config.torch_threads):
-            return self.collect_trials(envs, list(tasks), int(num_episodes), derive_seed(seed, "meta_test", "env"),
-                                       generator, self.config.deterministic_test)
+            batch = self.collect_trials(envs, list(tasks), int(num_episodes), derive_seed(seed, "meta_test", "env"),
+                                        generator, self.config.deterministic_test)
+        for column in range(int(num_episodes)):  # episode k of the trial is meta-test column k
+            record_meta_test_column(column, batch["episode_successes"][:, column])
+        return batch
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """One trial of ``num_episodes`` episodes per task from a fresh state: ``[tasks, num_episodes]`` returns.
