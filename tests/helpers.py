@@ -104,3 +104,17 @@ def kill_and_resume(monkeypatch, agent_type: type, run, kill_at: int, checkpoint
     assert load_checkpoint(killed_dir / "checkpoints" / "last.pt")["iteration"] == checkpointed
     assert cli_main(["resume", str(killed_dir), "--no-progress"]) == 0
     return tuple(load_checkpoint(d / "checkpoints" / "last.pt")["state"] for d in (full, killed_dir))
+
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments" / "presets"
+EXPENSIVE_PRESETS = ("ml45", "ml25")
+"""presets whose env takes ~30 s to build (Meta-World ML45/ML25 construct every class): their load tests are slow"""
+
+
+def preset_params(pattern: str) -> list:
+    """``pytest.param`` per preset matching ``pattern`` in experiments/presets (id: its stem), the expensive ones
+    marked ``slow``."""
+    import pytest
+
+    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if any(k in p.stem for k in EXPENSIVE_PRESETS) else [])
+            for p in sorted(PRESET_DIR.glob(pattern))]

@@ -24,6 +24,7 @@ from metarl.core.maml_rl import TaskBatch, adapt_in_chunks, adapt_policy, inner_
 from metarl.core.policies import CategoricalMLPPolicy, GaussianMLPPolicy
 from metarl.core.seeding import seeded
 from metarl.core.trpo import flatten
+from tests.helpers import preset_params
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
 SMALL = dict(meta_batch_size=3, episodes_per_task=2, max_episode_steps=6, hidden_sizes=[8])
@@ -429,7 +430,7 @@ def test_bad_environments_raise_at_construction():
 
 
 @pytest.mark.api
-@pytest.mark.parametrize("preset", sorted(PRESETS.glob("maml_trpo_*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", preset_params("maml_trpo_*.yaml"))
 def test_presets_load_into_the_config(preset):
     text = preset.read_text()
     config = MAMLTRPOConfig(**yaml.safe_load(text))

@@ -19,7 +19,7 @@ from metarl.agents.pearl import PEARL, PEARLConfig
 from metarl.core.agent import MetaRLAgent
 from metarl.core.context import ContextEncoder, kl_to_unit_gaussian, product_of_gaussians
 from metarl.core.seeding import seeded
-from tests.helpers import weights_only_round_trip
+from tests.helpers import preset_params, weights_only_round_trip
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
 NAV = "metarl/Navigation2D-v0"
@@ -347,7 +347,7 @@ def test_the_oracle_takes_a_task_of_numbers_as_its_descriptor():
 
 
 @pytest.mark.api
-@pytest.mark.parametrize("preset", sorted(PRESETS.glob("pearl_*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", preset_params("pearl_*.yaml"))
 def test_presets_load_into_the_config(preset):
     values = yaml.safe_load(preset.read_text())
     env = values.pop("env")

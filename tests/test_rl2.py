@@ -316,7 +316,7 @@ def test_learns_to_explore_a_five_armed_bandit():
 @pytest.mark.math
 @pytest.mark.parametrize("discrete", [True, False])
 def test_log_prob_and_entropy_match_torch_distributions(discrete):
-    from metarl.agents.rl2 import RecurrentPolicy
+    from metarl.core.recurrent import RecurrentPolicy
 
     policy = RecurrentPolicy(3, 8, 4, discrete, init_log_std=-0.3)
     g = torch.Generator().manual_seed(0)
