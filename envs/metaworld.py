@@ -395,7 +395,8 @@ class MetaWorldTaskEnv(TaskEnvMixin, gym.Env, EzPickle):
         classes = self.classes["test"]
         return {
             "name": "metaworld", "metric": "success",
-            "source": "metaworld.evaluation.metalearning_evaluation (metaworld 3.1.1); Meta-World+ (McLean et al. 2025)",
+            "source": ("metaworld.evaluation.metalearning_evaluation (metaworld 3.1.1); "
+                       "Meta-World+ (McLean et al. 2025)"),
             **self.evaluation_metadata(), "split": "test", "test_classes": list(classes),
             "meta_batch_size": PROTOCOL["meta_batch_size"], "rounds": rounds,
             "goals_per_class": rounds * PROTOCOL["meta_batch_size"] // len(classes),

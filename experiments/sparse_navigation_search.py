@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/sparse_navigation"))
-    parser.add_argument("--figure", type=Path, default=Path(__file__).parent / "figures" / "sparse_navigation_search.png")
+    parser.add_argument("--figure", type=Path,
+                        default=Path(__file__).parent / "figures" / "sparse_navigation_search.png")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.eval_tasks < 2 or args.plot_tasks < 1:
         parser.error("--iterations and --plot-tasks must be >= 1 and --eval-tasks >= 2")

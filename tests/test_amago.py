@@ -17,7 +17,7 @@ from metarl.cli import main as cli_main
 from metarl.core.agent import MetaRLAgent
 from metarl.core.sac import critic_target
 from metarl.envs.base import TaskEnvMixin, task_to_dict
-from tests.helpers import kill_and_resume, weights_only_round_trip
+from tests.helpers import kill_and_resume, resume_from_state_dict
 
 NAVIGATION = "metarl/Navigation2D-v0"
 
@@ -180,17 +180,7 @@ def test_same_seed_same_run_and_resume_is_exact(model):
     def fresh(seed: int = 0) -> AMAGO:
         return AMAGO(NAVIGATION, small_config(sequence_model=model, seed=seed))
 
-    straight = fresh()
-    straight_metrics = [straight.train_iteration(i) for i in range(3)]
-    resumed = fresh()
-    resumed.train_iteration(0)
-    state = weights_only_round_trip(resumed.state_dict())
-    resumed.close()
-    reloaded = fresh()
-    reloaded.load_state_dict(state)
-    reloaded_metrics = [reloaded.train_iteration(i) for i in (1, 2)]
-    for key, value in parameters(straight).items():
-        torch.testing.assert_close(parameters(reloaded)[key], value, rtol=0, atol=0)
+    straight, reloaded, straight_metrics, reloaded_metrics = resume_from_state_dict(fresh, parameters)
     timing = ("charts/rollout_seconds", "charts/gradient_steps_per_s")
     for key, value in straight_metrics[-1].items():
         assert key in timing or reloaded_metrics[-1][key] == value, key

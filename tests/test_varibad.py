@@ -18,7 +18,7 @@ from metarl.cli import main as cli_main
 from metarl.core.agent import MetaRLAgent
 from metarl.core.context import kl_between_gaussians, kl_to_unit_gaussian
 from metarl.envs.discrete import random_policy_return, thompson_sampling_return
-from tests.helpers import CountingEnv, LengthTask, kill_and_resume, weights_only_round_trip
+from tests.helpers import CountingEnv, LengthTask, kill_and_resume, resume_from_state_dict
 
 BANDIT = "metarl/BernoulliBandit-v0"
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "presets").glob("varibad_*.yaml"))
@@ -256,17 +256,7 @@ def _fresh(**overrides: Any) -> VariBAD:
 
 @pytest.mark.determinism
 def test_same_seed_same_run_and_resume_from_a_state_dict_is_exact():
-    straight = _fresh()
-    straight_metrics = [straight.train_iteration(i) for i in range(3)]
-    resumed = _fresh()
-    resumed.train_iteration(0)
-    state = weights_only_round_trip(resumed.state_dict())
-    resumed.close()
-    reloaded = _fresh()
-    reloaded.load_state_dict(state)
-    reloaded_metrics = [reloaded.train_iteration(i) for i in (1, 2)]
-    for key, value in parameters(straight).items():
-        torch.testing.assert_close(parameters(reloaded)[key], value, rtol=0, atol=0)
+    straight, reloaded, straight_metrics, reloaded_metrics = resume_from_state_dict(_fresh, parameters)
     for key in ("charts/trial_return", "losses/policy", "losses/value", "losses/elbo"):
         assert reloaded_metrics[-1][key] == straight_metrics[-1][key]
     assert reloaded.total_env_steps == straight.total_env_steps and reloaded.iterations_done == 3

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from .agent_env import stream_generator
-from .outcomes import EpisodeSuccess, record_episodes, record_meta_test_column, step_successes
 from .networks import MLP
+from .outcomes import EpisodeSuccess, record_episodes, record_meta_test_column, step_successes
 from .seeding import derive_seed
 
 

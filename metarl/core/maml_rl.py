@@ -37,9 +37,9 @@ from .adaptation import Params, adapt, expand_for_tasks, task_chunks
 from .agent_env import stream_generator
 from .baselines import linear_baseline_values
 from .networks import head_parameter_names
+from .outcomes import record_meta_test_column
 from .policies import Policy
 from .rl import discounted_returns, generalized_advantages, normalize_per_task
-from .outcomes import record_meta_test_column
 from .sampling import Episodes, collect_episodes
 from .seeding import derive_seed
 from .trpo import gauss_newton_fvp
