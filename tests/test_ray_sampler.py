@@ -225,6 +225,70 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_the_run_is_unchanged(loca
     assert tables["local"][1] == tables["ray"][1]
 
 
+# --- whole episodes on the workers (sampler "ray-episodes") ---------------------------------------------------------
+@pytest.mark.determinism
+def test_episode_level_collection_gives_the_local_per_task_numbers(local_ray, monkeypatch):
+    """MAML-TRPO with sampler="ray-episodes" (3 tasks over 2 workers: parts of 2 and 1) equals the local sampler with
+    per-task streams, and no vector step crosses to the workers while it trains; the default shared streams give
+    other numbers (so the comparison can fail)."""
+    from metarl.core.ray_sampler import RayVectorEnv
+
+    steps, collects = [0], [0]
+    original_step, original_collect = RayVectorEnv.step, RayVectorEnv.collect_episodes
+
+    def step(self, actions):
+        steps[0] += 1
+        return original_step(self, actions)
+
+    def collect(self, *args, **kwargs):
+        collects[0] += 1
+        return original_collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(RayVectorEnv, "step", step)
+    monkeypatch.setattr(RayVectorEnv, "collect_episodes", collect)
+    results = {}
+    for name, kwargs in (("local", dict(rollout_streams="per-task")), ("ray", dict(sampler="ray-episodes")),
+                         ("shared", {})):
+        agent = MAMLTRPO(NAV, MAMLTRPOConfig(**MAML_SMALL, num_workers=2, **kwargs))
+        try:
+            metrics = [numbers(agent.train_iteration(i)) for i in range(2)]
+            tasks = agent.envs.single_task_env.sample_tasks(3, split="test", seed=5)
+            results[name] = metrics, agent.meta_test(tasks, 2, seed=1)
+        finally:
+            agent.close()
+    assert steps[0] == 0 and collects[0] == 4 + 2  # 2 iterations × (support, query) + 2 meta-test stages
+    assert results["local"][0] == results["ray"][0]
+    np.testing.assert_array_equal(results["local"][1], results["ray"][1])
+    assert results["shared"][0] != results["ray"][0]
+
+
+@pytest.mark.determinism
+def test_a_worker_killed_during_an_episode_level_collection_is_replaced(local_ray, monkeypatch):
+    """Worker 0 killed just before the second collection: it is replaced, its part of the tasks collected again,
+    and the iteration's numbers equal the local per-task sampler's."""
+    from metarl.core.ray_sampler import RayVectorEnv
+
+    calls, original = [0], RayVectorEnv.collect_episodes
+
+    def collect(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            ray.kill(self.group.workers[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RayVectorEnv, "collect_episodes", collect)
+    results = []
+    for kwargs in (dict(rollout_streams="per-task"), dict(sampler="ray-episodes", num_workers=2)):
+        agent = MAMLTRPO(NAV, MAMLTRPOConfig(**MAML_SMALL, **kwargs))
+        try:
+            results.append(numbers(agent.train_iteration(0)))
+            if kwargs.get("sampler"):
+                assert agent.envs.group.replacements == 1
+        finally:
+            agent.close()
+    assert results[0] == results[1]
+
+
 # --- bad input ----------------------------------------------------------------------------------------------------
 def cli(argv: list[str], capsys) -> tuple[int, str]:
     from metarl.cli import main
@@ -248,6 +312,10 @@ def test_bad_input_is_one_line_before_any_work(local_ray, tmp_path, capsys, monk
     code, err = cli([*base, "--run-dir", str(tmp_path / "c"), "--sampler", "ray", "--num-workers", "3"], capsys)
     assert code == 2 and err.count("\n") == 1 and "num_workers=3 is more than the 2 sub-environments" in err
     assert not starts and not any(tmp_path.iterdir())
+    code, err = cli([*base, "--run-dir", str(tmp_path / "d"), "--sampler", "ray-episodes", "--rollout-streams",
+                     "shared"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "needs rollout_streams 'per-task'" in err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.api

@@ -376,6 +376,47 @@ def test_sampling_matches_stepping_envs_one_by_one(env_id, per_task, episodes, m
 
 
 @pytest.mark.api
+@pytest.mark.parametrize("env_id, fast_weights",
+                         [("metarl/CartPoleContext-v0", True), ("metarl/Navigation2D-v0", False)])
+def test_per_task_streams_give_the_same_episodes_however_the_batch_is_split(env_id, fast_weights):
+    """streams="per-task": a task's episodes do not depend on the other tasks of the batch (what the episode-level
+    Ray sampler relies on); "shared" streams do, so they differ from the split collection."""
+    tasks_n, per_task, episodes = 4, 2, 3  # 3 episodes over 2 sub-envs: two rounds, the second with a surplus
+    with seeded(0):
+        policy = make_policy(TaskVectorEnv(env_id, 1).single_observation_space,
+                             TaskVectorEnv(env_id, 1).single_action_space, (8,), normalize_actions=True)
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    if fast_weights:
+        params = {k: v.unsqueeze(0).repeat(tasks_n, *[1] * v.dim()) for k, v in params.items()}
+        params["body.0.bias"] = params["body.0.bias"] + torch.randn(tasks_n, 8,
+                                                                    generator=torch.Generator().manual_seed(3))
+    envs = TaskVectorEnv(env_id, tasks_n * per_task, max_episode_steps=40)
+    tasks = envs.single_task_env.sample_tasks(tasks_n, seed=1)
+    whole = collect_episodes(envs, policy, params, tasks, episodes, seed=9, generator=torch.Generator(),
+                             streams="per-task")
+    parts = []
+    for a, b in ((0, 1), (1, 4)):
+        part_envs = TaskVectorEnv(env_id, (b - a) * per_task, max_episode_steps=40)
+        part_params = {k: v[a:b] for k, v in params.items()} if fast_weights else params
+        parts.append(collect_episodes(part_envs, policy, part_params, tasks[a:b], episodes, seed=9,
+                                      generator=torch.Generator().manual_seed(123), streams="per-task",
+                                      task_offset=a))
+        part_envs.close()
+    for t, (part, i) in enumerate([(parts[0], 0), (parts[1], 0), (parts[1], 1), (parts[1], 2)]):
+        n = int(part.lengths[i].max())
+        assert torch.equal(whole.lengths[t], part.lengths[i])
+        assert torch.equal(whole.observations[t, :, :n], part.observations[i, :, :n])
+        assert torch.equal(whole.actions[t, :, :n], part.actions[i, :, :n])
+        assert torch.equal(whole.rewards[t, :, :n], part.rewards[i, :, :n])
+        np.testing.assert_array_equal(whole.reset_seeds[t], part.reset_seeds[i])
+    shared = collect_episodes(envs, policy, params, tasks, episodes, seed=9, generator=torch.Generator())
+    assert not torch.equal(shared.actions[1:], whole.actions[1:])
+    with pytest.raises(ValueError, match="streams"):
+        collect_episodes(envs, policy, params, tasks, 1, seed=0, generator=torch.Generator(), streams="per-env")
+    envs.close()
+
+
+@pytest.mark.api
 def test_sampling_rejects_bad_arguments():
     envs = TaskVectorEnv("metarl/Navigation2D-v0", 3)
     policy = make_policy(envs.single_observation_space, envs.single_action_space, (4,))

@@ -53,23 +53,40 @@ class AgentConfig(SeededConfig):
     max_episode_steps: int | None = None
     """episode length; None: the environment's registered time limit"""
     sampler: str = "local"
-    """where the sub-environments run: local (in this process) or ray (split over num_workers Ray actors, the
-    metarl[ray] extra; joins the cluster at RAY_ADDRESS, else starts a local Ray instance); the same episodes"""
+    """where the sub-environments run: local (in this process); ray (split over num_workers Ray actors, one round
+    trip per step, the local sampler's episodes; the metarl[ray] extra; joins the cluster at RAY_ADDRESS, else
+    starts a local Ray instance); ray-episodes (as ray, but whole episodes of collect_episodes are rolled out on the
+    workers, the tasks split over them: the episodes of the local sampler with rollout_streams per-task)"""
     num_workers: int = 1
-    """Ray rollout workers (actors, one CPU each) the sub-environments are split over (sampler ray only); at most
-    the number of sub-environments the agent steps"""
+    """Ray rollout workers (actors, one CPU each) the sub-environments are split over (samplers ray and
+    ray-episodes); at most the number of sub-environments the agent steps"""
+    rollout_streams: str = "auto"
+    """random streams of collect_episodes (metarl.core.sampling): shared (one generator over the batch), per-task
+    (a task's episodes independent of the rest of its batch), auto (per-task for sampler ray-episodes, which needs
+    it, shared otherwise)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_mapping(self.env_kwargs, "env_kwargs")
         check_int(self.max_episode_steps, "max_episode_steps", minimum=1, optional=True)
-        check_choice(self.sampler, "sampler", ("local", "ray"))
+        check_choice(self.sampler, "sampler", ("local", "ray", "ray-episodes"))
         check_int(self.num_workers, "num_workers", minimum=1)
-        if self.sampler == "ray":
+        check_choice(self.rollout_streams, "rollout_streams", ("auto", "shared", "per-task"))
+        if self.sampler == "ray-episodes" and self.rollout_streams == "shared":
+            raise ConfigError("sampler 'ray-episodes' needs rollout_streams 'per-task' (or 'auto'): one shared random "
+                              "stream over the batch cannot be split over workers")
+        if self.sampler != "local":
             from .distributed import INSTALL_HINT, ray_installed
 
             if not ray_installed():
-                raise ConfigError(f"sampler 'ray' needs Ray, which is not installed: {INSTALL_HINT}")
+                raise ConfigError(f"sampler {self.sampler!r} needs Ray, which is not installed: {INSTALL_HINT}")
+
+    @property
+    def streams(self) -> str:
+        """The rollout streams in force: ``rollout_streams`` with ``auto`` resolved."""
+        if self.rollout_streams != "auto":
+            return self.rollout_streams
+        return "per-task" if self.sampler == "ray-episodes" else "shared"
 
 
 @runtime_checkable

@@ -176,10 +176,12 @@ class EnvPool:
     :meth:`close` closes every env it made and kept. ``vector_kwargs`` go to every :class:`TaskVectorEnv`
     (e.g. RL²'s ``autoreset_mode``).
 
-    With ``config.sampler == "ray"`` the vector envs are :class:`~metarl.core.ray_sampler.RayVectorEnv` (the same
-    interface and results) over one group of ``config.num_workers`` Ray actors, started at the first :meth:`make`
-    (the agent's training envs: more workers than their sub-envs is refused there) and shared by the meta-test envs
-    (spread over at most as many workers as they have sub-envs); :meth:`close` stops the actors."""
+    Every vector env carries the config's random streams of :func:`~metarl.core.sampling.collect_episodes` as
+    ``rollout_streams``. With ``config.sampler`` ``"ray"`` or ``"ray-episodes"`` the vector envs are
+    :class:`~metarl.core.ray_sampler.RayVectorEnv` (the same interface and results) over one group of
+    ``config.num_workers`` Ray actors, started at the first :meth:`make` (the agent's training envs: more workers
+    than their sub-envs is refused there) and shared by the meta-test envs (spread over at most as many workers as
+    they have sub-envs); :meth:`close` stops the actors."""
 
     def __init__(self, env_id: str, config: Any, **vector_kwargs: Any) -> None:
         self.env_id, self.config, self.vector_kwargs = env_id, config, vector_kwargs
@@ -197,17 +199,19 @@ class EnvPool:
                                  f"sub-environments this agent steps: use at most {num_envs} workers")
             self._workers = WorkerGroup(self.env_id, self.config.num_workers, self.config.env_kwargs,
                                         self.config.max_episode_steps)
-        return self._workers.vector_env(num_envs, strict=strict, **self.vector_kwargs)
+        return self._workers.vector_env(num_envs, strict=strict, episode_level=self.config.sampler == "ray-episodes",
+                                        **self.vector_kwargs)
 
     def make(self, num_envs: int, keep: bool = True) -> TaskVectorEnv:
         """A new vector env of ``num_envs`` sub-envs; closed by :meth:`close` unless ``keep`` is False (the caller
         closes it)."""
         try:
-            if getattr(self.config, "sampler", "local") == "ray":
+            if getattr(self.config, "sampler", "local") != "local":
                 envs = self._make_ray(num_envs)
             else:
                 envs = TaskVectorEnv(self.env_id, num_envs, env_kwargs=self.config.env_kwargs,
                                      max_episode_steps=self.config.max_episode_steps, **self.vector_kwargs)
+            envs.rollout_streams = getattr(self.config, "streams", "shared")  # read by collect_episodes
         except (gym.error.Error, TypeError) as err:
             raise ValueError(f"cannot make environment {self.env_id!r}: {_one_line(err)}") from None
         if keep:

@@ -12,15 +12,19 @@ Agents choose it with two fields of their config (:class:`~metarl.core.agent.Age
 ``num_workers=W``; :class:`~metarl.core.agent_env.EnvPool` then makes one :class:`WorkerGroup` of ``W`` actors per
 agent, which holds the slices of all its vector envs (training and meta-test).
 
-Design decision (issue 19): the split is at the vector env, not at the episode. Every agent's collection loop (MAML-
-TRPO's :func:`~metarl.core.sampling.collect_episodes`, RL²/VariBAD's trials, PEARL's transitions and posterior
-sampling) keeps running in the learner's process and only the env steps move, so no agent changes and none can tell
-where its episodes came from. The price is one round trip per vector step (observations out, actions in); for
-MuJoCo tasks a step of a slice costs more than that round trip, for toy tasks it does not (experiments/RESULTS.md,
-"Ray sampler"). Whole-episode rollouts on the workers (policy weights put once per iteration into the object store)
-would remove the round trips for ``collect_episodes``, but its actions are drawn from one ``torch.Generator`` over
-the whole batch in step order, so results identical to the local sampler would need per-task random streams, which
-changes every published MAML-TRPO number; left for later.
+Two levels (issue 19). ``sampler="ray"`` splits at the vector env: every agent's collection loop (MAML-TRPO's
+:func:`~metarl.core.sampling.collect_episodes`, RL²/VariBAD's trials, PEARL's transitions and posterior sampling)
+keeps running in the learner's process and only the env steps move, so no agent changes and none can tell where its
+episodes came from. The price is one round trip per vector step (observations out, actions in); for MuJoCo tasks a
+step of a slice costs more than that round trip, for toy tasks it does not (experiments/RESULTS.md, "Ray sampler").
+``sampler="ray-episodes"`` also moves the policy: a :func:`~metarl.core.sampling.collect_episodes` call (MAML-TRPO,
+CAVIA-TRPO and every agent that collects whole episodes with it) puts the policy and its weights into the object
+store once, splits the meta-batch's tasks into one contiguous part per worker, and each worker rolls out its tasks'
+whole episodes on a local vector env of its own (:meth:`RolloutWorker.collect`) and sends back the padded arrays: one
+round trip per call instead of one per step. Its episodes equal the local sampler's run with per-task random streams
+(``rollout_streams="per-task"``, which ``"ray-episodes"`` implies; see :mod:`metarl.core.sampling`): the shared
+stream of the default local sampler draws every task's actions from one generator in step order, so no split of the
+batch can reproduce it. Collection by other loops (trials, transitions) stays step-level under ``"ray-episodes"``.
 
 Faults: a worker that dies (``ray.kill``, a lost node) is replaced by a new actor and the state of its slices is
 rebuilt by replaying their journal: the tasks in force and the reset seeds of the last reset of the whole slice
@@ -28,7 +32,9 @@ with seeds, and every ``set_tasks``/``reset``/``step`` since (plus every ``set_a
 made again. This is exact for environments whose state after ``reset(seed=s)`` depends only on their task and
 ``s`` (the Gymnasium contract; every metarl env): the test kills a worker mid-iteration and gets the undisturbed
 run's numbers. A slice reset without seeds keeps its journal growing until the next seeded reset (every agent here
-resets with seeds). ``call``/``get_attr`` are assumed not to change a sub-env.
+resets with seeds). ``call``/``get_attr`` are assumed not to change a sub-env. An episode-level collection keeps no
+state between calls (each round sets the tasks and resets with seeds), so a worker that dies during one is replaced
+and its part of the tasks collected again from the start, with the same seeds.
 
 Resources: each worker asks Ray for ``num_cpus=1`` and workers are spread over the nodes (``SPREAD``); each local
 ``TaskVectorEnv`` steps its physics on the worker's one thread unless the agent asks for ``physics_threads``.
@@ -37,11 +43,14 @@ Ray is imported (by :mod:`metarl.core.distributed`) only when a group is made.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
@@ -80,6 +89,7 @@ class RolloutWorker:
 
         self.env_id, self.env_kwargs, self.max_episode_steps = env_id, env_kwargs, max_episode_steps
         self.slices: dict[int, TaskVectorEnv] = {}
+        self.episode_envs: dict[tuple[int, int], TaskVectorEnv] = {}  # (vector env, sub-envs) -> episode-level env
 
     def ready(self) -> tuple[int, str]:
         """This worker's process id and Ray node id (placement)."""
@@ -99,6 +109,27 @@ class RolloutWorker:
         envs = self.slices.pop(key, None)
         if envs is not None:
             envs.close()
+        for size_key in [k for k in self.episode_envs if k[0] == key]:
+            self.episode_envs.pop(size_key).close()
+
+    def collect(self, key: int, num_envs: int, vector_kwargs: dict[str, Any], payload: tuple[Any, Any],
+                tasks: list[Any], episodes_per_task: int, seed: int, offset: int, max_steps: int | None) -> Any:
+        """Whole episodes of ``tasks`` (meta-batch indices ``offset``, ``offset + 1``, ...) with per-task streams,
+        on a local vector env of ``num_envs`` sub-envs made at the first call of this size and kept; ``payload``:
+        the policy and its weights, shared or with a leading dimension over the whole meta-batch (sliced here)."""
+        from .sampling import collect_episodes
+
+        envs = self.episode_envs.get((key, num_envs))
+        if envs is None:
+            envs = self.episode_envs[(key, num_envs)] = TaskVectorEnv(
+                self.env_id, num_envs, env_kwargs=self.env_kwargs, max_episode_steps=self.max_episode_steps,
+                **vector_kwargs)
+        policy, params = payload
+        own = dict(policy.named_parameters())
+        part = {name: value[offset:offset + len(tasks)] if name in own and value.dim() > own[name].dim() else value
+                for name, value in params.items()}
+        return collect_episodes(envs, policy, part, tasks, episodes_per_task, seed=seed, generator=torch.Generator(),
+                                max_steps=max_steps, streams="per-task", task_offset=offset)
 
     def set_tasks(self, key: int, tasks: list[Any]) -> tuple[int, str] | None:
         """None, or (index in the slice, message) of a rejected task (the slice's tasks unchanged)."""
@@ -209,9 +240,13 @@ class RayVectorEnv(VectorEnv):
     """A :class:`TaskVectorEnv` (same constructor settings, same results) whose sub-envs live in the workers of a
     :class:`WorkerGroup`; made by :meth:`WorkerGroup.vector_env`. See the module docstring."""
 
-    def __init__(self, group: WorkerGroup, key: int, num_envs: int, **vector_kwargs: Any) -> None:
+    def __init__(self, group: WorkerGroup, key: int, num_envs: int, episode_level: bool = False,
+                 **vector_kwargs: Any) -> None:
         super().__init__()
         self.group, self.key = group, key
+        self.episode_level = bool(episode_level)
+        """collect_episodes calls run whole episodes on the workers (sampler "ray-episodes")"""
+        self.rollout_streams = "per-task" if self.episode_level else "shared"
         vector_kwargs.setdefault("physics_threads", 1)
         if vector_kwargs["physics_threads"] is None:
             vector_kwargs["physics_threads"] = 1
@@ -368,6 +403,55 @@ class RayVectorEnv(VectorEnv):
                                    obs)]
         return concatenate(self.single_observation_space, rows,
                            create_empty_array(self.single_observation_space, n=self.num_envs))
+
+    # --- whole episodes on the workers (sampler "ray-episodes") --------------------------------------------
+    def collect_episodes(self, policy: Any, params: dict[str, torch.Tensor], tasks: Sequence[Any],
+                         episodes_per_task: int, *, seed: int, max_steps: int | None = None,
+                         streams: str = "per-task") -> Any:
+        """:func:`~metarl.core.sampling.collect_episodes` with per-task streams, the tasks split over the workers
+        (module docstring); the same episodes as the local call. ``env_seconds`` is the wall time of the whole
+        remote collection (the workers' policy included), ``policy_seconds`` 0."""
+        from .outcomes import record_episodes
+        from .sampling import Episodes
+
+        if streams != "per-task":
+            raise ValueError("episode-level Ray collection needs per-task random streams (rollout_streams)")
+        num_tasks = len(tasks)
+        if num_tasks < 1 or self.num_envs % num_tasks:
+            raise ValueError(f"the vector env has {self.num_envs} sub-envs, not a multiple of the {num_tasks} tasks")
+        if episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+        start = perf_counter()
+        per_task = self.num_envs // num_tasks
+        parts = [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(num_tasks),
+                                                                      min(self.group.num_workers, num_tasks))]
+        device = next(iter(params.values())).device
+        worker_policy = copy.deepcopy(policy).cpu()
+        payload = self.group.ray.put((worker_policy, {k: v.detach().cpu() for k, v in params.items()}))
+        tasks = list(tasks)
+        results = self._run_all("collect", lambda k: (
+            (parts[k][1] - parts[k][0]) * per_task, self.vector_kwargs, payload, tasks[slice(*parts[k])],
+            int(episodes_per_task), int(seed), parts[k][0], max_steps), workers=range(len(parts)), journal=False)
+        batches = [results[k] for k in range(len(parts))]
+        horizon = max(b.mask.shape[2] for b in batches)
+
+        def joined(name: str) -> torch.Tensor:
+            values = [getattr(b, name) for b in batches]
+            values = [torch.cat([v, v.new_zeros(*v.shape[:2], horizon - v.shape[2], *v.shape[3:])], dim=2)
+                      if v.dim() > 2 and v.shape[2] < horizon else v for v in values]
+            return torch.cat(values).to(device)
+
+        successes = None
+        if any(b.successes is not None for b in batches):
+            successes = torch.cat([b.successes if b.successes is not None
+                                   else torch.full(b.terminated.shape, float("nan"), dtype=b.rewards.dtype)
+                                   for b in batches])
+            record_episodes(successes.numpy())
+            successes = successes.to(device)
+        return Episodes(observations=joined("observations"), actions=joined("actions"), rewards=joined("rewards"),
+                        mask=joined("mask"), terminated=torch.cat([b.terminated for b in batches]),
+                        reset_seeds=np.concatenate([b.reset_seeds for b in batches]),
+                        env_seconds=perf_counter() - start, policy_seconds=0.0, successes=successes)
 
     # --- helpers -----------------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:

@@ -11,10 +11,21 @@ done early keep being stepped by the vector env's autoreset, and those steps are
 policy once for the whole batch (observations ``[tasks, k, obs_dim]`` against the weights of each task) and samples
 every action from one explicit ``torch.Generator``. ``T`` is the longest episode of the batch.
 
-Reset seeds come from ``np.random.default_rng(seed)`` and are returned (``reset_seeds``), so any episode can be
-replayed alone: ``env.set_task(task); env.reset(seed=s)`` and the recorded actions give the recorded observations and
-rewards exactly (tested). Truncation by the time limit and termination are both recorded (``terminated`` says which);
-returns and advantages treat both as the end of the episode (no bootstrapping, as rllab's MAML-RL).
+Random streams (``streams``). ``"shared"`` (the default, and what every published MAML-TRPO number used): the
+reset seeds of a round come from one ``np.random.default_rng(seed)`` and the actions of the whole batch from the one
+``generator``, in step order, so an episode's numbers depend on every other task of the batch. ``"per-task"``:
+task ``g`` (its index in the meta-batch: ``task_offset`` + its position in ``tasks``) draws its reset seeds and its
+actions in round ``r`` from streams of its own, seeded by ``derive_seed(seed, "episodes", g, r)`` (``generator``
+unused), so the episodes of a task are the same whether it is collected with the whole batch or with any contiguous
+part of it — what lets :class:`~metarl.core.ray_sampler.RayVectorEnv` collect whole episodes on the workers
+(``sampler="ray-episodes"``) with the local sampler's numbers. A vector env may carry its mode as
+``rollout_streams`` (:class:`~metarl.core.agent_env.EnvPool` sets it from the agent's config), and one marked
+``episode_level`` (the Ray env of ``sampler="ray-episodes"``) is handed the whole call (its ``collect_episodes``).
+
+Reset seeds are returned (``reset_seeds``), so any episode can be replayed alone: ``env.set_task(task);
+env.reset(seed=s)`` and the recorded actions give the recorded observations and rewards exactly (tested).
+Truncation by the time limit and termination are both recorded (``terminated`` says which); returns and advantages
+treat both as the end of the episode (no bootstrapping, as rllab's MAML-RL).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from .adaptation import Params
 from .device import torch_threads
 from .outcomes import EpisodeSuccess, record_episodes, step_successes
 from .policies import Policy
+from .seeding import derive_seed
 
 MAX_STEPS_WITHOUT_LIMIT = 10_000
 
@@ -110,6 +122,8 @@ def collect_episodes(
     seed: int,
     generator: torch.Generator,
     max_steps: int | None = None,
+    streams: str | None = None,
+    task_offset: int = 0,
 ) -> Episodes:
     """Roll out ``episodes_per_task`` episodes of each task in ``tasks`` (see the module docstring).
 
@@ -119,7 +133,17 @@ def collect_episodes(
         seed: seeds the sub-envs' resets. ``generator``: draws the actions (on the policy's device).
         max_steps: longest episode allowed; default the vector env's time limit, else ``MAX_STEPS_WITHOUT_LIMIT``
             (an episode still running then raises ``RuntimeError``).
+        streams: ``"shared"`` or ``"per-task"`` random streams (module docstring); None: the vector env's
+            ``rollout_streams`` attribute, else ``"shared"``. ``task_offset``: the meta-batch index of ``tasks[0]``
+            (per-task streams: a part of a batch collected on its own).
     """
+    if streams is None:
+        streams = getattr(envs, "rollout_streams", "shared")
+    if streams not in ("shared", "per-task"):
+        raise ValueError(f"streams must be 'shared' or 'per-task', got {streams!r}")
+    if getattr(envs, "episode_level", False):  # whole episodes on Ray workers (metarl.core.ray_sampler)
+        return envs.collect_episodes(policy, params, tasks, episodes_per_task, seed=seed, max_steps=max_steps,
+                                     streams=streams)
     num_tasks, num_envs = len(tasks), envs.num_envs
     if num_tasks < 1 or num_envs % num_tasks:
         raise ValueError(f"the vector env has {num_envs} sub-envs, not a multiple of the {num_tasks} tasks")
@@ -134,10 +158,17 @@ def collect_episodes(
     env_seconds = policy_seconds = 0.0
     env_tasks = [tasks[i // per_task] for i in range(num_envs)]
 
+    per_task_streams = streams == "per-task"
     round_data = []
     with torch_threads_for_rollouts(envs, device):
-        for _ in range(rounds):
-            seeds = rng.integers(0, 2**31 - 1, size=num_envs)
+        for round_index in range(rounds):
+            if per_task_streams:
+                round_seeds = [derive_seed(seed, "episodes", task_offset + i, round_index) for i in range(num_tasks)]
+                seeds = np.concatenate([np.random.default_rng(s).integers(0, 2**31 - 1, size=per_task)
+                                        for s in round_seeds])
+                generators = [torch.Generator(device=device).manual_seed(s) for s in round_seeds]
+            else:
+                seeds = rng.integers(0, 2**31 - 1, size=num_envs)
             start = perf_counter()
             if not _same_tasks(envs.get_tasks(), env_tasks):  # re-setting a task can rebuild a model (morphologies)
                 envs.set_tasks(env_tasks)
@@ -151,7 +182,12 @@ def collect_episodes(
                 start = perf_counter()
                 obs_t = torch.as_tensor(obs, dtype=dtype).to(device).reshape(num_tasks, per_task, -1)
                 with torch.no_grad():
-                    action = policy.sample(policy.distribution(params, obs_t), generator)
+                    dist = policy.distribution(params, obs_t)
+                    if per_task_streams:
+                        action = torch.stack([policy.sample(tuple(d[i] for d in dist), generators[i])
+                                              for i in range(num_tasks)])
+                    else:
+                        action = policy.sample(dist, generator)
                 action_np = policy.env_action(action).reshape(num_envs, *action.shape[2:]).cpu().numpy()
                 mid = perf_counter()
                 obs, reward, term, trunc, infos = envs.step(action_np)
