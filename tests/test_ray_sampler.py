@@ -227,10 +227,11 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_the_run_is_unchanged(loca
 
 # --- whole episodes on the workers (sampler "ray-episodes") ---------------------------------------------------------
 @pytest.mark.determinism
-def test_episode_level_collection_gives_the_local_per_task_numbers(local_ray, monkeypatch):
-    """MAML-TRPO with sampler="ray-episodes" (3 tasks over 2 workers: parts of 2 and 1) equals the local sampler with
-    per-task streams, and no vector step crosses to the workers while it trains; the default shared streams give
-    other numbers (so the comparison can fail)."""
+def test_episode_level_collection_gives_the_local_per_episode_numbers(local_ray, monkeypatch):
+    """MAML-TRPO with sampler="ray-episodes" (3 tasks × 2 episodes over 2 workers: one episode of every task each)
+    equals the local sampler with per-episode streams, and no vector step crosses to the workers while it trains;
+    worker 0, killed just before the third collection, is replaced and its block collected again, the numbers
+    unchanged; the default shared streams give other numbers (so the comparison can fail)."""
     from metarl.core.ray_sampler import RayVectorEnv
 
     steps, collects = [0], [0]
@@ -242,18 +243,22 @@ def test_episode_level_collection_gives_the_local_per_task_numbers(local_ray, mo
 
     def collect(self, *args, **kwargs):
         collects[0] += 1
+        if collects[0] == 3:
+            ray.kill(self.group.workers[0])
         return original_collect(self, *args, **kwargs)
 
     monkeypatch.setattr(RayVectorEnv, "step", step)
     monkeypatch.setattr(RayVectorEnv, "collect_episodes", collect)
     results = {}
-    for name, kwargs in (("local", dict(rollout_streams="per-task")), ("ray", dict(sampler="ray-episodes")),
+    for name, kwargs in (("local", dict(rollout_streams="per-episode")), ("ray", dict(sampler="ray-episodes")),
                          ("shared", {})):
         agent = MAMLTRPO(NAV, MAMLTRPOConfig(**MAML_SMALL, num_workers=2, **kwargs))
         try:
             metrics = [numbers(agent.train_iteration(i)) for i in range(2)]
             tasks = agent.envs.single_task_env.sample_tasks(3, split="test", seed=5)
             results[name] = metrics, agent.meta_test(tasks, 2, seed=1)
+            if name == "ray":
+                assert agent.envs.group.replacements == 1
         finally:
             agent.close()
     assert steps[0] == 0 and collects[0] == 4 + 2  # 2 iterations × (support, query) + 2 meta-test stages
@@ -262,31 +267,20 @@ def test_episode_level_collection_gives_the_local_per_task_numbers(local_ray, mo
     assert results["shared"][0] != results["ray"][0]
 
 
-@pytest.mark.determinism
-def test_a_worker_killed_during_an_episode_level_collection_is_replaced(local_ray, monkeypatch):
-    """Worker 0 killed just before the second collection: it is replaced, its part of the tasks collected again,
-    and the iteration's numbers equal the local per-task sampler's."""
-    from metarl.core.ray_sampler import RayVectorEnv
+@pytest.mark.api
+def test_episode_blocks_cover_the_batch_once_with_the_smallest_largest_block():
+    from metarl.core.ray_sampler import episode_blocks
 
-    calls, original = [0], RayVectorEnv.collect_episodes
-
-    def collect(self, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 2:
-            ray.kill(self.group.workers[0])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(RayVectorEnv, "collect_episodes", collect)
-    results = []
-    for kwargs in (dict(rollout_streams="per-task"), dict(sampler="ray-episodes", num_workers=2)):
-        agent = MAMLTRPO(NAV, MAMLTRPOConfig(**MAML_SMALL, **kwargs))
-        try:
-            results.append(numbers(agent.train_iteration(0)))
-            if kwargs.get("sampler"):
-                assert agent.envs.group.replacements == 1
-        finally:
-            agent.close()
-    assert results[0] == results[1]
+    for tasks, episodes, workers in [(3, 2, 2), (40, 20, 32), (5, 1, 8), (1, 7, 3), (4, 4, 1), (7, 3, 5)]:
+        blocks = episode_blocks(tasks, episodes, workers)
+        assert 1 <= len(blocks) <= workers
+        covered = np.zeros((tasks, episodes), dtype=int)
+        for (a, b), (c, d) in blocks:
+            covered[a:b, c:d] += 1
+        assert np.all(covered == 1)
+    largest = max((b - a) * (d - c) for (a, b), (c, d) in episode_blocks(40, 20, 32))
+    assert largest == 25  # 8 task groups of 5 × 4 episode groups of 5
+    assert episode_blocks(3, 2, 2) == [((0, 3), (0, 1)), ((0, 3), (1, 2))]
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
@@ -314,7 +308,7 @@ def test_bad_input_is_one_line_before_any_work(local_ray, tmp_path, capsys, monk
     assert not starts and not any(tmp_path.iterdir())
     code, err = cli([*base, "--run-dir", str(tmp_path / "d"), "--sampler", "ray-episodes", "--rollout-streams",
                      "shared"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "needs rollout_streams 'per-task'" in err
+    assert code == 2 and err.count("\n") == 1 and "needs rollout_streams 'per-episode'" in err
     assert not any(tmp_path.iterdir())
 
 

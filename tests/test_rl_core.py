@@ -378,13 +378,14 @@ def test_sampling_matches_stepping_envs_one_by_one(env_id, per_task, episodes, m
 @pytest.mark.api
 @pytest.mark.parametrize("env_id, fast_weights",
                          [("metarl/CartPoleContext-v0", True), ("metarl/Navigation2D-v0", False)])
-def test_per_task_streams_give_the_same_episodes_however_the_batch_is_split(env_id, fast_weights):
-    """streams="per-task": a task's episodes do not depend on the other tasks of the batch (what the episode-level
-    Ray sampler relies on); "shared" streams do, so they differ from the split collection."""
+def test_per_episode_streams_give_the_same_episodes_however_the_batch_is_split(env_id, fast_weights):
+    """streams="per-episode": an episode does not depend on the rest of its batch, nor on the sub-env or round that
+    runs it (what the episode-level Ray sampler relies on); "shared" streams do, so they differ."""
     tasks_n, per_task, episodes = 4, 2, 3  # 3 episodes over 2 sub-envs: two rounds, the second with a surplus
     with seeded(0):
-        policy = make_policy(TaskVectorEnv(env_id, 1).single_observation_space,
-                             TaskVectorEnv(env_id, 1).single_action_space, (8,), normalize_actions=True)
+        probe = TaskVectorEnv(env_id, 1)
+        policy = make_policy(probe.single_observation_space, probe.single_action_space, (8,), normalize_actions=True)
+        probe.close()
     params = {k: v.detach() for k, v in policy.named_parameters()}
     if fast_weights:
         params = {k: v.unsqueeze(0).repeat(tasks_n, *[1] * v.dim()) for k, v in params.items()}
@@ -393,22 +394,21 @@ def test_per_task_streams_give_the_same_episodes_however_the_batch_is_split(env_
     envs = TaskVectorEnv(env_id, tasks_n * per_task, max_episode_steps=40)
     tasks = envs.single_task_env.sample_tasks(tasks_n, seed=1)
     whole = collect_episodes(envs, policy, params, tasks, episodes, seed=9, generator=torch.Generator(),
-                             streams="per-task")
-    parts = []
-    for a, b in ((0, 1), (1, 4)):
-        part_envs = TaskVectorEnv(env_id, (b - a) * per_task, max_episode_steps=40)
-        part_params = {k: v[a:b] for k, v in params.items()} if fast_weights else params
-        parts.append(collect_episodes(part_envs, policy, part_params, tasks[a:b], episodes, seed=9,
-                                      generator=torch.Generator().manual_seed(123), streams="per-task",
-                                      task_offset=a))
-        part_envs.close()
-    for t, (part, i) in enumerate([(parts[0], 0), (parts[1], 0), (parts[1], 1), (parts[1], 2)]):
-        n = int(part.lengths[i].max())
-        assert torch.equal(whole.lengths[t], part.lengths[i])
-        assert torch.equal(whole.observations[t, :, :n], part.observations[i, :, :n])
-        assert torch.equal(whole.actions[t, :, :n], part.actions[i, :, :n])
-        assert torch.equal(whole.rewards[t, :, :n], part.rewards[i, :, :n])
-        np.testing.assert_array_equal(whole.reset_seeds[t], part.reset_seeds[i])
+                             streams="per-episode")
+    # blocks (tasks [a, b), episodes [c, d)) with their own numbers of sub-envs per task
+    for (a, b), (c, d), k in (((0, 1), (0, 3), 3), ((1, 4), (0, 2), 1), ((1, 4), (2, 3), 1)):
+        block_envs = TaskVectorEnv(env_id, (b - a) * k, max_episode_steps=40)
+        block_params = {n: v[a:b] for n, v in params.items()} if fast_weights else params
+        part = collect_episodes(block_envs, policy, block_params, tasks[a:b], d - c, seed=9,
+                                generator=torch.Generator().manual_seed(123), streams="per-episode",
+                                task_offset=a, episode_offset=c)
+        block_envs.close()
+        n = part.mask.shape[2]
+        assert torch.equal(whole.lengths[a:b, c:d], part.lengths)
+        assert torch.all(whole.mask[a:b, c:d, n:] == 0)
+        for name in ("observations", "actions", "rewards", "mask"):
+            assert torch.equal(getattr(whole, name)[a:b, c:d, :n], getattr(part, name)), name
+        np.testing.assert_array_equal(whole.reset_seeds[a:b, c:d], part.reset_seeds)
     shared = collect_episodes(envs, policy, params, tasks, episodes, seed=9, generator=torch.Generator())
     assert not torch.equal(shared.actions[1:], whole.actions[1:])
     with pytest.raises(ValueError, match="streams"):

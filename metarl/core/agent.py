@@ -56,14 +56,14 @@ class AgentConfig(SeededConfig):
     """where the sub-environments run: local (in this process); ray (split over num_workers Ray actors, one round
     trip per step, the local sampler's episodes; the metarl[ray] extra; joins the cluster at RAY_ADDRESS, else
     starts a local Ray instance); ray-episodes (as ray, but whole episodes of collect_episodes are rolled out on the
-    workers, the tasks split over them: the episodes of the local sampler with rollout_streams per-task)"""
+    workers, the batch split over them: the episodes of the local sampler with rollout_streams per-episode)"""
     num_workers: int = 1
     """Ray rollout workers (actors, one CPU each) the sub-environments are split over (samplers ray and
     ray-episodes); at most the number of sub-environments the agent steps"""
     rollout_streams: str = "auto"
-    """random streams of collect_episodes (metarl.core.sampling): shared (one generator over the batch), per-task
-    (a task's episodes independent of the rest of its batch), auto (per-task for sampler ray-episodes, which needs
-    it, shared otherwise)"""
+    """random streams of collect_episodes (metarl.core.sampling): shared (one generator over the batch),
+    per-episode (each episode its own seed and action stream, independent of the rest of its batch), auto
+    (per-episode for sampler ray-episodes, which needs it, shared otherwise)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,10 +71,10 @@ class AgentConfig(SeededConfig):
         check_int(self.max_episode_steps, "max_episode_steps", minimum=1, optional=True)
         check_choice(self.sampler, "sampler", ("local", "ray", "ray-episodes"))
         check_int(self.num_workers, "num_workers", minimum=1)
-        check_choice(self.rollout_streams, "rollout_streams", ("auto", "shared", "per-task"))
+        check_choice(self.rollout_streams, "rollout_streams", ("auto", "shared", "per-episode"))
         if self.sampler == "ray-episodes" and self.rollout_streams == "shared":
-            raise ConfigError("sampler 'ray-episodes' needs rollout_streams 'per-task' (or 'auto'): one shared random "
-                              "stream over the batch cannot be split over workers")
+            raise ConfigError("sampler 'ray-episodes' needs rollout_streams 'per-episode' (or 'auto'): one shared "
+                              "random stream over the batch cannot be split over workers")
         if self.sampler != "local":
             from .distributed import INSTALL_HINT, ray_installed
 
@@ -86,7 +86,7 @@ class AgentConfig(SeededConfig):
         """The rollout streams in force: ``rollout_streams`` with ``auto`` resolved."""
         if self.rollout_streams != "auto":
             return self.rollout_streams
-        return "per-task" if self.sampler == "ray-episodes" else "shared"
+        return "per-episode" if self.sampler == "ray-episodes" else "shared"
 
 
 @runtime_checkable

@@ -19,12 +19,14 @@ episodes came from. The price is one round trip per vector step (observations ou
 step of a slice costs more than that round trip, for toy tasks it does not (experiments/RESULTS.md, "Ray sampler").
 ``sampler="ray-episodes"`` also moves the policy: a :func:`~metarl.core.sampling.collect_episodes` call (MAML-TRPO,
 CAVIA-TRPO and every agent that collects whole episodes with it) puts the policy and its weights into the object
-store once, splits the meta-batch's tasks into one contiguous part per worker, and each worker rolls out its tasks'
-whole episodes on a local vector env of its own (:meth:`RolloutWorker.collect`) and sends back the padded arrays: one
-round trip per call instead of one per step. Its episodes equal the local sampler's run with per-task random streams
-(``rollout_streams="per-task"``, which ``"ray-episodes"`` implies; see :mod:`metarl.core.sampling`): the shared
-stream of the default local sampler draws every task's actions from one generator in step order, so no split of the
-batch can reproduce it. Collection by other loops (trials, transitions) stays step-level under ``"ray-episodes"``.
+store once, splits the batch's tasks × episodes into one block per worker (:func:`episode_blocks`: as even as the
+grid allows, so a batch of few tasks still spreads over many workers), and each worker rolls out its block's whole
+episodes on a local vector env of its own (:meth:`RolloutWorker.collect`, at most the agent's sub-envs per task)
+and sends back the padded arrays: one round trip per call instead of one per step. Its episodes equal the local
+sampler's run with per-episode random streams (``rollout_streams="per-episode"``, which ``"ray-episodes"`` implies;
+see :mod:`metarl.core.sampling`): the shared stream of the default local sampler draws every episode's actions from
+one generator in step order, so no split of the batch can reproduce it. Collection by other loops (trials,
+transitions) stays step-level under ``"ray-episodes"``.
 
 Faults: a worker that dies (``ray.kill``, a lost node) is replaced by a new actor and the state of its slices is
 rebuilt by replaying their journal: the tasks in force and the reset seeds of the last reset of the whole slice
@@ -44,6 +46,7 @@ Ray is imported (by :mod:`metarl.core.distributed`) only when a group is made.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from time import perf_counter
@@ -113,10 +116,11 @@ class RolloutWorker:
             self.episode_envs.pop(size_key).close()
 
     def collect(self, key: int, num_envs: int, vector_kwargs: dict[str, Any], payload: tuple[Any, Any],
-                tasks: list[Any], episodes_per_task: int, seed: int, offset: int, max_steps: int | None) -> Any:
-        """Whole episodes of ``tasks`` (meta-batch indices ``offset``, ``offset + 1``, ...) with per-task streams,
-        on a local vector env of ``num_envs`` sub-envs made at the first call of this size and kept; ``payload``:
-        the policy and its weights, shared or with a leading dimension over the whole meta-batch (sliced here)."""
+                tasks: list[Any], episodes: tuple[int, int], seed: int, offset: int, max_steps: int | None) -> Any:
+        """Episodes ``[c, d)`` of ``tasks`` (meta-batch indices ``offset``, ``offset + 1``, ...) with per-episode
+        streams, on a local vector env of ``num_envs`` sub-envs made at the first call of this size and kept;
+        ``payload``: the policy and its weights, shared or with a leading dimension over the whole meta-batch
+        (sliced here)."""
         from .sampling import collect_episodes
 
         envs = self.episode_envs.get((key, num_envs))
@@ -128,8 +132,9 @@ class RolloutWorker:
         own = dict(policy.named_parameters())
         part = {name: value[offset:offset + len(tasks)] if name in own and value.dim() > own[name].dim() else value
                 for name, value in params.items()}
-        return collect_episodes(envs, policy, part, tasks, episodes_per_task, seed=seed, generator=torch.Generator(),
-                                max_steps=max_steps, streams="per-task", task_offset=offset)
+        first, end = episodes
+        return collect_episodes(envs, policy, part, tasks, end - first, seed=seed, generator=torch.Generator(),
+                                max_steps=max_steps, streams="per-episode", task_offset=offset, episode_offset=first)
 
     def set_tasks(self, key: int, tasks: list[Any]) -> tuple[int, str] | None:
         """None, or (index in the slice, message) of a rejected task (the slice's tasks unchanged)."""
@@ -246,7 +251,7 @@ class RayVectorEnv(VectorEnv):
         self.group, self.key = group, key
         self.episode_level = bool(episode_level)
         """collect_episodes calls run whole episodes on the workers (sampler "ray-episodes")"""
-        self.rollout_streams = "per-task" if self.episode_level else "shared"
+        self.rollout_streams = "per-episode" if self.episode_level else "shared"
         vector_kwargs.setdefault("physics_threads", 1)
         if vector_kwargs["physics_threads"] is None:
             vector_kwargs["physics_threads"] = 1
@@ -407,15 +412,15 @@ class RayVectorEnv(VectorEnv):
     # --- whole episodes on the workers (sampler "ray-episodes") --------------------------------------------
     def collect_episodes(self, policy: Any, params: dict[str, torch.Tensor], tasks: Sequence[Any],
                          episodes_per_task: int, *, seed: int, max_steps: int | None = None,
-                         streams: str = "per-task") -> Any:
-        """:func:`~metarl.core.sampling.collect_episodes` with per-task streams, the tasks split over the workers
-        (module docstring); the same episodes as the local call. ``env_seconds`` is the wall time of the whole
-        remote collection (the workers' policy included), ``policy_seconds`` 0."""
+                         streams: str = "per-episode") -> Any:
+        """:func:`~metarl.core.sampling.collect_episodes` with per-episode streams, one block of tasks × episodes
+        per worker (module docstring); the same episodes as the local call. ``env_seconds`` is the wall time of the
+        whole remote collection (the workers' policy included), ``policy_seconds`` 0."""
         from .outcomes import record_episodes
         from .sampling import Episodes
 
-        if streams != "per-task":
-            raise ValueError("episode-level Ray collection needs per-task random streams (rollout_streams)")
+        if streams != "per-episode":
+            raise ValueError("episode-level Ray collection needs per-episode random streams (rollout_streams)")
         num_tasks = len(tasks)
         if num_tasks < 1 or self.num_envs % num_tasks:
             raise ValueError(f"the vector env has {self.num_envs} sub-envs, not a multiple of the {num_tasks} tasks")
@@ -423,35 +428,43 @@ class RayVectorEnv(VectorEnv):
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         start = perf_counter()
         per_task = self.num_envs // num_tasks
-        parts = [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(num_tasks),
-                                                                      min(self.group.num_workers, num_tasks))]
+        blocks = episode_blocks(num_tasks, int(episodes_per_task), self.group.num_workers)
         device = next(iter(params.values())).device
-        worker_policy = copy.deepcopy(policy).cpu()
-        payload = self.group.ray.put((worker_policy, {k: v.detach().cpu() for k, v in params.items()}))
+        payload = self.group.ray.put((copy.deepcopy(policy).cpu(), {k: v.detach().cpu() for k, v in params.items()}))
         tasks = list(tasks)
-        results = self._run_all("collect", lambda k: (
-            (parts[k][1] - parts[k][0]) * per_task, self.vector_kwargs, payload, tasks[slice(*parts[k])],
-            int(episodes_per_task), int(seed), parts[k][0], max_steps), workers=range(len(parts)), journal=False)
-        batches = [results[k] for k in range(len(parts))]
-        horizon = max(b.mask.shape[2] for b in batches)
 
-        def joined(name: str) -> torch.Tensor:
-            values = [getattr(b, name) for b in batches]
-            values = [torch.cat([v, v.new_zeros(*v.shape[:2], horizon - v.shape[2], *v.shape[3:])], dim=2)
-                      if v.dim() > 2 and v.shape[2] < horizon else v for v in values]
-            return torch.cat(values).to(device)
+        def args_of(k: int) -> tuple:
+            (a, b), (c, d) = blocks[k]
+            return ((b - a) * min(per_task, d - c), self.vector_kwargs, payload, tasks[a:b], (c, d), int(seed), a,
+                    max_steps)
+
+        results = self._run_all("collect", args_of, workers=range(len(blocks)), journal=False)
+        horizon = max(r.mask.shape[2] for r in results.values())
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t.new_zeros(*t.shape[:2], horizon - t.shape[2], *t.shape[3:])], dim=2)
+
+        def joined(get: Any) -> Any:
+            """Blocks back into ``[tasks, episodes, ...]``: episode blocks side by side, task groups stacked."""
+            rows: dict[tuple[int, int], list] = {}
+            for k, ((a, b), _) in enumerate(blocks):
+                rows.setdefault((a, b), []).append(get(results[k]))
+            cat = np.concatenate if isinstance(get(results[0]), np.ndarray) else torch.cat
+            return cat([cat(parts, 1) for _, parts in sorted(rows.items())], 0)
 
         successes = None
-        if any(b.successes is not None for b in batches):
-            successes = torch.cat([b.successes if b.successes is not None
-                                   else torch.full(b.terminated.shape, float("nan"), dtype=b.rewards.dtype)
-                                   for b in batches])
+        if any(r.successes is not None for r in results.values()):
+            successes = joined(lambda r: r.successes if r.successes is not None
+                               else torch.full(r.terminated.shape, float("nan"), dtype=r.rewards.dtype))
             record_episodes(successes.numpy())
             successes = successes.to(device)
-        return Episodes(observations=joined("observations"), actions=joined("actions"), rewards=joined("rewards"),
-                        mask=joined("mask"), terminated=torch.cat([b.terminated for b in batches]),
-                        reset_seeds=np.concatenate([b.reset_seeds for b in batches]),
-                        env_seconds=perf_counter() - start, policy_seconds=0.0, successes=successes)
+        return Episodes(
+            observations=joined(lambda r: padded(r.observations)).to(device),
+            actions=joined(lambda r: padded(r.actions)).to(device),
+            rewards=joined(lambda r: padded(r.rewards)).to(device),
+            mask=joined(lambda r: padded(r.mask)).to(device), terminated=joined(lambda r: r.terminated),
+            reset_seeds=joined(lambda r: r.reset_seeds), env_seconds=perf_counter() - start, policy_seconds=0.0,
+            successes=successes)
 
     # --- helpers -----------------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -492,6 +505,27 @@ class RayVectorEnv(VectorEnv):
         return f"RayVectorEnv({self.group.env_id}, num_envs={self.num_envs}, workers={len(self.bounds)})"
 
 
+def episode_blocks(num_tasks: int, num_episodes: int,
+                   num_workers: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The blocks ``((task a, task b), (episode c, episode d))`` a batch of ``num_tasks`` × ``num_episodes`` is split
+    into for ``num_workers`` workers: a grid of task groups × episode groups (contiguous, as even as
+    ``np.array_split`` makes them) of at most ``num_workers`` blocks whose largest block is smallest (then: fewest
+    blocks), in task-major order."""
+    best = None
+    for task_groups in range(1, min(num_workers, num_tasks) + 1):
+        episode_groups = min(num_workers // task_groups, num_episodes)
+        largest = math.ceil(num_tasks / task_groups) * math.ceil(num_episodes / episode_groups)
+        key = (largest, task_groups * episode_groups)
+        if best is None or key < best[0]:
+            best = (key, task_groups, episode_groups)
+    _, task_groups, episode_groups = best
+
+    def bounds(n: int, groups: int) -> list[tuple[int, int]]:
+        return [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(n), groups)]
+
+    return [(t, e) for t in bounds(num_tasks, task_groups) for e in bounds(num_episodes, episode_groups)]
+
+
 def make_vector_env(env_id: str, num_envs: int, num_workers: int, *, env_kwargs: dict[str, Any] | None = None,
                     max_episode_steps: int | None = None, **vector_kwargs: Any) -> RayVectorEnv:
     """A stand-alone :class:`RayVectorEnv` with its own :class:`WorkerGroup` (closed with it)."""
@@ -507,4 +541,4 @@ def make_vector_env(env_id: str, num_envs: int, num_workers: int, *, env_kwargs:
     return envs
 
 
-__all__ = ["RayVectorEnv", "RolloutWorker", "WorkerGroup", "make_vector_env", "unbatch_infos"]
+__all__ = ["RayVectorEnv", "RolloutWorker", "WorkerGroup", "episode_blocks", "make_vector_env", "unbatch_infos"]

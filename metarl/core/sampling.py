@@ -13,14 +13,16 @@ every action from one explicit ``torch.Generator``. ``T`` is the longest episode
 
 Random streams (``streams``). ``"shared"`` (the default, and what every published MAML-TRPO number used): the
 reset seeds of a round come from one ``np.random.default_rng(seed)`` and the actions of the whole batch from the one
-``generator``, in step order, so an episode's numbers depend on every other task of the batch. ``"per-task"``:
-task ``g`` (its index in the meta-batch: ``task_offset`` + its position in ``tasks``) draws its reset seeds and its
-actions in round ``r`` from streams of its own, seeded by ``derive_seed(seed, "episodes", g, r)`` (``generator``
-unused), so the episodes of a task are the same whether it is collected with the whole batch or with any contiguous
-part of it — what lets :class:`~metarl.core.ray_sampler.RayVectorEnv` collect whole episodes on the workers
-(``sampler="ray-episodes"``) with the local sampler's numbers. A vector env may carry its mode as
-``rollout_streams`` (:class:`~metarl.core.agent_env.EnvPool` sets it from the agent's config), and one marked
-``episode_level`` (the Ray env of ``sampler="ray-episodes"``) is handed the whole call (its ``collect_episodes``).
+``generator``, in step order, so an episode's numbers depend on every other episode of the batch. ``"per-episode"``:
+episode ``e`` of task ``g`` (meta-batch indices: ``task_offset`` + the task's position in ``tasks``,
+``episode_offset`` + the episode's) draws its reset seed and its actions from a stream of its own, seeded by
+``derive_seed(seed, "episode", g, e)`` (``generator`` unused), so an episode is the same whichever sub-env, round
+or call collects it: with the whole batch, or any block of tasks × episodes collected on its own — what lets
+:class:`~metarl.core.ray_sampler.RayVectorEnv` roll out whole episodes on the workers (``sampler="ray-episodes"``)
+with the local sampler's numbers. It costs one small sampling call per sub-env and step. A vector env may carry its
+mode as ``rollout_streams`` (:class:`~metarl.core.agent_env.EnvPool` sets it from the agent's config), and one
+marked ``episode_level`` (the Ray env of ``sampler="ray-episodes"``) is handed the whole call (its
+``collect_episodes``).
 
 Reset seeds are returned (``reset_seeds``), so any episode can be replayed alone: ``env.set_task(task);
 env.reset(seed=s)`` and the recorded actions give the recorded observations and rewards exactly (tested).
@@ -124,6 +126,7 @@ def collect_episodes(
     max_steps: int | None = None,
     streams: str | None = None,
     task_offset: int = 0,
+    episode_offset: int = 0,
 ) -> Episodes:
     """Roll out ``episodes_per_task`` episodes of each task in ``tasks`` (see the module docstring).
 
@@ -133,14 +136,15 @@ def collect_episodes(
         seed: seeds the sub-envs' resets. ``generator``: draws the actions (on the policy's device).
         max_steps: longest episode allowed; default the vector env's time limit, else ``MAX_STEPS_WITHOUT_LIMIT``
             (an episode still running then raises ``RuntimeError``).
-        streams: ``"shared"`` or ``"per-task"`` random streams (module docstring); None: the vector env's
-            ``rollout_streams`` attribute, else ``"shared"``. ``task_offset``: the meta-batch index of ``tasks[0]``
-            (per-task streams: a part of a batch collected on its own).
+        streams: ``"shared"`` or ``"per-episode"`` random streams (module docstring); None: the vector env's
+            ``rollout_streams`` attribute, else ``"shared"``. ``task_offset``, ``episode_offset``: the meta-batch
+            indices of ``tasks[0]`` and of the first episode (per-episode streams: a block of a batch collected on its
+            own).
     """
     if streams is None:
         streams = getattr(envs, "rollout_streams", "shared")
-    if streams not in ("shared", "per-task"):
-        raise ValueError(f"streams must be 'shared' or 'per-task', got {streams!r}")
+    if streams not in ("shared", "per-episode"):
+        raise ValueError(f"streams must be 'shared' or 'per-episode', got {streams!r}")
     if getattr(envs, "episode_level", False):  # whole episodes on Ray workers (metarl.core.ray_sampler)
         return envs.collect_episodes(policy, params, tasks, episodes_per_task, seed=seed, max_steps=max_steps,
                                      streams=streams)
@@ -158,15 +162,16 @@ def collect_episodes(
     env_seconds = policy_seconds = 0.0
     env_tasks = [tasks[i // per_task] for i in range(num_envs)]
 
-    per_task_streams = streams == "per-task"
+    per_episode = streams == "per-episode"
     round_data = []
     with torch_threads_for_rollouts(envs, device):
         for round_index in range(rounds):
-            if per_task_streams:
-                round_seeds = [derive_seed(seed, "episodes", task_offset + i, round_index) for i in range(num_tasks)]
-                seeds = np.concatenate([np.random.default_rng(s).integers(0, 2**31 - 1, size=per_task)
-                                        for s in round_seeds])
-                generators = [torch.Generator(device=device).manual_seed(s) for s in round_seeds]
+            if per_episode:  # sub-env i runs episode round_index * per_task + i % per_task of task i // per_task
+                episode_seeds = [derive_seed(seed, "episode", task_offset + i // per_task,
+                                             episode_offset + round_index * per_task + i % per_task)
+                                 for i in range(num_envs)]
+                seeds = np.array([s % (2**31 - 1) for s in episode_seeds])
+                generators = [torch.Generator(device=device).manual_seed(s) for s in episode_seeds]
             else:
                 seeds = rng.integers(0, 2**31 - 1, size=num_envs)
             start = perf_counter()
@@ -183,9 +188,10 @@ def collect_episodes(
                 obs_t = torch.as_tensor(obs, dtype=dtype).to(device).reshape(num_tasks, per_task, -1)
                 with torch.no_grad():
                     dist = policy.distribution(params, obs_t)
-                    if per_task_streams:
-                        action = torch.stack([policy.sample(tuple(d[i] for d in dist), generators[i])
-                                              for i in range(num_tasks)])
+                    if per_episode:
+                        action = torch.stack([policy.sample(tuple(d[i // per_task, i % per_task] for d in dist),
+                                                            generators[i]) for i in range(num_envs)])
+                        action = action.reshape(num_tasks, per_task, *action.shape[1:])
                     else:
                         action = policy.sample(dist, generator)
                 action_np = policy.env_action(action).reshape(num_envs, *action.shape[2:]).cpu().numpy()
