@@ -37,13 +37,13 @@ and updated by the same TRPO step as θ (it is part of the parameter vector whos
 All of them go through the core inner loop exactly as the supervised Meta-SGD, ANIL and CAVIA do. Box and Discrete
 action spaces. The presets (``experiments/presets/maml_trpo_*.yaml``) are the reference configurations per env.
 
-Cost. The Fisher-vector products go through the inner loop (:func:`metarl.core.maml_rl.meta_fisher`), ``cg_iters``
-of them per step. ``fisher_subsample`` computes them on a random fraction of the tasks, ``fisher_step_subsample``
-on all tasks but a random fraction of each task's steps; the gradient and the line search (surrogate and KL) always
-use every task. Both trade step quality for time, and too few Fisher tasks misjudge the KL (a config that leaves
-fewer than ``MIN_FISHER_TASKS`` warns). Everything else runs ``task_chunk`` tasks at a time (smaller buffers, same
-maths). Measured costs, step quality and their commands: ``experiments/RESULTS.md``, "Meta-RL: MAML-TRPO on 2D
-navigation (MAML paper spec)" (the learner's share, the FLOP count, the Fisher subsample's cost per step) and
+Cost. The Fisher-vector products go through the inner loop (:func:`metarl.core.maml_rl.meta_fisher`), ``cg_iters`` of
+them per step. ``fisher_subsample`` computes them on a random fraction of the tasks, ``fisher_step_subsample`` on all
+tasks but a random fraction of each task's steps; the gradient and the line search (surrogate and KL) always use every
+task. Both trade step quality for time, and too few Fisher tasks misjudge the KL (a config that leaves fewer than
+:data:`metarl.core.maml_rl.MIN_FISHER_TASKS` warns). Everything else runs ``task_chunk`` tasks at a time (smaller
+buffers, same maths). Measured costs, step quality and their commands: ``experiments/RESULTS.md``, "Meta-RL: MAML-TRPO
+on 2D navigation (MAML paper spec)" (the learner's share, the FLOP count, the Fisher subsample's cost per step) and
 "Meta-RL: MAML-TRPO on HalfCheetahDir" (too few Fisher tasks).
 
 Meta-test (:meth:`MAMLTRPO.meta_test`): column k of the returned ``[tasks, num_episodes]`` array is the mean
@@ -58,7 +58,6 @@ drives: at each stage it renders one more episode of the policy of that stage (`
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -80,23 +79,15 @@ from metarl.core.agent_env import (
     make_task_env,
     stream_generator,
 )
-from metarl.core.config import (
-    ConfigError,
-    check_choice,
-    check_fields,
-    check_int,
-    check_number,
-    check_positive,
-    check_sizes,
-)
+from metarl.core.config import check_choice, check_fields, check_int, check_positive, check_sizes
 from metarl.core.device import resolve_device
 from metarl.core.maml_rl import (
-    ADAPTED_SUBSETS,
-    InnerLoop,
     adapt_in_chunks,
     adaptation_stages,
     adapted_names,
+    check_maml_rl_config,
     chunked_distributions,
+    inner_loop,
     joined_chunks,
     meta_fisher,
     meta_objective,
@@ -104,14 +95,12 @@ from metarl.core.maml_rl import (
     process_episodes,
     task_subset,
 )
-from metarl.core.policies import Policy, make_policy
+from metarl.core.policies import make_policy
 from metarl.core.sampling import Episodes, collect_episodes
 from metarl.core.seeding import derive_seed, seeded
 from metarl.core.trpo import random_subset, trpo_step
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
-MIN_FISHER_TASKS = 4
-"""Below this many tasks in the Fisher-vector products (``fisher_subsample`` x ``meta_batch_size``) a config warns."""
 
 
 @dataclass
@@ -186,37 +175,12 @@ class MAMLTRPOConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, ("meta_batch_size", "episodes_per_task", "inner_steps", "cg_iters", "max_backtracks"),
-                     check_int, minimum=1)
-        check_int(self.task_chunk, "task_chunk", minimum=0)
         check_fields(self, ("envs_per_task", "adapt_episodes"), check_int, minimum=1, optional=True)
-        check_fields(self, ("inner_lr", "max_kl", "init_std"), check_positive)
-        check_fields(self, ("cg_damping", "baseline_reg"), check_number, low=0)
-        check_fields(self, ("fisher_subsample", "fisher_step_subsample"), check_number, low=0, high=1,
-                     low_open=True)
-        check_number(self.backtrack_ratio, "backtrack_ratio", low=0, high=1, low_open=True, high_open=True)
-        check_fields(self, ("gamma", "gae_lambda"), check_number, low=0, high=1)
+        check_positive(self.init_std, "init_std")
         check_choice(self.activation, "activation", ACTIVATIONS)
-        check_choice(self.adapt, "adapt", ADAPTED_SUBSETS)
-        check_int(self.context_dim, "context_dim", minimum=0)
-        if not isinstance(self.adapt_head_only, bool):
-            raise ConfigError(f"adapt_head_only must be true or false, got {self.adapt_head_only!r}")
-        if self.adapt_head_only and self.adapt == "context":
-            raise ConfigError("adapt_head_only (adapt='head') contradicts adapt='context': set one of them")
-        if self.adapt_head_only:
-            self.adapt = "head"
-        self.adapt_head_only = self.adapt == "head"  # the two spellings always agree (config.json records both)
-        if self.adapt == "context" and self.context_dim < 1:
-            raise ConfigError(f"adapt='context' needs context_dim >= 1 (the context the inner loop adapts), got "
-                              f"{self.context_dim}")
         check_sizes(self.hidden_sizes, "hidden_sizes")
         self.hidden_sizes = list(self.hidden_sizes)
-        fisher_tasks = max(1, round(self.fisher_subsample * self.meta_batch_size))
-        if fisher_tasks < min(MIN_FISHER_TASKS, self.meta_batch_size):
-            warnings.warn(
-                f"fisher_subsample={self.fisher_subsample} x meta_batch_size={self.meta_batch_size} leaves "
-                f"{fisher_tasks} task(s) for the Fisher-vector products: the natural step may misjudge the KL "
-                f"(raise fisher_subsample to keep at least {MIN_FISHER_TASKS})", UserWarning, stacklevel=3)
+        check_maml_rl_config(self)  # the meta-batch, inner loop, advantages and TRPO step (metarl.core.maml_rl)
 
 
 @dataclass
@@ -234,14 +198,6 @@ class CAVIATRPOConfig(MAMLTRPOConfig):
     0: none"""
     inner_lr: float = 1.0
     """step size α of the inner policy-gradient steps (the initial value of the learned ones with learn_inner_lr)"""
-
-
-def inner_loop(policy: Policy, config: MAMLTRPOConfig, step_sizes: Params | None = None) -> InnerLoop:
-    """MAML-TRPO's inner loop (:class:`metarl.core.maml_rl.InnerLoop`): ``inner_steps`` steps of ``inner_lr``, or of
-    the learned ``step_sizes`` (``learn_inner_lr``), on the parameters ``adapt`` names (all, the head's, the
-    context's)."""
-    return InnerLoop(tuple(adapted_names(policy, config.adapt)), config.inner_steps,
-                     config.inner_lr if step_sizes is None else step_sizes, config.first_order, config.task_chunk)
 
 
 class MAMLTRPO:

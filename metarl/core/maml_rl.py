@@ -23,10 +23,14 @@ step sizes, a context vector only as CAVIA), written once. Spec:
   support and query steps); :func:`task_subset` picks the tasks and steps of a subsampled Fisher.
 * **Meta-test** (:func:`adaptation_stages`): stage 0 rolls out the initial policy, stage k+1 the policy after
   ``inner.steps`` more steps from stage k's on stage k's rollouts (fresh rollouts every stage, no meta-gradient).
+* **Config** (:func:`check_maml_rl_config`, :func:`inner_loop`): the checks of the fields of a MAML-style RL config
+  that the above reads (the meta-batch, the inner loop, the advantages, the TRPO step and its Fisher subsample), and
+  the :class:`InnerLoop` such a config describes.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
@@ -36,6 +40,7 @@ import torch
 from .adaptation import Params, adapt, expand_for_tasks, task_chunks
 from .agent_env import stream_generator
 from .baselines import linear_baseline_values
+from .config import ConfigError, check_choice, check_fields, check_int, check_number, check_positive
 from .networks import head_parameter_names
 from .outcomes import record_meta_test_column
 from .policies import Policy
@@ -105,6 +110,47 @@ def adapted_names(policy: Policy, adapt: str | bool = "all") -> list[str]:
     return [name for name, _ in policy.named_parameters()]
 
 
+MIN_FISHER_TASKS = 4
+"""Below this many tasks in the Fisher-vector products (``fisher_subsample`` x ``meta_batch_size``) a config warns."""
+
+
+def check_maml_rl_config(config: Any, stacklevel: int = 4) -> None:
+    """Check (one-line :class:`~metarl.core.config.ConfigError`) the fields of a MAML-style RL config that this module
+    and the TRPO outer step read: ``meta_batch_size``, ``episodes_per_task``, the inner loop's (``inner_steps``,
+    ``inner_lr``, ``adapt``, ``adapt_head_only``, ``context_dim``, ``task_chunk``), the advantages' (``gamma``,
+    ``gae_lambda``, ``baseline_reg``) and TRPO's (``max_kl``, ``cg_iters``, ``cg_damping``, ``backtrack_ratio``,
+    ``max_backtracks``, ``fisher_subsample``, ``fisher_step_subsample``). Sets ``adapt`` and ``adapt_head_only``
+    to agree; warns (``stacklevel`` as :func:`warnings.warn`'s, 4: the caller of the config's ``__init__`` when
+    this runs in its ``__post_init__``) when the Fisher subsample leaves fewer than :data:`MIN_FISHER_TASKS`
+    tasks."""
+    check_fields(config, ("meta_batch_size", "episodes_per_task", "inner_steps", "cg_iters", "max_backtracks"),
+                 check_int, minimum=1)
+    check_int(config.task_chunk, "task_chunk", minimum=0)
+    check_fields(config, ("inner_lr", "max_kl"), check_positive)
+    check_fields(config, ("cg_damping", "baseline_reg"), check_number, low=0)
+    check_fields(config, ("fisher_subsample", "fisher_step_subsample"), check_number, low=0, high=1, low_open=True)
+    check_number(config.backtrack_ratio, "backtrack_ratio", low=0, high=1, low_open=True, high_open=True)
+    check_fields(config, ("gamma", "gae_lambda"), check_number, low=0, high=1)
+    check_choice(config.adapt, "adapt", ADAPTED_SUBSETS)
+    check_int(config.context_dim, "context_dim", minimum=0)
+    if not isinstance(config.adapt_head_only, bool):
+        raise ConfigError(f"adapt_head_only must be true or false, got {config.adapt_head_only!r}")
+    if config.adapt_head_only and config.adapt == "context":
+        raise ConfigError("adapt_head_only (adapt='head') contradicts adapt='context': set one of them")
+    if config.adapt_head_only:
+        config.adapt = "head"
+    config.adapt_head_only = config.adapt == "head"  # the two spellings always agree (config.json records both)
+    if config.adapt == "context" and config.context_dim < 1:
+        raise ConfigError(f"adapt='context' needs context_dim >= 1 (the context the inner loop adapts), got "
+                          f"{config.context_dim}")
+    fisher_tasks = max(1, round(config.fisher_subsample * config.meta_batch_size))
+    if fisher_tasks < min(MIN_FISHER_TASKS, config.meta_batch_size):
+        warnings.warn(
+            f"fisher_subsample={config.fisher_subsample} x meta_batch_size={config.meta_batch_size} leaves "
+            f"{fisher_tasks} task(s) for the Fisher-vector products: the natural step may misjudge the KL "
+            f"(raise fisher_subsample to keep at least {MIN_FISHER_TASKS})", UserWarning, stacklevel=stacklevel)
+
+
 def outer_parameters(params: Params) -> list[torch.Tensor]:
     """The parameters an outer step moves: those that require a gradient (a policy's context is zero, not learned)."""
     return [value for value in params.values() if value.requires_grad]
@@ -124,6 +170,14 @@ class InnerLoop:
     """drop the second-order terms of the meta-gradient"""
     task_chunk: int = 0
     """tasks adapted (and scored) at a time; 0: all at once"""
+
+
+def inner_loop(policy: Policy, config: Any, step_sizes: Params | None = None) -> InnerLoop:
+    """The inner loop a MAML-style RL config describes: ``inner_steps`` steps of ``inner_lr``, or of the learned
+    ``step_sizes`` (``learn_inner_lr``), on the parameters ``adapt`` names (all, the head's, the context's), with
+    its ``first_order`` and ``task_chunk``."""
+    return InnerLoop(tuple(adapted_names(policy, config.adapt)), config.inner_steps,
+                     config.inner_lr if step_sizes is None else step_sizes, config.first_order, config.task_chunk)
 
 
 def adapt_policy(policy: Policy, params: Params, support: TaskBatch, inner: InnerLoop,
