@@ -8,7 +8,10 @@ An agent's constructor reads, in this order::
     self.env_pool = EnvPool(env_id, config)   # its vector envs: made, kept for meta-test by size, closed together
     self.envs = self.env_pool.make(num_envs)
 
-and its meta-test and checkpoint methods start with :func:`check_test_request` and :func:`check_checkpoint`.
+and its meta-test and checkpoint methods start with :func:`check_test_request` and :func:`check_checkpoint`. Its
+``state_dict`` / ``load_state_dict`` are :func:`agent_state` / :func:`load_agent_state` of its parts (networks,
+optimisers, replay buffers) and counters; its ``render_episodes`` plays meta-test episodes under
+:meth:`EnvPool.record`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -140,6 +144,41 @@ def check_checkpoint(state: dict[str, Any], name: str) -> None:
         raise ValueError(f"this checkpoint is from agent {found!r}, not {name!r}")
 
 
+def _copied(state: Any) -> Any:
+    """``state`` with every tensor in it (nested in mappings) a detached copy, mappings as plain dicts."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, Mapping):
+        return {key: _copied(value) for key, value in state.items()}
+    return state
+
+
+def agent_state(agent: Any, parts: Mapping[str, Any], counters: Sequence[str], copy: bool = False,
+                **extra: Any) -> dict[str, Any]:
+    """An agent's ``state_dict``: its ``name`` and ``config`` (as a dict), then each of ``parts`` (anything with a
+    ``state_dict``: networks, optimisers, replay buffers; a ``None`` part, one this configuration does not have, as
+    an empty dict) under its key, the integer attributes named in ``counters``, and the ``extra`` entries as given.
+    ``copy``: the parts' tensors are detached copies, so that training on does not change the returned state."""
+    state: dict[str, Any] = {"name": agent.name, "config": dataclasses.asdict(agent.config)}
+    for key, part in parts.items():
+        part_state = {} if part is None else part.state_dict()
+        state[key] = _copied(part_state) if copy else part_state
+    state.update({name: getattr(agent, name) for name in counters})
+    state.update(extra)
+    return state
+
+
+def load_agent_state(agent: Any, state: dict[str, Any], parts: Mapping[str, Any], counters: Sequence[str]) -> None:
+    """Load an :func:`agent_state` into ``agent``: :func:`check_checkpoint`, each (not ``None``) part's
+    ``load_state_dict`` from its key, the ``counters`` as ints (the ``extra`` entries are the caller's to load)."""
+    check_checkpoint(state, agent.name)
+    for key, part in parts.items():
+        if part is not None:
+            part.load_state_dict(state[key])
+    for name in counters:
+        setattr(agent, name, int(state[name]))
+
+
 def task_numbers(task: Any) -> np.ndarray | None:
     """The numbers of a task, flattened into a float32 vector: a number, a dict (entries in sorted key order) or
     dataclass (fields in their order) of numbers, tuples/lists/arrays of numbers, nested; None when anything in
@@ -229,6 +268,16 @@ class EnvPool:
         autoreset = self.vector_kwargs.get("autoreset_mode")
         extra = {} if autoreset is None else {"autoreset_mode": autoreset}
         return make_recording_envs(self.env_id, self.config.env_kwargs, self.config.max_episode_steps, **extra)
+
+    def record(self, play: Callable[[TaskVectorEnv], Any]) -> list[list[np.ndarray]]:
+        """The RGB frames, one list per episode, of the episodes ``play(envs)`` runs on a :meth:`recording` env
+        (closed after, also when ``play`` raises)."""
+        envs, recorder = self.recording()
+        try:
+            play(envs)
+        finally:
+            envs.close()
+        return recorder.episodes
 
     def close(self) -> None:
         for envs in [*self._kept, *self._test.values()]:

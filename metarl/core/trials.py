@@ -21,7 +21,6 @@ of whole trials (a non-finite loss or gradient norm rejects that step), the iter
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -37,7 +36,15 @@ from metarl.envs.vector import TaskVectorEnv
 
 from . import ppo
 from .agent import AgentConfig
-from .agent_env import EnvPool, check_checkpoint, check_memory, check_test_request, env_bytes_estimate, make_task_env
+from .agent_env import (
+    EnvPool,
+    agent_state,
+    check_memory,
+    check_test_request,
+    env_bytes_estimate,
+    load_agent_state,
+    make_task_env,
+)
 from .config import ConfigError, check_fields, check_int, check_number, check_positive
 from .device import torch_threads
 from .outcomes import EpisodeSuccess, record_episodes, record_meta_test_column, step_successes
@@ -45,6 +52,8 @@ from .rl import generalized_advantages
 from .seeding import derive_seed
 
 MAX_STEPS_PER_EPISODE = 100_000  # guard for envs without a time limit that never end an episode
+TRIAL_COUNTERS = ("iterations_done", "total_env_steps", "rejected_updates")
+"""The counters a :class:`TrialAgent` checkpoints (AMAGO adds its gradient steps)."""
 
 
 @dataclass
@@ -377,19 +386,11 @@ class TrialAgent:
     def state_dict(self) -> dict[str, Any]:
         """Name, config, the :meth:`checkpoint_parts`, counters and value statistics: all a resume needs (random
         streams derive from the seed and the iteration)."""
-        return {"name": self.name, "config": dataclasses.asdict(self.config),
-                **{key: part.state_dict() for key, part in self.checkpoint_parts().items()},
-                "iterations_done": self.iterations_done, "total_env_steps": self.total_env_steps,
-                "rejected_updates": self.rejected_updates,
-                **({} if self.value_stats is None else {"value_stats": self.value_stats.state_dict()})}
+        stats = {} if self.value_stats is None else {"value_stats": self.value_stats.state_dict()}
+        return agent_state(self, self.checkpoint_parts(), TRIAL_COUNTERS, **stats)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_checkpoint(state, self.name)
-        for key, part in self.checkpoint_parts().items():
-            part.load_state_dict(state[key])
-        self.iterations_done = int(state["iterations_done"])
-        self.total_env_steps = int(state["total_env_steps"])
-        self.rejected_updates = int(state["rejected_updates"])
+        load_agent_state(self, state, self.checkpoint_parts(), TRIAL_COUNTERS)
         if self.value_stats is not None:
             self.value_stats.load_state_dict(state["value_stats"])
 
@@ -418,12 +419,8 @@ class TrialAgent:
         ``meta_test([task], num_episodes, seed)`` runs, on an ``rgb_array`` env. Episode 0 starts from a fresh
         state (before adaptation)."""
         check_test_request([task], num_episodes)
-        envs, recorder = self.env_pool.recording()
-        try:
-            self.meta_test_trials(envs, [task], num_episodes, seed)
-        finally:
-            envs.close()
-        return recorder.episodes[:num_episodes]  # the step that ends the trial also resets: one frame more
+        frames = self.env_pool.record(lambda envs: self.meta_test_trials(envs, [task], num_episodes, seed))
+        return frames[:num_episodes]  # the step that ends the trial also resets: one frame more
 
     def close(self) -> None:
         self.env_pool.close()
