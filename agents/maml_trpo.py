@@ -57,7 +57,6 @@ drives: at each stage it renders one more episode of the policy of that stage (`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -65,17 +64,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
 import metarl.envs  # noqa: F401  (registers the environments)
-from metarl.core.adaptation import Params, StepSizes
+from metarl.core.adaptation import Params
 from metarl.core.agent import AgentConfig
 from metarl.core.agent_env import (
     EnvPool,
+    agent_state,
     check_checkpoint,
     check_memory,
     check_test_request,
     env_bytes_estimate,
+    load_agent_state,
     make_task_env,
     stream_generator,
 )
@@ -84,23 +84,24 @@ from metarl.core.device import resolve_device
 from metarl.core.maml_rl import (
     adapt_in_chunks,
     adaptation_stages,
-    adapted_names,
     check_maml_rl_config,
     chunked_distributions,
     inner_loop,
     joined_chunks,
+    learned_step_sizes,
     meta_fisher,
     meta_objective,
     outer_parameters,
     process_episodes,
     task_subset,
 )
-from metarl.core.policies import make_policy
-from metarl.core.sampling import Episodes, collect_episodes
+from metarl.core.policies import ACTIVATIONS, make_policy
+from metarl.core.sampling import Episodes, collect_episodes, time_split
 from metarl.core.seeding import derive_seed, seeded
 from metarl.core.trpo import random_subset, trpo_step
+from metarl.envs.vector import TaskVectorEnv
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+COUNTERS = ("iteration", "total_env_steps", "rejected_updates")
 
 
 @dataclass
@@ -222,9 +223,7 @@ class MAMLTRPO:
         finally:
             probe.close()
         self.continuous = not self.policy.discrete
-        self.step_sizes = (StepSizes(dict(self.policy.named_parameters()), config.inner_lr,
-                                     adapted_names(self.policy, config.adapt))
-                           if config.learn_inner_lr else None)
+        self.step_sizes = learned_step_sizes(self.policy, config)  # learn_inner_lr (Meta-SGD), else None
         self.env_pool = EnvPool(env_id, config)
         self.envs = self.env_pool.make(config.meta_batch_size * self.envs_per_task)
         self.task_env = self.envs.single_task_env  # sample_tasks for training (and for callers)
@@ -318,8 +317,6 @@ class MAMLTRPO:
         self.iteration = iteration + 1
         self.total_env_steps += env_steps
         seconds = perf_counter() - start
-        sampling = support_episodes.env_seconds + support_episodes.policy_seconds
-        sampling += query_episodes.env_seconds + query_episodes.policy_seconds
         return {
             "env_steps": float(env_steps),
             "charts/pre_adaptation_return": float(support_episodes.returns.mean()),
@@ -330,19 +327,14 @@ class MAMLTRPO:
             "charts/backtracks": float(stats.backtracks),
             "charts/SPS": env_steps / seconds,
             "charts/policy_std": float(self.policy.log_std.detach().exp().mean()) if self.continuous else 0.0,
-            "charts/inner_lr_mean": (float(torch.cat([lr.detach().reshape(-1) for lr in step_sizes.values()]).mean())
-                                     if step_sizes else cfg.inner_lr),
+            "charts/inner_lr_mean": float(self.step_sizes.mean()) if step_sizes else cfg.inner_lr,
             "losses/surrogate_before": -stats.loss_before,
             "losses/surrogate_after": -stats.loss_after,
             "losses/kl": stats.kl_after,
             "losses/grad_norm": stats.grad_norm,
             "losses/step_size": stats.step_size,
             "losses/cg_residual": stats.cg_residual,
-            "time/iteration_seconds": seconds,
-            "time/env_seconds": support_episodes.env_seconds + query_episodes.env_seconds,
-            "time/policy_inference_seconds": support_episodes.policy_seconds + query_episodes.policy_seconds,
-            "time/learner_seconds": learner_seconds,
-            "time/other_seconds": seconds - sampling - learner_seconds,
+            **time_split(seconds, learner_seconds, support_episodes, query_episodes),
         }
 
     # --- meta-test -------------------------------------------------------------------------------------------
@@ -356,11 +348,9 @@ class MAMLTRPO:
         """
         check_test_request(tasks, num_stages)
         envs = self.env_pool.test(len(tasks) * min(self.envs_per_task, self.episodes_per_stage))
-        step_sizes = {k: v.detach() for k, v in self.inner_lrs.items()} or None
-        inner = dataclasses.replace(inner_loop(self.policy, self.config, step_sizes), first_order=True)
-        weights = {k: v.detach() for k, v in self.policy.named_parameters()}
-        return adaptation_stages(envs, self.policy, weights, inner, tasks, num_stages, self.episodes_per_stage,
-                                 self.config, seed, self.device)
+        inner = inner_loop(self.policy, self.config, self.inner_lrs or None)  # detached, first-order there
+        return adaptation_stages(envs, self.policy, dict(self.policy.named_parameters()), inner, tasks, num_stages,
+                                 self.episodes_per_stage, self.config, seed, self.device)
 
     def meta_test(self, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """``[len(tasks), num_episodes]``: column k = mean return of the ``adapt_episodes`` rollouts per task
@@ -378,35 +368,24 @@ class MAMLTRPO:
         env of the task and rendered; the adaptation itself is meta_test's (``meta_test([task], num_episodes,
         seed)`` measures the same policies). Deterministic given ``seed``; does not change the agent."""
         check_test_request([task], num_episodes)
-        envs, recorder = self.env_pool.recording()
         generator = stream_generator(seed, "render", "actions", device=self.device)
-        try:
+
+        def play(envs: TaskVectorEnv) -> None:
             for stage, (fast, _) in enumerate(self.adaptation_stages([task], num_episodes, seed)):
                 collect_episodes(envs, self.policy, fast, [task], 1, seed=derive_seed(seed, "render", stage),
                                  generator=generator)
-        finally:
-            envs.close()
-        return recorder.episodes
+
+        return self.env_pool.record(play)
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Policy weights, learned step sizes and counters (everything else derives from (seed, iteration))."""
-        return {
-            "name": self.name,
-            "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
-            "step_sizes": ({k: v.detach().clone() for k, v in self.step_sizes.state_dict().items()}
-                           if self.step_sizes is not None else {}),
-            "iteration": self.iteration,
-            "total_env_steps": self.total_env_steps,
-            "rejected_updates": self.rejected_updates,
-            "config": dataclasses.asdict(self.config),
-        }
+        """Policy weights, learned step sizes (empty with a fixed ``inner_lr``) and counters, copied (everything else
+        derives from (seed, iteration))."""
+        return agent_state(self, {"policy": self.policy, "step_sizes": self.step_sizes}, COUNTERS, copy=True)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_weights(state, required=True)
-        self.iteration = int(state["iteration"])
-        self.total_env_steps = int(state["total_env_steps"])
-        self.rejected_updates = int(state["rejected_updates"])
+        load_agent_state(self, state, {}, COUNTERS)
 
     def load_weights(self, state: dict[str, Any], required: bool = False) -> None:
         """Warm start (``metarl train --init-from RUN``): the policy (and learned step sizes, where both runs learn

@@ -215,6 +215,10 @@ class StepSizes(nn.Module):
         """``{parameter name: step-size tensor}`` in the parameters' order (the tensors themselves: differentiable)."""
         return {name: self.values[self._key(name)] for name in self.names}
 
+    def mean(self) -> torch.Tensor:
+        """The mean of all the step sizes (detached; e.g. to log how they move)."""
+        return torch.cat([lr.detach().reshape(-1) for lr in self.as_dict().values()]).mean()
+
     def load_checked(self, state: Mapping[str, torch.Tensor], required: bool = True) -> None:
         """Copy a :meth:`state_dict` in; a different set of step sizes is a one-line ``ValueError`` (an empty
         ``state`` is accepted when not ``required``: a warm start from a run with fixed steps keeps these)."""

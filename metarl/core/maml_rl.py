@@ -25,19 +25,19 @@ step sizes, a context vector only as CAVIA), written once. Spec:
   ``inner.steps`` more steps from stage k's on stage k's rollouts (fresh rollouts every stage, no meta-gradient).
 * **Config** (:func:`check_maml_rl_config`, :func:`inner_loop`): the checks of the fields of a MAML-style RL config
   that the above reads (the meta-batch, the inner loop, the advantages, the TRPO step and its Fisher subsample), and
-  the :class:`InnerLoop` such a config describes.
+  the :class:`InnerLoop` (and :func:`learned_step_sizes`) such a config describes.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from .adaptation import Params, adapt, expand_for_tasks, task_chunks
+from .adaptation import Params, StepSizes, adapt, expand_for_tasks, task_chunks
 from .agent_env import stream_generator
 from .baselines import linear_baseline_values
 from .config import ConfigError, check_choice, check_fields, check_int, check_number, check_positive
@@ -180,6 +180,14 @@ def inner_loop(policy: Policy, config: Any, step_sizes: Params | None = None) ->
                      config.inner_lr if step_sizes is None else step_sizes, config.first_order, config.task_chunk)
 
 
+def learned_step_sizes(policy: Policy, config: Any) -> StepSizes | None:
+    """Meta-SGD's learned step sizes where a MAML-style RL config asks for them (``learn_inner_lr``): one per element
+    of the parameters ``adapt`` names, initialised to ``inner_lr``; None with a fixed ``inner_lr``."""
+    if not config.learn_inner_lr:
+        return None
+    return StepSizes(dict(policy.named_parameters()), config.inner_lr, adapted_names(policy, config.adapt))
+
+
 def adapt_policy(policy: Policy, params: Params, support: TaskBatch, inner: InnerLoop,
                  batched_params: bool = False) -> Params:
     """``inner.steps`` policy-gradient steps per task from ``params``, the shared initialisation or
@@ -260,9 +268,12 @@ def adaptation_stages(envs: Any, policy: Policy, weights: Params, inner: InnerLo
                       device: torch.device | str = "cpu") -> Iterator[tuple[Params, Episodes]]:
     """Yields ``(fast weights, rollouts)`` for stages k = 0..num_stages−1 on ``envs``: the fast weights (batched
     over ``tasks``, detached) start at ``weights`` and take ``inner``'s steps on each stage's
-    ``episodes_per_stage`` rollouts per task (advantages from ``settings``) once the caller has used that stage.
-    Deterministic given ``seed``."""
-    fast = expand_for_tasks(weights, len(tasks), inner.names)
+    ``episodes_per_stage`` rollouts per task (advantages from ``settings``) once the caller has used that stage,
+    first-order and from detached weights and step sizes (no meta-gradient). Deterministic given ``seed``."""
+    detached = lambda params: {k: v.detach() for k, v in params.items()}
+    step_size = detached(inner.step_size) if isinstance(inner.step_size, Mapping) else inner.step_size
+    inner = replace(inner, step_size=step_size, first_order=True)
+    fast = expand_for_tasks(detached(weights), len(tasks), inner.names)
     generator = stream_generator(seed, "meta_test", "actions", device=device)
     for stage in range(num_stages):
         episodes = collect_episodes(envs, policy, fast, tasks, episodes_per_stage,

@@ -235,6 +235,10 @@ class CategoricalMLPPolicy(Policy):
         return dist[0].argmax(-1)
 
 
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+"""The hidden activations a config can name for :func:`make_policy`'s MLP (``activation``)."""
+
+
 def make_policy(observation_space, action_space, hidden_sizes: Sequence[int] = (64, 64), init_std: float = 1.0,
                 activation: type[nn.Module] = nn.Tanh, normalize_actions: bool = False, context_dim: int = 0) -> Policy:
     """The policy for a pair of Gymnasium spaces: Gaussian for a 1-D ``Box`` of actions, categorical for

@@ -114,6 +114,20 @@ def torch_threads_for_rollouts(envs: Any, device: torch.device) -> contextlib.Ab
     return torch_threads(1)
 
 
+def time_split(seconds: float, learner_seconds: float, *episodes: Episodes) -> dict[str, float]:
+    """An iteration's ``time/`` metrics: its wall time ``seconds``, of which sampling ``episodes`` spent
+    ``env_seconds`` in the envs and ``policy_seconds`` in the policy, ``learner_seconds`` the learner, and the rest
+    (the sampler's bookkeeping around the env and policy calls)."""
+    sampling = sum(part.env_seconds + part.policy_seconds for part in episodes)
+    return {
+        "time/iteration_seconds": seconds,
+        "time/env_seconds": sum(part.env_seconds for part in episodes),
+        "time/policy_inference_seconds": sum(part.policy_seconds for part in episodes),
+        "time/learner_seconds": learner_seconds,
+        "time/other_seconds": seconds - sampling - learner_seconds,
+    }
+
+
 def collect_episodes(
     envs: Any,
     policy: Policy,
