@@ -50,42 +50,44 @@ sections (their commands name the presets).
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import metarl.envs  # noqa: F401  (registers the metarl/* environments)
 from metarl.core.agent import AgentConfig
 from metarl.core.agent_env import (
     EnvPool,
-    check_checkpoint,
+    agent_state,
     check_memory,
     check_test_request,
     env_bytes_estimate,
+    load_agent_state,
     make_task_env,
     stream_generator,
+    terminal_progress,
 )
 from metarl.core.config import ConfigError, check_fields, check_int, check_number, check_positive, check_sizes
 from metarl.core.context import ContextEncoder, context_transitions, kl_to_unit_gaussian, posterior_sampling
 from metarl.core.device import resolve_device
-from metarl.core.replay import TaskReplayBuffer, collect_transitions
+from metarl.core.replay import TaskReplayBuffer, collect_conditioned, transition_fields
 from metarl.core.sac import (
-    TanhGaussianActor,
-    TwinQ,
+    actor_critic,
     adam_groups,
+    check_sac_config,
     check_sac_spaces,
     conditioned_actor_losses,
     conditioned_critic_loss,
+    conditioned_rows,
     soft_update_,
 )
 from metarl.core.seeding import derive_seed, seeded
 from metarl.envs.vector import TaskVectorEnv
+
+COUNTERS = ("iteration", "total_env_steps", "total_gradient_steps", "rejected_updates")
 
 
 @dataclass
@@ -164,12 +166,9 @@ class PEARLConfig(AgentConfig):
                             "num_extra_rl_steps_posterior", "gradient_steps"), check_int, minimum=0)
         if self.num_initial_steps + self.num_steps_prior + self.num_steps_posterior < 1:
             raise ConfigError("the encoder needs data: make num_initial_steps or num_steps_prior positive")
-        check_fields(self, ("actor_lr", "critic_lr", "encoder_lr", "temperature_lr", "reward_scale",
-                            "init_temperature"), check_positive)
+        check_fields(self, ("actor_lr", "critic_lr", "encoder_lr"), check_positive)
         check_fields(self, ("kl_lambda", "policy_mean_reg", "policy_std_reg"), check_number, low=0)
-        check_number(self.gamma, "gamma", low=0, high=1)
-        check_number(self.tau, "tau", low=0, high=1, low_open=True)
-        check_number(self.target_entropy, "target_entropy", optional=True)
+        check_sac_config(self)  # gamma, tau, the temperature's and the reward scale (metarl.core.sac)
         check_fields(self, ("hidden_sizes", "encoder_hidden_sizes"), check_sizes)
         self.hidden_sizes, self.encoder_hidden_sizes = list(self.hidden_sizes), list(self.encoder_hidden_sizes)
 
@@ -200,20 +199,15 @@ class PEARL:
         self.context_dim = self.obs_dim * (2 if cfg.use_next_obs_in_context else 1) + self.action_dim + 1
         self.target_entropy = -float(self.action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         with seeded(derive_seed(cfg.seed, "init")):
-            self.actor = TanhGaussianActor(self.obs_dim + self.latent_dim, self.action_dim, cfg.hidden_sizes,
-                                           act_space.low, act_space.high).to(self.device)
-            self.critic = TwinQ(self.obs_dim + self.action_dim + self.latent_dim, cfg.hidden_sizes).to(self.device)
-            self.target_critic = TwinQ(self.obs_dim + self.action_dim + self.latent_dim,
-                                       cfg.hidden_sizes).to(self.device)
-            self.target_critic.load_state_dict(self.critic.state_dict())
+            networks = actor_critic(self.obs_dim + self.latent_dim, act_space, cfg.hidden_sizes)
+            self.actor, self.critic, self.target_critic = (network.to(self.device) for network in networks)
             self.encoder = (ContextEncoder(self.context_dim, cfg.encoder_hidden_sizes, self.latent_dim).to(self.device)
                             if self.uses_encoder else None)
         self.log_alpha = torch.tensor(float(np.log(cfg.init_temperature)), device=self.device, requires_grad=True)
         self.critic_optimizer = adam_groups((self.critic, cfg.critic_lr), (self.encoder, cfg.encoder_lr))
         self.actor_optimizer = adam_groups((self.actor, cfg.actor_lr),
                                            ([self.log_alpha] if cfg.learn_temperature else None, cfg.temperature_lr))
-        fields = {"observations": (self.obs_dim,), "actions": (self.action_dim,), "rewards": (),
-                  "next_observations": (self.obs_dim,), "terminated": ()}
+        fields = transition_fields(self.obs_dim, self.action_dim)
         self.replay = TaskReplayBuffer(cfg.num_train_tasks, cfg.replay_capacity, fields, device=self.device)
         self.encoder_replay = (TaskReplayBuffer(cfg.num_train_tasks, cfg.replay_capacity, fields, device=self.device)
                                if self.uses_encoder else None)
@@ -243,19 +237,11 @@ class PEARL:
                 generator: torch.Generator, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[float]]:
         """``steps`` transitions from each train task ``task_ids`` (one sub-env each, stepped together), z redrawn
         at every episode start: (transitions ``[n·steps, ...]``, their task ids, returns of finished episodes)."""
-        z = torch.zeros(len(task_ids), self.latent_dim, device=self.device)
-
-        def act(obs: np.ndarray) -> np.ndarray:
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            return self.actor.sample(torch.cat([obs_t, z], -1), generator)[0].cpu().numpy()
-
-        def new_episode(index: np.ndarray) -> None:
-            z[index] = self._collection_latents(task_ids[torch.as_tensor(index)], posterior, generator)
-
+        latents = lambda index: self._collection_latents(task_ids[index], posterior, generator)
         tasks = [self.train_tasks[i] for i in task_ids.tolist()]
-        fields, env_index, returns = collect_transitions(envs, tasks, steps, act, new_episode, seed)
-        data = {name: torch.as_tensor(value, device=self.device) for name, value in fields.items()}
-        return data, task_ids[torch.as_tensor(env_index)], returns
+        data, env_index, returns = collect_conditioned(envs, tasks, steps, self.actor, latents, self.latent_dim,
+                                                       generator, seed, self.device)
+        return data, task_ids[env_index], returns
 
     def _collection_latents(self, task_ids: torch.Tensor, posterior: bool, generator: torch.Generator) -> torch.Tensor:
         """z ``[n, latent]`` for collecting on train tasks ``task_ids``: prior, or posterior of a context batch."""
@@ -263,8 +249,7 @@ class PEARL:
         if not posterior:
             return noise
         context = self._context(self.encoder_replay.sample(task_ids, self.config.embedding_batch_size, generator))
-        mean, var = self.encoder.posterior(context)
-        return mean + var.sqrt() * noise
+        return self.encoder.sample(context, noise)[0]
 
     # --- meta-training -----------------------------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:
@@ -301,9 +286,8 @@ class PEARL:
 
         # ALGO LOGIC: meta-batches of tasks, one batched SAC + encoder step each
         stats: dict[str, list[float]] = {}
-        bar = tqdm(range(cfg.gradient_steps), desc=f"{self.name} iteration {iteration}: gradient steps", leave=False,
-                   disable=not (cfg.progress and sys.stderr.isatty()))
-        for _ in bar:
+        for _ in terminal_progress(range(cfg.gradient_steps), f"{self.name} iteration {iteration}: gradient steps",
+                                   cfg.progress):
             ids = torch.randint(cfg.num_train_tasks, (cfg.meta_batch_size,), generator=generator, device=self.device)
             batch = self.replay.sample(ids, cfg.batch_size, generator)
             context = (self._context(self.encoder_replay.sample(ids, cfg.embedding_batch_size, generator))
@@ -332,20 +316,16 @@ class PEARL:
         """One update from an RL batch ``[M, B, ...]`` and a context batch ``[M, C, dim]`` of train tasks ``ids``
         ``[M]``: every network sees all ``M × B`` rows in one forward pass."""
         cfg = self.config
-        tasks, rows = batch["rewards"].shape
         # ALGO LOGIC: z for each task: a reparameterised posterior sample (PEARL) or the descriptor (oracle)
         if self.encoder is not None:
-            mean, var = self.encoder.posterior(context)
-            z = mean + var.sqrt() * torch.randn(mean.shape, generator=generator, device=self.device)
+            noise = torch.randn(len(ids), self.latent_dim, generator=generator, device=self.device)
+            z, mean, var = self.encoder.sample(context, noise)
             kl = kl_to_unit_gaussian(mean, var).sum()  # summed over the meta-batch, as the reference
         else:
             z, kl = self.train_descriptors[ids], torch.zeros((), device=self.device)
         alpha = self.log_alpha.detach().exp()
-        # the actor's noise for the next and the current actions, drawn once for the whole batch
-        noise = torch.randn(2, tasks, rows, self.action_dim, generator=generator, device=self.device)
-        data = {k: v.flatten(0, 1) for k, v in batch.items()}
-        data["next_noise"], data["noise"] = noise[0].flatten(0, 1), noise[1].flatten(0, 1)
-        z_rows = z[:, None, :].expand(-1, rows, -1).flatten(0, 1)
+        # the rows of all tasks with the actor's noise for the next and the current actions, drawn once
+        data, z_rows = conditioned_rows(batch, z, self.action_dim, generator)
 
         # ALGO LOGIC: critics + encoder: Bellman error of Q(s, a, z) + kl_lambda · KL(q(z|c) || prior)
         q_loss, q_mean = conditioned_critic_loss(self.actor, self.critic, self.target_critic, data, z_rows, alpha,
@@ -371,7 +351,7 @@ class PEARL:
         self.actor_optimizer.step()
         soft_update_(self.target_critic, self.critic, cfg.tau)
         self.total_gradient_steps += 1
-        return {"losses/critic": float(q_loss.detach()), "losses/kl": float(kl.detach()) / tasks,
+        return {"losses/critic": float(q_loss.detach()), "losses/kl": float(kl.detach()) / len(ids),
                 "losses/actor": float(pi_loss.detach()), "losses/temperature": float(alpha_loss.detach()),
                 "charts/q_mean": float(q_mean), "charts/entropy": -float(log_prob)}
 
@@ -387,23 +367,18 @@ class PEARL:
         posterior of episodes 0..k−1 (for the oracle, z is the task descriptor throughout): the episodes
         ``meta_test([task], num_episodes, seed)`` runs, on an ``rgb_array`` env. The agent is not changed."""
         check_test_request([task], num_episodes)
-        envs, recorder = self.env_pool.recording()
-        try:
-            self.posterior_sampling(envs, [task], num_episodes, seed)
-        finally:
-            envs.close()
-        return recorder.episodes
+        return self.env_pool.record(lambda envs: self.posterior_sampling(envs, [task], num_episodes, seed))
 
     def posterior_sampling(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> np.ndarray:
         """The meta-test episodes on ``envs`` (:func:`metarl.core.context.posterior_sampling`, z the descriptors for
         the oracle); returns ``[len(tasks), num_episodes]`` returns."""
-        act = lambda obs, z, generator: self.actor.sample(torch.cat([obs, z], -1), generator,
-                                                          self.config.deterministic_test)[0]
-        return posterior_sampling(envs, tasks, num_episodes, seed, act, self.encoder, self._context, self.latent_dim,
-                                  self._descriptors(tasks), self.device)
+        return posterior_sampling(envs, tasks, num_episodes, seed, self.actor, self.encoder, self._context,
+                                  self.latent_dim, self._descriptors(tasks), self.device,
+                                  self.config.deterministic_test)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
-    def _modules(self) -> dict[str, Any]:
+    def checkpoint_parts(self) -> dict[str, Any]:
+        """Networks, optimisers and replay buffers by checkpoint key (the oracle has no encoder nor its buffer)."""
         parts = {"actor": self.actor, "critic": self.critic, "target_critic": self.target_critic,
                  "actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer,
                  "replay": self.replay}
@@ -413,20 +388,12 @@ class PEARL:
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers, α, both replay buffers and counters (plain tensors: weights_only-safe)."""
-        state: dict[str, Any] = {name: part.state_dict() for name, part in self._modules().items()}
-        state.update(name=self.name, log_alpha=self.log_alpha.detach().cpu().clone(), iteration=self.iteration,
-                     total_env_steps=self.total_env_steps, total_gradient_steps=self.total_gradient_steps,
-                     rejected_updates=self.rejected_updates, config=dataclasses.asdict(self.config))
-        return state
+        return agent_state(self, self.checkpoint_parts(), COUNTERS, log_alpha=self.log_alpha.detach().cpu().clone())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_checkpoint(state, self.name)
-        for name, part in self._modules().items():
-            part.load_state_dict(state[name])
+        load_agent_state(self, state, self.checkpoint_parts(), COUNTERS)
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        for name in ("iteration", "total_env_steps", "total_gradient_steps", "rejected_updates"):
-            setattr(self, name, int(state[name]))
 
     def close(self) -> None:
         self.env_pool.close()

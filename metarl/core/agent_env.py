@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -177,6 +178,13 @@ def load_agent_state(agent: Any, state: dict[str, Any], parts: Mapping[str, Any]
             part.load_state_dict(state[key])
     for name in counters:
         setattr(agent, name, int(state[name]))
+
+
+def terminal_progress(steps: Iterable[Any], desc: str, enabled: bool = True) -> Iterable[Any]:
+    """``steps`` under a transient tqdm bar (``desc``) when ``enabled`` and stderr is a terminal, else as they are."""
+    from tqdm import tqdm
+
+    return tqdm(steps, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
 
 
 def task_numbers(task: Any) -> np.ndarray | None:

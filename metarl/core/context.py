@@ -63,6 +63,12 @@ class ContextEncoder(nn.Module):
         """``context`` ``[tasks, n, context_dim]`` -> posterior ``(mean, var)``, each ``[tasks, latent_dim]``."""
         return product_of_gaussians(*self.factors(context), mask)
 
+    def sample(self, context: torch.Tensor, noise: torch.Tensor,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reparameterised sample z = μ + σ · ``noise`` of the posterior of ``context``, and its ``(mean, var)``."""
+        mean, var = self.posterior(context, mask)
+        return mean + var.sqrt() * noise, mean, var
+
 
 def context_transitions(data: dict[str, torch.Tensor], use_next_obs: bool = False) -> torch.Tensor:
     """Context transitions (s, a, r[, s']) ``[..., dim]`` from replay-style fields ``[..., dim]``."""
@@ -74,13 +80,14 @@ def context_transitions(data: dict[str, torch.Tensor], use_next_obs: bool = Fals
 
 @torch.no_grad()
 def posterior_sampling(envs: Any, tasks: list[Any], num_episodes: int, seed: int,
-                       act: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
-                       encoder: ContextEncoder | None, context_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                       latent_dim: int, descriptors: torch.Tensor | None = None,
-                       device: torch.device | str = "cpu") -> np.ndarray:
+                       actor: Any, encoder: ContextEncoder | None,
+                       context_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], latent_dim: int,
+                       descriptors: torch.Tensor | None = None, device: torch.device | str = "cpu",
+                       deterministic: bool = False) -> np.ndarray:
     """Run the meta-test episodes on ``envs`` (one sub-env per task; see the module docstring) and return their
-    ``[len(tasks), num_episodes]`` returns. ``act(obs, z, generator)`` gives the actions, ``context_of(step)`` a
-    step's context transitions; ``descriptors`` ``[tasks, dim]``: z for every episode (no inference)."""
+    ``[len(tasks), num_episodes]`` returns. The SAC ``actor`` acts on ``[obs, z]`` (``actor.sample(inputs,
+    generator, deterministic)``: the squashed mean when ``deterministic``), ``context_of(step)`` gives a step's
+    context transitions; ``descriptors`` ``[tasks, dim]``: z for every episode (no inference)."""
     n = len(tasks)
     generator = stream_generator(seed, "meta_test", "latents", device=device)
     seeds = np.random.default_rng(derive_seed(seed, "meta_test", "resets"))
@@ -94,15 +101,14 @@ def posterior_sampling(envs: Any, tasks: list[Any], num_episodes: int, seed: int
             if episode == 0:
                 z = noise
             else:
-                mean, var = encoder.posterior(torch.cat(context, 1), torch.cat(context_mask, 1))
-                z = mean + var.sqrt() * noise
+                z = encoder.sample(torch.cat(context, 1), noise, torch.cat(context_mask, 1))[0]
         envs.set_tasks(list(tasks))
         obs, _ = envs.reset(seed=[int(s) for s in seeds.integers(0, 2**31 - 1, size=n)])
         active = np.ones(n, dtype=np.bool_)
         success = EpisodeSuccess(n)
         while active.any():
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            action = act(obs_t, z, generator)
+            action = actor.sample(torch.cat([obs_t, z], -1), generator, deterministic)[0]
             next_obs, reward, term, trunc, infos = envs.step(action.cpu().numpy())
             returns[:, episode] += reward * active
             success.update(*step_successes(infos, n), active)

@@ -143,6 +143,12 @@ class TaskReplayBuffer:
         self.pointers = torch.as_tensor(state["pointers"], dtype=torch.long).to(self.device)
 
 
+def transition_fields(obs_dim: int, action_dim: int) -> dict[str, tuple[int, ...]]:
+    """The field shapes of the transitions :func:`collect_transitions` returns, for a :class:`TaskReplayBuffer`."""
+    return {"observations": (obs_dim,), "actions": (action_dim,), "rewards": (), "next_observations": (obs_dim,),
+            "terminated": ()}
+
+
 def collect_transitions(envs: Any, tasks: Sequence[Any], steps: int, act: Callable[[np.ndarray], np.ndarray],
                         on_episode_start: Callable[[np.ndarray], None], seed: int,
                         ) -> tuple[dict[str, np.ndarray], np.ndarray, list[float]]:
@@ -192,3 +198,25 @@ def collect_transitions(envs: Any, tasks: Sequence[Any], steps: int, act: Callab
     fields = {name: np.stack([r[k] for r in rows])[keep].astype(np.float32) for k, name in enumerate(names, 1)}
     env_index = np.broadcast_to(np.arange(n), keep.shape)[keep]
     return fields, env_index, finished
+
+
+@torch.no_grad()
+def collect_conditioned(envs: Any, tasks: Sequence[Any], steps: int, actor: Any,
+                        latents: Callable[[torch.Tensor], torch.Tensor], latent_dim: int, generator: torch.Generator,
+                        seed: int, device: torch.device | str = "cpu",
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[float]]:
+    """:func:`collect_transitions` with a SAC ``actor`` (``actor.sample(inputs, generator)``) acting on ``[obs, z]``,
+    z ``[len(tasks), latent_dim]`` redrawn as ``latents(indices)`` for the sub-envs that start an episode. Returns
+    the fields as tensors on ``device``, the sub-env index of each row (a tensor) and the finished returns."""
+    z = torch.zeros(len(tasks), latent_dim, device=device)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        return actor.sample(torch.cat([obs_t, z], -1), generator)[0].cpu().numpy()
+
+    def new_episode(index: np.ndarray) -> None:
+        z[index] = latents(torch.as_tensor(index))
+
+    fields, env_index, returns = collect_transitions(envs, tasks, steps, act, new_episode, seed)
+    data = {name: torch.as_tensor(value, device=device) for name, value in fields.items()}
+    return data, torch.as_tensor(env_index), returns

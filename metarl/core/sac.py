@@ -33,6 +33,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from .config import check_fields, check_number, check_positive
 from .networks import MLP
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -180,3 +181,39 @@ def adam_groups(*groups: tuple[nn.Module | Iterable[torch.Tensor] | None, float]
     with fewer optimiser calls per gradient step."""
     return torch.optim.Adam([{"params": list(part.parameters() if isinstance(part, nn.Module) else part), "lr": lr}
                              for part, lr in groups if part is not None], foreach=True)
+
+
+def actor_critic(input_dim: int, action_space: spaces.Box,
+                 hidden: Sequence[int]) -> tuple[TanhGaussianActor, TwinQ, TwinQ]:
+    """The SAC networks on inputs of ``input_dim`` (observation plus conditioning) for a flat bounded Box of actions:
+    the actor, the twin critics and their target (a copy of the critics), made in this order (the order of their
+    random initialisations)."""
+    action_dim = int(action_space.shape[0])
+    actor = TanhGaussianActor(input_dim, action_dim, hidden, action_space.low, action_space.high)
+    critic = TwinQ(input_dim + action_dim, hidden)
+    target_critic = TwinQ(input_dim + action_dim, hidden)
+    target_critic.load_state_dict(critic.state_dict())
+    return actor, critic, target_critic
+
+
+def check_sac_config(config: Any) -> None:
+    """Check (one-line :class:`~metarl.core.config.ConfigError`) the SAC fields of an agent's config:
+    ``temperature_lr``, ``reward_scale`` and ``init_temperature`` positive, ``gamma`` in [0, 1], ``tau`` in (0, 1],
+    ``target_entropy`` a number or None."""
+    check_fields(config, ("temperature_lr", "reward_scale", "init_temperature"), check_positive)
+    check_number(config.gamma, "gamma", low=0, high=1)
+    check_number(config.tau, "tau", low=0, high=1, low_open=True)
+    check_number(config.target_entropy, "target_entropy", optional=True)
+
+
+def conditioned_rows(batch: dict[str, torch.Tensor], z: torch.Tensor, action_dim: int,
+                     generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A meta-batch ``[M, B, ...]`` (one z ``[M, dim]`` per task) as the flattened rows ``[M·B, ...]`` that
+    :func:`conditioned_critic_loss` and :func:`conditioned_actor_losses` read: the fields plus the actor's noise for
+    the next and the current actions (``next_noise``, ``noise``; drawn once for the whole batch, in this order),
+    and z repeated for every row."""
+    tasks, rows = batch["rewards"].shape
+    noise = torch.randn(2, tasks, rows, action_dim, generator=generator, device=batch["rewards"].device)
+    data = {k: v.flatten(0, 1) for k, v in batch.items()}
+    data["next_noise"], data["noise"] = noise[0].flatten(0, 1), noise[1].flatten(0, 1)
+    return data, z[:, None, :].expand(-1, rows, -1).flatten(0, 1)
