@@ -78,10 +78,10 @@ from metarl.core.device import resolve_device, torch_threads
 from metarl.core.recurrent import TrialPolicy
 from metarl.core.replay import TaskReplayBuffer
 from metarl.core.sac import (
-    TanhGaussianActor,
-    TwinQ,
+    actor_critic,
     actor_loss,
     adam_groups,
+    check_sac_config,
     check_sac_spaces,
     conditioned_critic_loss,
     soft_update_,
@@ -166,12 +166,10 @@ class AMAGOConfig(AgentConfig):
                               f"(meta_batch_size {self.meta_batch_size})")
         check_sizes(self.hidden_sizes, "hidden_sizes")
         self.hidden_sizes = list(self.hidden_sizes)
-        check_fields(self, ("learning_rate", "temperature_lr", "reward_scale", "init_temperature"), check_positive)
+        check_positive(self.learning_rate, "learning_rate")
         check_positive(self.max_grad_norm, "max_grad_norm", optional=True)
         check_number(self.critic_loss_weight, "critic_loss_weight", low=0)
-        check_number(self.gamma, "gamma", low=0, high=1)
-        check_number(self.tau, "tau", low=0, high=1, low_open=True)
-        check_number(self.target_entropy, "target_entropy", optional=True)
+        check_sac_config(self)  # gamma, tau, the temperature's and the reward scale (metarl.core.sac)
 
 
 class AMAGO(TrialAgent):
@@ -203,10 +201,7 @@ class AMAGO(TrialAgent):
             self.encoder: TrialPolicy = make_sequence_model(cfg, self.inputs.size, self.action_size, False, 0.0,
                                                             context)
             features = cfg.hidden_size if cfg.sequence_model == "gru" else cfg.transformer_d_model
-            self.actor = TanhGaussianActor(features, self.action_size, cfg.hidden_sizes, space.low, space.high)
-            self.critic = TwinQ(features + self.action_size, cfg.hidden_sizes)
-            self.target_critic = TwinQ(features + self.action_size, cfg.hidden_sizes)
-        self.target_critic.load_state_dict(self.critic.state_dict())
+            self.actor, self.critic, self.target_critic = actor_critic(features, space, cfg.hidden_sizes)
         self.temperature = nn.Module()
         self.temperature.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_temperature))))
         for module in (self.encoder, self.actor, self.critic, self.target_critic, self.temperature):
