@@ -414,7 +414,8 @@ class RayVectorEnv(VectorEnv):
                          episodes_per_task: int, *, seed: int, max_steps: int | None = None,
                          streams: str = "per-episode") -> Any:
         """:func:`~metarl.core.sampling.collect_episodes` with per-episode streams, one block of tasks × episodes
-        per worker (module docstring); the same episodes as the local call. ``env_seconds`` is the wall time of the
+        per worker (module docstring), called by it after its checks of the request; the same episodes as the local
+        call. ``env_seconds`` is the wall time of the
         whole remote collection (the workers' policy included), ``policy_seconds`` 0."""
         from .outcomes import record_episodes
         from .sampling import Episodes
@@ -422,10 +423,6 @@ class RayVectorEnv(VectorEnv):
         if streams != "per-episode":
             raise ValueError("episode-level Ray collection needs per-episode random streams (rollout_streams)")
         num_tasks = len(tasks)
-        if num_tasks < 1 or self.num_envs % num_tasks:
-            raise ValueError(f"the vector env has {self.num_envs} sub-envs, not a multiple of the {num_tasks} tasks")
-        if episodes_per_task < 1:
-            raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         start = perf_counter()
         per_task = self.num_envs // num_tasks
         blocks = episode_blocks(num_tasks, int(episodes_per_task), self.group.num_workers)

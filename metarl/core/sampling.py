@@ -159,14 +159,14 @@ def collect_episodes(
         streams = getattr(envs, "rollout_streams", "shared")
     if streams not in ("shared", "per-episode"):
         raise ValueError(f"streams must be 'shared' or 'per-episode', got {streams!r}")
-    if getattr(envs, "episode_level", False):  # whole episodes on Ray workers (metarl.core.ray_sampler)
-        return envs.collect_episodes(policy, params, tasks, episodes_per_task, seed=seed, max_steps=max_steps,
-                                     streams=streams)
     num_tasks, num_envs = len(tasks), envs.num_envs
     if num_tasks < 1 or num_envs % num_tasks:
         raise ValueError(f"the vector env has {num_envs} sub-envs, not a multiple of the {num_tasks} tasks")
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if getattr(envs, "episode_level", False):  # whole episodes on Ray workers (metarl.core.ray_sampler)
+        return envs.collect_episodes(policy, params, tasks, episodes_per_task, seed=seed, max_steps=max_steps,
+                                     streams=streams)
     per_task = num_envs // num_tasks
     rounds = math.ceil(episodes_per_task / per_task)
     limit = max_steps or envs.max_episode_steps or MAX_STEPS_WITHOUT_LIMIT
