@@ -11,8 +11,10 @@ Spec
       in ``SAME_STEP`` autoreset, the per-step input is the observation, the previous action (the clipped action the
       env received), the previous reward and a done flag (the previous step ended an episode). The time step enters
       as the Transformer's absolute position over the whole trial (not restarted at episode boundaries); the GRU
-      counts for itself. Observations: a flat ``Box``; actions: a bounded ``Box`` (the tanh-Gaussian squashes
-      into it).
+      counts for itself. Observations: what the trial inputs encode (a ``Box``, one-hot ``Discrete``); actions:
+      a bounded ``Box`` (the tanh-Gaussian squashes into it) or ``Discrete(n)`` (a categorical actor, critics with
+      one output per action, discrete SAC's exact expectations: :func:`~metarl.core.sac.discrete_sac_losses`; the
+      replay keeps the actions one-hot).
     * **Shared encoder.** ``sequence_model`` transformer (default) or gru reads the trial causally: its features h_t
       (``[B, T, F]``, step t sees steps 0 … t) are the agent's state at every step. On them sit the SAC actor
       π(a | h_t) (tanh-squashed Gaussian) and twin critics Q_j(h_t, a) with Polyak target copies Q'_j (as AMAGO,
@@ -84,6 +86,8 @@ from metarl.core.sac import (
     check_sac_config,
     check_sac_spaces,
     conditioned_critic_loss,
+    default_target_entropy,
+    discrete_sac_losses,
     soft_update_,
     temperature_loss,
 )
@@ -146,7 +150,7 @@ class AMAGOConfig(AgentConfig):
     init_temperature: float = 0.1
     """initial (or fixed) entropy temperature α"""
     target_entropy: float | None = None
-    """target policy entropy for the learned α; None: −dim(A)"""
+    """target policy entropy for the learned α; None: −dim(A) for a Box, 0.1 · log n for Discrete(n)"""
     max_grad_norm: float | None = 1.0
     """global gradient-norm clip of the combined step (None: no clip)"""
     deterministic_test: bool = False
@@ -183,7 +187,8 @@ class AMAGO(TrialAgent):
         self.device = resolve_device(cfg.device)
         self.inputs, self.env_pool, self.envs = make_trial_envs(self.name, env_id, cfg)
         try:
-            check_sac_spaces(self.name, env_id, self.envs.single_observation_space, self.envs.single_action_space)
+            # observations: any that the trial inputs encode (a Box, one-hot Discrete); actions: Box or Discrete
+            check_sac_spaces(self.name, env_id, None, self.envs.single_action_space, discrete=True)
             per_episode = episode_step_limit(self.envs)
             if per_episode is None:
                 raise ValueError(f"{self.name} replays whole trials of a fixed length: {env_id} sets no episode "
@@ -195,8 +200,9 @@ class AMAGO(TrialAgent):
             raise
         self.task_env = self.envs.single_task_env
         space = self.envs.single_action_space
-        self.action_size = self.inputs.action_size
-        self.target_entropy = -float(self.action_size) if cfg.target_entropy is None else float(cfg.target_entropy)
+        self.action_size, self.discrete = self.inputs.action_size, self.inputs.discrete
+        self.target_entropy = float(default_target_entropy(space) if cfg.target_entropy is None
+                                    else cfg.target_entropy)
         with seeded(derive_seed(cfg.seed, "init")):
             self.encoder: TrialPolicy = make_sequence_model(cfg, self.inputs.size, self.action_size, False, 0.0,
                                                             context)
@@ -225,7 +231,7 @@ class AMAGO(TrialAgent):
         def act(x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
             # ALGO LOGIC: the encoder reads (observation, previous action, reward, done); the actor acts on h_t
             _, _, state, features = self.encoder(x[:, None].to(self.device), state)
-            noise = torch.randn(len(x), self.action_size, generator=generator).to(self.device)  # a CPU stream
+            noise = self.actor.noise(len(x), generator).to(self.device)  # a CPU stream
             action = self.actor.sample(features[:, 0], deterministic=deterministic, noise=noise)[0]
             return action.cpu(), state, {}
 
@@ -276,7 +282,8 @@ class AMAGO(TrialAgent):
         if steps > self.trial_steps:
             raise RuntimeError(f"a trial of {steps} steps is longer than the replay's {self.trial_steps}")
         pad = lambda x: nn.functional.pad(x.float(), (0, 0) * (x.dim() - 2) + (0, self.trial_steps - steps))
-        return {key: pad(batch[key]) for key in TRIAL_FIELDS}
+        fields = {**batch, "actions": self.inputs.actions(batch["actions"]) if self.discrete else batch["actions"]}
+        return {key: pad(fields[key]) for key in TRIAL_FIELDS}
 
     def transitions(self, features: torch.Tensor, trials: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The transition rows (h_t, a_t, r_t, h_{t+1}, d_t) of every real step of ``trials`` (``[B, T, ...]``) from
@@ -303,18 +310,25 @@ class AMAGO(TrialAgent):
         _, _, _, features = self.encoder(trials["inputs"])
         data = self.transitions(features, trials)
         rows = len(data["rewards"])
-        data["next_noise"], data["noise"] = torch.randn(2, rows, self.action_size, generator=generator,
-                                                        device=self.device)
-        alpha = self.log_alpha.detach().exp()
-        q_loss, q_mean = self.critic_loss(data, alpha)
-        # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO); α for the target entropy
         actor_input = data["observations"] if cfg.actor_trains_encoder else data["observations"].detach()
-        action, log_prob, _, _ = self.actor.sample(actor_input, noise=data["noise"])
-        frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
-        new_q1, new_q2 = torch.func.functional_call(self.critic, frozen,
-                                                    (torch.cat([data["observations"].detach(), action], -1),))
-        pi_loss = actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
-        alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+        if self.discrete:  # ALGO LOGIC: discrete SAC, every expectation over the n actions exact (metarl.core.sac)
+            losses = discrete_sac_losses(self.actor, self.critic, self.target_critic, data, actor_input,
+                                         self.log_alpha, cfg.gamma, cfg.reward_scale, self.target_entropy)
+            q_loss, pi_loss, alpha_loss, q_mean, entropy = (losses[key] for key in ("critic", "actor", "temperature",
+                                                                                    "q_mean", "entropy"))
+        else:
+            data["next_noise"], data["noise"] = torch.randn(2, rows, self.action_size, generator=generator,
+                                                            device=self.device)
+            alpha = self.log_alpha.detach().exp()
+            q_loss, q_mean = self.critic_loss(data, alpha)
+            # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO); α for the target
+            action, log_prob, _, _ = self.actor.sample(actor_input, noise=data["noise"])
+            frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
+            new_q1, new_q2 = torch.func.functional_call(self.critic, frozen,
+                                                        (torch.cat([data["observations"].detach(), action], -1),))
+            pi_loss = actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+            alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+            entropy = -log_prob.detach().mean()
         total = pi_loss + cfg.critic_loss_weight * q_loss + (alpha_loss if cfg.learn_temperature else 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(total)):
@@ -332,7 +346,7 @@ class AMAGO(TrialAgent):
         self.total_gradient_steps += 1
         return {"losses/critic": float(q_loss.detach()), "losses/actor": float(pi_loss.detach()),
                 "losses/temperature": float(alpha_loss.detach()), "losses/grad_norm": float(grad_norm),
-                "charts/q_mean": float(q_mean), "charts/entropy": -float(log_prob.detach().mean()),
+                "charts/q_mean": float(q_mean), "charts/entropy": float(entropy),
                 "charts/transitions_per_step": float(rows)}
 
     # --- checkpoints (meta-test: metarl.core.trials.TrialAgent) -----------------------------------------------------

@@ -9,14 +9,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 from metarl.core.replay import TaskReplayBuffer, collect_transitions
 from metarl.core.sac import (
+    CategoricalActor,
     TanhGaussianActor,
     TwinQ,
+    actor_critic,
     actor_loss,
+    check_sac_spaces,
     critic_loss,
     critic_target,
+    default_target_entropy,
+    discrete_sac_losses,
     soft_update_,
     squashed_gaussian_log_prob,
     temperature_loss,
@@ -78,6 +84,82 @@ def test_temperature_update_matches_a_hand_computation_and_moves_alpha_towards_t
         temperature_loss(log_alpha, torch.full((8,), 1.0), target_entropy=0.0).backward()  # entropy −1 < 0
         optimizer.step()
     assert log_alpha.item() == pytest.approx(20 * 0.05 * 1.0)
+
+
+@pytest.mark.math
+def test_discrete_sac_losses_match_a_per_row_loop_over_the_actions():
+    """Discrete SAC (Christodoulou 2019): every expectation over the n actions summed exactly, row by row by hand."""
+    with seeded(0):
+        actor, critic, target_critic = actor_critic(6, spaces.Discrete(3), [8])
+        for p in target_critic.parameters():  # the target critics drift from the critics
+            p.data.add_(0.3 * torch.randn_like(p))
+    rows = 5
+    data = {"observations": torch.randn(rows, 6, requires_grad=True), "next_observations": torch.randn(rows, 6),
+            "actions": torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 1, 0]), 3).float(),
+            "rewards": torch.randn(rows), "terminated": torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0])}
+    actor_input = torch.randn(rows, 6)
+    log_alpha, gamma, scale, target_entropy = torch.tensor(math.log(0.3), requires_grad=True), 0.9, 2.0, 0.4
+    losses = discrete_sac_losses(actor, critic, target_critic, data, actor_input, log_alpha, gamma, scale,
+                                 target_entropy)
+    alpha = 0.3
+    critic_terms, actor_terms, entropies = [], [], []
+    with torch.no_grad():
+        for i in range(rows):
+            probs = torch.softmax(actor.net(data["next_observations"][i]), -1)
+            nq1, nq2 = (q(data["next_observations"][i]) for q in (target_critic.q1, target_critic.q2))
+            value = sum(probs[a] * (min(nq1[a], nq2[a]) - alpha * torch.log(probs[a])) for a in range(3))
+            y = scale * data["rewards"][i] + gamma * (1 - data["terminated"][i]) * value
+            taken = int(data["actions"][i].argmax())
+            q1, q2 = critic.q1(data["observations"][i]), critic.q2(data["observations"][i])
+            critic_terms.append((q1[taken] - y) ** 2 + (q2[taken] - y) ** 2)
+            pi = torch.softmax(actor.net(actor_input[i]), -1)
+            actor_terms.append(sum(pi[a] * (alpha * torch.log(pi[a]) - min(q1[a], q2[a])) for a in range(3)))
+            entropies.append(-sum(pi[a] * torch.log(pi[a]) for a in range(3)))
+    torch.testing.assert_close(losses["critic"], torch.stack(critic_terms).mean())
+    torch.testing.assert_close(losses["actor"], torch.stack(actor_terms).mean())
+    torch.testing.assert_close(losses["entropy"], torch.stack(entropies).mean())
+    # temperature: −log α (−H + H̄); raises α while the entropy is below the target
+    torch.testing.assert_close(losses["temperature"], -log_alpha * (-torch.stack(entropies).mean() + target_entropy))
+    # gradients: the critic loss reaches the observations (an encoder), the actor loss never moves the critics
+    losses["actor"].backward(retain_graph=True)
+    assert all(p.grad is None for p in critic.parameters()) and data["observations"].grad is None
+    assert all(p.grad is not None for p in actor.parameters())
+    losses["critic"].backward()
+    assert data["observations"].grad.abs().sum() > 0 and all(p.grad is None for p in target_critic.parameters())
+
+
+@pytest.mark.math
+def test_categorical_actor_samples_its_own_distribution_and_the_mode_when_deterministic():
+    with seeded(1):
+        actor = CategoricalActor(4, 3, [8])
+    inputs = torch.randn(2, 4)
+    probs = actor(inputs).exp()
+    draws = 20_000
+    actions, log_probs = actor.sample(inputs[:, None].expand(-1, draws, -1), generator=torch.Generator().manual_seed(0))
+    assert actions.shape == (2, draws) and log_probs.shape == (2, draws, 3)
+    frequencies = torch.nn.functional.one_hot(actions, 3).float().mean(1)
+    # Gumbel-max draws: each frequency within 4.5 standard errors of its probability
+    assert torch.all((frequencies - probs).abs() < 4.5 * (probs * (1 - probs) / draws).sqrt() + 1e-6)
+    torch.testing.assert_close(actor.sample(inputs, deterministic=True)[0], probs.argmax(-1))
+    noise = actor.noise(2, torch.Generator().manual_seed(3))
+    assert torch.equal(actor.sample(inputs, noise=noise)[0], (probs.log() + noise).argmax(-1))
+
+
+@pytest.mark.api
+def test_sac_spaces_and_default_target_entropies():
+    assert default_target_entropy(spaces.Box(-1, 1, (3,))) == -3.0
+    assert default_target_entropy(spaces.Discrete(4)) == pytest.approx(0.1 * math.log(4))
+    box = spaces.Box(0, 1, (2,))
+    check_sac_spaces("pearl", "env", box, spaces.Box(-1, 1, (2,)))
+    check_sac_spaces("amago", "env", None, spaces.Discrete(3), discrete=True)
+    for space, discrete, message in ((spaces.Discrete(3), False, "use rl2 or maml-trpo"),
+                                     (spaces.Discrete(1), True, "at least 2 discrete actions"),
+                                     (spaces.MultiBinary(3), True, "bounded Box or a Discrete"),
+                                     (spaces.Box(-np.inf, np.inf, (2,)), True, "bounded Box or a Discrete")):
+        with pytest.raises(ValueError, match=message):
+            check_sac_spaces("agent", "env", box, space, discrete=discrete)
+    with pytest.raises(ValueError, match="flat Box observation"):
+        check_sac_spaces("pearl", "env", spaces.Discrete(3), spaces.Box(-1, 1, (2,)))
 
 
 @pytest.mark.math

@@ -20,6 +20,15 @@ the oracle's task descriptor) appended to every network input:
 * on rows conditioned on z (:func:`conditioned_critic_loss`, :func:`conditioned_actor_losses`): the critic loss
   with the gradient reaching z (an encoder learns through it), the actor loss with z detached against frozen
   critics, plus optional regularisers ``mean_reg`` · mean μ² + ``std_reg`` · mean (log σ)² (PEARL's).
+
+Discrete actions (SAC for ``Discrete(n)``; Christodoulou, "Soft Actor-Critic for Discrete Action Settings", 2019):
+the actor is a categorical π(·|s) over the n actions (:class:`CategoricalActor`), each critic outputs Q(s, ·) for
+all n at once, and every expectation over actions is computed exactly instead of sampled
+(:func:`discrete_sac_losses`): the target's soft value V(s') = Σ_a' π(a'|s') (min_j Q'_j(s', a') − α log π(a'|s')),
+the actor loss mean Σ_a π(a|s) (α log π(a|s) − min_j Q_j(s, a)) against frozen critics, the temperature loss
+−mean log α (−H(π(·|s)) + H̄) with H the exact entropy. Default target entropy H̄ (:func:`default_target_entropy`):
+0.1 · log n, a nearly greedy policy (Christodoulou's 0.98 · log n keeps π close to uniform, which an in-context
+agent that must exploit what it has found within a trial cannot afford).
 """
 
 from __future__ import annotations
@@ -89,15 +98,53 @@ class TanhGaussianActor(nn.Module):
         return action, log_prob, mean, log_std
 
 
-class TwinQ(nn.Module):
-    """Two independent critics Q_1, Q_2 of ``[obs, action, z]``; ``forward`` returns both ``[...]``."""
+    def noise(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal ε for ``rows`` actions (the ``noise`` of :meth:`sample`)."""
+        return torch.randn(rows, self.action_dim, generator=generator)
 
-    def __init__(self, input_dim: int, hidden: Sequence[int]) -> None:
+
+class CategoricalActor(nn.Module):
+    """The discrete SAC policy: an MLP from ``[obs, z]`` to the logits of a categorical over ``actions`` actions."""
+
+    def __init__(self, input_dim: int, actions: int, hidden: Sequence[int]) -> None:
         super().__init__()
-        self.q1 = MLP(input_dim, list(hidden), 1)
-        self.q2 = MLP(input_dim, list(hidden), 1)
+        self.net = MLP(input_dim, list(hidden), actions)
+        self.action_dim = actions
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """log π(·|s) ``[..., actions]`` (normalised log-probabilities)."""
+        return torch.log_softmax(self.net(inputs), dim=-1)
+
+    def noise(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard Gumbel noise ``[rows, actions]`` (the ``noise`` of :meth:`sample`)."""
+        uniform = torch.rand(rows, self.action_dim, generator=generator).clamp_(1e-12, 1.0 - 1e-7)
+        return -torch.log(-torch.log(uniform))
+
+    def sample(self, inputs: torch.Tensor, generator: torch.Generator | None = None, deterministic: bool = False,
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(action indices [...], log π(·|s) [..., actions])``: argmax of log π + Gumbel noise (a sample of π;
+        ``noise`` if given, else drawn from ``generator``), the most likely action if ``deterministic``."""
+        log_probs = self(inputs)
+        if deterministic:
+            return log_probs.argmax(-1), log_probs
+        if noise is None:
+            noise = self.noise(int(np.prod(log_probs.shape[:-1])), generator).reshape(log_probs.shape)
+        return (log_probs + noise.to(log_probs.device)).argmax(-1), log_probs
+
+
+class TwinQ(nn.Module):
+    """Two independent critics Q_1, Q_2: of ``[obs, action, z]`` (``outputs`` 1; ``forward`` returns both ``[...]``)
+    or of ``[obs, z]`` with one value per discrete action (``outputs`` n; both ``[..., n]``)."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int], outputs: int = 1) -> None:
+        super().__init__()
+        self.q1 = MLP(input_dim, list(hidden), outputs)
+        self.q2 = MLP(input_dim, list(hidden), outputs)
+        self.outputs = outputs
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.outputs > 1:
+            return self.q1(inputs), self.q2(inputs)
         return self.q1(inputs).squeeze(-1), self.q2(inputs).squeeze(-1)
 
 
@@ -164,14 +211,56 @@ def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha:
     return pi_loss, temperature_loss(log_alpha, log_prob, target_entropy), log_prob.detach().mean()
 
 
-def check_sac_spaces(agent: str, env_id: str, observation_space: Any, action_space: Any) -> None:
+def discrete_sac_losses(actor: CategoricalActor, critic: TwinQ, target_critic: TwinQ, data: dict[str, torch.Tensor],
+                        actor_input: torch.Tensor, log_alpha: torch.Tensor, gamma: float, reward_scale: float,
+                        target_entropy: float) -> dict[str, torch.Tensor]:
+    """Discrete SAC's three losses on transition rows (``data``: ``observations`` and ``next_observations`` the
+    critics' inputs ``[rows, F]``, ``actions`` one-hot ``[rows, n]``, ``rewards``, ``terminated``), every expectation
+    over actions exact (module docstring). The critic loss's gradient reaches ``observations``; the actor reads
+    ``actor_input`` and the critics, frozen, read ``observations`` detached. Returns ``critic``, ``actor``,
+    ``temperature`` (losses), ``q_mean`` and ``entropy`` (detached)."""
+    alpha = log_alpha.detach().exp()
+    with torch.no_grad():
+        next_log_probs = actor(data["next_observations"])
+        next_q1, next_q2 = target_critic(data["next_observations"])
+        soft_value = (next_log_probs.exp() * (torch.minimum(next_q1, next_q2) - alpha * next_log_probs)).sum(-1)
+        target = reward_scale * data["rewards"] + gamma * (1.0 - data["terminated"]) * soft_value
+    q1, q2 = critic(data["observations"])
+    taken = data["actions"]
+    q_loss = critic_loss((q1 * taken).sum(-1), (q2 * taken).sum(-1), target)
+    log_probs = actor(actor_input)
+    probs = log_probs.exp()
+    frozen = {k: v.detach() for k, v in critic.named_parameters()}
+    new_q1, new_q2 = torch.func.functional_call(critic, frozen, (data["observations"].detach(),))
+    pi_loss = (probs * (alpha * log_probs - torch.minimum(new_q1, new_q2))).sum(-1).mean()
+    entropy = -(probs * log_probs).sum(-1)
+    alpha_loss = temperature_loss(log_alpha, -entropy, target_entropy)
+    return {"critic": q_loss, "actor": pi_loss, "temperature": alpha_loss,
+            "q_mean": (q1 * taken).sum(-1).detach().mean(), "entropy": entropy.detach().mean()}
+
+
+def default_target_entropy(action_space: spaces.Space) -> float:
+    """SAC's target entropy H̄ when none is given: −dim(A) for a ``Box``, 0.1 · log n for ``Discrete(n)``."""
+    if isinstance(action_space, spaces.Discrete):
+        return 0.1 * math.log(int(action_space.n))
+    return -float(np.prod(action_space.shape))
+
+
+def check_sac_spaces(agent: str, env_id: str, observation_space: Any, action_space: Any,
+                     discrete: bool = False) -> None:
     """Refuse, with what to use instead, spaces the SAC networks cannot serve: a bounded Box of actions (the
-    squashing box), a flat Box of observations."""
-    if not isinstance(action_space, spaces.Box) or not np.all(np.isfinite(action_space.low)) \
+    squashing box) or, where the agent has discrete SAC (``discrete``), a ``Discrete`` of at least 2 actions; a
+    flat Box of observations (``observation_space`` None: the agent encodes observations itself)."""
+    if discrete and isinstance(action_space, spaces.Discrete):
+        if int(action_space.n) < 2:
+            raise ValueError(f"{agent} needs at least 2 discrete actions, {env_id} has {action_space}")
+    elif not isinstance(action_space, spaces.Box) or not np.all(np.isfinite(action_space.low)) \
             or not np.all(np.isfinite(action_space.high)):
-        raise ValueError(f"{agent} needs a bounded Box action space, {env_id} has {action_space}; "
-                         "use rl2 or maml-trpo for discrete actions")
-    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
+        hint = "" if discrete else "; use rl2 or maml-trpo for discrete actions"
+        raise ValueError(f"{agent} needs a bounded Box {'or a Discrete ' if discrete else ''}action space, "
+                         f"{env_id} has {action_space}{hint}")
+    if observation_space is not None and (not isinstance(observation_space, spaces.Box)
+                                          or len(observation_space.shape) != 1):
         raise ValueError(f"{agent} needs a flat Box observation space, {env_id} has {observation_space}")
 
 
@@ -183,11 +272,18 @@ def adam_groups(*groups: tuple[nn.Module | Iterable[torch.Tensor] | None, float]
                              for part, lr in groups if part is not None], foreach=True)
 
 
-def actor_critic(input_dim: int, action_space: spaces.Box,
-                 hidden: Sequence[int]) -> tuple[TanhGaussianActor, TwinQ, TwinQ]:
-    """The SAC networks on inputs of ``input_dim`` (observation plus conditioning) for a flat bounded Box of actions:
-    the actor, the twin critics and their target (a copy of the critics), made in this order (the order of their
-    random initialisations)."""
+def actor_critic(input_dim: int, action_space: spaces.Box | spaces.Discrete,
+                 hidden: Sequence[int]) -> tuple[TanhGaussianActor | CategoricalActor, TwinQ, TwinQ]:
+    """The SAC networks on inputs of ``input_dim`` (observation plus conditioning): for a flat bounded Box of actions
+    the tanh-Gaussian actor and critics of ``[input, action]``, for ``Discrete(n)`` the categorical actor and critics
+    with n outputs; the actor, the twin critics and their target (a copy of the critics), made in this order (the
+    order of their random initialisations)."""
+    if isinstance(action_space, spaces.Discrete):
+        n = int(action_space.n)
+        actor: TanhGaussianActor | CategoricalActor = CategoricalActor(input_dim, n, hidden)
+        critic, target_critic = TwinQ(input_dim, hidden, n), TwinQ(input_dim, hidden, n)
+        target_critic.load_state_dict(critic.state_dict())
+        return actor, critic, target_critic
     action_dim = int(action_space.shape[0])
     actor = TanhGaussianActor(input_dim, action_dim, hidden, action_space.low, action_space.high)
     critic = TwinQ(input_dim + action_dim, hidden)
