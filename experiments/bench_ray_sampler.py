@@ -38,7 +38,6 @@ import json
 import math
 import pickle
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from metarl.core.policies import make_policy
 from metarl.core.ray_sampler import WorkerGroup, episode_blocks, unbatch_infos
 from metarl.core.sampling import collect_episodes
 from metarl.envs.vector import TaskVectorEnv
+from metarl.runs import head_commit
 
 CHEETAH = "metarl/HalfCheetahVel-v0"
 NAV = "metarl/Navigation2D-v0"
@@ -385,8 +385,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/figures/ray_sampler_scaling.png"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result: dict[str, Any] = {"commit": commit, "machine": platform.processor() or platform.machine(),
+    result: dict[str, Any] = {"commit": head_commit(), "machine": platform.processor() or platform.machine(),
                               "ray": ray.__version__}
     ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     try:

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import yaml
 
 from metarl.agents.rl2 import RL2, RL2Config
 from metarl.core.sequence import TransformerPolicy
+from metarl.runs import head_commit
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -139,14 +139,6 @@ def trials_per_second(repeats: int) -> dict[str, Any]:
     return table
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64],
@@ -163,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     start = time.perf_counter()
     result: dict[str, Any] = {
-        "benchmark": "bench_sequence_policy", "commit": commit(),
+        "benchmark": "bench_sequence_policy", "commit": head_commit(ROOT),
         "command": " ".join([".venv/bin/python", *sys.argv]), "threads": torch.get_num_threads(),
         "repeats": args.repeats, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                              "torch": torch.__version__},

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from metarl.agents import LEARNERS, entry
 from metarl.evaluation import evaluate_fewshot
-from metarl.runs import atomic_write_json, load_checkpoint
+from metarl.runs import atomic_write_json, head_commit, load_checkpoint
 from metarl.training import load_session, make_run_config, resume, train
 
 CELLS = ((5, 1), (5, 5), (20, 1), (20, 5))
@@ -137,17 +137,6 @@ def run_learner(name: str, ways: int, args: argparse.Namespace) -> dict:
               "seed": args.seed, "commit": (kept or {}).get("commit") or head_commit(), "cells": rows}
     atomic_write_json(record_path, record)
     return keep_record(record, args.records)
-
-
-def head_commit() -> str | None:
-    """The checked-out commit (short hash), recorded with each run; None outside a git checkout."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def keep_record(record: dict, records: Path) -> dict:

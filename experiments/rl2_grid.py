@@ -9,12 +9,12 @@ Cells: ``KxN`` (Bernoulli bandits, K arms, N pulls per trial; K in {5, 10, 50}, 
 (random tabular MDPs of 10 states, 5 actions, horizon 10, N episodes per trial; N in {10, 25, 50, 75, 100}). Each
 (cell, seed) trains one RL² agent (GRU, recurrent PPO on whole trials, ``agents/rl2.py``) on train-split tasks with
 the settings of :data:`SETTINGS` for ``--iterations`` (default: :data:`SETTINGS`' budget), in ``--root`` (default
-``runs/rl2_grid``). Every ``--eval-every`` iterations (default: a 15th of the budget) the agent plays one trial on each of ``--curve-tasks``
-test-split tasks (``derive_seed(seed, "rl2-grid", "curve-tasks")``, sampled actions, fresh hidden state): the
-learning curve. The state (agent, curve, counters) is saved atomically at each of those points, so a killed cell
-resumes where it stopped and gives the numbers of an uninterrupted run (RL² draws everything of iteration ``i`` from
-``derive_seed(seed, stream, i)``); a finished cell's ``result.json`` is reused as it is. ``--iterations`` above a
-finished cell's budget continues it.
+``runs/rl2_grid``). Every ``--eval-every`` iterations (default: a 15th of the budget) the agent plays one trial on
+each of ``--curve-tasks`` test-split tasks (``derive_seed(seed, "rl2-grid", "curve-tasks")``, sampled actions, fresh
+hidden state): the learning curve. The state (agent, curve, counters) is saved atomically at each of those points,
+so a killed cell resumes where it stopped and gives the numbers of an uninterrupted run (RL² draws everything of
+iteration ``i`` from ``derive_seed(seed, stream, i)``); a finished cell's ``result.json`` is reused as it is.
+``--iterations`` above a finished cell's budget continues it.
 
 Final score: one trial on each of ``--tasks`` test-split tasks drawn exactly as experiments/bandit_mdp_references.py
 draws them (``derive_seed(seed, "rl2-bandits" | "rl2-mdps", "test-tasks")``), and on the very same tasks the
@@ -199,7 +199,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         row[f"rl2_minus_{target}"] = interval(rl2 - np.concatenate([trial_totals(r, target, n) for r in mine]))
         table[cell] = row
     # prefixes: every longer MDP model's first n episodes, on that model's own test tasks
-    for cell, row in table.items():
+    for row in table.values():
         if row["part"] != "mdps":
             continue
         row["prefix"] = {}

@@ -1,27 +1,33 @@
-"""Memory benchmark (issue 18, item 5): success by corridor length H on the passive T-Maze, GRU-RL² against
-Transformer-RL² (Ni, Ma, Eysenbach & Bacon, NeurIPS 2023; ``metarl/PassiveTMaze-v0``, envs/memory.py).
+"""Memory benchmark (issue 18, item 5): success by corridor length H on the passive T-Maze, GRU-RL², Transformer-RL²
+and the off-policy AMAGO-style agent (Ni, Ma, Eysenbach & Bacon, NeurIPS 2023; ``metarl/PassiveTMaze-v0``,
+envs/memory.py).
 
-    .venv/bin/python experiments/tmaze_memory.py                                  # H 10 30 100, 2 seeds, both models
+    .venv/bin/python experiments/tmaze_memory.py                                  # H 10 30 100, 2 seeds, all models
     .venv/bin/python experiments/tmaze_memory.py --lengths 300 1000 --seeds 1      # the long corridors
+    .venv/bin/python experiments/tmaze_memory.py --models amago --lengths 10 30    # one model
 
-Each cell (H, sequence model, seed) is one run of the ``metarl`` command, in ``--root`` (default
-``runs/tmaze_memory``)::
+Each cell (H, model, seed) is one run of the ``metarl`` command, in ``--root`` (default ``runs/tmaze_memory``)::
 
     metarl train rl2 --env metarl/PassiveTMaze-v0 --preset experiments/presets/rl2_tmaze.yaml \
         --set env_kwargs.corridor_length=H --sequence-model MODEL --seed SEED --iterations N \
         --eval-tasks 200 --eval-splits test --threads 1 --run-dir ROOT/MODEL-H<H>-seed<SEED>
 
-(one episode per trial, γ = 1, entropy 0.1, Adam 1e-3, 32 trials per iteration; the Transformer at RL²'s default
-size, its context the trial's H + 1 steps). The sweep is resumable: a run directory with its ``evaluation.json`` is
-reused as it is, one with a checkpoint only is continued with ``metarl resume`` (the same result as an uninterrupted
-run), anything else is trained from scratch.
+(models ``gru`` and ``transformer``: one episode per trial, γ = 1, entropy 0.1, Adam 1e-3, 32 trials per iteration;
+the Transformer at RL²'s default size, its context the trial's H + 1 steps), or for ``amago`` ``metarl train amago``
+with ``experiments/presets/amago_tmaze.yaml`` (discrete SAC on a 2-layer causal Transformer, 16 trials per
+iteration, 20 gradient steps each) and the same other options. The sweep is resumable: a run directory with its
+``evaluation.json`` is reused as it is, one with a checkpoint only is continued with ``metarl resume`` (the same
+result as an uninterrupted run), anything else is trained from scratch.
 
 Success of an episode: the agent stands on the cued side at the last step (``reward_goal`` 1; its return is then
 > 0, and <= 0 otherwise). Reported per cell: the success rate over the ``--eval-tasks`` held-out episodes of every
 seed pooled, with its 95% Wilson interval, per seed, and also with the mode of the policy (``greedy``: the
 learnt memory without the sampling noise of ``H`` moves; sampled actions are the standard and the training
 policy). Chance (a policy that walks the corridor and guesses): 0.5. Prints JSON and a markdown table, writes the
-JSON to ``--out`` and the figure to ``--figure``.
+JSON to ``--out`` and the figure to ``--figure``. Each cell's summary is also kept in ``--records``
+(``experiments/records/tmaze_memory/MODEL-H<H>.json``, committed, with the commit that summarised it), so that a
+table can be completed over sessions on machines that lack the earlier run directories: a cell without finished
+runs under ``--root`` is taken from its record.
 """
 
 from __future__ import annotations
@@ -38,11 +44,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl.runs import atomic_write_json, head_commit
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 ENV_ID = "metarl/PassiveTMaze-v0"
 PRESET = ROOT / "presets" / "rl2_tmaze.yaml"
-MODELS = ("gru", "transformer")
+PRESETS = {"gru": PRESET, "transformer": PRESET, "amago": ROOT / "presets" / "amago_tmaze.yaml"}
+MODELS = tuple(PRESETS)
+LABELS = {"gru": "GRU-RL²", "transformer": "Transformer-RL²", "amago": "AMAGO-style (off-policy)"}
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -56,8 +66,9 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 
 def train_command(run_dir: Path, length: int, model: str, seed: int, iterations: int, eval_tasks: int) -> list[str]:
-    return [str(REPO / ".venv" / "bin" / "metarl"), "train", "rl2", "--env", ENV_ID, "--preset", str(PRESET),
-            "--set", f"env_kwargs.corridor_length={length}", "--sequence-model", model, "--seed", str(seed),
+    agent = ["amago"] if model == "amago" else ["rl2", "--sequence-model", model]
+    return [str(REPO / ".venv" / "bin" / "metarl"), "train", agent[0], "--env", ENV_ID, "--preset",
+            str(PRESETS[model]), "--set", f"env_kwargs.corridor_length={length}", *agent[1:], "--seed", str(seed),
             "--iterations", str(iterations), "--eval-tasks", str(eval_tasks), "--eval-splits", "test",
             "--threads", "1", "--no-progress", "--run-dir", str(run_dir)]
 
@@ -79,12 +90,13 @@ def run_cell(run_dir: Path, length: int, model: str, seed: int, iterations: int,
 
 def greedy_successes(run_dir: Path, tasks: int) -> np.ndarray:
     """Success of each of ``tasks`` held-out episodes with the mode of the policy (the run's last checkpoint)."""
-    from metarl.agents.rl2 import RL2, RL2Config
+    from metarl.agents import entry
     from metarl.runs import load_checkpoint
 
     config = json.loads((run_dir / "config.json").read_text())
     learner = dict(config["learner"], deterministic_test=True)
-    agent = RL2(config["task"]["env"], RL2Config(**learner))
+    agent_type, config_type = entry(config["name"]).load()
+    agent = agent_type(config["task"]["env"], config_type(**learner))
     try:
         agent.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"])
         test = agent.task_env.sample_tasks(tasks, split="test", seed=config["evaluation"]["eval_seed"])
@@ -127,7 +139,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    for model, marker, color in zip(MODELS, ("o", "s"), ("tab:blue", "tab:red")):
+    for model, marker, color in zip(MODELS, ("o", "s", "^"), ("tab:blue", "tab:red", "tab:green")):
         for kind, style in (("sampled", "-"), ("greedy", ":")):
             cells = sorted((int(h), row[kind]) for h, row in table.get(model, {}).items())
             if not cells:
@@ -136,7 +148,8 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
             ys = [c["success"] for _, c in cells]
             err = [[c["success"] - c["ci95"][0] for _, c in cells], [c["ci95"][1] - c["success"] for _, c in cells]]
             ax.errorbar(xs, ys, yerr=err, marker=marker, linestyle=style, capsize=3, color=color,
-                        markerfacecolor=color if kind == "sampled" else "white", label=f"{model}-RL² ({kind} actions)")
+                        markerfacecolor=color if kind == "sampled" else "white",
+                        label=f"{LABELS[model]} ({kind} actions)")
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--", label="chance (memoryless)")
     ax.set_xscale("log")
     lengths = sorted({int(h) for rows in table.values() for h in rows})
@@ -182,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "tmaze_memory")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "tmaze_memory.json")
+    parser.add_argument("--records", type=Path, default=ROOT / "records" / "tmaze_memory",
+                        help="one summary per cell, kept across sessions")
     parser.add_argument("--figure", type=Path, default=ROOT / "figures" / "tmaze_success.png")
     args = parser.parse_args(argv)
     if min(args.lengths) < 1 or args.seeds < 1 or args.iterations < 1 or args.eval_tasks < 2:
@@ -197,15 +212,22 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 done[run_dir.name] = run_cell(run_dir, length, model, seed, args.iterations, args.eval_tasks)
     table: dict[str, dict[str, Any]] = {}
+    records = {(r["model"], r["length"]): r for r in map(lambda p: json.loads(p.read_text()),
+                                                          sorted(args.records.glob("*-H*.json")))}
     all_lengths = sorted({int(p.name.split("-H")[1].split("-")[0]) for p in args.root.glob("*-H*-seed*")
-                          if (p / "evaluation.json").is_file()} | set(args.lengths))
+                          if (p / "evaluation.json").is_file()} | set(args.lengths) | {h for _, h in records})
     for length in all_lengths:
         for model in MODELS:
             runs = sorted(p for p in args.root.glob(f"{model}-H{length}-seed*") if (p / "evaluation.json").is_file())
             if runs:
-                table.setdefault(model, {})[str(length)] = cell_summary(runs, args.eval_tasks)
-                table[model][str(length)]["iterations"] = json.loads((runs[0] / "config.json").read_text())[
-                    "iterations"]
+                row = cell_summary(runs, args.eval_tasks)
+                row["iterations"] = json.loads((runs[0] / "config.json").read_text())["iterations"]
+                row["commit"] = head_commit()
+                atomic_write_json(args.records / f"{model}-H{length}.json", {"model": model, "length": length, **row})
+                table.setdefault(model, {})[str(length)] = row
+            elif (model, length) in records:  # summarised in an earlier session
+                row = {k: v for k, v in records[model, length].items() if k not in ("model", "length")}
+                table.setdefault(model, {})[str(length)] = row
     missing = [f"H={h} {m}" for h in all_lengths for m in MODELS if str(h) not in table.get(m, {})]
     result = {"benchmark": "tmaze_memory", "env": ENV_ID, "split": "test", "preset": str(PRESET.relative_to(REPO)),
               "command": " ".join([".venv/bin/python", *sys.argv]), "runs": done, "table": table,

@@ -70,6 +70,18 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def head_commit(where: Path | str | None = None) -> str | None:
+    """The short hash of the git commit checked out at ``where`` (default: this file's checkout), for the provenance
+    of results (RESULTS.md gives each figure's commit); None outside a git checkout or without git."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(where) if where is not None else Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Atomically save a checkpoint dict (tensors, numbers, strings, nested dicts/lists)."""
     import io

@@ -17,7 +17,7 @@ from metarl.cli import main as cli_main
 from metarl.core.agent import MetaRLAgent
 from metarl.core.sac import critic_target
 from metarl.envs.base import TaskEnvMixin, task_to_dict
-from tests.helpers import kill_and_resume, resume_from_state_dict
+from tests.helpers import kill_and_resume, preset_params, resume_from_state_dict
 
 NAVIGATION = "metarl/Navigation2D-v0"
 
@@ -274,6 +274,20 @@ def test_bad_settings_are_refused_in_one_line(tmp_path, capsys, env, argv, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("metarl: error: ") and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.api
+@pytest.mark.parametrize("preset", preset_params("amago_*.yaml"))
+def test_presets_make_a_run_config_and_an_agent(preset):
+    from metarl.training import make_run_config
+
+    config = make_run_config("amago", preset=preset, iterations=1, progress=False)
+    learner = dataclasses.replace(config.learner, meta_batch_size=2)
+    if "TMaze" in config.task.env:
+        learner = dataclasses.replace(learner, env_kwargs={"corridor_length": 3})
+    agent = AMAGO(config.task.env, learner)
+    assert agent.discrete == ("TMaze" in config.task.env)
+    agent.close()
 
 
 @pytest.mark.api
