@@ -41,7 +41,7 @@ PEARL_CPU = dict(hidden_sizes=[128, 128], encoder_hidden_sizes=[128, 128], meta_
 
 
 def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] | None = None,
-                    varibad_preset: str | None = None) -> dict[str, Any]:
+                    varibad_preset: str | None = None, amago_preset: str | None = None) -> dict[str, Any]:
     """A MuJoCo task distribution with 200-step episodes, ~200k env steps per agent: what each agent makes of a
     budget a 2-core CPU trains in minutes, plus MAML-TRPO at 20x that budget.
 
@@ -52,7 +52,8 @@ def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] |
     MAML-TRPO uses its preset (100 x 100 ReLU, 20 rollouts per step, inner step 0.1, KL 0.01) with 10 tasks per
     meta-batch; RL² the PPO settings of rl2_cheetah_vel.yaml. The multi-task baseline is SB3's PPO (SB3's SAC runs
     ~75 steps/s here); from-scratch is SB3's SAC on each test task. VariBAD (where ``varibad_preset`` is given) uses
-    the authors' configuration for the env (16 trials x 2 episodes).
+    the authors' configuration for the env (16 trials x 2 episodes); the AMAGO-style agent (where ``amago_preset``
+    is given) VariBAD's trials with 100 gradient steps per iteration.
     """
     maml = dict(maml_overrides or {}, meta_batch_size=10)
     plan = {
@@ -80,6 +81,8 @@ def locomotion_plan(env: str, maml_preset: str, maml_overrides: dict[str, Any] |
     if varibad_preset is not None:
         # 16 trials x 2 episodes x 200 steps = 6,400 per iteration (fewer where episodes end early)
         plan["agents"]["varibad"] = dict(preset=varibad_preset, iterations=31)
+    if amago_preset is not None:  # the same trials: 6,400 env steps per iteration at most
+        plan["agents"]["amago"] = dict(preset=amago_preset, iterations=31)
     return plan
 
 
@@ -132,9 +135,10 @@ PLANS: dict[str, dict[str, Any]] = {
     # MuJoCo locomotion: the same ~200k-step plan on each (see locomotion_plan)
     "cheetah-vel": locomotion_plan("metarl/HalfCheetahVel-v0", "maml_trpo_cheetah_vel.yaml",
                                    maml_overrides=dict(env_kwargs={}),  # PEARL's U[0, 3], not MAML's U[0, 2]
-                                   varibad_preset="varibad_cheetah_vel.yaml"),
+                                   varibad_preset="varibad_cheetah_vel.yaml", amago_preset="amago_cheetah_vel.yaml"),
     "walker-params": locomotion_plan("metarl/Walker2dRandParams-v0", "maml_trpo_cheetah_vel.yaml",
-                                     maml_overrides=dict(env_kwargs={}), varibad_preset="varibad_walker_params.yaml"),
+                                     maml_overrides=dict(env_kwargs={}), varibad_preset="varibad_walker_params.yaml",
+                                     amago_preset="amago_walker_params.yaml"),
     "ant-goal": locomotion_plan("metarl/AntGoal-v0", "maml_trpo_ant_goal.yaml"),
 }
 
