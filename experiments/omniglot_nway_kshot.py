@@ -63,6 +63,13 @@ PLANS: dict[str, dict] = {
     "bmaml": dict(meta_batch_size=4, iterations=300, inner_lr=0.4, inner_steps=1, eval_steps=(3,)),
 }
 
+WIDE_PLANS: dict[str, dict] = {
+    # CAVIA's 20-way model: α = 100, chosen on the validation characters among α in {30, 100} x FiLM-ed block in
+    # {3, 4} (experiments/cavia_omniglot_tuning.py; record experiments/records/cavia_omniglot_tuning.json)
+    "cavia": dict(inner_lr=100.0),
+}
+"""Changes to a fixed-ways learner's plan for its model of more than 5 ways."""
+
 PUBLISHED = {  # Sung et al. 2018, Table 1 (accuracy %, 5w1s / 5w5s / 20w1s / 20w5s; full background)
     "protonet": (98.8, 99.7, 96.0, 98.9), "maml": (98.7, 99.9, 95.8, 98.9), "relation": (99.6, 99.8, 97.6, 99.1),
     "metanet": (99.0, None, 97.0, None), "siamese": (97.3, 98.4, 88.1, 97.0), "matching": (98.1, 98.9, 93.8, 98.5),
@@ -82,6 +89,7 @@ def plan_of(name: str, ways: int, scale: float) -> dict:
     plan["iterations"] = max(1, int(plan["iterations"] * scale))
     if is_fixed_ways(name) and ways > 5:
         plan["meta_batch_size"] = max(1, plan["meta_batch_size"] // 2)
+        plan.update(WIDE_PLANS.get(name, {}))
     return plan
 
 
