@@ -291,6 +291,25 @@ def test_presets_make_a_run_config_and_an_agent(preset):
 
 
 @pytest.mark.api
+def test_the_cross_agent_tables_meta_test_trials_fit_the_presets_transformer_context():
+    """Every amago row of experiments/meta_rl_table.py meta-tests a trial of ``eval_episodes`` episodes: the preset's
+    Transformer must attend over all of it (a context sized for the training trial fails only after training)."""
+    import yaml
+
+    from experiments.meta_rl_table import PLANS
+    from tests.helpers import PRESET_DIR
+
+    rows = [(plan, row) for plan in PLANS.values() for name, row in plan["agents"].items()
+            if row.get("agent", name) == "amago"]
+    assert len(rows) >= 3
+    for plan, row in rows:
+        preset = yaml.safe_load((PRESET_DIR / row["preset"]).read_text())
+        steps = plan["eval_episodes"] * preset["max_episode_steps"]
+        context = preset.get("transformer_context") or preset["episodes_per_trial"] * preset["max_episode_steps"]
+        assert context >= steps, (row["preset"], context, steps)
+
+
+@pytest.mark.api
 def test_bad_calls_are_rejected():
     agent = AMAGO(NAVIGATION, small_config())
     with pytest.raises(ValueError, match="num_episodes"):
