@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 from tests.dummy_agent import DummyAgent, DummyConfig
 
@@ -27,9 +26,20 @@ class CrashOnceAgent(DummyAgent):
 
     def train_iteration(self, iteration: int) -> dict[str, float]:
         marker = self.config.crash_marker
-        if iteration == self.config.crash_at and marker and not Path(marker).exists():
-            Path(marker).write_text(f"{os.getpid()}\n")
+        if iteration == self.config.crash_at and marker and self._claim(marker):
             if self.config.crash_how == "raise":
                 raise RuntimeError(f"a crash at iteration {iteration}")
             os.kill(os.getpid(), signal.SIGKILL)
         return super().train_iteration(iteration)
+
+    @staticmethod
+    def _claim(marker: str) -> bool:
+        """Create ``marker`` holding this pid, atomically (O_EXCL): of trials reaching ``crash_at`` at the same moment
+        exactly one crashes (an exists-then-write check let two crash at once under load)."""
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as file:
+            file.write(f"{os.getpid()}\n")
+        return True
