@@ -97,7 +97,6 @@ class TanhGaussianActor(nn.Module):
         action = self.action_center + self.action_half_range * torch.tanh(pre_tanh)
         return action, log_prob, mean, log_std
 
-
     def noise(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal ε for ``rows`` actions (the ``noise`` of :meth:`sample`)."""
         return torch.randn(rows, self.action_dim, generator=generator)
