@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 done[run_dir.name] = run_cell(run_dir, length, model, seed, args.iterations, args.eval_tasks)
     table: dict[str, dict[str, Any]] = {}
-    records = {(r["model"], r["length"]): r for r in map(lambda p: json.loads(p.read_text()),
-                                                          sorted(args.records.glob("*-H*.json")))}
+    kept = [json.loads(p.read_text()) for p in sorted(args.records.glob("*-H*.json"))]
+    records = {(r["model"], r["length"]): r for r in kept}
     all_lengths = sorted({int(p.name.split("-H")[1].split("-")[0]) for p in args.root.glob("*-H*-seed*")
                           if (p / "evaluation.json").is_file()} | set(args.lengths) | {h for _, h in records})
     for length in all_lengths:
