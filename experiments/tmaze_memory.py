@@ -15,7 +15,7 @@ Each cell (H, model, seed) is one run of the ``metarl`` command, in ``--root`` (
 (models ``gru`` and ``transformer``: one episode per trial, γ = 1, entropy 0.1, Adam 1e-3, 32 trials per iteration;
 the Transformer at RL²'s default size, its context the trial's H + 1 steps), or for ``amago`` ``metarl train amago``
 with ``experiments/presets/amago_tmaze.yaml`` (discrete SAC on a 2-layer causal Transformer, 16 trials per
-iteration, 20 gradient steps each) and the same other options. The sweep is resumable: a run directory with its
+iteration, 20 gradient steps each, a fixed α 0.5) with ``--set reward_scale=H`` and the same other options. The sweep is resumable: a run directory with its
 ``evaluation.json`` is reused as it is, one with a checkpoint only is continued with ``metarl resume`` (the same
 result as an uninterrupted run), anything else is trained from scratch.
 
@@ -66,7 +66,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 
 def train_command(run_dir: Path, length: int, model: str, seed: int, iterations: int, eval_tasks: int) -> list[str]:
-    agent = ["amago"] if model == "amago" else ["rl2", "--sequence-model", model]
+    # the AMAGO-style agent's critic sees the rewards times H (its preset: the penalty of a step behind is then -1)
+    agent = ["amago", "--set", f"reward_scale={length}"] if model == "amago" else ["rl2", "--sequence-model", model]
     return [str(REPO / ".venv" / "bin" / "metarl"), "train", agent[0], "--env", ENV_ID, "--preset",
             str(PRESETS[model]), "--set", f"env_kwargs.corridor_length={length}", *agent[1:], "--seed", str(seed),
             "--iterations", str(iterations), "--eval-tasks", str(eval_tasks), "--eval-splits", "test",
