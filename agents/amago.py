@@ -88,6 +88,7 @@ from metarl.core.sac import (
     conditioned_critic_loss,
     default_target_entropy,
     discrete_sac_losses,
+    frozen_q,
     soft_update_,
     temperature_loss,
 )
@@ -323,9 +324,7 @@ class AMAGO(TrialAgent):
             q_loss, q_mean = self.critic_loss(data, alpha)
             # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO); α for the target
             action, log_prob, _, _ = self.actor.sample(actor_input, noise=data["noise"])
-            frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
-            new_q1, new_q2 = torch.func.functional_call(self.critic, frozen,
-                                                        (torch.cat([data["observations"].detach(), action], -1),))
+            new_q1, new_q2 = frozen_q(self.critic, torch.cat([data["observations"].detach(), action], -1))
             pi_loss = actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
             alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
             entropy = -log_prob.detach().mean()

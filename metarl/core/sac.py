@@ -193,6 +193,13 @@ def conditioned_critic_loss(actor: TanhGaussianActor, critic: TwinQ, target_crit
     return critic_loss(q1, q2, target), q1.detach().mean()
 
 
+def frozen_q(critic: TwinQ, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both critics' values on ``inputs`` with the critics' parameters detached: the actor's loss reaches what
+    ``inputs`` depends on (the actor's action) but never moves the critics."""
+    frozen = {k: v.detach() for k, v in critic.named_parameters()}
+    return torch.func.functional_call(critic, frozen, (inputs,))
+
+
 def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha: torch.Tensor,
                              data: dict[str, torch.Tensor], z_rows: torch.Tensor, alpha: torch.Tensor,
                              target_entropy: float, mean_reg: float = 0.0,
@@ -200,11 +207,9 @@ def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha:
     """(actor loss plus the regularisers, temperature loss, mean log π (detached)) on flattened rows (the actor's
     noise as ``noise``), z detached, against the critics as they are (frozen: no gradient reaches them)."""
     z_fixed = z_rows.detach()
-    frozen = {k: v.detach() for k, v in critic.named_parameters()}
     action, log_prob, act_mean, act_log_std = actor.sample(torch.cat([data["observations"], z_fixed], -1),
                                                            noise=data["noise"])
-    new_q1, new_q2 = torch.func.functional_call(critic, frozen,
-                                                (torch.cat([data["observations"], action, z_fixed], -1),))
+    new_q1, new_q2 = frozen_q(critic, torch.cat([data["observations"], action, z_fixed], -1))
     pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
                + mean_reg * (act_mean**2).mean() + std_reg * (act_log_std**2).mean())
     return pi_loss, temperature_loss(log_alpha, log_prob, target_entropy), log_prob.detach().mean()
@@ -229,8 +234,7 @@ def discrete_sac_losses(actor: CategoricalActor, critic: TwinQ, target_critic: T
     q_loss = critic_loss((q1 * taken).sum(-1), (q2 * taken).sum(-1), target)
     log_probs = actor(actor_input)
     probs = log_probs.exp()
-    frozen = {k: v.detach() for k, v in critic.named_parameters()}
-    new_q1, new_q2 = torch.func.functional_call(critic, frozen, (data["observations"].detach(),))
+    new_q1, new_q2 = frozen_q(critic, data["observations"].detach())
     pi_loss = (probs * (alpha * log_probs - torch.minimum(new_q1, new_q2))).sum(-1).mean()
     entropy = -(probs * log_probs).sum(-1)
     alpha_loss = temperature_loss(log_alpha, -entropy, target_entropy)
