@@ -15,9 +15,9 @@ Each cell (H, model, seed) is one run of the ``metarl`` command, in ``--root`` (
 (models ``gru`` and ``transformer``: one episode per trial, γ = 1, entropy 0.1, Adam 1e-3, 32 trials per iteration;
 the Transformer at RL²'s default size, its context the trial's H + 1 steps), or for ``amago`` ``metarl train amago``
 with ``experiments/presets/amago_tmaze.yaml`` (discrete SAC on a 2-layer causal Transformer, 16 trials per
-iteration, 20 gradient steps each, a fixed α 0.5) with ``--set reward_scale=H`` and the same other options. The sweep is resumable: a run directory with its
-``evaluation.json`` is reused as it is, one with a checkpoint only is continued with ``metarl resume`` (the same
-result as an uninterrupted run), anything else is trained from scratch.
+iteration, 20 gradient steps each, a fixed α 0.5) with ``--set reward_scale=H`` and the same other options. The
+sweep is resumable: a run directory with its ``evaluation.json`` is reused as it is, one with a checkpoint only is
+continued with ``metarl resume`` (the same result as an uninterrupted run), anything else is trained from scratch.
 
 Success of an episode: the agent stands on the cued side at the last step (``reward_goal`` 1; its return is then
 > 0, and <= 0 otherwise). Reported per cell: the success rate over the ``--eval-tasks`` held-out episodes of every
