@@ -32,7 +32,10 @@ Spec
       (:func:`~metarl.core.sac.conditioned_critic_loss`; its gradient reaches the encoder through h_t). Actor: SAC's
       mean_t (α log π(ã|h_t) − min_j Q_j(sg(h_t), ã)), ã ~ π(·|h_t) reparameterised, against the critics frozen and
       with the critics' state input detached, as AMAGO: the actor's gradient reaches the encoder only through the
-      actor's own input (``actor_trains_encoder=False`` detaches that too). Temperature: SAC's learned α
+      actor's own input (``actor_trains_encoder=False`` detaches that too). With ``popart_beta`` (AMAGO's PopArt,
+      :class:`~metarl.core.sac.PopArt`) the critics' values are σ n + μ over running statistics of y, updated on
+      each batch's targets with the heads rescaled to keep their values, and the critic loss is divided by σ², the
+      actor loss by σ: the combined gradient keeps one scale while the returns' grows. Temperature: SAC's learned α
       (``learn_temperature``). One Adam step on ``actor + critic_loss_weight · critic + temperature`` (AMAGO's single
       combined update; its critic weight 10 by default), global gradient norm clipped (``max_grad_norm``), then
       θ' ← (1 − τ) θ' + τ θ for the target critics. A non-finite loss or gradient norm rejects the step
@@ -44,7 +47,7 @@ Spec
       ``deterministic_test`` (the squashed mean).
     * **Deviations from AMAGO**, for a readable agent on a CPU budget: twin critics with the clipped double-Q minimum
       and SAC's entropy temperature instead of AMAGO's critic ensemble (REDQ subsets), its many discounts at once
-      (multi-gamma), PopArt value normalisation and its filtered behaviour-cloning actor term; SAC's current actor
+      (multi-gamma) and its filtered behaviour-cloning actor term; PopArt only with ``popart_beta``; SAC's current actor
       for a' instead of a target actor; the encoder is RL²'s pre-LayerNorm Transformer, not AMAGO's.
     * **Randomness.** Tasks, env resets and collection actions of iteration i from ``derive_seed(seed, <stream>,
       i)`` (:meth:`TrialAgent.sample_trials`), replay batches and the actor's noise from ``derive_seed(seed,
@@ -141,6 +144,9 @@ class AMAGOConfig(AgentConfig):
     """Polyak rate of the target critics"""
     reward_scale: float = 1.0
     """rewards are multiplied by this in the critic target"""
+    popart_beta: float | None = None
+    """PopArt-normalised critics (:class:`metarl.core.sac.PopArt`, AMAGO's) with this rate of the target statistics
+    (AMAGO: 5e-4); None: raw values"""
     critic_loss_weight: float = 10.0
     """weight of the critic loss against the actor loss in the combined loss (AMAGO: 10); it sets how much each
     trains the shared encoder"""
@@ -174,6 +180,7 @@ class AMAGOConfig(AgentConfig):
         check_positive(self.learning_rate, "learning_rate")
         check_positive(self.max_grad_norm, "max_grad_norm", optional=True)
         check_number(self.critic_loss_weight, "critic_loss_weight", low=0)
+        check_number(self.popart_beta, "popart_beta", low=0, high=1, low_open=True, optional=True)
         check_sac_config(self)  # gamma, tau, the temperature's and the reward scale (metarl.core.sac)
 
 
@@ -208,7 +215,8 @@ class AMAGO(TrialAgent):
             self.encoder: TrialPolicy = make_sequence_model(cfg, self.inputs.size, self.action_size, False, 0.0,
                                                             context)
             features = cfg.hidden_size if cfg.sequence_model == "gru" else cfg.transformer_d_model
-            self.actor, self.critic, self.target_critic = actor_critic(features, space, cfg.hidden_sizes)
+            self.actor, self.critic, self.target_critic = actor_critic(features, space, cfg.hidden_sizes,
+                                                                        cfg.popart_beta)
         self.temperature = nn.Module()
         self.temperature.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_temperature))))
         for module in (self.encoder, self.actor, self.critic, self.target_critic, self.temperature):
@@ -268,6 +276,7 @@ class AMAGO(TrialAgent):
             "charts/first_episode_return": float(returns[:, 0].mean()),
             "charts/last_episode_return": float(returns[:, -1].mean()),
             "charts/alpha": float(self.log_alpha.detach().exp()),
+            "charts/value_std": float(self.critic.value_std()),
             "charts/rejected_updates": float(self.rejected_updates - rejected_before),
             "charts/rejected_updates_total": float(self.rejected_updates),
             "charts/replay_trials": float(self.replay.sizes[0]),
@@ -325,7 +334,7 @@ class AMAGO(TrialAgent):
             # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO); α for the target
             action, log_prob, _, _ = self.actor.sample(actor_input, noise=data["noise"])
             new_q1, new_q2 = frozen_q(self.critic, torch.cat([data["observations"].detach(), action], -1))
-            pi_loss = actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+            pi_loss = actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha) / self.critic.value_std()
             alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
             entropy = -log_prob.detach().mean()
         total = pi_loss + cfg.critic_loss_weight * q_loss + (alpha_loss if cfg.learn_temperature else 0.0)

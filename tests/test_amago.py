@@ -209,16 +209,19 @@ def test_smoke_train_and_meta_test():
 # determinism, resume
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.determinism
-@pytest.mark.parametrize("model", ["transformer", "gru"])
-def test_same_seed_same_run_and_resume_is_exact(model):
+@pytest.mark.parametrize("model, popart_beta", [("transformer", None), ("gru", None), ("transformer", 0.05)])
+def test_same_seed_same_run_and_resume_is_exact(model, popart_beta):
     def fresh(seed: int = 0) -> AMAGO:
-        return AMAGO(NAVIGATION, small_config(sequence_model=model, seed=seed))
+        return AMAGO(NAVIGATION, small_config(sequence_model=model, seed=seed, popart_beta=popart_beta))
 
     straight, reloaded, straight_metrics, reloaded_metrics = resume_from_state_dict(fresh, parameters)
     timing = ("charts/rollout_seconds", "charts/gradient_steps_per_s")
     for key, value in straight_metrics[-1].items():
         assert key in timing or reloaded_metrics[-1][key] == value, key
     assert reloaded.total_gradient_steps == straight.total_gradient_steps == 9 and reloaded.iterations_done == 3
+    if popart_beta is not None:  # the statistics are part of the critics' state and have moved
+        assert straight.critic.popart.mean != 0 and torch.equal(reloaded.critic.popart.mean_square,
+                                                                straight.critic.popart.mean_square)
     tasks = straight.task_env.sample_tasks(3, split="test", seed=5)
     np.testing.assert_array_equal(straight.meta_test(tasks, 2, seed=7), reloaded.meta_test(tasks, 2, seed=7))
     other = fresh(seed=1)
@@ -267,6 +270,7 @@ def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, mon
     (NAVIGATION, ["--sequence-model", "lstm"], "sequence_model must be one of gru, transformer"),
     (NAVIGATION, ["--batch-size", "0"], "batch_size must be an integer >= 1"),
     (NAVIGATION, ["--tau", "0"], "tau must be"),
+    (NAVIGATION, ["--popart-beta", "0"], "popart_beta must be"),
 ])
 def test_bad_settings_are_refused_in_one_line(tmp_path, capsys, env, argv, message):
     argv = ["train", "amago", "--env", env, *argv, "--run-dir", str(tmp_path / "run"), "--no-progress"]

@@ -17,12 +17,15 @@ from metarl.core.sac import (
     TanhGaussianActor,
     TwinQ,
     actor_critic,
+    conditioned_actor_losses,
+    conditioned_critic_loss,
     actor_loss,
     check_sac_spaces,
     critic_loss,
     critic_target,
     default_target_entropy,
     discrete_sac_losses,
+    normalize_values_,
     soft_update_,
     squashed_gaussian_log_prob,
     temperature_loss,
@@ -126,6 +129,108 @@ def test_discrete_sac_losses_match_a_per_row_loop_over_the_actions():
     assert all(p.grad is not None for p in actor.parameters())
     losses["critic"].backward()
     assert data["observations"].grad.abs().sum() > 0 and all(p.grad is None for p in target_critic.parameters())
+
+
+def popart_and_plain_networks(space: spaces.Space, mean: float, std: float, beta: float):
+    """The SAC networks with PopArt critics at statistics (``mean``, ``std``) and a plain copy whose heads hold the
+    same values (W σ, b σ + μ), from the same initialisation."""
+    with seeded(0):
+        actor, critic, target_critic = actor_critic(6, space, [8], popart_beta=beta)
+    with seeded(0):
+        plain = actor_critic(6, space, [8])
+    for net in (critic, target_critic):
+        net.popart.mean.fill_(mean)
+        net.popart.mean_square.fill_(mean**2 + std**2)
+    with torch.no_grad():
+        for p in target_critic.parameters():  # the target critics drift from the critics
+            p.add_(0.3 * torch.randn_like(p))
+        for source, copy in zip((critic, target_critic), plain[1:]):
+            copy.load_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("popart")})
+            for head in copy.heads():
+                head.weight.mul_(std)
+                head.bias.mul_(std).add_(mean)
+    return (actor, critic, target_critic), plain
+
+
+@pytest.mark.math
+@pytest.mark.parametrize("discrete", [False, True])
+def test_popart_losses_are_the_plain_losses_over_sigma_and_every_value_is_kept(discrete):
+    """PopArt (van Hasselt et al. 2016): the statistics move towards the batch's targets by the EMA, the critics and
+    their target copy keep every value, the critic loss is the plain one over σ², the actor loss over σ."""
+    space = spaces.Discrete(3) if discrete else spaces.Box(-1.0, 1.0, (2,))
+    (actor, critic, target_critic), (_, plain_critic, plain_target) = popart_and_plain_networks(space, 40.0, 5.0, 0.2)
+    rows, width = 7, 6 if discrete else 8
+    probe = torch.randn(50, width)
+    for a, b in ((critic, plain_critic), (target_critic, plain_target)):
+        for x, y in zip(a(probe), b(probe)):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-4)  # the same values before
+    generator = torch.Generator().manual_seed(3)
+    data = {"observations": torch.randn(rows, 6, generator=generator),
+            "next_observations": torch.randn(rows, 6, generator=generator),
+            "rewards": 10 * torch.randn(rows, generator=generator) - 30,
+            "terminated": torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])}
+    log_alpha, gamma, scale = torch.tensor(math.log(0.3), requires_grad=True), 0.9, 2.0
+    if discrete:
+        data["actions"] = torch.nn.functional.one_hot(torch.arange(rows) % 3, 3).float()
+        plain_losses = discrete_sac_losses(actor, plain_critic, plain_target, data, data["observations"], log_alpha,
+                                           gamma, scale, 0.4)
+        with torch.no_grad():  # the targets, from the plain copy of the target critics
+            next_log_probs = actor(data["next_observations"])
+            nq1, nq2 = plain_target(data["next_observations"])
+            value = (next_log_probs.exp() * (torch.minimum(nq1, nq2) - 0.3 * next_log_probs)).sum(-1)
+            y = scale * data["rewards"] + gamma * (1 - data["terminated"]) * value
+        losses = discrete_sac_losses(actor, critic, target_critic, data, data["observations"], log_alpha, gamma,
+                                     scale, 0.4)
+        pairs = [(losses["critic"], plain_losses["critic"], 2), (losses["actor"], plain_losses["actor"], 1)]
+    else:
+        data["actions"] = torch.rand(rows, 2, generator=generator) * 2 - 1
+        data["next_noise"], data["noise"] = torch.randn(2, rows, 2, generator=generator)
+        z = torch.zeros(rows, 0)
+        alpha = log_alpha.detach().exp()
+        plain_q, _ = conditioned_critic_loss(actor, plain_critic, plain_target, data, z, alpha, gamma, scale)
+        plain_pi, _, _ = conditioned_actor_losses(actor, plain_critic, log_alpha, data, z, alpha, -2.0)
+        with torch.no_grad():
+            next_action, next_log_prob, _, _ = actor.sample(data["next_observations"], noise=data["next_noise"])
+            nq1, nq2 = plain_target(torch.cat([data["next_observations"], next_action], -1))
+            y = critic_target(data["rewards"], data["terminated"], nq1, nq2, next_log_prob, alpha, gamma, scale)
+        q_loss, _ = conditioned_critic_loss(actor, critic, target_critic, data, z, alpha, gamma, scale)
+        pi_loss, _, _ = conditioned_actor_losses(actor, critic, log_alpha, data, z, alpha, -2.0)
+        pairs = [(q_loss, plain_q, 2), (pi_loss, plain_pi, 1)]
+    mean = 0.8 * 40.0 + 0.2 * float(y.mean())
+    mean_square = 0.8 * (40.0**2 + 5.0**2) + 0.2 * float((y**2).mean())
+    std = math.sqrt(mean_square - mean**2)
+    assert float(critic.popart.mean) == pytest.approx(mean, rel=1e-5)
+    assert float(critic.popart.std) == pytest.approx(std, rel=1e-4) and abs(std - 5.0) > 1.0
+    assert torch.equal(target_critic.popart.mean, critic.popart.mean)
+    assert torch.equal(target_critic.popart.mean_square, critic.popart.mean_square)
+    for loss, plain_loss, power in pairs:
+        assert float(loss.detach()) == pytest.approx(float(plain_loss.detach()) / std**power, rel=1e-4)
+    for a, b in ((critic, plain_critic), (target_critic, plain_target)):
+        for x, y in zip(a(probe), b(probe)):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-3)  # and the same values after the update
+    soft_update_(target_critic, critic, 0.5)  # Polyak averaging of consistently rescaled heads
+    soft_update_(plain_target, plain_critic, 0.5)
+    for x, y in zip(target_critic(probe), plain_target(probe)):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.math
+def test_popart_statistics_follow_an_ema_of_the_targets_and_plain_critics_are_untouched():
+    critic, target = TwinQ(4, [8], popart_beta=0.05), TwinQ(4, [8], popart_beta=0.05)
+    target.load_state_dict(critic.state_dict())
+    assert float(critic.value_std()) == 1.0 and float(critic.popart.mean) == 0.0
+    mean, square = 0.0, 1.0
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        targets = 300 + 20 * torch.randn(64, generator=generator)
+        std = normalize_values_(critic, target, targets)
+        mean, square = 0.95 * mean + 0.05 * float(targets.mean()), 0.95 * square + 0.05 * float((targets**2).mean())
+    assert float(critic.popart.mean) == pytest.approx(mean, rel=1e-4)
+    assert float(std) == pytest.approx(math.sqrt(square - mean**2), rel=1e-2)
+    plain = TwinQ(4, [8])
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    assert normalize_values_(plain, plain, torch.full((3,), 1e3)) == 1.0 and plain.value_std() == 1.0
+    assert all(torch.equal(v, before[k]) for k, v in plain.state_dict().items())
 
 
 @pytest.mark.math

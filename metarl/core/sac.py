@@ -20,6 +20,9 @@ the oracle's task descriptor) appended to every network input:
 * on rows conditioned on z (:func:`conditioned_critic_loss`, :func:`conditioned_actor_losses`): the critic loss
   with the gradient reaching z (an encoder learns through it), the actor loss with z detached against frozen
   critics, plus optional regularisers ``mean_reg`` · mean μ² + ``std_reg`` · mean (log σ)² (PEARL's).
+* optional PopArt critics (:class:`PopArt`, ``popart_beta`` of :func:`actor_critic`): values σ n + μ over running
+  target statistics, the critic loss divided by σ² and the actor loss by σ, so that the gradients' scale does not
+  grow with the returns' (an encoder shared by actor and critic, as AMAGO's, otherwise learns the value's scale).
 
 Discrete actions (SAC for ``Discrete(n)``; Christodoulou, "Soft Actor-Critic for Discrete Action Settings", 2019):
 the actor is a categorical π(·|s) over the n actions (:class:`CategoricalActor`), each critic outputs Q(s, ·) for
@@ -131,20 +134,80 @@ class CategoricalActor(nn.Module):
         return (log_probs + noise.to(log_probs.device)).argmax(-1), log_probs
 
 
+class PopArt(nn.Module):
+    """Adaptive target normalisation that preserves outputs (PopArt: van Hasselt, Guez, Hessel, Mnih & Silver,
+    "Learning values across many orders of magnitude", NeurIPS 2016; AMAGO normalises its critics this way).
+
+    A critic's last linear layers output normalised values n; its value is σ n + μ, where μ and ν are exponential
+    moving averages (rate ``beta``) of the mean and the mean square of the critic targets y and
+    σ = sqrt(max(ν − μ², ``min_std``²)). :meth:`update_` moves μ, σ towards a batch of targets and rescales the given
+    layers so that every value they produce is unchanged (W ← W σ_old/σ_new, b ← (σ_old b + μ_old − μ_new)/σ_new).
+    Losses in value units divided by σ (the squared Bellman error by σ²) then have gradients of the normalised n,
+    whatever the returns' scale. Starts at μ = 0, σ = 1: the critic's values equal its raw outputs."""
+
+    def __init__(self, beta: float, min_std: float = 1e-2) -> None:
+        super().__init__()
+        self.beta, self.min_std = float(beta), float(min_std)
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean_square", torch.ones(()))
+
+    @property
+    def std(self) -> torch.Tensor:
+        return (self.mean_square - self.mean**2).clamp_min(self.min_std**2).sqrt()
+
+    @torch.no_grad()
+    def update_(self, targets: torch.Tensor, layers: Iterable[nn.Linear]) -> None:
+        """Move the statistics towards ``targets`` (any shape) and rescale ``layers`` to preserve their values."""
+        old_mean, old_std = self.mean.clone(), self.std
+        self.mean.lerp_(targets.mean(), self.beta)
+        self.mean_square.lerp_((targets**2).mean(), self.beta)
+        new_std = self.std
+        for layer in layers:
+            layer.weight.mul_(old_std / new_std)
+            layer.bias.mul_(old_std).add_(old_mean - self.mean).div_(new_std)
+
+
 class TwinQ(nn.Module):
     """Two independent critics Q_1, Q_2: of ``[obs, action, z]`` (``outputs`` 1; ``forward`` returns both ``[...]``)
-    or of ``[obs, z]`` with one value per discrete action (``outputs`` n; both ``[..., n]``)."""
+    or of ``[obs, z]`` with one value per discrete action (``outputs`` n; both ``[..., n]``). With ``popart_beta``
+    the heads output normalised values and ``forward`` returns σ n + μ (:class:`PopArt`, :func:`normalize_values_`);
+    :meth:`value_std` is the σ that divides the losses (1 without PopArt)."""
 
-    def __init__(self, input_dim: int, hidden: Sequence[int], outputs: int = 1) -> None:
+    def __init__(self, input_dim: int, hidden: Sequence[int], outputs: int = 1,
+                 popart_beta: float | None = None) -> None:
         super().__init__()
         self.q1 = MLP(input_dim, list(hidden), outputs)
         self.q2 = MLP(input_dim, list(hidden), outputs)
         self.outputs = outputs
+        self.popart = None if popart_beta is None else PopArt(popart_beta)
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.outputs > 1:
-            return self.q1(inputs), self.q2(inputs)
-        return self.q1(inputs).squeeze(-1), self.q2(inputs).squeeze(-1)
+        q1, q2 = self.q1(inputs), self.q2(inputs)
+        if self.outputs == 1:
+            q1, q2 = q1.squeeze(-1), q2.squeeze(-1)
+        if self.popart is not None:
+            std, mean = self.popart.std, self.popart.mean
+            q1, q2 = q1 * std + mean, q2 * std + mean
+        return q1, q2
+
+    def value_std(self) -> torch.Tensor | float:
+        return 1.0 if self.popart is None else self.popart.std
+
+    def heads(self) -> list[nn.Linear]:
+        return [self.q1[-1], self.q2[-1]]
+
+
+@torch.no_grad()
+def normalize_values_(critic: TwinQ, target_critic: TwinQ, targets: torch.Tensor) -> torch.Tensor | float:
+    """With PopArt: move the critic's statistics towards the batch of ``targets``, rescale the heads of the critic
+    and of its target copy so that both keep their values, copy the statistics into the target; return σ (the
+    divisor of the losses in value units). Without PopArt: nothing, 1. Call it after forming the targets and before
+    the online critic's forward pass (its heads change in place)."""
+    if critic.popart is None:
+        return 1.0
+    critic.popart.update_(targets, critic.heads() + target_critic.heads())
+    target_critic.popart.load_state_dict(critic.popart.state_dict())
+    return critic.popart.std
 
 
 def critic_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q1: torch.Tensor, next_q2: torch.Tensor,
@@ -181,7 +244,8 @@ def conditioned_critic_loss(actor: TanhGaussianActor, critic: TwinQ, target_crit
                             data: dict[str, torch.Tensor], z_rows: torch.Tensor, alpha: torch.Tensor, gamma: float,
                             reward_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The critic loss of Q(s, a, z) on flattened rows (``data`` fields ``[rows, ...]`` with the actor's noise for
-    the next actions as ``next_noise``, ``z_rows`` one z per row; gradients reach z), and the mean Q1 (detached)."""
+    the next actions as ``next_noise``, ``z_rows`` one z per row; gradients reach z), and the mean Q1 (detached).
+    With a PopArt critic the statistics are updated on the targets and the loss is divided by σ²."""
     z_fixed = z_rows.detach()
     with torch.no_grad():
         next_action, next_log_prob, _, _ = actor.sample(torch.cat([data["next_observations"], z_fixed], -1),
@@ -189,8 +253,9 @@ def conditioned_critic_loss(actor: TanhGaussianActor, critic: TwinQ, target_crit
         next_q1, next_q2 = target_critic(torch.cat([data["next_observations"], next_action, z_fixed], -1))
         target = critic_target(data["rewards"], data["terminated"], next_q1, next_q2, next_log_prob, alpha, gamma,
                                reward_scale)
+        std = normalize_values_(critic, target_critic, target)
     q1, q2 = critic(torch.cat([data["observations"], data["actions"], z_rows], -1))
-    return critic_loss(q1, q2, target), q1.detach().mean()
+    return critic_loss(q1, q2, target) / std**2, q1.detach().mean()
 
 
 def frozen_q(critic: TwinQ, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +275,7 @@ def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha:
     action, log_prob, act_mean, act_log_std = actor.sample(torch.cat([data["observations"], z_fixed], -1),
                                                            noise=data["noise"])
     new_q1, new_q2 = frozen_q(critic, torch.cat([data["observations"], action, z_fixed], -1))
-    pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+    pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha) / critic.value_std()
                + mean_reg * (act_mean**2).mean() + std_reg * (act_log_std**2).mean())
     return pi_loss, temperature_loss(log_alpha, log_prob, target_entropy), log_prob.detach().mean()
 
@@ -222,20 +287,22 @@ def discrete_sac_losses(actor: CategoricalActor, critic: TwinQ, target_critic: T
     critics' inputs ``[rows, F]``, ``actions`` one-hot ``[rows, n]``, ``rewards``, ``terminated``), every expectation
     over actions exact (module docstring). The critic loss's gradient reaches ``observations``; the actor reads
     ``actor_input`` and the critics, frozen, read ``observations`` detached. Returns ``critic``, ``actor``,
-    ``temperature`` (losses), ``q_mean`` and ``entropy`` (detached)."""
+    ``temperature`` (losses), ``q_mean`` and ``entropy`` (detached). With a PopArt critic
+    (:func:`normalize_values_`) the critic loss is divided by σ² and the actor loss by σ."""
     alpha = log_alpha.detach().exp()
     with torch.no_grad():
         next_log_probs = actor(data["next_observations"])
         next_q1, next_q2 = target_critic(data["next_observations"])
         soft_value = (next_log_probs.exp() * (torch.minimum(next_q1, next_q2) - alpha * next_log_probs)).sum(-1)
         target = reward_scale * data["rewards"] + gamma * (1.0 - data["terminated"]) * soft_value
+        std = normalize_values_(critic, target_critic, target)
     q1, q2 = critic(data["observations"])
     taken = data["actions"]
-    q_loss = critic_loss((q1 * taken).sum(-1), (q2 * taken).sum(-1), target)
+    q_loss = critic_loss((q1 * taken).sum(-1), (q2 * taken).sum(-1), target) / std**2
     log_probs = actor(actor_input)
     probs = log_probs.exp()
     new_q1, new_q2 = frozen_q(critic, data["observations"].detach())
-    pi_loss = (probs * (alpha * log_probs - torch.minimum(new_q1, new_q2))).sum(-1).mean()
+    pi_loss = (probs * (alpha * log_probs - torch.minimum(new_q1, new_q2))).sum(-1).mean() / std
     entropy = -(probs * log_probs).sum(-1)
     alpha_loss = temperature_loss(log_alpha, -entropy, target_entropy)
     return {"critic": q_loss, "actor": pi_loss, "temperature": alpha_loss,
@@ -275,22 +342,22 @@ def adam_groups(*groups: tuple[nn.Module | Iterable[torch.Tensor] | None, float]
                              for part, lr in groups if part is not None], foreach=True)
 
 
-def actor_critic(input_dim: int, action_space: spaces.Box | spaces.Discrete,
-                 hidden: Sequence[int]) -> tuple[TanhGaussianActor | CategoricalActor, TwinQ, TwinQ]:
+def actor_critic(input_dim: int, action_space: spaces.Box | spaces.Discrete, hidden: Sequence[int],
+                 popart_beta: float | None = None) -> tuple[TanhGaussianActor | CategoricalActor, TwinQ, TwinQ]:
     """The SAC networks on inputs of ``input_dim`` (observation plus conditioning): for a flat bounded Box of actions
     the tanh-Gaussian actor and critics of ``[input, action]``, for ``Discrete(n)`` the categorical actor and critics
     with n outputs; the actor, the twin critics and their target (a copy of the critics), made in this order (the
-    order of their random initialisations)."""
+    order of their random initialisations); ``popart_beta``: PopArt-normalised critics (:class:`TwinQ`)."""
     if isinstance(action_space, spaces.Discrete):
         n = int(action_space.n)
         actor: TanhGaussianActor | CategoricalActor = CategoricalActor(input_dim, n, hidden)
-        critic, target_critic = TwinQ(input_dim, hidden, n), TwinQ(input_dim, hidden, n)
+        critic, target_critic = (TwinQ(input_dim, hidden, n, popart_beta), TwinQ(input_dim, hidden, n, popart_beta))
         target_critic.load_state_dict(critic.state_dict())
         return actor, critic, target_critic
     action_dim = int(action_space.shape[0])
     actor = TanhGaussianActor(input_dim, action_dim, hidden, action_space.low, action_space.high)
-    critic = TwinQ(input_dim + action_dim, hidden)
-    target_critic = TwinQ(input_dim + action_dim, hidden)
+    critic = TwinQ(input_dim + action_dim, hidden, popart_beta=popart_beta)
+    target_critic = TwinQ(input_dim + action_dim, hidden, popart_beta=popart_beta)
     target_critic.load_state_dict(critic.state_dict())
     return actor, critic, target_critic
 
