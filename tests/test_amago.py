@@ -377,12 +377,13 @@ def test_discrete_actions_learn_the_hidden_arm_from_the_first_pull(one_torch_thr
 @pytest.mark.learning
 def test_recalls_the_cue_in_a_five_step_tmaze_with_the_presets_entropy_recipe(one_torch_thread):
     """The passive T-Maze at H = 5 (envs/memory.py) with experiments/presets/amago_tmaze.yaml's recipe (rewards
-    times H, a fixed α 0.5 below the scaled penalty of a step behind): sampled actions must stand on the cued side
-    in at least 80% of 100 held-out episodes (a memoryless policy: 50%; one that never reaches the junction: 0)."""
+    times H, a fixed α 0.5 below the scaled penalty of a step behind, PopArt critics): sampled actions must stand on
+    the cued side in at least 80% of 100 held-out episodes (a memoryless policy: 50%; one that never reaches the
+    junction: 0)."""
     config = AMAGOConfig(meta_batch_size=16, episodes_per_trial=1, transformer_layers=1, transformer_heads=2,
                          transformer_d_model=32, hidden_sizes=[64, 64], batch_size=16, gradient_steps=20,
-                         learning_rate=1e-3, reward_scale=5.0, init_temperature=0.5, learn_temperature=False, seed=0,
-                         env_kwargs={"corridor_length": 5})
+                         learning_rate=1e-3, reward_scale=5.0, init_temperature=0.5, learn_temperature=False,
+                         popart_beta=5e-4, seed=0, env_kwargs={"corridor_length": 5})
     agent = AMAGO("metarl/PassiveTMaze-v0", config)
     for iteration in range(40):
         agent.train_iteration(iteration)
