@@ -3,10 +3,10 @@
 A meta-test return alone cannot tell "stands still" from "runs at a speed unrelated to the target" (both score
 about −300 on PEARL's U[0, 3] law). This diagnostic replays the meta-test of a finished run of a trial agent
 (``rl2`` or ``amago``: one trial of ``--episodes`` episodes per held-out task from a fresh state, the run's last
-checkpoint, the held-out tasks and seeds of the run's evaluation: the same trials as its evaluation.json) and records, per task and episode, the
-torso's mean forward velocity (qvel[0], the 9th entry of HalfCheetah's observation, averaged over the episode's
-steps) beside the task's v*. An agent that adapts tracks v* better in later episodes: the correlation between
-achieved and target speed rises and the mean gap |v̄ − v*| falls from episode 0 on.
+checkpoint, the held-out tasks and seeds of the run's evaluation, so the same trials as its evaluation.json) and
+records, per task and episode, the torso's mean forward velocity (qvel[0], the 9th entry of HalfCheetah's
+observation, averaged over the episode's steps) beside the task's v*. An agent that adapts tracks v* better in later
+episodes: the correlation between achieved and target speed rises and the mean gap |v̄ − v*| falls from episode 0 on.
 
     .venv/bin/python experiments/velocity_tracking.py RUN_DIR [RUN_DIR ...] --out experiments/out/velocity.json \\
         --figure experiments/figures/velocity_tracking.png
