@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,9 @@ def track(run_dir: Path, tasks: int | None, episodes: int | None) -> dict[str, A
                     "mean_gap": round(float(np.abs(speeds[:, k] - target).mean()), 3),
                     "mean_speed": round(float(speeds[:, k].mean()), 3),
                     "mean_return": round(float(batch["episode_returns"][:, k].mean()), 2)} for k in range(episodes)]
-    return {"run": str(run_dir), "agent": config["name"], "tasks": tasks, "episodes": episodes,
-            "eval_seed": evaluation["eval_seed"], "per_episode": per_episode,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {"run": str(run_dir), "commit": commit.stdout.strip() or None, "agent": config["name"], "tasks": tasks,
+            "episodes": episodes, "eval_seed": evaluation["eval_seed"], "per_episode": per_episode,
             "target_velocity": target.round(3).tolist(), "speeds": speeds.round(3).tolist()}
 
 
