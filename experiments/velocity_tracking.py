@@ -86,6 +86,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metarl.evaluation import save_figure
+
     fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4), squeeze=False)
     for ax, result in zip(axes[0], results):
         target, speeds = np.array(result["target_velocity"]), np.array(result["speeds"])
@@ -96,10 +98,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.set(xlabel="target velocity v*", ylabel="achieved mean velocity v̄",
                title=f"{result['agent']}: {Path(result['run']).name}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)  # atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(json.dumps({k: v for k, v in result.items() if k not in ("target_velocity", "speeds")}))
     if args.out:
+        from metarl.runs import atomic_write_json
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(args.out)
+        atomic_write_json(args.out, results)
     if args.figure:
         plot(results, args.figure)
     return 0
