@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 VELOCITY_INDEX = 8  # HalfCheetah's observation: qpos[1:] (8 entries), then qvel, whose first entry is the torso's v
 
 
-def episode_speeds(batch: dict[str, Any], obs_size: int, episodes: int) -> np.ndarray:
+def episode_speeds(batch: dict[str, Any], episodes: int) -> np.ndarray:
     """``[tasks, episodes]`` mean forward velocity per episode of collected trials (``inputs`` ``[N, T, size]``
     with the observation first, ``dones`` and ``mask`` ``[N, T]``): step t belongs to the episode whose end is the
     first done at or after t."""
@@ -66,7 +66,7 @@ def track(run_dir: Path, tasks: int | None, episodes: int | None) -> dict[str, A
         test = agent.task_env.sample_tasks(tasks, split="test", seed=derive_seed(seed, "tasks", "test"))
         batch = agent.meta_test_trials(agent.env_pool.test(len(test)), test, episodes,
                                        derive_seed(seed, "meta-test", "test"))
-        speeds = episode_speeds(batch, agent.inputs.obs_size, episodes)
+        speeds = episode_speeds(batch, episodes)
     finally:
         agent.close()
     target = np.array([task.velocity for task in test])

@@ -19,7 +19,7 @@ def test_episode_speeds_average_each_episodes_velocity_entry_and_skip_the_paddin
     inputs[1, :, 8] = torch.tensor([2.0, 4.0, 6.0, 8.0, 100.0, 100.0])  # episodes of 1, 3, then 2 padded steps
     dones = torch.tensor([[0, 1, 0, 1, 0, 1], [1, 0, 0, 1, 0, 0]], dtype=torch.float32)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.float32)
-    speeds = velocity_tracking.episode_speeds({"inputs": inputs, "dones": dones, "mask": mask}, 9, 3)
+    speeds = velocity_tracking.episode_speeds({"inputs": inputs, "dones": dones, "mask": mask}, 3)
     np.testing.assert_allclose(speeds[0], [2.0, 6.0, 10.0])
     np.testing.assert_allclose(speeds[1, :2], [2.0, 6.0])
     assert np.isnan(speeds[1, 2])
