@@ -128,6 +128,10 @@ class AMAGOConfig(AgentConfig):
     """absolute positions over the whole trial: learned or sinusoidal"""
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 128])
     """hidden layers of the actor and of each critic on the encoder's features"""
+    input_shortcut: bool = False
+    """the actor and the critics see the step's own input (observation, previous action, reward, done) beside the
+    encoder's features h_t, as the current-observation shortcut of recurrent off-policy agents (Ni et al. 2022) and
+    PEARL's and VariBAD's policies (the state beside the task variable); False: h_t alone (AMAGO)"""
     replay_capacity: int = 2_000
     """whole trials kept in the replay (the oldest overwritten first)"""
     batch_size: int = 16
@@ -215,6 +219,7 @@ class AMAGO(TrialAgent):
             self.encoder: TrialPolicy = make_sequence_model(cfg, self.inputs.size, self.action_size, False, 0.0,
                                                             context)
             features = cfg.hidden_size if cfg.sequence_model == "gru" else cfg.transformer_d_model
+            features += self.inputs.size if cfg.input_shortcut else 0
             self.actor, self.critic, self.target_critic = actor_critic(features, space, cfg.hidden_sizes,
                                                                         cfg.popart_beta)
         self.temperature = nn.Module()
@@ -239,13 +244,20 @@ class AMAGO(TrialAgent):
 
         def act(x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
             # ALGO LOGIC: the encoder reads (observation, previous action, reward, done); the actor acts on h_t
-            _, _, state, features = self.encoder(x[:, None].to(self.device), state)
+            x = x[:, None].to(self.device)
+            _, _, state, features = self.encoder(x, state)
             noise = self.actor.noise(len(x), generator).to(self.device)  # a CPU stream
-            action = self.actor.sample(features[:, 0], deterministic=deterministic, noise=noise)[0]
+            action = self.actor.sample(self.head_features(features, x)[:, 0], deterministic=deterministic,
+                                       noise=noise)[0]
             return action.cpu(), state, {}
 
         state = self.encoder.initial_state(len(tasks), self.device)
         return collect_trials(envs, tasks, num_episodes, env_seed, self.inputs, act, state)
+
+    def head_features(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The actor's and critics' state ``[B, T, ·]``: the encoder's ``features``, with ``input_shortcut`` the
+        steps' own ``inputs`` beside them."""
+        return torch.cat([features, inputs], -1) if self.config.input_shortcut else features
 
     # --- meta-training -----------------------------------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:
@@ -318,7 +330,7 @@ class AMAGO(TrialAgent):
         cfg = self.config
         # ALGO LOGIC: one causal pass of the shared encoder over whole trials; a transition at every real step
         _, _, _, features = self.encoder(trials["inputs"])
-        data = self.transitions(features, trials)
+        data = self.transitions(self.head_features(features, trials["inputs"]), trials)
         rows = len(data["rewards"])
         actor_input = data["observations"] if cfg.actor_trains_encoder else data["observations"].detach()
         if self.discrete:  # ALGO LOGIC: discrete SAC, every expectation over the n actions exact (metarl.core.sac)

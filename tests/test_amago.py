@@ -157,14 +157,16 @@ def test_the_actor_loss_never_moves_the_critics_and_reaches_the_encoder_only_thr
 # acting, smoke
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.api
-@pytest.mark.parametrize("model", ["transformer", "gru"])
-def test_cached_acting_matches_one_uncached_pass(model):
-    agent = AMAGO(NAVIGATION, small_config(sequence_model=model, episodes_per_trial=3))
+@pytest.mark.parametrize("model, shortcut", [("transformer", False), ("gru", False), ("transformer", True),
+                                             ("gru", True)])
+def test_cached_acting_matches_one_uncached_pass(model, shortcut):
+    agent = AMAGO(NAVIGATION, small_config(sequence_model=model, episodes_per_trial=3, input_shortcut=shortcut))
+    assert agent.actor.net[0].in_features == 16 + 6 * shortcut  # the heads see h_t (and the step's input)
     tasks = agent.task_env.sample_tasks(4, seed=0)
     batch = agent.collect_trials(agent.envs, tasks, 3, env_seed=0, generator=torch.Generator(), deterministic=True)
     assert batch["inputs"].shape == (4, 12, 2 + 2 + 2) and batch["mask"].all()
     with torch.no_grad():
-        features = agent.encoder(batch["inputs"])[3]
+        features = agent.head_features(agent.encoder(batch["inputs"])[3], batch["inputs"])
         actions = agent.actor.sample(features, deterministic=True)[0]
     torch.testing.assert_close(actions, batch["actions"], atol=1e-5, rtol=1e-5)
     # the previous action in the next step's input is the action taken; episode boundaries flagged
