@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl.evaluation import save_figure
 from metarl.runs import atomic_write_json, head_commit
 
 ROOT = Path(__file__).resolve().parent
@@ -161,10 +162,7 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("success rate (held-out, 95% Wilson)")
     ax.set_title("Passive T-Maze: success by memory length")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(table: dict[str, dict[str, Any]], lengths: list[int]) -> str:
@@ -235,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
               "not_run": missing, "chance": 0.5, "wall_seconds": round(time.perf_counter() - start, 1)}
     text = json.dumps(result, indent=2)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    atomic_write_json(args.out, result)
     plot(table, args.figure)
     print()
     print(markdown(table, all_lengths))
