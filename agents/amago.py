@@ -19,7 +19,9 @@ Spec
       (``[B, T, F]``, step t sees steps 0 … t) are the agent's state at every step. On them sit the SAC actor
       π(a | h_t) (tanh-squashed Gaussian) and twin critics Q_j(h_t, a) with Polyak target copies Q'_j (as AMAGO,
       the encoder has no target copy: the next state in a target is the online encoder's h_{t+1}, no gradient).
-      The sequence model's own linear heads (RL²'s policy and value heads) are not used.
+      The sequence model's own linear heads (RL²'s policy and value heads) are not used. With ``input_shortcut``
+      the heads' state is [h_t, x_t], x_t the step's own input (the current observation beside the memory, as
+      recurrent off-policy SAC's shortcut, Ni, Eysenbach & Salakhutdinov 2022; an addition to AMAGO).
     * **Replay.** Whole trials: a :class:`~metarl.core.replay.TaskReplayBuffer` of one "task" whose entries are
       trials padded to ``trial_steps = episodes_per_trial × episode step limit`` (fields inputs, actions, rewards,
       mask), ``replay_capacity`` trials, the oldest overwritten first, sampled uniformly with replacement.
@@ -309,8 +311,9 @@ class AMAGO(TrialAgent):
 
     def transitions(self, features: torch.Tensor, trials: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The transition rows (h_t, a_t, r_t, h_{t+1}, d_t) of every real step of ``trials`` (``[B, T, ...]``) from
-        the encoder's one pass ``features`` ``[B, T, F]``: row order is trial-major; d_t = 1 at a trial's last step
-        (where h_{t+1} is a zero placeholder that the target never uses)."""
+        the heads' state of the encoder's one pass ``features`` ``[B, T, F]`` (:meth:`head_features`): row order is
+        trial-major; d_t = 1 at a trial's last step (where h_{t+1} is a zero placeholder that the target never
+        uses)."""
         mask = trials["mask"]
         next_mask = nn.functional.pad(mask[:, 1:], (0, 1))
         real = mask.bool()
