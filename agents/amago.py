@@ -246,6 +246,7 @@ class AMAGO(TrialAgent):
 
         def act(x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
             # ALGO LOGIC: the encoder reads (observation, previous action, reward, done); the actor acts on h_t
+            # (and, with input_shortcut, on the step's input beside it: head_features)
             x = x[:, None].to(self.device)
             _, _, state, features = self.encoder(x, state)
             noise = self.actor.noise(len(x), generator).to(self.device)  # a CPU stream
