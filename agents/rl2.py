@@ -129,6 +129,7 @@ class RL2(TrialAgent):
             self.policy = self.make_policy().to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.value_stats = ppo.RunningMeanStd()  # stays the identity unless normalize_values
+        self.advantage_stats = ppo.RunningMeanStd()  # used with running_advantage_scale
         self.iterations_done = 0
         self.total_env_steps = 0
         self.rejected_updates = 0

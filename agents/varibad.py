@@ -186,6 +186,7 @@ class VariBAD(TrialAgent):
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.vae_optimizer = torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_learning_rate)
         self.value_stats = ppo.RunningMeanStd()  # stays the identity unless normalize_values
+        self.advantage_stats = ppo.RunningMeanStd()  # used with running_advantage_scale
         self.iterations_done = 0
         self.total_env_steps = 0
         self.rejected_updates = 0

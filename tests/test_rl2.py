@@ -161,6 +161,32 @@ def test_recomputed_log_probs_match_the_rollout():
     agent.close()
 
 
+@pytest.mark.math
+def test_running_advantage_scale_divides_by_the_std_of_every_advantage_so_far(monkeypatch):
+    agent = RL2("test_rl2/Counting-v0", small_config(**RUNNING_SCALE))
+    raw, scaled = [], []
+    trial_advantages, ppo_epochs = agent.trial_advantages, agent.ppo_epochs
+
+    def record_raw(batch):
+        advantages, returns = trial_advantages(batch)
+        raw.append(advantages[batch["mask"].bool()].numpy().copy())
+        return advantages, returns
+
+    def record_scaled(data, *args):
+        scaled.append(data["advantages"][data["mask"].bool()].numpy().copy())
+        return ppo_epochs(data, *args)
+
+    monkeypatch.setattr(agent, "trial_advantages", record_raw)
+    monkeypatch.setattr(agent, "ppo_epochs", record_scaled)
+    for i in range(3):
+        agent.train_iteration(i)
+        std = np.concatenate(raw).astype(np.float64).std()  # every real step of every iteration so far
+        assert not np.isclose(std, 1.0, rtol=0.05)
+        np.testing.assert_allclose(scaled[-1], raw[-1] / std, rtol=1e-5)
+    assert agent.advantage_stats.count == sum(len(r) for r in raw)
+    agent.close()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # smoke, determinism, resume
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,6 +195,7 @@ ENV_CASES = [
     ("metarl/TabularMDP-v0", {"episodes_per_trial": 2}),
     ("metarl/Navigation2D-v0", {"episodes_per_trial": 2, "max_episode_steps": 5}),
 ]
+RUNNING_SCALE = {"normalize_advantages": False, "running_advantage_scale": True}
 
 
 @pytest.mark.smoke
@@ -197,7 +224,7 @@ def test_continuous_previous_action_is_the_clipped_env_action():
 
 
 @pytest.mark.determinism
-@pytest.mark.parametrize("env_id,overrides", ENV_CASES[::2])
+@pytest.mark.parametrize("env_id,overrides", [*ENV_CASES[::2], ("metarl/BernoulliBandit-v0", RUNNING_SCALE)])
 def test_same_seed_same_run_and_resume_is_exact(env_id, overrides):
     def fresh() -> RL2:
         return RL2(env_id, small_config(**overrides))
@@ -247,6 +274,7 @@ def test_bad_environments_are_rejected(env_id, kwargs, match):
     ("meta_batch_size", 0), ("episodes_per_trial", 0), ("num_minibatches", 5), ("gamma", 1.5), ("clip_coef", 0),
     ("learning_rate", -1.0), ("entropy_coef", -0.1), ("device", "tpu"), ("max_episode_steps", 0), ("value_clip", 0),
     ("torch_threads", 0), ("hidden_size", 2.5),
+    ("running_advantage_scale", True),  # with the default normalize_advantages: one of the two
 ])
 def test_bad_config_values_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):

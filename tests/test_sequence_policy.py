@@ -228,11 +228,14 @@ def test_gru_rl2_remembers_the_cue_in_a_five_step_tmaze():
 
 
 @pytest.mark.learning
-def test_transformer_rl2_remembers_the_cue_in_a_five_step_tmaze():
+@pytest.mark.parametrize("running_scale", [False, True], ids=["minibatch-advantages", "running-advantage-scale"])
+def test_transformer_rl2_remembers_the_cue_in_a_five_step_tmaze(running_scale):
     agent = RL2("metarl/PassiveTMaze-v0", RL2Config(meta_batch_size=32, episodes_per_trial=1, learning_rate=3e-3,
                                                     entropy_coef=0.1, gamma=1.0, num_minibatches=2, seed=0,
                                                     sequence_model="transformer", transformer_layers=1,
                                                     transformer_heads=2, transformer_d_model=16,
+                                                    normalize_advantages=not running_scale,
+                                                    running_advantage_scale=running_scale,
                                                     env_kwargs={"corridor_length": 5}))
     for i in range(60):
         agent.train_iteration(i)

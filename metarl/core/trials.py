@@ -86,7 +86,13 @@ class TrialPPOConfig(AgentConfig):
     max_grad_norm: float = 0.5
     """global gradient-norm clip"""
     normalize_advantages: bool = True
-    """normalise advantages to zero mean, unit std within each minibatch"""
+    """normalise advantages to zero mean, unit std within each minibatch (PPO implementations' default)"""
+    running_advantage_scale: bool = False
+    """instead (set normalize_advantages false with it): divide the advantages by the running std of every advantage
+    seen so far (all iterations, checkpointed). As scale-free as the per-minibatch standardisation, but when nearly
+    every trial of a batch does the same (all recall the cue) the advantages stay as small as they are, where
+    standardising blows their noise up to unit variance and the policy drifts off what it learnt (Transformer-RL²
+    on the T-Maze, experiments/RESULTS.md "Memory ...")"""
     normalize_values: bool = True
     """the critic predicts returns standardised by their running mean and std"""
     init_log_std: float = 0.0
@@ -110,6 +116,9 @@ class TrialPPOConfig(AgentConfig):
         check_positive(self.value_clip, "value_clip", optional=True)
         check_number(self.init_log_std, "init_log_std")
         check_int(self.torch_threads, "torch_threads", minimum=1, optional=True)
+        if self.running_advantage_scale and self.normalize_advantages:
+            raise ConfigError("running_advantage_scale replaces the per-minibatch standardisation: set "
+                              "normalize_advantages to false with it")
 
 
 class TrialInputs:
@@ -261,6 +270,7 @@ class TrialAgent:
     envs: TaskVectorEnv
     task_env: Any
     value_stats: ppo.RunningMeanStd | None = None  # None: an agent without a value normaliser (off-policy)
+    advantage_stats: ppo.RunningMeanStd | None = None  # PPO agents: the running_advantage_scale statistics
     iterations_done: int
     total_env_steps: int
     rejected_updates: int
@@ -291,7 +301,8 @@ class TrialAgent:
                  batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Clipped surrogate + ``value_coef`` · value loss − ``entropy_coef`` · entropy over the real steps of a
         minibatch of trials, from the recomputed ``log_probs``, ``entropy`` and ``values`` (on the critic's
-        standardised scale); advantages normalised per minibatch."""
+        standardised scale); advantages standardised per minibatch with ``normalize_advantages`` (with
+        ``running_advantage_scale`` :meth:`ppo_update` has scaled them already)."""
         cfg = self.config
         mask = batch["mask"]
         advantages = batch["advantages"]
@@ -313,11 +324,16 @@ class TrialAgent:
                    parameters: list[nn.Parameter],
                    optimizer: torch.optim.Optimizer) -> tuple[dict[str, float], int, torch.Tensor]:
         """Advantages and returns over whole trials (the value statistics updated with the returns when
-        ``normalize_values``), then :meth:`ppo_epochs` on the ``keys`` of ``batch`` with them: (losses, rejected
-        steps, returns)."""
+        ``normalize_values``; the advantages divided by the running std of all advantages so far, this batch's
+        included, when ``running_advantage_scale``), then :meth:`ppo_epochs` on the ``keys`` of ``batch`` with
+        them: (losses, rejected steps, returns)."""
         advantages, returns = self.trial_advantages(batch)
+        real = batch["mask"].bool()
         if self.config.normalize_values:
-            self.value_stats.update(returns[batch["mask"].bool()])
+            self.value_stats.update(returns[real])
+        if self.config.running_advantage_scale:
+            self.advantage_stats.update(advantages[real])
+            advantages = advantages / self.advantage_stats.std  # the returns above stay unscaled
         data = {k: batch[k].to(self.device) for k in keys}
         data["advantages"], data["returns"] = advantages.to(self.device), returns.to(self.device)
         losses, rejected = self.ppo_epochs(data, iteration, minibatch_loss, parameters, optimizer)
@@ -386,13 +402,16 @@ class TrialAgent:
     def state_dict(self) -> dict[str, Any]:
         """Name, config, the :meth:`checkpoint_parts`, counters and value statistics: all a resume needs (random
         streams derive from the seed and the iteration)."""
-        stats = {} if self.value_stats is None else {"value_stats": self.value_stats.state_dict()}
+        stats = {name: getattr(self, name).state_dict() for name in ("value_stats", "advantage_stats")
+                 if getattr(self, name) is not None}
         return agent_state(self, self.checkpoint_parts(), TRIAL_COUNTERS, **stats)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_agent_state(self, state, self.checkpoint_parts(), TRIAL_COUNTERS)
         if self.value_stats is not None:
             self.value_stats.load_state_dict(state["value_stats"])
+        if self.advantage_stats is not None and "advantage_stats" in state:  # absent from checkpoints before it
+            self.advantage_stats.load_state_dict(state["advantage_stats"])
 
     # --- meta-test ---------------------------------------------------------------------------------------------------
     def meta_test_trials(self, envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, seed: int) -> dict[str, Any]:
