@@ -12,8 +12,10 @@ Each cell (H, model, seed) is one run of the ``metarl`` command, in ``--root`` (
         --set env_kwargs.corridor_length=H --sequence-model MODEL --seed SEED --iterations N \
         --eval-tasks 200 --eval-splits test --threads 1 --run-dir ROOT/MODEL-H<H>-seed<SEED>
 
-(models ``gru`` and ``transformer``: one episode per trial, γ = 1, entropy 0.1, Adam 1e-3, 32 trials per iteration;
-the Transformer at RL²'s default size, its context the trial's H + 1 steps), or for ``amago`` ``metarl train amago``
+(model ``gru``: one episode per trial, γ = 1, entropy 0.1, Adam 1e-3, advantages standardised per minibatch, 32
+trials per iteration; model ``transformer`` with ``experiments/presets/rl2_tmaze_transformer.yaml`` instead: RL²'s
+default size, its context the trial's H + 1 steps, entropy 0.3, Adam 3e-4, advantages over their running std), or
+for ``amago`` ``metarl train amago``
 with ``experiments/presets/amago_tmaze.yaml`` (discrete SAC on a 2-layer causal Transformer, 16 trials per
 iteration, 20 gradient steps each, a fixed α 0.5) with ``--set reward_scale=H`` and the same other options. The
 sweep is resumable: a run directory with its ``evaluation.json`` is reused as it is, one with a checkpoint only is
@@ -51,7 +53,8 @@ ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 ENV_ID = "metarl/PassiveTMaze-v0"
 PRESET = ROOT / "presets" / "rl2_tmaze.yaml"
-PRESETS = {"gru": PRESET, "transformer": PRESET, "amago": ROOT / "presets" / "amago_tmaze.yaml"}
+PRESETS = {"gru": PRESET, "transformer": ROOT / "presets" / "rl2_tmaze_transformer.yaml",
+           "amago": ROOT / "presets" / "amago_tmaze.yaml"}
 MODELS = tuple(PRESETS)
 LABELS = {"gru": "GRU-RL²", "transformer": "Transformer-RL²", "amago": "AMAGO-style (off-policy)"}
 
