@@ -187,6 +187,25 @@ def test_running_advantage_scale_divides_by_the_std_of_every_advantage_so_far(mo
     agent.close()
 
 
+@pytest.mark.math
+def test_annealed_step_size_falls_linearly_and_the_schedule_ends(monkeypatch):
+    agent = RL2("test_rl2/Counting-v0", small_config(learning_rate=1e-3, anneal_lr_iterations=4))
+    used = []
+    ppo_epochs = agent.ppo_epochs
+
+    def record_lr(data, iteration, *args):
+        used.append(agent.optimizer.param_groups[0]["lr"])
+        return ppo_epochs(data, iteration, *args)
+
+    monkeypatch.setattr(agent, "ppo_epochs", record_lr)
+    for i in range(4):
+        agent.train_iteration(i)
+    np.testing.assert_allclose(used, [1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    with pytest.raises(ValueError, match="past anneal_lr_iterations"):
+        agent.train_iteration(4)
+    agent.close()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # smoke, determinism, resume
 # ----------------------------------------------------------------------------------------------------------------
@@ -224,7 +243,8 @@ def test_continuous_previous_action_is_the_clipped_env_action():
 
 
 @pytest.mark.determinism
-@pytest.mark.parametrize("env_id,overrides", [*ENV_CASES[::2], ("metarl/BernoulliBandit-v0", RUNNING_SCALE)])
+@pytest.mark.parametrize("env_id,overrides", [
+    *ENV_CASES[::2], ("metarl/BernoulliBandit-v0", {**RUNNING_SCALE, "anneal_lr_iterations": 5})])
 def test_same_seed_same_run_and_resume_is_exact(env_id, overrides):
     def fresh() -> RL2:
         return RL2(env_id, small_config(**overrides))
@@ -275,6 +295,7 @@ def test_bad_environments_are_rejected(env_id, kwargs, match):
     ("learning_rate", -1.0), ("entropy_coef", -0.1), ("device", "tpu"), ("max_episode_steps", 0), ("value_clip", 0),
     ("torch_threads", 0), ("hidden_size", 2.5),
     ("running_advantage_scale", True),  # with the default normalize_advantages: one of the two
+    ("anneal_lr_iterations", 0),
 ])
 def test_bad_config_values_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):

@@ -85,6 +85,10 @@ class TrialPPOConfig(AgentConfig):
     """weight of the entropy bonus"""
     max_grad_norm: float = 0.5
     """global gradient-norm clip"""
+    anneal_lr_iterations: int | None = None
+    """decay the policy's Adam step size linearly over this many iterations (CleanRL's PPO ``anneal_lr``; give the
+    run's ``--iterations``): iteration i steps with learning_rate · (1 − i / anneal_lr_iterations); an iteration past
+    it is refused. None: a constant step size"""
     normalize_advantages: bool = True
     """normalise advantages to zero mean, unit std within each minibatch (PPO implementations' default)"""
     running_advantage_scale: bool = False
@@ -116,6 +120,7 @@ class TrialPPOConfig(AgentConfig):
         check_positive(self.value_clip, "value_clip", optional=True)
         check_number(self.init_log_std, "init_log_std")
         check_int(self.torch_threads, "torch_threads", minimum=1, optional=True)
+        check_int(self.anneal_lr_iterations, "anneal_lr_iterations", minimum=1, optional=True)
         if self.running_advantage_scale and self.normalize_advantages:
             raise ConfigError("running_advantage_scale replaces the per-minibatch standardisation: set "
                               "normalize_advantages to false with it")
@@ -326,7 +331,15 @@ class TrialAgent:
         """Advantages and returns over whole trials (the value statistics updated with the returns when
         ``normalize_values``; the advantages divided by the running std of all advantages so far, this batch's
         included, when ``running_advantage_scale``), then :meth:`ppo_epochs` on the ``keys`` of ``batch`` with
-        them: (losses, rejected steps, returns)."""
+        them: (losses, rejected steps, returns). With ``anneal_lr_iterations`` the optimizer's step size is set for
+        ``iteration`` first (``ValueError`` past the schedule)."""
+        anneal = self.config.anneal_lr_iterations
+        if anneal is not None:
+            if iteration >= anneal:
+                raise ValueError(f"iteration {iteration} is past anneal_lr_iterations ({anneal}): the step size "
+                                 "would be 0; set anneal_lr_iterations to the run's iterations")
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.learning_rate * (1.0 - iteration / anneal)
         advantages, returns = self.trial_advantages(batch)
         real = batch["mask"].bool()
         if self.config.normalize_values:
