@@ -14,8 +14,7 @@ Each cell (H, model, seed) is one run of the ``metarl`` command, in ``--root`` (
 
 (model ``gru``: one episode per trial, γ = 1, entropy 0.1, Adam 1e-3, advantages standardised per minibatch, 32
 trials per iteration; model ``transformer`` with ``experiments/presets/rl2_tmaze_transformer.yaml`` instead: RL²'s
-default size, its context the trial's H + 1 steps, entropy 0.3, Adam 3e-4 annealed linearly to 0 over the run
-(``--set anneal_lr_iterations=N``), advantages over their running std), or
+default size, its context the trial's H + 1 steps, entropy 0.3, Adam 3e-4, advantages over their running std), or
 for ``amago`` ``metarl train amago``
 with ``experiments/presets/amago_tmaze.yaml`` (discrete SAC on a 2-layer causal Transformer, 16 trials per
 iteration, 20 gradient steps each, a fixed α 0.5) with ``--set reward_scale=H`` and the same other options. The
@@ -73,8 +72,6 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 def train_command(run_dir: Path, length: int, model: str, seed: int, iterations: int, eval_tasks: int) -> list[str]:
     # the AMAGO-style agent's critic sees the rewards times H (its preset: the penalty of a step behind is then -1)
     agent = ["amago", "--set", f"reward_scale={length}"] if model == "amago" else ["rl2", "--sequence-model", model]
-    if model == "transformer":  # its preset anneals the step size to 0 over the run
-        agent += ["--set", f"anneal_lr_iterations={iterations}"]
     return [str(REPO / ".venv" / "bin" / "metarl"), "train", agent[0], "--env", ENV_ID, "--preset",
             str(PRESETS[model]), "--set", f"env_kwargs.corridor_length={length}", *agent[1:], "--seed", str(seed),
             "--iterations", str(iterations), "--eval-tasks", str(eval_tasks), "--eval-splits", "test",
