@@ -4,6 +4,8 @@ policies, on the same held-out tasks, with held-out learning curves (Duan et al.
     .venv/bin/python experiments/rl2_grid.py --cells 5x10 10x10 50x10 --workers 2     # train (or resume) cells
     .venv/bin/python experiments/rl2_grid.py --cells mdp100 --iterations 300            # a longer budget, one cell
     .venv/bin/python experiments/rl2_grid.py --table                                   # table + figure, no training
+    .venv/bin/python experiments/rl2_grid.py --cells mdp10 --root runs/rl2_grid_lr \
+        --set learning_rate=3e-4 --out /tmp/lr.json --figure /tmp/lr.png              # another recipe, its own root
 
 Cells: ``KxN`` (Bernoulli bandits, K arms, N pulls per trial; K in {5, 10, 50}, N in {10, 100, 500}) and ``mdpN``
 (random tabular MDPs of 10 states, 5 actions, horizon 10, N episodes per trial; N in {10, 25, 50, 75, 100}). Each
@@ -14,7 +16,9 @@ each of ``--curve-tasks`` test-split tasks (``derive_seed(seed, "rl2-grid", "cur
 hidden state): the learning curve. The state (agent, curve, counters) is saved atomically at each of those points,
 so a killed cell resumes where it stopped and gives the numbers of an uninterrupted run (RL² draws everything of
 iteration ``i`` from ``derive_seed(seed, stream, i)``); a finished cell's ``result.json`` is reused as it is.
-``--iterations`` above a finished cell's budget continues it.
+``--iterations`` above a finished cell's budget continues it. ``--set FIELD=VALUE`` puts RL2Config fields over
+:data:`SETTINGS`' for every cell of the call; the fields are saved with the cell, and a cell saved with other fields
+is refused, so a recipe change needs its own ``--root``.
 
 Final score: one trial on each of ``--tasks`` test-split tasks drawn exactly as experiments/bandit_mdp_references.py
 draws them (``derive_seed(seed, "rl2-bandits" | "rl2-mdps", "test-tasks")``), and on the very same tasks the
@@ -78,15 +82,28 @@ def parse_cell(cell: str) -> tuple[str, int, int | None]:
                      f"or mdpN with N in {tuple(SETTINGS['mdps'])}")
 
 
-def make_agent(cell: str, seed: int):
-    from metarl.agents.rl2 import RL2, RL2Config
+def cell_fields(cell: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The RL2Config fields of ``cell``: :data:`SETTINGS`' with ``overrides`` (``--set``) on top."""
+    part, n, _ = parse_cell(cell)
+    return {**SETTINGS[part][n][0], **(overrides or {})}
+
+
+def cell_config(cell: str, seed: int, overrides: dict[str, Any] | None = None):
+    """The validated RL2Config of (cell, seed); ``ConfigError`` for a bad override."""
+    from metarl.agents.rl2 import RL2Config
+    from metarl.core.config import config_from_dict
 
     part, n, arms = parse_cell(cell)
-    fields, _ = SETTINGS[part][n]
-    env_kwargs = {"k": arms} if part == "bandits" else {}
-    config = RL2Config(seed=seed, env_kwargs=env_kwargs, episodes_per_trial=n, normalize_values=True,
-                       torch_threads=1, **fields)
-    return RL2(BANDIT_ENV if part == "bandits" else MDP_ENV, config)
+    values = {"seed": seed, "env_kwargs": {"k": arms} if part == "bandits" else {}, "episodes_per_trial": n,
+              "normalize_values": True, "torch_threads": 1, **cell_fields(cell, overrides)}
+    return config_from_dict(RL2Config, values, where="--set")
+
+
+def make_agent(cell: str, seed: int, overrides: dict[str, Any] | None = None):
+    from metarl.agents.rl2 import RL2
+
+    part = parse_cell(cell)[0]
+    return RL2(BANDIT_ENV if part == "bandits" else MDP_ENV, cell_config(cell, seed, overrides))
 
 
 def held_out(agent, part: str, seed: int, count: int, stream: str) -> list[Any]:
@@ -96,8 +113,11 @@ def held_out(agent, part: str, seed: int, count: int, stream: str) -> list[Any]:
 
 
 def run_cell(cell: str, seed: int, iterations: int | None, eval_every: int | None, curve_tasks: int, tasks: int,
-             runs: int, root: str) -> dict[str, Any]:
-    """Train (or resume, or reuse) one (cell, seed) and score it; the result dict, also in ``result.json``."""
+             runs: int, root: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume, or reuse) one (cell, seed) and score it; the result dict, also in ``result.json``.
+
+    ``overrides``: RL2Config fields over :data:`SETTINGS`' (``--set``); a cell saved with other fields is refused
+    (``ValueError``), so that one run directory never mixes two recipes."""
     from metarl.runs import atomic_write_json, load_checkpoint, save_checkpoint
 
     part, n, arms = parse_cell(cell)
@@ -105,18 +125,23 @@ def run_cell(cell: str, seed: int, iterations: int | None, eval_every: int | Non
     eval_every = max(1, budget // 15) if eval_every is None else eval_every
     run_dir = Path(root) / f"{cell}-seed{seed}"
     result_path, state_path = run_dir / "result.json", run_dir / "state.pt"
+    fields = cell_fields(cell, overrides)
     if result_path.is_file():
         result = json.loads(result_path.read_text())
+        if result["config"] != fields:
+            raise ValueError(f"{run_dir} was trained with {result['config']}, not {fields}: use another --root")
         if result["iterations"] >= budget:
             return result
     run_dir.mkdir(parents=True, exist_ok=True)
-    agent = make_agent(cell, seed)
+    agent = make_agent(cell, seed, overrides)
     try:
         curve: list[dict[str, float]] = []
         done = env_steps = 0
         seconds = 0.0
         if state_path.is_file():
             saved = load_checkpoint(state_path)
+            if saved.get("config", SETTINGS[part][n][0]) != fields:
+                raise ValueError(f"{run_dir} was trained with {saved.get('config')}, not {fields}: use another --root")
             agent.load_state_dict(saved["state"])
             curve, done, env_steps, seconds = saved["curve"], saved["iteration"], saved["env_steps"], saved["seconds"]
         probe = held_out(agent, part, seed, curve_tasks, "curve")
@@ -131,14 +156,14 @@ def run_cell(cell: str, seed: int, iterations: int | None, eval_every: int | Non
                 print(f"{cell} seed {seed}: iteration {iteration + 1}/{budget}, {env_steps:,} steps, held-out "
                       f"{returns.mean():.2f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
                 save_checkpoint(state_path, {"state": agent.state_dict(), "curve": curve, "iteration": iteration + 1,
-                                             "env_steps": env_steps, "seconds": seconds})
+                                             "env_steps": env_steps, "seconds": seconds, "config": fields})
         final = held_out(agent, part, seed, tasks, "final")
         per_episode = agent.meta_test(final, n, seed=derive(seed, "rl2-grid", "final"))
         references = score_references(part, agent.task_env, final, n, runs, seed)
     finally:
         agent.close()
     result = {"cell": cell, "part": part, "n": n, "arms": arms, "seed": seed, "iterations": budget,
-              "env_steps": env_steps, "train_seconds": seconds, "config": SETTINGS[part][n][0], "curve": curve,
+              "env_steps": env_steps, "train_seconds": seconds, "config": fields, "curve": curve,
               "rl2_per_episode": per_episode.tolist(), "references": references}
     atomic_write_json(result_path, result)
     return result
@@ -293,15 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=200, help="held-out tasks of the final score, per seed")
     parser.add_argument("--runs", type=int, default=20, help="simulated trials per task of each reference")
     parser.add_argument("--workers", type=int, default=1, help="processes training cells in parallel")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="an RL2Config field over every cell's SETTINGS (YAML value; repeatable); "
+                             "use its own --root")
     parser.add_argument("--root", default=str(REPO / "runs" / "rl2_grid"), help="where the cells' states live")
     parser.add_argument("--table", action="store_true", help="only summarise the finished cells under --root")
     parser.add_argument("--out", default=str(ROOT / "out" / "rl2_grid.json"), help="the JSON summary")
     parser.add_argument("--figure", default=str(ROOT / "figures" / "rl2_grid_curves.png"), help="the curves")
     args = parser.parse_args(argv)
+    from metarl.core.config import ConfigError, parse_overrides
+
     try:
+        overrides = parse_overrides(args.overrides)
         for cell in args.cells:
-            parse_cell(cell)
-    except ValueError as err:
+            cell_config(cell, 0, overrides)
+    except (ValueError, ConfigError) as err:
         parser.error(str(err))
     if min(args.seeds, args.eval_every or 1, args.workers, args.runs) < 1 or min(args.tasks, args.curve_tasks) < 2 \
             or (args.iterations is not None and args.iterations < 1):
@@ -313,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         if not results:
             parser.error(f"no finished cell under {args.root}")
     else:
-        jobs = [(cell, seed, args.iterations, args.eval_every, args.curve_tasks, args.tasks, args.runs, args.root)
-                for cell in args.cells for seed in range(args.seeds)]
+        jobs = [(cell, seed, args.iterations, args.eval_every, args.curve_tasks, args.tasks, args.runs, args.root,
+                 overrides) for cell in args.cells for seed in range(args.seeds)]
         if args.workers == 1:
             results = [run_cell(*job) for job in jobs]
         else:

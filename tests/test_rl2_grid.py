@@ -1,5 +1,6 @@
 """experiments/rl2_grid.py: a cell trained in two sittings (stopped, then continued from its saved state) gives the
-numbers of one uninterrupted run; the table pairs RL² with the references task by task; bad cells are refused."""
+numbers of one uninterrupted run; the table pairs RL² with the references task by task; ``--set`` overrides reach the
+agent and are kept with the cell; bad cells and overrides are refused."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ def test_a_cell_continued_from_its_saved_state_equals_an_uninterrupted_run(tmp_p
     assert (tmp_path / "split" / "5x10-seed0" / "state.pt").is_file()
     trained, make_agent = [], rl2_grid.make_agent
 
-    def recording(cell, seed):
-        agent = make_agent(cell, seed)
+    def recording(cell, seed, overrides=None):
+        agent = make_agent(cell, seed, overrides)
         step = agent.train_iteration
         agent.train_iteration = lambda i: trained.append(i) or step(i)
         return agent
@@ -54,4 +55,32 @@ def test_unknown_cells_are_refused_before_any_training(cell, tmp_path, capsys):
         rl2_grid.main(["--cells", cell, "--root", str(tmp_path)])
     assert exit_.value.code == 2
     assert "unknown cell" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_overrides_reach_the_agent_are_saved_and_a_cell_never_mixes_two_recipes(tmp_path):
+    overrides = {"normalize_advantages": False, "running_advantage_scale": True, "learning_rate": 1e-3}
+    config = rl2_grid.make_agent("5x10", 0, overrides).config
+    assert (config.running_advantage_scale, config.normalize_advantages, config.learning_rate) == (True, False, 1e-3)
+    assert config.hidden_size == rl2_grid.TEN_PULLS["hidden_size"]  # the cell's other settings stay
+    result = rl2_grid.run_cell("5x10", 0, 1, 1, 4, 6, 2, str(tmp_path), overrides)
+    assert result["config"] == {**rl2_grid.TEN_PULLS, **overrides}
+    plain = rl2_grid.run_cell("5x10", 0, 1, 1, 4, 6, 2, str(tmp_path / "plain"))
+    assert plain["rl2_per_episode"] != result["rl2_per_episode"]
+    for other in (None, {**overrides, "learning_rate": 3e-3}):
+        with pytest.raises(ValueError, match="use another --root"):
+            rl2_grid.run_cell("5x10", 0, 2, 1, 4, 6, 2, str(tmp_path), other)  # finished cell, other recipe
+    (tmp_path / "5x10-seed0" / "result.json").unlink()  # only the saved state left: resuming is refused too
+    with pytest.raises(ValueError, match="use another --root"):
+        rl2_grid.run_cell("5x10", 0, 2, 1, 4, 6, 2, str(tmp_path))
+
+
+@pytest.mark.parametrize("pair, message", [("bogus=1", "unknown RL2Config field"),
+                                           ("running_advantage_scale=true", "normalize_advantages"),
+                                           ("learning_rate", "key=value")])
+def test_bad_overrides_are_refused_before_any_training(pair, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rl2_grid.main(["--cells", "5x10", "--root", str(tmp_path), "--set", pair])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
