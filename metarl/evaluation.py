@@ -476,6 +476,24 @@ def combine_meta_rl_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return combined
 
 
+MAX_LABELLED_EPISODES = 20
+"""Adaptation curves label every episode up to this many columns, beyond it (a 100-pull bandit trial) integer ticks
+that matplotlib spaces, and draw the points without markers and caps."""
+
+
+def _point_style(columns: int) -> dict[str, Any]:
+    return {"marker": "o", "capsize": 3} if columns <= MAX_LABELLED_EPISODES else {"elinewidth": 0.6}
+
+
+def _episode_ticks(ax: Any, xs: list[Any]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if len(xs) <= MAX_LABELLED_EPISODES:
+        ax.set_xticks(xs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_LABELLED_EPISODES // 2, integer=True))
+
+
 def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x_axis: str = "episode") -> Path:
     """PNG adaptation curve: return per adaptation episode (0 = before adaptation), one line per split;
     ``x_axis="adaptation_episodes"`` puts the episodes of adaptation data behind each column on the x-axis. Where the
@@ -498,8 +516,8 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x
         xs = [e.get(x_axis, e["episode"]) for e in data["episodes"]]
         ys = [e["return"] for e in data["episodes"]]
         errs = [0.0 if math.isnan(e["ci95"]) else e["ci95"] for e in data["episodes"]]
-        line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{split} tasks")
-        ax.set_xticks(xs)
+        line = ax.errorbar(xs, ys, yerr=errs, label=f"{split} tasks", **_point_style(len(xs)))
+        _episode_ticks(ax, xs)
         reference = data.get("random_policy_return")
         if reference is not None:
             ax.axhline(reference["return"], linestyle="--", linewidth=1, color=line[0].get_color(),
@@ -509,9 +527,9 @@ def plot_meta_rl(result: dict[str, Any], path: Path, title: str | None = None, x
             sxs = [e.get(x_axis, e["episode"]) for e in rows]
             serrs = [0.0 if e.get("success_ci95") is None or math.isnan(e["success_ci95"]) else e["success_ci95"]
                      for e in rows]
-            axes[0][1].errorbar(sxs, [e["success"] for e in rows], yerr=serrs, marker="o", capsize=3,
-                                color=line[0].get_color(), label=f"{split} tasks")
-            axes[0][1].set_xticks(sxs)
+            axes[0][1].errorbar(sxs, [e["success"] for e in rows], yerr=serrs, color=line[0].get_color(),
+                                label=f"{split} tasks", **_point_style(len(sxs)))
+            _episode_ticks(axes[0][1], sxs)
     ax.set_xlabel(xlabel)
     seeds = result.get("num_seeds")
     ax.set_ylabel(f"return (mean of {seeds} seeds, 95% CI over seeds)" if seeds else "return (mean over tasks, 95% CI)")

@@ -234,6 +234,28 @@ def test_plot_draws_a_success_panel_beside_the_return(tmp_path) -> None:
 
 
 @pytest.mark.api
+@pytest.mark.parametrize("columns", [3, 100])
+def test_plot_labels_every_episode_of_a_short_trial_and_a_few_of_a_long_one(columns, tmp_path) -> None:
+    from unittest import mock
+
+    import metarl.evaluation
+    from metarl.evaluation import MAX_LABELLED_EPISODES, plot_meta_rl
+
+    rows = [{"episode": k, "return": float(k), "ci95": 0.1, "success": 0.5, "success_ci95": 0.1}
+            for k in range(columns)]
+    figures = []
+    with mock.patch.object(metarl.evaluation, "save_figure", side_effect=lambda fig, path: figures.append(fig)):
+        plot_meta_rl({"agent": "a", "env": "e", "splits": {"test": {"episodes": rows}}}, tmp_path / "plot.png")
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if 0 <= t <= columns - 1]
+        assert all(float(t).is_integer() for t in ticks)
+        if columns <= MAX_LABELLED_EPISODES:
+            assert ticks == list(range(columns))
+        else:
+            assert 3 <= len(ticks) <= MAX_LABELLED_EPISODES
+
+
+@pytest.mark.api
 def test_a_benchmark_protocol_on_an_env_without_one_is_refused_before_work(tmp_path) -> None:
     from metarl.core.config import ConfigError
     from metarl.training import make_run_config, train
