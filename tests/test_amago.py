@@ -292,7 +292,9 @@ def test_presets_make_a_run_config_and_an_agent(preset):
     if "TMaze" in config.task.env:
         learner = dataclasses.replace(learner, env_kwargs={"corridor_length": 3})
     agent = AMAGO(config.task.env, learner)
-    assert agent.discrete == ("TMaze" in config.task.env)
+    env = gym.make(config.task.env, **learner.env_kwargs)
+    assert agent.discrete == isinstance(env.action_space, gym.spaces.Discrete)  # discrete SAC where actions are
+    env.close()
     agent.close()
 
 
