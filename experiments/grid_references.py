@@ -6,13 +6,13 @@ policies, paired task by task on the very test tasks its evaluation played (issu
     .venv/bin/python experiments/grid_references.py RUN [RUN ...] --json experiments/out/grid_references.json
 
 A run's ``evaluation.json`` holds per-task returns on ``num_tasks`` test-split tasks drawn by metarl's generic
-protocol (``sample_tasks(num_tasks, split="test", seed=derive_seed(eval_seed, "tasks", "test"))``,
-metarl/evaluation.py); this script draws the same tasks from the run's ``config.json`` (env id, ``env_kwargs``,
-``episodes_per_trial`` = the cell's n) and plays the untuned references of experiments/rl2_grid.py on them
-(:func:`experiments.rl2_grid.score_references`: bandits oracle, Gittins, Thompson, UCB1 c = 1, greedy, random, 20
-simulated trials per task; MDPs oracle, PSRL, BEB β = 1, greedy, random, 2 per task). Reported per run: the agent's
-trial return, each reference's, and agent − Gittins (bandits) / agent − PSRL (MDPs) paired per task, mean ± 95%
-t half-width over the tasks; a JSON object on stdout (and in ``--json``), then a markdown table.
+protocol (:func:`metarl.evaluation.generic_protocol_tasks`); this script draws the same tasks from the run's
+``config.json`` (env id, ``env_kwargs``, ``episodes_per_trial`` = the cell's n) and plays the untuned references of
+experiments/rl2_grid.py on them (:func:`experiments.rl2_grid.score_references`: bandits oracle, Gittins, Thompson,
+UCB1 c = 1, greedy, random, 20 simulated trials per task; MDPs oracle, PSRL, BEB β = 1, greedy, random, 2 per task).
+Reported per run: the agent's trial return, each reference's, and agent − Gittins (bandits) / agent − PSRL (MDPs)
+paired per task, mean ± 95% t half-width over the tasks; a JSON object on stdout (and in ``--json``), then a
+markdown table.
 """
 
 from __future__ import annotations
@@ -48,18 +48,12 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, evaluation
 
 
-def evaluation_tasks(env: Any, count: int, eval_seed: int) -> list[Any]:
-    """The test tasks metarl's generic protocol played (metarl/evaluation.py draws them the same way)."""
-    from metarl.core.seeding import derive_seed
-
-    return env.unwrapped.sample_tasks(count, split="test", seed=derive_seed(eval_seed, "tasks", "test"))
-
-
 def score_run(run_dir: str | Path, runs: int = 20) -> dict[str, Any]:
     """The paired comparison of one run (module docstring; ``ValueError`` as :func:`load_run`)."""
     import gymnasium as gym
 
     import metarl.envs  # noqa: F401  (registers metarl/...)
+    from metarl.evaluation import generic_protocol_tasks
 
     config, evaluation = load_run(run_dir)
     env_id, learner = config["task"]["env"], config["learner"]
@@ -69,7 +63,7 @@ def score_run(run_dir: str | Path, runs: int = 20) -> dict[str, Any]:
         raise ValueError(f"{run_dir}: per-task returns of shape {agent.shape}, expected [tasks, {n}]")
     env = gym.make(env_id, **learner.get("env_kwargs", {}))
     try:
-        tasks = evaluation_tasks(env, len(agent), int(evaluation["seed"]))
+        tasks = generic_protocol_tasks(env, len(agent), "test", int(evaluation["seed"]))
         references = score_references(part, env.unwrapped, tasks, n, runs, int(learner["seed"]))
     finally:
         env.close()
@@ -107,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = [score_run(run, args.runs_per_task) for run in args.runs]
     except ValueError as err:
         parser.error(str(err))
-    text = json.dumps({"benchmark": "grid_references", "split": "test", "rows": rows}, indent=2)
-    print(text)
+    summary = {"benchmark": "grid_references", "split": "test", "rows": rows}
+    print(json.dumps(summary, indent=2))
     if args.json:
         from metarl.runs import atomic_write_json
 
-        atomic_write_json(args.json, {"benchmark": "grid_references", "split": "test", "rows": rows})
+        atomic_write_json(args.json, summary)
     print()
     print(markdown(rows))
     return 0

@@ -263,6 +263,12 @@ def _meta_test(agent: Any, tasks: list[Any], num_episodes: int, seed: int) -> tu
     return returns, recorder.column_matrix(len(tasks), num_episodes)
 
 
+def generic_protocol_tasks(env: Any, num_tasks: int, split: str, seed: int) -> list[Any]:
+    """The ``num_tasks`` tasks of ``split`` that the generic protocol of :func:`evaluate_meta_rl` plays with
+    evaluation seed ``seed`` (so that a run's per-task returns can be paired with anything else on those tasks)."""
+    return env.unwrapped.sample_tasks(num_tasks, split=split, seed=derive_seed(seed, "tasks", split))
+
+
 def resolve_protocol(env: Any, protocol: str) -> str:
     """The protocol an evaluation runs: ``"generic"`` (:func:`evaluate_meta_rl`'s held-out splits) or
     ``"benchmark"`` (the task environment's own, ``env.unwrapped.benchmark_protocol``, e.g. Meta-World's);
@@ -321,8 +327,7 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
             chunk = int(benchmark.get("chunk") or num_tasks)
         else:
             offered = tuple(getattr(env.unwrapped, "splits", ("train", "test")))
-            plan = {split: env.unwrapped.sample_tasks(num_tasks, split=split, seed=derive_seed(seed, "tasks", split))
-                    for split in splits if split in offered}
+            plan = {split: generic_protocol_tasks(env, num_tasks, split, seed) for split in splits if split in offered}
             chunk = None
         by_split: dict[str, Any] = {}
         for split, tasks in plan.items():

@@ -35,7 +35,7 @@ def test_the_run_is_scored_on_the_tasks_its_evaluation_played(bandit_run):
 
     run_dir, played = bandit_run
     env = gym.make("metarl/BernoulliBandit-v0", k=2)
-    assert grid_references.evaluation_tasks(env, 5, 7) == played
+    assert metarl.evaluation.generic_protocol_tasks(env, 5, "test", 7) == played
     row = grid_references.score_run(run_dir, runs=4)
     agent = np.asarray(json.loads((run_dir / "evaluation.json").read_text())["splits"]["test"]["per_task_returns"])
     assert row["n"] == 3 and row["tasks"] == 5 and row["agent"] == "rl2"
