@@ -134,6 +134,9 @@ class AMAGOConfig(AgentConfig):
     """the actor and the critics see the step's own input (observation, previous action, reward, done) beside the
     encoder's features h_t, as the current-observation shortcut of recurrent off-policy agents (Ni et al. 2022) and
     PEARL's and VariBAD's policies (the state beside the task variable); False: h_t alone (AMAGO)"""
+    previous_observation: bool = False
+    """each step's input also holds the previous observation, one token a whole transition (metarl.core.trials);
+    False: RL²'s and AMAGO's input"""
     replay_capacity: int = 2_000
     """whole trials kept in the replay (the oldest overwritten first)"""
     batch_size: int = 16
@@ -199,7 +202,8 @@ class AMAGO(TrialAgent):
         self.config = cfg = config or AMAGOConfig()
         self.env_id = env_id
         self.device = resolve_device(cfg.device)
-        self.inputs, self.env_pool, self.envs = make_trial_envs(self.name, env_id, cfg)
+        self.inputs, self.env_pool, self.envs = make_trial_envs(self.name, env_id, cfg,
+                                                                cfg.previous_observation)
         try:
             # observations: any that the trial inputs encode (a Box, one-hot Discrete); actions: Box or Discrete
             check_sac_spaces(self.name, env_id, None, self.envs.single_action_space, discrete=True)

@@ -107,6 +107,9 @@ class RL2Config(TrialPPOConfig):
     trial's steps, episodes_per_trial x the env's episode step limit; must be >= them"""
     transformer_positions: str = "learned"
     """absolute positions over the whole trial (across episode boundaries): learned or sinusoidal"""
+    previous_observation: bool = False
+    """each step's input also holds the previous observation, one token a whole transition (metarl.core.trials);
+    False: RL²'s input"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,7 +125,8 @@ class RL2(TrialAgent):
         self.config = config = config or RL2Config()
         self.env_id = env_id
         self.device = resolve_device(config.device)
-        self.inputs, self.env_pool, self.envs = make_trial_envs("RL²", env_id, config)
+        self.inputs, self.env_pool, self.envs = make_trial_envs("RL²", env_id, config,
+                                                                config.previous_observation)
         self.task_env = self.envs.single_task_env
         self.discrete, self.action_size = self.inputs.discrete, self.inputs.action_size
         with seeded(derive_seed(config.seed, "init")):

@@ -157,14 +157,19 @@ def test_the_actor_loss_never_moves_the_critics_and_reaches_the_encoder_only_thr
 # acting, smoke
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.api
-@pytest.mark.parametrize("model, shortcut", [("transformer", False), ("gru", False), ("transformer", True),
-                                             ("gru", True)])
-def test_cached_acting_matches_one_uncached_pass(model, shortcut):
-    agent = AMAGO(NAVIGATION, small_config(sequence_model=model, episodes_per_trial=3, input_shortcut=shortcut))
-    assert agent.actor.net[0].in_features == 16 + 6 * shortcut  # the heads see h_t (and the step's input)
+@pytest.mark.parametrize("model, shortcut, previous", [("transformer", False, False), ("gru", False, False),
+                                                       ("transformer", True, False), ("gru", True, False),
+                                                       ("transformer", False, True), ("gru", True, True)])
+def test_cached_acting_matches_one_uncached_pass(model, shortcut, previous):
+    agent = AMAGO(NAVIGATION, small_config(sequence_model=model, episodes_per_trial=3, input_shortcut=shortcut,
+                                           previous_observation=previous))
+    size = 2 + 2 + 2 + 2 * previous  # observation, previous action, reward, done (and previous observation)
+    assert agent.actor.net[0].in_features == 16 + size * shortcut  # the heads see h_t (and the step's input)
     tasks = agent.task_env.sample_tasks(4, seed=0)
     batch = agent.collect_trials(agent.envs, tasks, 3, env_seed=0, generator=torch.Generator(), deterministic=True)
-    assert batch["inputs"].shape == (4, 12, 2 + 2 + 2) and batch["mask"].all()
+    assert batch["inputs"].shape == (4, 12, size) and batch["mask"].all()
+    if previous:  # the observation each previous action was taken in
+        torch.testing.assert_close(batch["inputs"][:, 1:, 6:], batch["inputs"][:, :-1, :2])
     with torch.no_grad():
         features = agent.head_features(agent.encoder(batch["inputs"])[3], batch["inputs"])
         actions = agent.actor.sample(features, deterministic=True)[0]
@@ -172,6 +177,7 @@ def test_cached_acting_matches_one_uncached_pass(model, shortcut):
     # the previous action in the next step's input is the action taken; episode boundaries flagged
     torch.testing.assert_close(batch["inputs"][:, 1:, 2:4], batch["actions"][:, :-1])
     assert batch["inputs"][:, 4, 5].eq(1).all() and batch["inputs"][:, 3, 5].eq(0).all()
+    assert np.isfinite(agent.train_iteration(0)["losses/critic"])  # the replay and the update take the input size
     agent.close()
 
 

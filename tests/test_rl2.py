@@ -132,6 +132,37 @@ def test_trial_inputs_episodes_and_padding(counting_trials):
 
 
 @pytest.mark.api
+@pytest.mark.parametrize("sequence_model", ["gru", "transformer"])
+def test_previous_observation_makes_each_input_a_whole_transition(counting_trials, sequence_model):
+    """With previous_observation the input is RL²'s followed by the observation the previous step's action was
+    taken in (0 at a trial's first step; across an episode boundary, the ended episode's last one, not the reset)."""
+    _, (plain, _) = counting_trials
+    agent = RL2("test_rl2/Counting-v0", small_config(meta_batch_size=2, num_minibatches=1, previous_observation=True,
+                                                     sequence_model=sequence_model, transformer_d_model=16,
+                                                     transformer_context=9))
+    try:
+        assert agent.inputs.size == 6 + 2
+        assert np.isfinite(agent.train_iteration(0)["losses/policy"])  # the policy trains on the wider input
+        batch = agent.collect_trials(agent.envs, [LengthTask(1), LengthTask(3)], 3, env_seed=0,
+                                     generator=torch.Generator().manual_seed(0), deterministic=True)
+    finally:
+        agent.close()
+    inputs, mask = batch["inputs"], batch["mask"]
+    assert inputs.shape == (2, 9, 8)
+    assert torch.all(inputs[:, 0, 6:] == 0)
+    for i in range(2):
+        steps = int(mask[i].sum())
+        torch.testing.assert_close(inputs[i, 1:steps, 6:], inputs[i, :steps - 1, :2])
+        # the first six entries are RL²'s input: the same as a plain trial's where the actions agree
+        same = bool(torch.equal(batch["actions"][i, :steps], plain["actions"][i, :steps]))
+        assert not same or torch.equal(inputs[i, :steps, :6], plain["inputs"][i, :steps])
+    # after trial 1's first episode ended (step 2), step 3 reads the reset observation 0 and the ended one, 2
+    assert inputs[1, 3, 0] == 0 and inputs[1, 3, 6] == 2 and inputs[1, 3, 5] == 1
+    final = batch["final_inputs"]
+    torch.testing.assert_close(final[1, 6:], inputs[1, 8, :2])
+
+
+@pytest.mark.api
 def test_hidden_state_carried_within_a_trial_and_reset_between_trials(counting_trials):
     agent, (first, second) = counting_trials
     hidden = first["hidden"]

@@ -11,7 +11,11 @@ padded (``mask`` 0) until all have finished.
 The per-step input (:class:`TrialInputs`, RL²'s) is the observation (flattened ``Box``, one-hot ``Discrete``), the
 previous action (one-hot ``Discrete``, or the clipped action the env received for a 1-D ``Box``), the previous
 reward and a done flag (1 when the previous step ended an episode of the trial); the three "previous" entries are 0
-at the first step of a trial.
+at the first step of a trial. With ``previous_observation`` the previous step's observation follows them (0 at the
+first step), so that one token holds a whole transition (s_{t-1}, a_{t-1}, r_{t-1}, s_t), as the transition tokens
+of in-context RL from learning histories (Laskin et al. 2022, "In-context Reinforcement Learning with Algorithm
+Distillation"): an attention layer can then bind a reward to the state-action pair that earned it within one token,
+where RL²'s input splits them over two (the state in token t−1, the action and reward in token t).
 
 :class:`TrialAgent` holds what both agents do the same way on top of it: GAE over the whole trial (episode ends
 inside a trial do not cut the bootstrap; the trial's end is terminal), the PPO loss and its epochs over minibatches
@@ -128,9 +132,11 @@ class TrialPPOConfig(AgentConfig):
 
 class TrialInputs:
     """The per-step input for a pair of spaces (see the module docstring); one-line ``ValueError`` for spaces it
-    cannot encode. Layout: ``[observation (obs_size), previous action (action_size), previous reward, done]``."""
+    cannot encode. Layout: ``[observation (obs_size), previous action (action_size), previous reward, done]``, then
+    with ``previous_observation`` the previous observation (obs_size) after them."""
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, agent: str, env_id: str) -> None:
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, agent: str, env_id: str,
+                 previous_observation: bool = False) -> None:
         if isinstance(observation_space, spaces.Box):
             self.obs_size = int(np.prod(observation_space.shape))
         elif isinstance(observation_space, spaces.Discrete):
@@ -147,7 +153,15 @@ class TrialInputs:
             self.action_high = torch.as_tensor(action_space.high, dtype=torch.float32)
         else:
             raise ValueError(f"{agent} needs a Discrete or 1-D Box action space, {env_id} has {action_space}")
-        self.size = self.obs_size + self.action_size + 2
+        self.previous_observation = previous_observation
+        self.size = self.obs_size * (2 if previous_observation else 1) + self.action_size + 2
+
+    def step_input(self, obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor,
+                   prev_done: torch.Tensor, prev_obs: torch.Tensor) -> torch.Tensor:
+        """``[n, size]``: one step's input from encoded ``obs`` and ``prev_obs`` (:meth:`observations`), the previous
+        ``[n, action_size]`` action and the ``[n]`` previous reward and done flag (the class docstring's layout)."""
+        parts = [obs, prev_action, prev_reward[:, None], prev_done[:, None]]
+        return torch.cat(parts + [prev_obs] if self.previous_observation else parts, dim=1)
 
     def observations(self, obs: np.ndarray) -> torch.Tensor:
         """``[n, obs_size]``: one-hot ``Discrete`` observations, flattened ``Box`` ones."""
@@ -162,9 +176,11 @@ class TrialInputs:
         return actions.clamp(self.action_low, self.action_high)
 
 
-def make_trial_envs(agent: str, env_id: str, config: TrialPPOConfig) -> tuple[TrialInputs, EnvPool, TaskVectorEnv]:
-    """An in-context agent's environment, checked: its :class:`TrialInputs`, its env pool (``SAME_STEP`` autoreset)
-    and the vector env of ``meta_batch_size`` training sub-envs. One-line ``ValueError`` for an env that cannot be
+def make_trial_envs(agent: str, env_id: str, config: TrialPPOConfig,
+                    previous_observation: bool = False) -> tuple[TrialInputs, EnvPool, TaskVectorEnv]:
+    """An in-context agent's environment, checked: its :class:`TrialInputs` (with the previous observation in each
+    step's input if ``previous_observation``), its env pool (``SAME_STEP`` autoreset) and the vector env of
+    ``meta_batch_size`` training sub-envs. One-line ``ValueError`` for an env that cannot be
     made, is no task env, has spaces the inputs cannot encode or whose meta-batch cannot fit in memory."""
     probe = make_task_env(env_id, config)
     try:
@@ -172,7 +188,7 @@ def make_trial_envs(agent: str, env_id: str, config: TrialPPOConfig) -> tuple[Tr
         check_memory(agent, config.meta_batch_size, env_bytes_estimate(probe), what="meta_batch_size")
     finally:
         probe.close()
-    inputs = TrialInputs(obs_space, act_space, agent, env_id)
+    inputs = TrialInputs(obs_space, act_space, agent, env_id, previous_observation)
     pool = EnvPool(env_id, config, autoreset_mode=AutoresetMode.SAME_STEP, physics_threads=1)
     return inputs, pool, pool.make(config.meta_batch_size)
 
@@ -213,6 +229,7 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
     prev_action = torch.zeros(n, inputs.action_size)
     prev_reward = torch.zeros(n)
     prev_done = torch.zeros(n)
+    prev_obs = torch.zeros(n, inputs.obs_size)
     episode = np.zeros(n, dtype=np.int64)
     active = np.ones(n, dtype=bool)
     episode_returns = np.zeros((n, num_episodes))
@@ -224,7 +241,8 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
     while active.any():
         if len(columns["mask"]) >= limit:
             raise RuntimeError(f"a trial of {num_episodes} episodes ran past {limit} steps: set max_episode_steps")
-        x = torch.cat([inputs.observations(obs), prev_action, prev_reward[:, None], prev_done[:, None]], dim=1)
+        current_obs = inputs.observations(obs)
+        x = inputs.step_input(current_obs, prev_action, prev_reward, prev_done, prev_obs)
         action, state, extra = act(x, state)
         env_action = inputs.actions(action)
         obs, reward, terminated, truncated, infos = envs.step(action.numpy() if inputs.discrete
@@ -249,10 +267,9 @@ def collect_trials(envs: TaskVectorEnv, tasks: list[Any], num_episodes: int, env
                          ("dones", torch.as_tensor(done, dtype=torch.float32)), ("mask", step_mask), *extra.items()):
             columns.setdefault(key, []).append(val)
         prev_action, prev_reward = env_action, torch.as_tensor(reward, dtype=torch.float32)
-        prev_done = torch.as_tensor(done, dtype=torch.float32)
+        prev_done, prev_obs = torch.as_tensor(done, dtype=torch.float32), current_obs
     batch: dict[str, Any] = {k: torch.stack(v, dim=1) for k, v in columns.items() if v}
-    batch["final_inputs"] = torch.cat([inputs.observations(obs), prev_action, prev_reward[:, None],
-                                       prev_done[:, None]], dim=1)
+    batch["final_inputs"] = inputs.step_input(inputs.observations(obs), prev_action, prev_reward, prev_done, prev_obs)
     batch["episode_returns"] = episode_returns
     batch["episode_successes"] = episode_successes
     record_episodes(episode_successes)
