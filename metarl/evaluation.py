@@ -269,6 +269,12 @@ def generic_protocol_tasks(env: Any, num_tasks: int, split: str, seed: int) -> l
     return env.unwrapped.sample_tasks(num_tasks, split=split, seed=derive_seed(seed, "tasks", split))
 
 
+def generic_protocol_meta_test_seed(seed: int, split: str) -> int:
+    """The ``meta_test`` seed the generic protocol of :func:`evaluate_meta_rl` gives ``split``'s tasks with evaluation
+    seed ``seed`` (with :func:`generic_protocol_tasks`, the evaluation's trials can be played again exactly)."""
+    return derive_seed(seed, "meta-test", split)
+
+
 def resolve_protocol(env: Any, protocol: str) -> str:
     """The protocol an evaluation runs: ``"generic"`` (:func:`evaluate_meta_rl`'s held-out splits) or
     ``"benchmark"`` (the task environment's own, ``env.unwrapped.benchmark_protocol``, e.g. Meta-World's);
@@ -332,7 +338,8 @@ def evaluate_meta_rl(agent: Any, env_id: str, *, splits: Sequence[str] = ("test"
         by_split: dict[str, Any] = {}
         for split, tasks in plan.items():
             if chunk is None:  # the generic protocol: one meta_test call per split (the seeds of earlier results)
-                returns, successes = _meta_test(agent, tasks, num_episodes, derive_seed(seed, "meta-test", split))
+                returns, successes = _meta_test(agent, tasks, num_episodes,
+                                                generic_protocol_meta_test_seed(seed, split))
             else:  # a benchmark's rounds of meta_batch tasks, each its own meta_test call
                 parts = [_meta_test(agent, tasks[i:i + chunk], num_episodes, derive_seed(seed, "meta-test", split, i))
                          for i in range(0, len(tasks), chunk)]
