@@ -75,6 +75,7 @@ __all__ = [
     "BANDIT_REFERENCES",
     "MDP_REFERENCES",
     "bandit_reference_returns",
+    "bandit_reference_trials",
     "mdp_reference_returns",
     "gittins_indices",
     "gittins_index",
@@ -250,6 +251,19 @@ def bandit_reference_returns(name: str, means: Sequence[Sequence[float]] | np.nd
     choose = _bandit_chooser(name, pulls, params)
     _, per_pull = _simulate_bandit(np.repeat(arr, runs, axis=0), pulls, rng, choose, runs)
     return per_pull
+
+
+def bandit_reference_trials(name: str, means: Sequence[Sequence[float]] | np.ndarray, pulls: int,
+                            rng: np.random.Generator, **params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One trial of reference ``name`` (not ``oracle``) per bandit of ``means [tasks, k]``: the arms it pulled and
+    the rewards it earned, both ``[tasks, pulls]`` (what :func:`bandit_reference_returns` averages, one run)."""
+    arr = _check_means(means, 2)
+    pulls = _check_count("pulls", pulls, 1)
+    if name == "oracle":
+        raise ValueError("bandit_reference_trials plays a policy that learns; 'oracle' only knows the best arm")
+    choose, arms = _bandit_chooser(name, pulls, params), []
+    _, rewards = _simulate_bandit(arr, pulls, rng, lambda *args: arms.append(choose(*args)) or arms[-1])
+    return np.stack(arms, axis=1), rewards
 
 
 def random_policy_return(

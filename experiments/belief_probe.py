@@ -16,6 +16,9 @@ step, and the Bayesian posterior (uniform Beta(1, 1) priors) before each step's 
   count n_i, its posterior mean (1 + s_i) / (2 + n_i) and its Gittins index, fitted on the first half of the tasks,
   R² on the second half (pooled over arms). The same probes on the features of a freshly initialised model of the
   same config (the run's seed) are the control: what is decodable without training.
+* **References on the same tasks**: one trial each of the Gittins, greedy and Thompson policies
+  (:func:`metarl.envs.references.bandit_reference_trials`), their returns and agreements scored the same way (how
+  often Gittins itself pulls the greedy arm).
 
 Prints a JSON object (and writes it to ``--json``).
 """
@@ -31,10 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl.core.seeding import derive_seed
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BANDIT = "metarl/BernoulliBandit-v0"
+REFERENCES = ("gittins", "greedy", "thompson")
 
 
 def posterior_statistics(actions: np.ndarray, rewards: np.ndarray, arms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +70,24 @@ def ridge_r2(features: np.ndarray, targets: np.ndarray, ridge: float) -> float:
     return float(1.0 - (residual ** 2).sum() / ((targets[half:] - targets[half:].mean(0)) ** 2).sum())
 
 
+def choices(actions: np.ndarray, rewards: np.ndarray, arms: int, table: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """Trial return and the pulls' agreement with the greedy and the Gittins policy (overall and by blocks of about
+    ten pulls) of trials ``[N, T]`` (``table``: :func:`metarl.envs.references.gittins_indices` of T pulls)."""
+    pulls = actions.shape[1]
+    successes, failures = posterior_statistics(actions, rewards, arms)
+    means = (1.0 + successes) / (2.0 + successes + failures)
+    index = np.stack([table[pulls - t][successes[:, t].astype(np.intp), failures[:, t].astype(np.intp)]
+                      for t in range(pulls)], axis=1)
+    blocks = max(1, pulls // 10)
+    by_block = lambda x: [float(b.mean()) for b in np.array_split(x, blocks, axis=1)]
+    greedy, gittins = agreement(actions, means), agreement(actions, index)
+    return {"trial_return": float(rewards.sum(1).mean()), "per_task_returns": rewards.sum(1).tolist(),
+            "per_pull_return_by_block": by_block(rewards), "agrees_with_greedy": float(greedy.mean()),
+            "agrees_with_gittins": float(gittins.mean()), "agrees_with_greedy_by_block": by_block(greedy),
+            "agrees_with_gittins_by_block": by_block(gittins),
+            "targets": {"pull_count": successes + failures, "posterior_mean": means, "gittins_index": index}}
+
+
 def trial_features(agent: Any, inputs: torch.Tensor) -> np.ndarray:
     """The features the agent's heads read at every step ``[N, T, F]`` (one uncached pass of its sequence model)."""
     model = getattr(agent, "encoder", None) or agent.policy
@@ -72,7 +96,7 @@ def trial_features(agent: Any, inputs: torch.Tensor) -> np.ndarray:
 
 
 def probe(run_dir: str | Path, num_tasks: int | None, ridge: float) -> dict[str, Any]:
-    from envs.references import gittins_indices
+    from metarl.envs.references import bandit_reference_trials, gittins_indices
     from metarl.evaluation import generic_protocol_meta_test_seed, generic_protocol_tasks
     from metarl.training import build_session, load_run, load_session
 
@@ -97,30 +121,20 @@ def probe(run_dir: str | Path, num_tasks: int | None, ridge: float) -> dict[str,
     finally:
         session.close()
         fresh.close()
-    actions = batch["actions"][:, :pulls].numpy()
-    rewards = batch["rewards"][:, :pulls].numpy()
-    successes, failures = posterior_statistics(actions, rewards, arms)
-    means = (1.0 + successes) / (2.0 + successes + failures)
     table = gittins_indices(pulls)
-    index = np.stack([table[pulls - t][successes[:, t].astype(np.intp), failures[:, t].astype(np.intp)]
-                      for t in range(pulls)], axis=1)
-    blocks = max(1, pulls // 10)
-    by_block = lambda x: [float(b.mean()) for b in np.array_split(x, blocks, axis=1)]
-    targets = {"pull_count": successes + failures, "posterior_mean": means, "gittins_index": index}
-    probes = {}
-    for name, feats in features.items():
-        rows = feats.reshape(-1, feats.shape[-1])
-        probes[name] = {target: ridge_r2(rows, values.reshape(-1, arms), ridge)
-                        for target, values in targets.items()}
+    agent_row = choices(batch["actions"][:, :pulls].numpy(), batch["rewards"][:, :pulls].numpy(), arms, table)
+    targets = agent_row.pop("targets")
+    probes = {name: {target: ridge_r2(feats.reshape(-1, feats.shape[-1]), values.reshape(-1, arms), ridge)
+                     for target, values in targets.items()} for name, feats in features.items()}
+    means = np.array([task.means for task in tasks])
+    references = {}
+    for name in REFERENCES:  # the same tasks, one trial each: how greedy Gittins is, how Gittins-like greedy is
+        rng = np.random.default_rng(derive_seed(int(run.learner.seed), "belief-probe", name))
+        row = choices(*bandit_reference_trials(name, means, pulls, rng), arms, table)
+        references[name] = {k: v for k, v in row.items() if k not in ("targets", "per_task_returns")}
     return {"benchmark": "belief_probe", "run": str(run_dir), "agent": run.name, "arms": arms, "pulls": pulls,
-            "tasks": num_tasks, "split": "test", "ridge": ridge,
-            "trial_return": float(rewards.sum(1).mean()), "per_task_returns": rewards.sum(1).tolist(),
-            "per_pull_return_by_block": by_block(rewards),
-            "agrees_with_greedy_by_block": by_block(agreement(actions, means)),
-            "agrees_with_gittins_by_block": by_block(agreement(actions, index)),
-            "agrees_with_greedy": float(agreement(actions, means).mean()),
-            "agrees_with_gittins": float(agreement(actions, index).mean()),
-            "probe_r2": probes}
+            "tasks": num_tasks, "split": "test", "ridge": ridge, **agent_row, "probe_r2": probes,
+            "references": references}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,8 @@ def test_the_probe_plays_the_runs_evaluation_trials_again(tmp_path, capsys):
     np.testing.assert_allclose(result["per_task_returns"], played)
     assert result["tasks"] == 8 and result["arms"] == 3 and result["pulls"] == 5
     assert 0 <= result["agrees_with_gittins"] <= 1 and set(result["probe_r2"]) == {"trained", "untrained"}
+    references = result["references"]
+    assert references["greedy"]["agrees_with_greedy"] == 1.0 and references["gittins"]["agrees_with_gittins"] == 1.0
     config = json.loads((run_dir / "config.json").read_text())
     config["task"]["env"] = "metarl/TabularMDP-v0"
     other = tmp_path / "mdp"

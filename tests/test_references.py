@@ -17,6 +17,7 @@ from metarl.envs.references import (
     MDPPosterior,
     _optimistic_backup,
     bandit_reference_returns,
+    bandit_reference_trials,
     bayes_optimal_bandit_value,
     gittins_index,
     gittins_indices,
@@ -195,6 +196,26 @@ def test_ucrl2_optimistic_backup_moves_mass_to_the_best_state_from_the_worst():
     }
     for radius, hand in expected.items():
         assert _optimistic_backup(p_hat, np.full((1, 1, 1), radius), value)[0, 0, 0] == pytest.approx(hand), radius
+
+
+@pytest.mark.api
+def test_reference_trials_are_the_runs_the_returns_average():
+    """The arms and rewards of one trial per task: the greedy policy's pulls are its posterior-mean argmax given
+    what it saw, the rewards are those bandit_reference_returns gives for one run with the same seed."""
+    means = bandit_means(4, 5)
+    arms, rewards = bandit_reference_trials("greedy", means, 12, np.random.default_rng(5))
+    assert arms.shape == rewards.shape == (5, 12)
+    np.testing.assert_array_equal(rewards, bandit_reference_returns("greedy", means, 12, np.random.default_rng(5),
+                                                                    runs=1))
+    for i in range(5):
+        wins, pulls = np.zeros(4), np.zeros(4)
+        for t in range(12):
+            posterior = (1 + wins) / (2 + pulls)
+            assert posterior[arms[i, t]] == posterior.max()
+            wins[arms[i, t]] += rewards[i, t]
+            pulls[arms[i, t]] += 1
+    with pytest.raises(ValueError, match="oracle"):
+        bandit_reference_trials("oracle", means, 12, np.random.default_rng(5))
 
 
 # --- simulations: same seed, same numbers; the orderings ----------------------------------------------------------
