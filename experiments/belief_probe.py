@@ -11,7 +11,7 @@ step, and the Bayesian posterior (uniform Beta(1, 1) priors) before each step's 
 
 * **Choices.** How often the agent's pull is an arm the greedy policy would pull (highest posterior mean) and one the
   finite-horizon Gittins policy would pull (highest index with the steps left; :func:`envs.references.gittins_indices`),
-  ties counted as agreement, by blocks of pulls.
+  ties counted as agreement, by tenths of the trial.
 * **Linear probes.** Ridge regression (features standardised, λ = ``--ridge`` × rows) from h_t to each arm's pull
   count n_i, its posterior mean (1 + s_i) / (2 + n_i) and its Gittins index, fitted on the first half of the tasks,
   R² on the second half (pooled over arms). The same probes on the features of a freshly initialised model of the
@@ -71,14 +71,14 @@ def ridge_r2(features: np.ndarray, targets: np.ndarray, ridge: float) -> float:
 
 
 def choices(actions: np.ndarray, rewards: np.ndarray, arms: int, table: tuple[np.ndarray, ...]) -> dict[str, Any]:
-    """Trial return and the pulls' agreement with the greedy and the Gittins policy (overall and by blocks of about
-    ten pulls) of trials ``[N, T]`` (``table``: :func:`metarl.envs.references.gittins_indices` of T pulls)."""
+    """Trial return and the pulls' agreement with the greedy and the Gittins policy (overall and by tenths of the
+    trial) of trials ``[N, T]`` (``table``: :func:`metarl.envs.references.gittins_indices` of T pulls)."""
     pulls = actions.shape[1]
     successes, failures = posterior_statistics(actions, rewards, arms)
     means = (1.0 + successes) / (2.0 + successes + failures)
     index = np.stack([table[pulls - t][successes[:, t].astype(np.intp), failures[:, t].astype(np.intp)]
                       for t in range(pulls)], axis=1)
-    blocks = max(1, pulls // 10)
+    blocks = min(10, pulls)
     by_block = lambda x: [float(b.mean()) for b in np.array_split(x, blocks, axis=1)]
     greedy, gittins = agreement(actions, means), agreement(actions, index)
     return {"trial_return": float(rewards.sum(1).mean()), "per_task_returns": rewards.sum(1).tolist(),
