@@ -9,7 +9,8 @@ key/value cache) and :mod:`metarl.core.recurrent` (GRU).
 Spec
     * **Trial and inputs.** As RL² (:mod:`metarl.core.trials`): one task, ``episodes_per_trial`` consecutive episodes
       in ``SAME_STEP`` autoreset, the per-step input is the observation, the previous action (the clipped action the
-      env received), the previous reward and a done flag (the previous step ended an episode). The time step enters
+      env received), the previous reward and a done flag (the previous step ended an episode), with
+      ``previous_observation`` the previous observation too (:mod:`metarl.core.trials`). The time step enters
       as the Transformer's absolute position over the whole trial (not restarted at episode boundaries); the GRU
       counts for itself. Observations: what the trial inputs encode (a ``Box``, one-hot ``Discrete``); actions:
       a bounded ``Box`` (the tanh-Gaussian squashes into it) or ``Discrete(n)`` (a categorical actor, critics with

@@ -7,7 +7,8 @@ Spec
     * **Trial.** One task, ``episodes_per_trial`` consecutive episodes. A GRU policy reads, at every step, the
       observation, the previous action (one-hot for ``Discrete``, the clipped action the env received for ``Box``),
       the previous reward and a done flag (1 when the previous step ended an episode of the trial). All three
-      "previous" entries are 0 at the first step of a trial. The hidden state starts at 0 for every trial and is
+      "previous" entries are 0 at the first step of a trial (``previous_observation`` adds the observation the previous
+      action was taken in: :mod:`metarl.core.trials`). The hidden state starts at 0 for every trial and is
       carried across the episode boundaries inside it: what the policy learned about the task in episode k informs
       episode k+1. Observation spaces: ``Box`` (flattened) and ``Discrete`` (one-hot); action spaces: ``Discrete``
       (categorical) and ``Box`` (diagonal Gaussian with a learned state-independent log-std).
