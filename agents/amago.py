@@ -57,8 +57,9 @@ Spec
       "updates", i)``; ``state_dict`` holds the networks, the optimiser, α, the replay and the counters, so a resumed
       run reproduces an uninterrupted one exactly on CPU.
 
-Presets: ``experiments/presets/amago_navigation.yaml``; figures: ``experiments/RESULTS.md``, "Meta-RL: the
-off-policy in-context agent (AMAGO-style)".
+Presets: ``experiments/presets/amago_*.yaml`` (navigation, cheetah_vel, walker_params, tmaze, bandit, mdp); figures:
+``experiments/RESULTS.md``, "Meta-RL: the off-policy in-context agent (AMAGO-style)" and the sections on RL²'s grid
+and the T-Maze.
 """
 
 from __future__ import annotations
