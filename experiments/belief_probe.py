@@ -89,7 +89,8 @@ def choices(actions: np.ndarray, rewards: np.ndarray, arms: int, table: tuple[np
 
 
 def trial_features(agent: Any, inputs: torch.Tensor) -> np.ndarray:
-    """The features the agent's heads read at every step ``[N, T, F]`` (one uncached pass of its sequence model)."""
+    """The sequence model's features h_t at every step ``[N, T, F]`` (one uncached pass; AMAGO's ``input_shortcut``
+    input beside them is left out: the probes ask what the memory holds)."""
     model = getattr(agent, "encoder", None) or agent.policy
     with torch.no_grad():
         return model(inputs)[3].numpy()
