@@ -48,10 +48,14 @@ Spec
     * **Meta-test.** As RL² (:class:`~metarl.core.trials.TrialAgent`): one trial of ``num_episodes`` episodes per
       task from an empty cache / zero hidden state; episode 0 is before adaptation. Actions sampled unless
       ``deterministic_test`` (the squashed mean).
+    * **Multi-gamma** (AMAGO's many discounts at once): with ``extra_gammas`` each further discount γ_g has its own
+      actor, twin critics and target critics on the same h_t, trained by the losses above at γ_g and added to the
+      combined loss (every head's critic and actor losses; the temperature follows ``gamma``'s actor), so short
+      horizons shape the shared encoder beside the long one; only ``gamma``'s actor acts and is meta-tested.
     * **Deviations from AMAGO**, for a readable agent on a CPU budget: twin critics with the clipped double-Q minimum
-      and SAC's entropy temperature instead of AMAGO's critic ensemble (REDQ subsets), its many discounts at once
-      (multi-gamma) and its filtered behaviour-cloning actor term; PopArt only with ``popart_beta``; SAC's current actor
-      for a' instead of a target actor; the encoder is RL²'s pre-LayerNorm Transformer, not AMAGO's.
+      and SAC's entropy temperature instead of AMAGO's critic ensemble (REDQ subsets) and its filtered
+      behaviour-cloning actor term; multi-gamma only with ``extra_gammas``, PopArt only with ``popart_beta``; SAC's
+      current actor for a' instead of a target actor; the encoder is RL²'s pre-LayerNorm Transformer, not AMAGO's.
     * **Randomness.** Tasks, env resets and collection actions of iteration i from ``derive_seed(seed, <stream>,
       i)`` (:meth:`TrialAgent.sample_trials`), replay batches and the actor's noise from ``derive_seed(seed,
       "updates", i)``; ``state_dict`` holds the networks, the optimiser, α, the replay and the counters, so a resumed
@@ -150,7 +154,10 @@ class AMAGOConfig(AgentConfig):
     temperature_lr: float = 3e-4
     """Adam step size of log α"""
     gamma: float = 0.99
-    """discount over the whole trial (episode ends inside a trial bootstrap)"""
+    """discount over the whole trial (episode ends inside a trial bootstrap); the acting actor's"""
+    extra_gammas: list[float] = field(default_factory=list)
+    """AMAGO's multi-gamma: more discounts, each learned by its own actor and twin critics on the shared encoder
+    (their losses added to the combined loss, so they shape h_t too); only ``gamma``'s actor acts. []: one discount"""
     tau: float = 0.005
     """Polyak rate of the target critics"""
     reward_scale: float = 1.0
@@ -193,6 +200,13 @@ class AMAGOConfig(AgentConfig):
         check_number(self.critic_loss_weight, "critic_loss_weight", low=0)
         check_number(self.popart_beta, "popart_beta", low=0, high=1, low_open=True, optional=True)
         check_sac_config(self)  # gamma, tau, the temperature's and the reward scale (metarl.core.sac)
+        if not isinstance(self.extra_gammas, (list, tuple)):
+            raise ConfigError(f"extra_gammas must be a list of discounts, got {self.extra_gammas!r}")
+        for gamma in self.extra_gammas:
+            check_number(gamma, "each of extra_gammas", low=0, high=1)
+        self.extra_gammas = [float(gamma) for gamma in self.extra_gammas]
+        if self.gamma in self.extra_gammas or len(set(self.extra_gammas)) < len(self.extra_gammas):
+            raise ConfigError(f"extra_gammas {self.extra_gammas} must differ from each other and from gamma")
 
 
 class AMAGO(TrialAgent):
@@ -230,13 +244,22 @@ class AMAGO(TrialAgent):
             features += self.inputs.size if cfg.input_shortcut else 0
             self.actor, self.critic, self.target_critic = actor_critic(features, space, cfg.hidden_sizes,
                                                                         cfg.popart_beta)
+            # multi-gamma: one more actor and twin critics per extra discount, made after gamma's (same init)
+            self.extra_heads = nn.ModuleList(
+                nn.ModuleDict(dict(zip(("actor", "critic", "target_critic"),
+                                       actor_critic(features, space, cfg.hidden_sizes, cfg.popart_beta))))
+                for _ in cfg.extra_gammas)
+        self.heads = [(self.actor, self.critic, self.target_critic, cfg.gamma)] + [
+            (head["actor"], head["critic"], head["target_critic"], gamma)
+            for head, gamma in zip(self.extra_heads, cfg.extra_gammas)]
         self.temperature = nn.Module()
         self.temperature.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_temperature))))
-        for module in (self.encoder, self.actor, self.critic, self.target_critic, self.temperature):
+        for module in (self.encoder, self.actor, self.critic, self.target_critic, self.temperature, self.extra_heads):
             module.to(self.device)
         self.log_alpha = self.temperature.log_alpha
+        extra = [p for head in self.extra_heads for p in (*head["actor"].parameters(), *head["critic"].parameters())]
         self.optimizer = adam_groups((self.encoder, cfg.learning_rate), (self.actor, cfg.learning_rate),
-                                     (self.critic, cfg.learning_rate),
+                                     (self.critic, cfg.learning_rate), (extra or None, cfg.learning_rate),
                                      ([self.log_alpha] if cfg.learn_temperature else None, cfg.temperature_lr))
         shapes = {"inputs": (self.trial_steps, self.inputs.size), "actions": (self.trial_steps, self.action_size),
                   "rewards": (self.trial_steps,), "mask": (self.trial_steps,)}
@@ -329,11 +352,27 @@ class AMAGO(TrialAgent):
                 "rewards": trials["rewards"][real], "next_observations": next_features[real],
                 "terminated": (mask - next_mask)[real]}
 
-    def critic_loss(self, data: dict[str, torch.Tensor], alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAC's twin-critic loss on transition rows (``data`` with the actor's ``next_noise``)."""
+    def head_losses(self, actor: nn.Module, critic: nn.Module, target_critic: nn.Module, gamma: float,
+                    data: dict[str, torch.Tensor], actor_input: torch.Tensor,
+                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One discount's SAC losses (``critic``, ``actor``, ``temperature``; ``q_mean``, ``entropy`` detached) on the
+        transition rows ``data``, the actor reading ``actor_input``."""
+        cfg = self.config
+        if self.discrete:  # ALGO LOGIC: discrete SAC, every expectation over the n actions exact (metarl.core.sac)
+            return discrete_sac_losses(actor, critic, target_critic, data, actor_input, self.log_alpha, gamma,
+                                       cfg.reward_scale, self.target_entropy)
+        noise = dict(zip(("next_noise", "noise"), torch.randn(2, len(data["rewards"]), self.action_size,
+                                                                generator=generator, device=self.device)))
+        alpha = self.log_alpha.detach().exp()
         no_context = data["observations"].new_zeros(len(data["rewards"]), 0)
-        return conditioned_critic_loss(self.actor, self.critic, self.target_critic, data, no_context, alpha,
-                                       self.config.gamma, self.config.reward_scale)
+        q_loss, q_mean = conditioned_critic_loss(actor, critic, target_critic, {**data, **noise}, no_context, alpha,
+                                                 gamma, cfg.reward_scale)
+        # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO); α for the target
+        action, log_prob, _, _ = actor.sample(actor_input, noise=noise["noise"])
+        new_q1, new_q2 = frozen_q(critic, torch.cat([data["observations"].detach(), action], -1))
+        return {"critic": q_loss, "actor": actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
+                / critic.value_std(), "temperature": temperature_loss(self.log_alpha, log_prob, self.target_entropy),
+                "q_mean": q_mean, "entropy": -log_prob.detach().mean()}
 
     def gradient_step(self, trials: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
         """One combined update (see the module docstring) on a batch of whole trials ``[B, T, ...]``."""
@@ -343,22 +382,10 @@ class AMAGO(TrialAgent):
         data = self.transitions(self.head_features(features, trials["inputs"]), trials)
         rows = len(data["rewards"])
         actor_input = data["observations"] if cfg.actor_trains_encoder else data["observations"].detach()
-        if self.discrete:  # ALGO LOGIC: discrete SAC, every expectation over the n actions exact (metarl.core.sac)
-            losses = discrete_sac_losses(self.actor, self.critic, self.target_critic, data, actor_input,
-                                         self.log_alpha, cfg.gamma, cfg.reward_scale, self.target_entropy)
-            q_loss, pi_loss, alpha_loss, q_mean, entropy = (losses[key] for key in ("critic", "actor", "temperature",
-                                                                                    "q_mean", "entropy"))
-        else:
-            data["next_noise"], data["noise"] = torch.randn(2, rows, self.action_size, generator=generator,
-                                                            device=self.device)
-            alpha = self.log_alpha.detach().exp()
-            q_loss, q_mean = self.critic_loss(data, alpha)
-            # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO); α for the target
-            action, log_prob, _, _ = self.actor.sample(actor_input, noise=data["noise"])
-            new_q1, new_q2 = frozen_q(self.critic, torch.cat([data["observations"].detach(), action], -1))
-            pi_loss = actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha) / self.critic.value_std()
-            alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-            entropy = -log_prob.detach().mean()
+        # ALGO LOGIC: each discount's actor and critics (multi-gamma); α follows the acting actor's entropy
+        losses = [self.head_losses(*head, data, actor_input, generator) for head in self.heads]
+        alpha_loss, q_mean, entropy = (losses[0][key] for key in ("temperature", "q_mean", "entropy"))
+        q_loss, pi_loss = (sum(part[key] for part in losses) for key in ("critic", "actor"))
         total = pi_loss + cfg.critic_loss_weight * q_loss + (alpha_loss if cfg.learn_temperature else 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(total)):
@@ -372,7 +399,8 @@ class AMAGO(TrialAgent):
             self.rejected_updates += 1
             return {}
         self.optimizer.step()
-        soft_update_(self.target_critic, self.critic, cfg.tau)
+        for _, critic, target_critic, _ in self.heads:
+            soft_update_(target_critic, critic, cfg.tau)
         self.total_gradient_steps += 1
         return {"losses/critic": float(q_loss.detach()), "losses/actor": float(pi_loss.detach()),
                 "losses/temperature": float(alpha_loss.detach()), "losses/grad_norm": float(grad_norm),
@@ -383,7 +411,7 @@ class AMAGO(TrialAgent):
     def checkpoint_parts(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "actor": self.actor, "critic": self.critic,
                 "target_critic": self.target_critic, "temperature": self.temperature, "optimizer": self.optimizer,
-                "replay": self.replay}
+                "replay": self.replay, **({"extra_heads": self.extra_heads} if self.config.extra_gammas else {})}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "total_gradient_steps": self.total_gradient_steps}

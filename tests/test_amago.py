@@ -78,7 +78,7 @@ def small_config(**overrides: Any) -> AMAGOConfig:
 
 def parameters(agent: AMAGO) -> dict[str, torch.Tensor]:
     return {f"{name}.{k}": v.detach().clone() for name in ("encoder", "actor", "critic", "target_critic",
-                                                           "temperature")
+                                                           "temperature", "extra_heads")
             for k, v in getattr(agent, name).state_dict().items()}
 
 
@@ -105,10 +105,9 @@ def test_all_timestep_td_loss_matches_a_per_timestep_loop(navigation_agent):
     data = agent.transitions(features, trials)
     rows = len(data["rewards"])
     assert rows == 8 + 5 + 1
-    generator = torch.Generator().manual_seed(1)
-    data["next_noise"] = torch.randn(rows, agent.action_size, generator=generator)
-    alpha = torch.tensor(0.3)
-    loss, _ = agent.critic_loss(data, alpha)
+    loss = agent.head_losses(*agent.heads[0], data, data["observations"], torch.Generator().manual_seed(1))["critic"]
+    data["next_noise"] = torch.randn(2, rows, agent.action_size, generator=torch.Generator().manual_seed(1))[0]
+    alpha = agent.log_alpha.detach().exp()
 
     # the loop: for each real step its own uncached encoder pass over the trial's prefix, then SAC's target
     cfg, row, squared = agent.config, 0, []
@@ -151,6 +150,49 @@ def test_the_actor_loss_never_moves_the_critics_and_reaches_the_encoder_only_thr
     # the target critics follow the (unchanged) critics, so they stay too
     assert changed == ({"actor", "encoder"} if actor_trains_encoder else {"actor"})
     agent.close()
+
+
+@pytest.mark.math
+def test_each_extra_discount_is_sac_at_that_discount_and_trains_the_encoder_but_never_acts():
+    """Multi-gamma: gamma's heads and the encoder start as a one-discount agent's and act alike; each extra head's
+    losses are a one-discount agent's at its discount with its weights; the extra losses reach the encoder."""
+    multi = AMAGO(NAVIGATION, small_config(gamma=0.9, extra_gammas=[0.5, 0.0]))
+    single = AMAGO(NAVIGATION, small_config(gamma=0.9))
+    for name in ("encoder", "actor", "critic", "target_critic"):
+        for key, value in getattr(single, name).state_dict().items():
+            assert torch.equal(getattr(multi, name).state_dict()[key], value), (name, key)
+    first = multi.sample_trials(0)
+    assert torch.equal(first["actions"], single.sample_trials(0)["actions"])
+    multi.train_iteration(0)  # every head moves on its own loss
+    trials = {k: v[0] for k, v in multi.replay.sample([0], 3, torch.Generator().manual_seed(0)).items()}
+    data = multi.transitions(multi.encoder(trials["inputs"])[3], trials)
+    for (actor, critic, target_critic, gamma), head in zip(multi.heads[1:], multi.extra_heads):
+        assert actor is head["actor"] and not torch.equal(actor.net[0].weight, multi.actor.net[0].weight)
+        at_gamma = AMAGO(NAVIGATION, small_config(gamma=gamma))
+        for name, module in (("actor", actor), ("critic", critic), ("target_critic", target_critic)):
+            getattr(at_gamma, name).load_state_dict(module.state_dict())
+        at_gamma.log_alpha.data.copy_(multi.log_alpha.data)
+        ours = multi.head_losses(actor, critic, target_critic, gamma, data, data["observations"],
+                                 torch.Generator().manual_seed(3))
+        theirs = at_gamma.head_losses(*at_gamma.heads[0], data, data["observations"],
+                                      torch.Generator().manual_seed(3))
+        for key in ("critic", "actor", "temperature"):
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+        at_gamma.close()
+    # the combined step: the extra heads' losses add to the encoder's gradient
+    gradients = []
+    for agent in (multi, single):
+        single.encoder.load_state_dict(multi.encoder.state_dict())
+        for name in ("actor", "critic", "target_critic", "temperature"):
+            getattr(single, name).load_state_dict(getattr(multi, name).state_dict())
+        agent.optimizer.param_groups[0]["lr"] = 0.0  # read the gradient, keep the weights
+        agent.gradient_step(trials, torch.Generator().manual_seed(0))
+        gradients.append(torch.cat([p.grad.flatten() for p in agent.encoder.parameters() if p.grad is not None]))
+    assert not torch.allclose(gradients[0], gradients[1])
+    with pytest.raises(ValueError, match="must differ"):
+        small_config(gamma=0.9, extra_gammas=[0.9])
+    multi.close()
+    single.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,10 +259,12 @@ def test_smoke_train_and_meta_test():
 # determinism, resume
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.determinism
-@pytest.mark.parametrize("model, popart_beta", [("transformer", None), ("gru", None), ("transformer", 0.05)])
-def test_same_seed_same_run_and_resume_is_exact(model, popart_beta):
+@pytest.mark.parametrize("model, popart_beta, extra_gammas", [("transformer", None, []), ("gru", None, []),
+                                                             ("transformer", 0.05, []), ("gru", 0.05, [0.5])])
+def test_same_seed_same_run_and_resume_is_exact(model, popart_beta, extra_gammas):
     def fresh(seed: int = 0) -> AMAGO:
-        return AMAGO(NAVIGATION, small_config(sequence_model=model, seed=seed, popart_beta=popart_beta))
+        return AMAGO(NAVIGATION, small_config(sequence_model=model, seed=seed, popart_beta=popart_beta,
+                                              extra_gammas=extra_gammas))
 
     straight, reloaded, straight_metrics, reloaded_metrics = resume_from_state_dict(fresh, parameters)
     timing = ("charts/rollout_seconds", "charts/gradient_steps_per_s")
@@ -279,6 +323,8 @@ def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, mon
     (NAVIGATION, ["--batch-size", "0"], "batch_size must be an integer >= 1"),
     (NAVIGATION, ["--tau", "0"], "tau must be"),
     (NAVIGATION, ["--popart-beta", "0"], "popart_beta must be"),
+    (NAVIGATION, ["--extra-gammas", "0.5", "1.5"], "each of extra_gammas must be in [0, 1], got 1.5"),
+    (NAVIGATION, ["--extra-gammas", "0.99"], "extra_gammas [0.99] must differ from each other and from gamma"),
 ])
 def test_bad_settings_are_refused_in_one_line(tmp_path, capsys, env, argv, message):
     argv = ["train", "amago", "--env", env, *argv, "--run-dir", str(tmp_path / "run"), "--no-progress"]
@@ -369,19 +415,33 @@ def test_learns_the_hidden_sign_from_its_first_episode(model, one_torch_thread):
 
 
 @pytest.mark.learning
-def test_discrete_actions_learn_the_hidden_arm_from_the_first_pull(one_torch_thread):
+@pytest.mark.parametrize("extra_gammas", [[], [0.0]])
+def test_discrete_actions_learn_the_hidden_arm_from_the_first_pull(one_torch_thread, extra_gammas):
     """The sign task with two arms (+1 for the good one, −1 for the other): memoryless 0 per episode in expectation;
-    discrete-action AMAGO must earn more than 0.6 per pull after the first, well above its first."""
+    discrete-action AMAGO must earn more than 0.6 per pull after the first, well above its first. With a γ = 0 head
+    beside (multi-gamma) its critics must predict each arm's reward after the first pull (±1; 0 before it)."""
     config = AMAGOConfig(meta_batch_size=16, episodes_per_trial=4, sequence_model="gru", hidden_size=32,
                          hidden_sizes=[64, 64], batch_size=32, gradient_steps=20, learning_rate=1e-3, gamma=0.9,
-                         seed=0, deterministic_test=True)
+                         seed=0, deterministic_test=True, extra_gammas=extra_gammas)
     agent = AMAGO("test_amago/Arm-v0", config)
     for iteration in range(25):
         agent.train_iteration(iteration)
-    returns = agent.meta_test(agent.task_env.sample_tasks(100, split="test", seed=2024), 4, seed=0)
-    agent.close()
+    tasks = agent.task_env.sample_tasks(100, split="test", seed=2024)
+    returns = agent.meta_test(tasks, 4, seed=0)
     later = returns[:, 1:].mean()
     assert later > 0.6 and later > returns[:, 0].mean() + 0.5, returns.mean(0)
+    if extra_gammas:
+        tasks = tasks[:agent.envs.num_envs]
+        batch = agent.collect_trials(agent.envs, tasks, 4, env_seed=1, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            q1, q2 = agent.extra_heads[0]["critic"](agent.encoder(batch["inputs"])[3])
+        good = torch.tensor([(1 + task.sign) // 2 for task in tasks])
+        assert torch.minimum(q1, q2)[:, 0].abs().mean() < 0.4  # before the first pull either arm earns 0 on average
+        q = torch.minimum(q1, q2)[:, 1:]  # [tasks, pulls after the first, arm]
+        index = good[:, None, None].expand(-1, 3, 1)
+        predicted_good, predicted_bad = q.gather(-1, index).mean(), q.gather(-1, 1 - index).mean()
+        assert predicted_good > 0.6 and predicted_bad < -0.6, (predicted_good, predicted_bad)
+    agent.close()
 
 
 @pytest.mark.learning
