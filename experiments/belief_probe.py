@@ -16,6 +16,8 @@ step, and the Bayesian posterior (uniform Beta(1, 1) priors) before each step's 
   count n_i, its posterior mean (1 + s_i) / (2 + n_i) and its Gittins index, fitted on the first half of the tasks,
   R² on the second half (pooled over arms). The same probes on the features of a freshly initialised model of the
   same config (the run's seed) are the control: what is decodable without training.
+* **Argmax acting** (``--deterministic``): the agent pulls its actor's most probable arm at every step, as the
+  references do, instead of sampling (meta-test trials as with ``deterministic_test``; not evaluation.json's).
 * **References on the same tasks**: one trial each of the Gittins, greedy and Thompson policies
   (:func:`metarl.envs.references.bandit_reference_trials`), their returns and agreements scored the same way (how
   often Gittins itself pulls the greedy arm).
@@ -96,7 +98,7 @@ def trial_features(agent: Any, inputs: torch.Tensor) -> np.ndarray:
         return model(inputs)[3].numpy()
 
 
-def probe(run_dir: str | Path, num_tasks: int | None, ridge: float) -> dict[str, Any]:
+def probe(run_dir: str | Path, num_tasks: int | None, ridge: float, deterministic: bool = False) -> dict[str, Any]:
     from metarl.envs.references import bandit_reference_trials, gittins_indices
     from metarl.evaluation import generic_protocol_meta_test_seed, generic_protocol_tasks
     from metarl.training import build_session, load_run, load_session
@@ -112,6 +114,7 @@ def probe(run_dir: str | Path, num_tasks: int | None, ridge: float) -> dict[str,
     fresh = build_session(run)
     try:
         agent = session.agent
+        agent.config.deterministic_test = deterministic or agent.config.deterministic_test
         arms, pulls = agent.inputs.action_size, int(run.learner.episodes_per_trial)
         seed = int(evaluation["seed"])
         tasks = generic_protocol_tasks(agent.task_env, num_tasks, "test", seed)
@@ -134,7 +137,8 @@ def probe(run_dir: str | Path, num_tasks: int | None, ridge: float) -> dict[str,
         row = choices(*bandit_reference_trials(name, means, pulls, rng), arms, table)
         references[name] = {k: v for k, v in row.items() if k not in ("targets", "per_task_returns")}
     return {"benchmark": "belief_probe", "run": str(run_dir), "agent": run.name, "arms": arms, "pulls": pulls,
-            "tasks": num_tasks, "split": "test", "ridge": ridge, **agent_row, "probe_r2": probes,
+            "tasks": num_tasks, "split": "test", "ridge": ridge,
+            "deterministic": bool(agent.config.deterministic_test), **agent_row, "probe_r2": probes,
             "references": references}
 
 
@@ -144,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=None,
                         help="held-out test-split tasks (one trial each); default: the run's evaluation's")
     parser.add_argument("--ridge", type=float, default=1e-3, help="ridge strength per row of the probes")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="the agent pulls its actor's most probable arm (deterministic_test) instead of sampling "
+                             "(the trials then differ from evaluation.json's)")
     parser.add_argument("--json", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if (args.tasks is not None and args.tasks < 4) or args.ridge < 0:
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from metarl.training import RunError
 
     try:
-        result = probe(args.run, args.tasks, args.ridge)
+        result = probe(args.run, args.tasks, args.ridge, args.deterministic)
     except (ValueError, RunError, FileNotFoundError) as err:
         parser.error(str(err))
     print(json.dumps(result, indent=2))

@@ -54,6 +54,20 @@ def test_the_probe_plays_the_runs_evaluation_trials_again(tmp_path, capsys):
     assert 0 <= result["agrees_with_gittins"] <= 1 and set(result["probe_r2"]) == {"trained", "untrained"}
     references = result["references"]
     assert references["greedy"]["agrees_with_greedy"] == 1.0 and references["gittins"]["agrees_with_gittins"] == 1.0
+    # --deterministic: the actor's most probable arm at every pull, as meta-testing with deterministic_test
+    assert belief_probe.main([str(run_dir), "--deterministic", "--json", str(out)]) == 0
+    argmax = json.loads(out.read_text())
+    from metarl.evaluation import generic_protocol_meta_test_seed, generic_protocol_tasks
+    from metarl.training import load_session
+
+    session = load_session(run_dir)
+    agent = session.agent
+    agent.config.deterministic_test = True
+    tasks = generic_protocol_tasks(agent.task_env, 8, "test", int(evaluation["seed"]))
+    returns = agent.meta_test(tasks, 5, generic_protocol_meta_test_seed(int(evaluation["seed"]), "test")).sum(1)
+    session.close()
+    assert argmax["deterministic"] and not result["deterministic"]
+    np.testing.assert_allclose(argmax["per_task_returns"], returns)
     config = json.loads((run_dir / "config.json").read_text())
     config["task"]["env"] = "metarl/TabularMDP-v0"
     other = tmp_path / "mdp"
