@@ -21,8 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m metarl.demo
 
+# The suite on two pytest workers (pytest-xdist), one test file per worker at a time: make test TEST_WORKERS=0 runs
+# it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
