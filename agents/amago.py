@@ -52,6 +52,7 @@ Spec
       actor, twin critics and target critics on the same h_t, trained by the losses above at γ_g and added to the
       combined loss (every head's critic and actor losses; the temperature follows ``gamma``'s actor), so short
       horizons shape the shared encoder beside the long one; only ``gamma``'s actor acts and is meta-tested.
+      ``losses/critic`` and ``losses/actor`` are the sums over the discounts (what the step minimises).
     * **Deviations from AMAGO**, for a readable agent on a CPU budget: twin critics with the clipped double-Q minimum
       and SAC's entropy temperature instead of AMAGO's critic ensemble (REDQ subsets) and its filtered
       behaviour-cloning actor term; multi-gamma only with ``extra_gammas``, PopArt only with ``popart_beta``; SAC's
@@ -81,6 +82,7 @@ from metarl.core.agent import AgentConfig
 from metarl.core.agent_env import stream_generator
 from metarl.core.config import (
     ConfigError,
+    check_discounts,
     check_fields,
     check_int,
     check_number,
@@ -92,16 +94,14 @@ from metarl.core.recurrent import TrialPolicy
 from metarl.core.replay import TaskReplayBuffer
 from metarl.core.sac import (
     actor_critic,
-    actor_loss,
     adam_groups,
     check_sac_config,
     check_sac_spaces,
+    conditioned_actor_losses,
     conditioned_critic_loss,
     default_target_entropy,
     discrete_sac_losses,
-    frozen_q,
     soft_update_,
-    temperature_loss,
 )
 from metarl.core.seeding import derive_seed, seeded
 from metarl.core.sequence import check_sequence_fields, make_sequence_model, trial_context
@@ -200,13 +200,7 @@ class AMAGOConfig(AgentConfig):
         check_number(self.critic_loss_weight, "critic_loss_weight", low=0)
         check_number(self.popart_beta, "popart_beta", low=0, high=1, low_open=True, optional=True)
         check_sac_config(self)  # gamma, tau, the temperature's and the reward scale (metarl.core.sac)
-        if not isinstance(self.extra_gammas, (list, tuple)):
-            raise ConfigError(f"extra_gammas must be a list of discounts, got {self.extra_gammas!r}")
-        for gamma in self.extra_gammas:
-            check_number(gamma, "each of extra_gammas", low=0, high=1)
-        self.extra_gammas = [float(gamma) for gamma in self.extra_gammas]
-        if self.gamma in self.extra_gammas or len(set(self.extra_gammas)) < len(self.extra_gammas):
-            raise ConfigError(f"extra_gammas {self.extra_gammas} must differ from each other and from gamma")
+        self.extra_gammas = check_discounts(self.extra_gammas, "extra_gammas", exclude={"gamma": self.gamma})
 
 
 class AMAGO(TrialAgent):
@@ -367,12 +361,11 @@ class AMAGO(TrialAgent):
         no_context = data["observations"].new_zeros(len(data["rewards"]), 0)
         q_loss, q_mean = conditioned_critic_loss(actor, critic, target_critic, {**data, **noise}, no_context, alpha,
                                                  gamma, cfg.reward_scale)
-        # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO); α for the target
-        action, log_prob, _, _ = actor.sample(actor_input, noise=noise["noise"])
-        new_q1, new_q2 = frozen_q(critic, torch.cat([data["observations"].detach(), action], -1))
-        return {"critic": q_loss, "actor": actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha)
-                / critic.value_std(), "temperature": temperature_loss(self.log_alpha, log_prob, self.target_entropy),
-                "q_mean": q_mean, "entropy": -log_prob.detach().mean()}
+        # ALGO LOGIC: actor against the critics frozen, their state input detached (AMAGO)
+        pi_loss, alpha_loss, log_prob = conditioned_actor_losses(
+            actor, critic, self.log_alpha, {"observations": actor_input, "noise": noise["noise"]}, no_context, alpha,
+            self.target_entropy, critic_observations=data["observations"].detach())
+        return {"critic": q_loss, "actor": pi_loss, "temperature": alpha_loss, "q_mean": q_mean, "entropy": -log_prob}
 
     def gradient_step(self, trials: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
         """One combined update (see the module docstring) on a batch of whole trials ``[B, T, ...]``."""

@@ -325,6 +325,7 @@ def test_a_run_killed_and_resumed_reproduces_the_uninterrupted_run(tmp_path, mon
     (NAVIGATION, ["--popart-beta", "0"], "popart_beta must be"),
     (NAVIGATION, ["--extra-gammas", "0.5", "1.5"], "each of extra_gammas must be in [0, 1], got 1.5"),
     (NAVIGATION, ["--extra-gammas", "0.99"], "extra_gammas [0.99] must differ from each other and from gamma"),
+    (NAVIGATION, ["--extra-gammas", "0.5", "0.5"], "extra_gammas [0.5, 0.5] must differ from each other"),
 ])
 def test_bad_settings_are_refused_in_one_line(tmp_path, capsys, env, argv, message):
     argv = ["train", "amago", "--env", env, *argv, "--run-dir", str(tmp_path / "run"), "--no-progress"]

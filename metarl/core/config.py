@@ -76,6 +76,21 @@ def check_positive(value: Any, name: str, *, optional: bool = False) -> None:
     check_number(value, name, low=0, low_open=True, optional=optional)
 
 
+def check_discounts(values: Any, name: str, *, exclude: Mapping[str, float] | None = None) -> list[float]:
+    """``values`` is a list of distinct discounts in [0, 1], none equal to a value of ``exclude`` (the other
+    discounts by field name); returns it as floats."""
+    exclude = dict(exclude or {})
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of discounts, got {values!r}")
+    for value in values:
+        check_number(value, f"each of {name}", low=0, high=1)
+    discounts = [float(value) for value in values]
+    if set(discounts) & set(exclude.values()) or len(set(discounts)) < len(discounts):
+        raise ConfigError(f"{name} {discounts} must differ from each other"
+                          + "".join(f" and from {field}" for field in exclude))
+    return discounts
+
+
 def check_choice(value: Any, name: str, choices: Iterable[Any]) -> None:
     """``value`` is one of ``choices``; the message offers the closest one."""
     choices = list(choices)

@@ -267,14 +267,18 @@ def frozen_q(critic: TwinQ, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 def conditioned_actor_losses(actor: TanhGaussianActor, critic: TwinQ, log_alpha: torch.Tensor,
                              data: dict[str, torch.Tensor], z_rows: torch.Tensor, alpha: torch.Tensor,
-                             target_entropy: float, mean_reg: float = 0.0,
-                             std_reg: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                             target_entropy: float, mean_reg: float = 0.0, std_reg: float = 0.0,
+                             critic_observations: torch.Tensor | None = None,
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(actor loss plus the regularisers, temperature loss, mean log π (detached)) on flattened rows (the actor's
-    noise as ``noise``), z detached, against the critics as they are (frozen: no gradient reaches them)."""
+    noise as ``noise``), z detached, against the critics as they are (frozen: no gradient reaches them). The critics
+    read ``critic_observations`` where given (AMAGO: the state detached while the actor's own stays attached), else
+    ``data["observations"]``, as the actor does."""
     z_fixed = z_rows.detach()
     action, log_prob, act_mean, act_log_std = actor.sample(torch.cat([data["observations"], z_fixed], -1),
                                                            noise=data["noise"])
-    new_q1, new_q2 = frozen_q(critic, torch.cat([data["observations"], action, z_fixed], -1))
+    critic_observations = data["observations"] if critic_observations is None else critic_observations
+    new_q1, new_q2 = frozen_q(critic, torch.cat([critic_observations, action, z_fixed], -1))
     pi_loss = (actor_loss(log_prob, torch.minimum(new_q1, new_q2), alpha) / critic.value_std()
                + mean_reg * (act_mean**2).mean() + std_reg * (act_log_std**2).mean())
     return pi_loss, temperature_loss(log_alpha, log_prob, target_entropy), log_prob.detach().mean()
