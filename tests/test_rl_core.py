@@ -380,7 +380,10 @@ def test_sampling_matches_stepping_envs_one_by_one(env_id, per_task, episodes, m
                          [("metarl/CartPoleContext-v0", True), ("metarl/Navigation2D-v0", False)])
 def test_per_episode_streams_give_the_same_episodes_however_the_batch_is_split(env_id, fast_weights):
     """streams="per-episode": an episode does not depend on the rest of its batch, nor on the sub-env or round that
-    runs it (what the episode-level Ray sampler relies on); "shared" streams do, so they differ."""
+    runs it (what the episode-level Ray sampler relies on); "shared" streams do, so they differ. Exact with per-task
+    weights (one batched matmul per task); with one set of weights the policy is one matmul over the whole batch,
+    whose last bits depend on its row count on some CPUs (MKL on AVX-512: a row alone differs from the same row in a
+    batch by ~1e-7), so there the floats agree to rounding and lengths, masks and seeds exactly."""
     tasks_n, per_task, episodes = 4, 2, 3  # 3 episodes over 2 sub-envs: two rounds, the second with a surplus
     with seeded(0):
         probe = TaskVectorEnv(env_id, 1)
@@ -406,8 +409,13 @@ def test_per_episode_streams_give_the_same_episodes_however_the_batch_is_split(e
         n = part.mask.shape[2]
         assert torch.equal(whole.lengths[a:b, c:d], part.lengths)
         assert torch.all(whole.mask[a:b, c:d, n:] == 0)
-        for name in ("observations", "actions", "rewards", "mask"):
-            assert torch.equal(getattr(whole, name)[a:b, c:d, :n], getattr(part, name)), name
+        assert torch.equal(whole.mask[a:b, c:d, :n], part.mask)
+        for name in ("observations", "actions", "rewards"):
+            if fast_weights:
+                assert torch.equal(getattr(whole, name)[a:b, c:d, :n], getattr(part, name)), name
+            else:
+                torch.testing.assert_close(getattr(whole, name)[a:b, c:d, :n], getattr(part, name), rtol=1e-5,
+                                           atol=1e-5, msg=name)
         np.testing.assert_array_equal(whole.reset_seeds[a:b, c:d], part.reset_seeds)
     shared = collect_episodes(envs, policy, params, tasks, episodes, seed=9, generator=torch.Generator())
     assert not torch.equal(shared.actions[1:], whole.actions[1:])
