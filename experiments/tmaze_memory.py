@@ -17,7 +17,8 @@ trials per iteration; model ``transformer`` with ``experiments/presets/rl2_tmaze
 default size, its context the trial's H + 1 steps, entropy 0.3, Adam 3e-4, advantages over their running std), or
 for ``amago`` ``metarl train amago``
 with ``experiments/presets/amago_tmaze.yaml`` (discrete SAC on a 2-layer causal Transformer, 16 trials per
-iteration, 20 gradient steps each, a fixed α 0.5) with ``--set reward_scale=H`` and the same other options. The
+iteration, 20 gradient steps each, a fixed α 0.5, critics at γ 0 and 0.9 beside the acting 0.99) with ``--set
+reward_scale=H`` and the same other options. The
 sweep is resumable: a run directory with its ``evaluation.json`` is reused as it is, one with a checkpoint only is
 continued with ``metarl resume`` (the same result as an uninterrupted run), anything else is trained from scratch.
 
